@@ -1,0 +1,97 @@
+"""One training run from a composed config: data, network, Lightning trainer, test, metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.eval.metrics import domain_metrics
+from mdrec.eval.report import domain_table
+from mdrec.train.module import RankingModule
+
+log = logging.getLogger(__name__)
+
+
+def build_module(cfg: DictConfig, datamodule: MultiDomainDataModule) -> RankingModule:
+    """Instantiate the backbone and the network around it with the data's schema, then the LightningModule.
+
+    Runtime objects (schema, modules) are passed to partially instantiated constructors, never merged into the
+    config (Hydra would turn a dataclass argument into a config node).
+    """
+    schema = datamodule.schema
+    backbone = hydra.utils.instantiate(cfg.backbone, _partial_=True)(schema=schema)
+    net = backbone
+    if cfg.model.net is not None:
+        net = hydra.utils.instantiate(cfg.model.net, _partial_=True)(backbone=backbone, schema=schema)
+    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
+    return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema)
+
+
+def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, float]:
+    """Metrics of the true click probabilities on ``split`` (``oracle/...``), if the data set keeps them."""
+    schema = datamodule.schema
+    label = schema.labels[0]
+    if label not in schema.oracle_columns:
+        return {}
+    col = lambda name: torch.from_numpy(datamodule.split_column(split, name))  # noqa: E731
+    users = col(schema.user_field).long() if schema.user_field is not None else None
+    values = domain_metrics(
+        col(schema.oracle_columns[label]), col(label), col(schema.domain_field).long(), schema.domains, users
+    )
+    return {f"oracle/{k}": v for k, v in values.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, validate, test on the best validation checkpoint; write ``metrics.json``; return the metrics."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = build_module(cfg, datamodule)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+
+    metrics: dict[str, float] = {}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(oracle_metrics(datamodule, "test"))
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    metrics.update(
+        {
+            "params/total": float(sum(p.numel() for p in module.net.parameters())),
+            "params/trainable": float(sum(p.numel() for p in module.net.parameters() if p.requires_grad)),
+            "time/fit_seconds": fit_seconds,
+            "train/epochs": float(trainer.current_epoch),
+            "seed": float(cfg.seed),
+        }
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out_dir / "data_report.json").write_text(
+        json.dumps(
+            {"prepared_dir": str(datamodule.prepared_dir), "preparation": datamodule.store.report(),
+             "id0_share": {s: datamodule.id0_shares(s) for s in datamodule.splits}},
+            indent=2,
+        )
+    )
+    if "test/auc" in metrics:
+        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains))
+    return metrics
