@@ -68,13 +68,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
 
-    metrics: dict[str, float] = {}
+    # validation figures of the last epoch and the best one (trainer.test replaces callback_metrics)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(oracle_metrics(datamodule, "test"))
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     metrics.update(
         {
             "params/total": float(sum(p.numel() for p in module.net.parameters())),

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny synthetic stores and composed training configs (lightning-hydra-template style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mdrec.data.store import ColumnStore
+from mdrec.data.synthetic import SyntheticSource
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture
+def train_cfg(tmp_path: Path) -> Callable[[list[str]], DictConfig]:
+    """``train_cfg(overrides)``: a composed training config writing under ``tmp_path``."""
+    return lambda overrides: compose_train(tmp_path, overrides)
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``, on a small data set."""
+    base = [
+        "data.source.num_rows=20000",
+        "data.batch_size=512",
+        "trainer.max_epochs=2",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=base + overrides)
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> ColumnStore:
+    """A 20k-row, 3-domain synthetic store shared by read-only tests."""
+    directory = tmp_path_factory.mktemp("store") / "synthetic"
+    SyntheticSource(num_rows=20_000, num_domains=3, seed=1).prepare(directory, directory.parent)
+    return ColumnStore(directory)

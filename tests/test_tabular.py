@@ -1,0 +1,188 @@
+"""TabularSource: CSV/TSV/parquet files + a TableSpec -> prepared store, with and without own splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mdrec.data.ingest import SequenceSpec, TableSpec
+from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
+from mdrec.data.sources.base import Source, fingerprint
+from mdrec.data.sources.tabular import TabularSource
+from mdrec.data.store import ColumnStore
+
+CSV = """user,zip,country,price,click,ts,history
+u1,02134,de,1.5,1,100,a|b
+u2,90210,fr,2.5,0,101,
+u1,02134,de,3.5,1,102,b|c|a
+u3,10001,fr,0.5,0,103,c
+"""
+SPEC = TableSpec(
+    sparse=("user", "zip"), domain="country", labels=("click",), dense=("price",), user="user", time="ts"
+)
+
+
+def test_csv_pool(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(CSV)
+    src = TabularSource("shop", SPEC, data_files=str(tmp_path / "d.csv"))
+    assert isinstance(src, Source) and src.dataset_id == "shop"
+    src.prepare(tmp_path / "out", tmp_path / "raw")
+    store = ColumnStore(tmp_path / "out")
+    assert not store.schema.has_split_column
+    assert store.vocabulary("zip") == ["02134", "10001", "90210"]  # read as strings: leading zero kept
+    assert store.column("zip").tolist() == [1, 3, 1, 2]
+    assert store.schema.domains == ("de", "fr") and store.column("country").tolist() == [0, 1, 0, 1]
+    assert store.column("click").tolist() == [1, 0, 1, 0]
+    np.testing.assert_allclose(store.column("price"), [1 / 3, 2 / 3, 1.0, 0.0], rtol=1e-6)
+    assert store.column("ts").tolist() == [100, 101, 102, 103]
+    assert (tmp_path / "raw" / "hf").is_dir()  # Arrow cache of the parsed files
+
+
+def test_tsv_with_delimited_sequence(tmp_path: Path) -> None:
+    (tmp_path / "d.tsv").write_text(CSV.replace(",", "\t"))
+    spec = TableSpec(
+        sparse=("user", "zip"),
+        domain="country",
+        labels=("click",),
+        sequence=SequenceSpec("history", vocab_field="user", max_len=2, delimiter="|"),
+    )
+    enc = TabularSource("shop", spec, data_files=[str(tmp_path / "d.tsv")]).encode(tmp_path / "raw")
+    # the history shares user's vocabulary (u1, u2, u3): every history value is unseen there
+    assert enc.columns["history"].tolist() == [[0, 0], [0, 0], [0, 0], [0, 0]]
+    assert enc.columns[seq_length_column("history")].tolist() == [2, 0, 2, 1]
+    assert enc.report["sequence"]["unseen"] == 1.0
+
+
+def test_custom_delimiter(tmp_path: Path) -> None:
+    (tmp_path / "d.txt").write_text(CSV.replace(",", ";"))
+    enc = TabularSource("shop", SPEC, data_files=str(tmp_path / "d.txt"), delimiter=";").encode(
+        tmp_path / "raw"
+    )
+    assert enc.columns["user"].tolist() == [1, 2, 1, 3]
+
+
+def test_parquet_splits_fit_vocab_on_train_and_report_unseen(tmp_path: Path) -> None:
+    def write(name: str, users: list[str], country: list[str], click: list[int]) -> str:
+        path = tmp_path / f"{name}.parquet"
+        n = len(users)
+        pq.write_table(
+            pa.table(
+                {
+                    "user": users,
+                    "zip": ["1"] * n,
+                    "country": country,
+                    "price": [1.0] * n,
+                    "click": click,
+                    "ts": list(range(n)),
+                }
+            ),
+            path,
+        )
+        return str(path)
+
+    src = TabularSource(
+        "shop",
+        SPEC,
+        train_files=[write("train", ["u1", "u2", "u1"], ["de", "fr", "de"], [1, 0, 1])],
+        val_files=write("val", ["u1", "u9"], ["de", "fr"], [0, 1]),
+        test_files=write("test", ["u8", "u8", "u2"], ["de", "de", "fr"], [1, 1, 0]),
+    )
+    src.prepare(tmp_path / "out", tmp_path / "raw")
+    store = ColumnStore(tmp_path / "out")
+    assert store.schema.has_split_column
+    assert store.column(SPLIT_COLUMN).tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert store.vocabulary("user") == ["u1", "u2"]
+    assert store.column("user").tolist() == [1, 2, 1, 1, 0, 0, 0, 2]
+    user = store.report()["fields"]["user"]
+    assert user["unseen_per_split"] == {"train": 0.0, "val": 0.5, "test": pytest.approx(2 / 3)}
+    assert user["unseen_per_domain"] == {"de": pytest.approx(2 / 5), "fr": pytest.approx(1 / 3)}
+    assert store.report()["rows_per_split"] == {"train": 3, "val": 2, "test": 3}
+
+
+def test_hydra_config_instantiates(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(CSV)
+    cfg = OmegaConf.create(
+        {
+            "_target_": "mdrec.data.sources.tabular.TabularSource",
+            "name": "shop",
+            "data_files": [str(tmp_path / "d.csv")],
+            "spec": {
+                "_target_": "mdrec.data.ingest.TableSpec",
+                "sparse": ["user", "zip"],
+                "domain": "country",
+                "labels": ["click"],
+                "dense": ["price"],
+                "sequence": {
+                    "_target_": "mdrec.data.ingest.SequenceSpec",
+                    "column": "history",
+                    "vocab_field": "zip",
+                    "max_len": 3,
+                    "delimiter": "|",
+                },
+            },
+        }
+    )
+    src = instantiate(cfg)
+    assert src.spec.sparse == ("user", "zip") and src.data_files == (str(tmp_path / "d.csv"),)
+    assert fingerprint(src) == fingerprint(
+        TabularSource(
+            "shop",
+            TableSpec(
+                sparse=("user", "zip"),
+                domain="country",
+                labels=("click",),
+                dense=("price",),
+                sequence=SequenceSpec("history", "zip", 3, "|"),
+            ),
+            data_files=str(tmp_path / "d.csv"),
+        )
+    )
+    assert len(src.encode(tmp_path / "raw").columns["user"]) == 4
+
+
+def test_csv_bad_values_name_column_and_row(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(CSV.replace("2.5", ""))
+    src = TabularSource("shop", SPEC, data_files=str(tmp_path / "d.csv"))
+    with pytest.raises(ValueError, match=r"column 'price', row 1: value None is not finite"):
+        src.encode(tmp_path / "raw")
+    (tmp_path / "e.csv").write_text(CSV.replace("u3,10001,fr,0.5,0", "u3,10001,fr,0.5,yes"))
+    with pytest.raises(ValueError, match=r"column 'click': cannot read type string as double .*'yes'"):
+        TabularSource("shop", SPEC, data_files=str(tmp_path / "e.csv")).encode(tmp_path / "raw")
+    spec = TableSpec(sparse=("user", "item"), domain="country", labels=("click",))
+    with pytest.raises(
+        ValueError,
+        match=r"\['item'\] named in the spec are not in the data; available columns: "
+        r"\['user', 'zip', 'country'",
+    ):
+        TabularSource("shop", spec, data_files=str(tmp_path / "d.csv")).encode(tmp_path / "raw")
+
+
+@pytest.mark.parametrize(
+    ("files", "error", "match"),
+    [
+        ({}, ValueError, "give either `data_files`.*not neither"),
+        ({"data_files": "a.csv", "train_files": "b.csv"}, ValueError, "not both"),
+        ({"data_files": "a.csv", "test_files": "b.csv"}, ValueError, "need `train_files`"),
+        ({"data_files": "a.json"}, ValueError, r"cannot tell the format of 'a.json'"),
+        (
+            {"train_files": "a.csv", "test_files": "b.parquet"},
+            ValueError,
+            r"mix formats \['csv', 'parquet'\]",
+        ),
+        ({"train_files": []}, ValueError, r"file list for \['train'\] is empty"),
+    ],
+)
+def test_bad_file_config(files: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        TabularSource("shop", SPEC, **files)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TabularSource("shop", SPEC, data_files=str(tmp_path / "nope.csv")).encode(tmp_path / "raw")

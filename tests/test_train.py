@@ -1,0 +1,53 @@
+"""The training entry point end to end on small synthetic data."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from mdrec.train.run import train
+
+TrainCfg = Callable[[list[str]], DictConfig]
+
+
+def test_fast_dev_run(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    metrics = train(train_cfg(["debug=fdr"]))
+    assert 0.0 <= metrics["test/auc"] <= 1.0
+    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_training_writes_per_domain_metrics_below_the_oracle(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    cfg = train_cfg(["data.source.num_rows=60000", "trainer.max_epochs=3"])
+    train(cfg)
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    domains = ["d0", "d1", "d2", "d3"]
+    for key in ("test/auc", "test/gauc", "test/wauc", "test/mean_auc", "test/logloss", "val/auc_best"):
+        assert key in metrics, key
+    for d in domains:
+        assert {f"test/auc/{d}", f"test/logloss/{d}", f"oracle/auc/{d}"} <= metrics.keys()
+        # the true probabilities are the Bayes-optimal scorer: a trained model cannot beat them
+        assert metrics[f"oracle/auc/{d}"] >= metrics[f"test/auc/{d}"]
+    assert metrics["test/auc"] > 0.65  # and it learned something
+    assert list((run / "checkpoints").glob("epoch_*.ckpt")) and (run / "checkpoints" / "last.ckpt").exists()
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["id0_share"]["test"]["user_id"]["d0"] == 0.0  # synthetic ids are all in the vocabulary
+
+
+def test_overfit_loss_falls(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    train(train_cfg(["debug=overfit", "trainer.log_every_n_steps=1", "trainer.max_epochs=40", "model.optimizer.lr=0.01"]))
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 100
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.5 * first, (first, last)
+
+
+def test_misspelt_key_fails_at_instantiation(train_cfg: TrainCfg) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'layer_size'"):
+        train(train_cfg(["debug=fdr", "+backbone.layer_size=[8]"]))
