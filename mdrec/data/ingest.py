@@ -1,0 +1,548 @@
+"""Ingest: a raw Arrow table (a Hugging Face ``datasets.Dataset``) -> prepared, validated columns.
+
+Every source ends here, so every data set gets the same vocabulary rules, the same checks and the same report:
+
+- **Vocabularies** are built from the *vocabulary rows* (all rows, or the train rows when a source comes
+  with its own split): ids 1..V in sorted order of the value as a string (deterministic), values rarer than
+  ``min_count`` left out. Id 0 means missing (null) or out of vocabulary.
+- **Nothing is dropped silently**: rows in == rows out. Values outside the vocabulary become 0 and their
+  share is reported per field, per domain and per split (the taxonomy-alignment coverage of DESIGN.md),
+  next to the share of missing values.
+- **Bad input fails loudly**, naming the column, the row and the value: missing columns, NaN/inf/null in a
+  dense feature, labels outside {0, 1}, a domain value outside the configured domains, a column in two roles,
+  no rows.
+
+Encoding is one batched ``datasets`` ``map`` in Arrow format: ``pyarrow.compute.index_in`` against the
+vocabulary, +1, null -> 0. No Python runs per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mdrec.data.schema import SPLIT_COLUMN, SPLIT_NAMES, Schema, SequenceField, SparseField, seq_length_column
+from mdrec.data.store import write_store
+
+DENSE_SCALINGS = ("minmax", "standard", "none")
+_MAP_BATCH_ROWS = 1 << 17  # rows per batch of the encoding map
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    """A column holding, per row, a list of raw ids in chronological order (oldest first).
+
+    The column is either an Arrow list column or a string column of ids joined by ``delimiter``. Null and
+    empty elements are skipped. The most recent ``max_len`` ids are kept, in their original order,
+    left-aligned and 0-padded; their count goes to the ``<column>__length`` column.
+
+    Args:
+        column: name of the list (or delimited string) column.
+        vocab_field: the sparse field whose vocabulary (and embedding table) the ids share.
+        max_len: L, the padded length (>= 1).
+        delimiter: separator of a string column; None for a list column.
+
+    Example:
+        >>> SequenceSpec("history", vocab_field="item", max_len=20, delimiter="|").max_len
+        20
+    """
+
+    column: str
+    vocab_field: str
+    max_len: int
+    delimiter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError(f"sequence {self.column!r}: max_len must be >= 1, got {self.max_len}")
+        if self.delimiter == "":
+            raise ValueError(
+                f"sequence {self.column!r}: delimiter is '' ; give a separator or None for list columns"
+            )
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Which raw column plays which role, and how values are encoded.
+
+    Args:
+        sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order.
+        domain: the column whose value names a row's domain.
+        labels: binary label columns (values 0/1, bool or numeric), click first.
+        dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``.
+        domains: domain values in id order; None: the sorted unique values of ``domain`` (as strings).
+        user: sparse column that identifies a user (GAUC groups by it), or None.
+        time: integer timestamp column kept for temporal splits, or None.
+        sequence: an id-list feature sharing a sparse field's vocabulary, or None.
+        min_count: values seen fewer times in the vocabulary rows map to 0.
+        dense_scaling: ``minmax`` (to [0, 1]), ``standard`` (zero mean, unit variance) or ``none``; fitted on
+            the vocabulary rows.
+
+    Example:
+        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",), dense=("price",))
+        >>> spec.columns()
+        ['user', 'item', 'price', 'region', 'click']
+    """
+
+    sparse: Sequence[str]
+    domain: str
+    labels: Sequence[str]
+    dense: Sequence[str] = ()
+    domains: Sequence[str] | None = None
+    user: str | None = None
+    time: str | None = None
+    sequence: SequenceSpec | None = None
+    min_count: int = 1
+    dense_scaling: str = "minmax"
+
+    def __post_init__(self) -> None:
+        # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably.
+        for name in ("sparse", "labels", "dense"):
+            object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
+        if self.domains is not None:
+            object.__setattr__(self, "domains", tuple(str(d) for d in self.domains))
+        roles: dict[str, list[str]] = {}
+        for role, cols in (
+            ("sparse", self.sparse),
+            ("dense", self.dense),
+            ("labels", self.labels),
+            ("domain", (self.domain,)),
+            ("sequence", () if self.sequence is None else (self.sequence.column,)),
+        ):
+            for c in cols:
+                roles.setdefault(c, []).append(role)
+        clashes = {c: r for c, r in roles.items() if len(r) > 1}
+        if clashes:
+            detail = "; ".join(f"column {c!r} is listed as {' and '.join(r)}" for c, r in clashes.items())
+            raise ValueError(
+                f"{detail}. Each column may play one role: a label used as a feature leaks the answer "
+                "into the model, and the domain is given to the model separately. Remove it from all but "
+                "one role."
+            )
+        if self.user is not None and self.user not in self.sparse:
+            raise ValueError(
+                f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})"
+            )
+        if self.sequence is not None and self.sequence.vocab_field not in self.sparse:
+            raise ValueError(
+                f"sequence {self.sequence.column!r} shares the vocabulary of {self.sequence.vocab_field!r}, "
+                f"which is not a sparse column (sparse: {list(self.sparse)})"
+            )
+        if self.dense_scaling not in DENSE_SCALINGS:
+            raise ValueError(f"dense_scaling {self.dense_scaling!r} is not one of {DENSE_SCALINGS}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        if self.domains is not None and len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"domains {list(self.domains)} name a domain more than once")
+
+    def columns(self) -> list[str]:
+        """Every raw column the spec reads."""
+        cols = [*self.sparse, *self.dense, self.domain, *self.labels]
+        if self.time is not None:
+            cols.append(self.time)
+        if self.sequence is not None:
+            cols.append(self.sequence.column)
+        return cols
+
+
+@dataclass
+class EncodedTable:
+    """Prepared columns with their schema, vocabularies and preparation report.
+
+    Args:
+        schema: the Schema of ``columns``.
+        columns: one numpy array per column of ``schema.columns()`` (sequence ``[rows, L]``, others
+            ``[rows]``).
+        vocabularies: per sparse field, the raw value of each id (index i holds id i + 1).
+        report: what the preparation did (rows, per-domain counts and positive rates, unseen/missing shares).
+
+    Example:
+        >>> enc = encode_table(ds, spec, "toy")        # doctest: +SKIP
+        >>> enc.write("data/toy-1a2b")                  # doctest: +SKIP
+    """
+
+    schema: Schema
+    columns: dict[str, np.ndarray]
+    vocabularies: dict[str, list[str]]
+    report: dict = field(default_factory=dict)
+
+    def write(self, directory: str | Path) -> Path:
+        """Validate and write the store atomically (``mdrec.data.store.write_store``)."""
+        return write_store(directory, self.schema, self.columns, self.vocabularies, self.report)
+
+
+@dataclass
+class _Encoder:
+    """The batched map function: raw Arrow batch -> encoded Arrow batch (all vectorised)."""
+
+    vocabs: dict[str, pa.Array]
+    domain: str
+    domain_values: pa.Array
+    labels: tuple[str, ...]
+    dense: dict[str, tuple[float, float]]  # column -> (shift, scale)
+    time: str | None
+    sequence: SequenceSpec | None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: dict[str, pa.Array] = {c: pa.array(encode_ids(batch[c], v)) for c, v in self.vocabs.items()}
+        for c, (shift, scale) in self.dense.items():
+            x = _to_numpy(batch[c], pa.float64())
+            out[c] = pa.array(((x - shift) / scale).astype(np.float32))
+        out[self.domain] = pc.index_in(
+            batch[self.domain].cast(pa.string()), value_set=self.domain_values
+        ).cast(pa.int32())
+        for c in self.labels:
+            out[c] = pa.array(_to_numpy(batch[c], pa.float64()).astype(np.float32))
+        if self.time is not None:
+            out[self.time] = batch[self.time].cast(pa.int64())
+        if self.sequence is not None:
+            s = self.sequence
+            seq, lengths = encode_sequence(
+                batch[s.column], self.vocabs[s.vocab_field], s.max_len, s.delimiter
+            )
+            out[s.column] = pa.FixedSizeListArray.from_arrays(pa.array(seq.reshape(-1)), s.max_len)
+            out[seq_length_column(s.column)] = pa.array(lengths)
+        return pa.table(
+            {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()}
+        )
+
+
+def encode_ids(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
+    """Ids of ``values`` in ``vocab``: position + 1, and 0 for null or out-of-vocabulary values.
+
+    Args:
+        values: ``[n]`` raw values of any type (compared as strings).
+        vocab: ``[V]`` string array of the vocabulary (id i + 1 at index i).
+
+    Returns:
+        ``[n]`` int32 ids in 0..V.
+    """
+    idx = pc.index_in(values.cast(pa.string()), value_set=vocab)
+    return pc.add(pc.fill_null(idx, -1), 1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def window(
+    flat: np.ndarray, start: np.ndarray, end: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gather, per row, ``flat[start:end]`` clipped to its last ``max_len`` values, left-aligned and 0-padded.
+
+    Args:
+        flat: ``[M]`` ids.
+        start: ``[n]`` first position of each row's values in ``flat``.
+        end: ``[n]`` one past the last position (``end >= start``).
+        max_len: L.
+
+    Returns:
+        ``([n, L] int32 ids, [n] int32 lengths)``.
+    """
+    start = np.maximum(start, end - max_len)
+    pos = start[:, None] + np.arange(max_len)[None, :]  # [n, L]
+    valid = pos < end[:, None]
+    if len(flat) == 0:
+        return np.zeros(pos.shape, dtype=np.int32), np.zeros(len(start), dtype=np.int32)
+    seq = np.where(valid, flat[np.minimum(pos, len(flat) - 1)], 0).astype(np.int32)
+    return seq, (end - start).astype(np.int32)
+
+
+def encode_sequence(
+    column: pa.Array | pa.ChunkedArray, vocab: pa.Array, max_len: int, delimiter: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a list (or delimited string) column of raw ids into a padded id matrix.
+
+    Args:
+        column: ``[n]`` lists of raw ids in chronological order, or strings joined by ``delimiter``.
+        vocab: the shared vocabulary (string array).
+        max_len: L; the most recent L ids are kept.
+        delimiter: separator for a string column, None for a list column.
+
+    Returns:
+        ``([n, L] int32 ids, [n] int32 lengths)``.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if delimiter is not None:
+        column = pc.split_pattern(column, delimiter)
+    values = pc.list_flatten(column).cast(pa.string())
+    parents = pc.list_parent_indices(column).to_numpy()
+    keep = pc.fill_null(pc.not_equal(values, ""), False).to_numpy(zero_copy_only=False)
+    ids = encode_ids(values.filter(pa.array(keep)), vocab)  # [M] kept ids, grouped by row in row order
+    counts = np.bincount(parents[keep], minlength=n)  # [n] kept ids per row
+    end = np.cumsum(counts)
+    return window(ids, end - counts, end, max_len)
+
+
+def encode_table(
+    ds: datasets.Dataset,
+    spec: TableSpec,
+    dataset_id: str,
+    vocab_mask: np.ndarray | None = None,
+    split: np.ndarray | None = None,
+) -> EncodedTable:
+    """Validate a raw table, build vocabularies and scalers on the vocabulary rows, and encode every row.
+
+    Args:
+        ds: the raw rows; any column types Arrow can cast (ids are compared as strings).
+        spec: which column plays which role.
+        dataset_id: names the prepared data set (goes into the schema and every error message).
+        vocab_mask: ``[rows]`` bool, the rows vocabularies and dense scalers are fitted on; None: all rows.
+        split: ``[rows]`` int8 split codes (0 train, 1 val, 2 test) when the data come with their own split;
+            the schema then has ``has_split_column=True``.
+
+    Returns:
+        The encoded columns (rows in == rows out), schema, vocabularies and report.
+
+    Raises:
+        ValueError: naming the column, row and value, for any bad input listed in the module docstring.
+    """
+    n = ds.num_rows
+    if n == 0:
+        raise ValueError(f"data set {dataset_id!r}: the input has no rows; check the raw files and filters")
+    missing = [c for c in spec.columns() if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"data set {dataset_id!r}: column(s) {missing} named in the spec are not in the data; "
+            f"available columns: {ds.column_names}"
+        )
+    for name, arr in (("vocab_mask", vocab_mask), ("split", split)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"data set {dataset_id!r}: `{name}` has {len(arr)} entries for {n} rows")
+    raw: pa.Table = ds.with_format("arrow")[:]
+    mask = np.ones(n, dtype=bool) if vocab_mask is None else np.asarray(vocab_mask, dtype=bool)
+    if not mask.any():
+        raise ValueError(f"data set {dataset_id!r}: the vocabulary rows (vocab_mask) are empty")
+
+    domains = _domains(raw, spec, dataset_id)
+    for c in spec.labels:
+        y = _to_numpy(raw[c], pa.float64(), dataset_id, c)
+        _raise_where(
+            dataset_id, c, raw[c], (y != 0) & (y != 1), "is not a binary label (0 or 1); map it to 0/1 first"
+        )
+    scalers = {c: _fit_scaler(raw, c, mask, spec.dense_scaling, dataset_id) for c in spec.dense}
+    if spec.time is not None:
+        t = raw[spec.time]
+        _raise_where(
+            dataset_id,
+            spec.time,
+            t,
+            pc.is_null(t).to_numpy(zero_copy_only=False),
+            "is missing; every row needs a timestamp",
+        )
+        _cast(t, pa.int64(), dataset_id, spec.time)
+    if spec.sequence is not None:
+        _check_sequence_type(raw[spec.sequence.column].type, spec.sequence, dataset_id)
+    vocab_rows = pa.array(mask)
+    vocabs = {c: _vocabulary(raw[c].filter(vocab_rows), spec.min_count) for c in spec.sparse}
+
+    encoder = _Encoder(
+        vocabs,
+        spec.domain,
+        pa.array(domains, pa.string()),
+        tuple(spec.labels),
+        scalers,
+        spec.time,
+        spec.sequence,
+    )
+    encoded = ds.with_format("arrow").map(
+        encoder,
+        batched=True,
+        batch_size=_MAP_BATCH_ROWS,
+        remove_columns=ds.column_names,
+        keep_in_memory=True,
+        desc=f"encode {dataset_id}",
+    )
+    columns = {c: encoded.data.column(c).to_numpy() for c in encoded.column_names if c != _seq_name(spec)}
+    if spec.sequence is not None:
+        seq = pc.list_flatten(encoded.data.column(spec.sequence.column)).to_numpy()
+        columns[spec.sequence.column] = seq.reshape(n, spec.sequence.max_len)
+    if split is not None:
+        columns[SPLIT_COLUMN] = np.asarray(split, dtype=np.int8)
+
+    schema = Schema(
+        dataset_id=dataset_id,
+        sparse=tuple(SparseField(c, len(vocabs[c]) + 1) for c in spec.sparse),
+        dense=tuple(spec.dense),
+        domain_field=spec.domain,
+        domains=tuple(domains),
+        labels=tuple(spec.labels),
+        sequence=None
+        if spec.sequence is None
+        else SequenceField(spec.sequence.column, spec.sequence.vocab_field, spec.sequence.max_len),
+        user_field=spec.user,
+        time_column=spec.time,
+        has_split_column=split is not None,
+    )
+    vocabularies = {c: v.to_pylist() for c, v in vocabs.items()}
+    report = _report(raw, spec, schema, columns, mask, scalers)
+    return EncodedTable(schema, columns, vocabularies, report)
+
+
+def _seq_name(spec: TableSpec) -> str | None:
+    return None if spec.sequence is None else spec.sequence.column
+
+
+def _cast(values: pa.ChunkedArray, dtype: pa.DataType, dataset_id: str, column: str) -> pa.ChunkedArray:
+    try:
+        return values.cast(dtype)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(
+            f"data set {dataset_id!r}, column {column!r}: cannot read type {values.type} as {dtype} ({e})"
+        ) from e
+
+
+def _to_numpy(
+    values: pa.ChunkedArray | pa.Array, dtype: pa.DataType, dataset_id: str = "", column: str = ""
+) -> np.ndarray:
+    """``values`` cast to ``dtype`` as numpy; nulls become NaN."""
+    return _cast(values, dtype, dataset_id, column).to_numpy(zero_copy_only=False)
+
+
+def _raise_where(
+    dataset_id: str, column: str, values: pa.ChunkedArray, bad: np.ndarray, problem: str
+) -> None:
+    """Raise naming the first row where ``bad`` holds, its raw value and how many rows are bad."""
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        row = int(rows[0])
+        raise ValueError(
+            f"data set {dataset_id!r}, column {column!r}, row {row}: value {values[row].as_py()!r} {problem} "
+            f"({len(rows)} such row(s) of {len(bad)})"
+        )
+
+
+def _check_sequence_type(dtype: pa.DataType, spec: SequenceSpec, dataset_id: str) -> None:
+    is_text = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    is_list = pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype)
+    if spec.delimiter is not None and not is_text:
+        raise ValueError(
+            f"data set {dataset_id!r}, sequence column {spec.column!r}: type {dtype} is not a string; "
+            "`delimiter` applies to delimited strings only, set it to None for list columns"
+        )
+    if spec.delimiter is None and not is_list:
+        raise ValueError(
+            f"data set {dataset_id!r}, sequence column {spec.column!r}: type {dtype} is not a list; "
+            "for ids joined in a string set `delimiter` (e.g. '|')"
+        )
+
+
+def _domains(raw: pa.Table, spec: TableSpec, dataset_id: str) -> list[str]:
+    """The domain names in id order; raises on a row whose domain is missing or not configured."""
+    values = raw[spec.domain].cast(pa.string())
+    if spec.domains is None:
+        domains = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
+    else:
+        domains = list(spec.domains)
+    unknown = pc.is_null(pc.index_in(values, value_set=pa.array(domains, pa.string())))
+    _raise_where(
+        dataset_id,
+        spec.domain,
+        raw[spec.domain],
+        unknown.to_numpy(zero_copy_only=False),
+        f"is not one of the configured domains {domains}; add it to `domains` or drop those rows",
+    )
+    return domains
+
+
+def _fit_scaler(
+    raw: pa.Table, column: str, mask: np.ndarray, method: str, dataset_id: str
+) -> tuple[float, float]:
+    """Check a dense column is finite everywhere; return (shift, scale) fitted on the masked rows."""
+    x = _to_numpy(raw[column], pa.float64(), dataset_id, column)
+    _raise_where(
+        dataset_id,
+        column,
+        raw[column],
+        ~np.isfinite(x),
+        "is not finite (NaN, inf or missing); fill or drop missing values before preparing",
+    )
+    fit = x[mask]
+    if method == "minmax":
+        lo, hi = float(fit.min()), float(fit.max())
+        return lo, (hi - lo) or 1.0
+    if method == "standard":
+        return float(fit.mean()), float(fit.std()) or 1.0
+    return 0.0, 1.0
+
+
+def _vocabulary(values: pa.ChunkedArray, min_count: int) -> pa.Array:
+    """Sorted string values seen at least ``min_count`` times (nulls excluded)."""
+    counts = pc.value_counts(values.cast(pa.string()))
+    vals, cnt = counts.field("values"), counts.field("counts")
+    keep = pc.and_(pc.is_valid(vals), pc.greater_equal(cnt, min_count))
+    vals = vals.filter(keep)
+    return vals.take(pc.sort_indices(vals))
+
+
+def _shares(hit: np.ndarray, group: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    """Per group, the share of rows where ``hit`` holds (None for an empty group)."""
+    total = np.bincount(group, minlength=len(names))
+    hits = np.bincount(group, weights=hit, minlength=len(names))
+    return {name: (float(hits[k] / total[k]) if total[k] else None) for k, name in enumerate(names)}
+
+
+def _report(
+    raw: pa.Table,
+    spec: TableSpec,
+    schema: Schema,
+    columns: dict[str, np.ndarray],
+    mask: np.ndarray,
+    scalers: dict[str, tuple[float, float]],
+) -> dict:
+    """Rows, positive rates and unseen/missing shares, overall, per domain and (if any) per split."""
+    domain = columns[spec.domain]
+    split = columns.get(SPLIT_COLUMN)
+    report: dict = {
+        "dataset_id": schema.dataset_id,
+        "rows": len(domain),
+        "vocabulary_rows": int(mask.sum()),
+        "rows_per_domain": dict(
+            zip(schema.domains, np.bincount(domain, minlength=schema.num_domains).tolist(), strict=True)
+        ),
+        "positive_rate": {
+            c: {
+                "all": float(columns[c].mean(dtype=np.float64)),
+                **_shares(columns[c], domain, schema.domains),
+            }
+            for c in spec.labels
+        },
+        "dense_scaling": {
+            c: {"method": spec.dense_scaling, "shift": s, "scale": k} for c, (s, k) in scalers.items()
+        },
+        "fields": {},
+    }
+    if split is not None:
+        report["rows_per_split"] = dict(
+            zip(SPLIT_NAMES, np.bincount(split, minlength=3).tolist(), strict=True)
+        )
+    for c in spec.sparse:
+        missing = pc.is_null(raw[c]).to_numpy(zero_copy_only=False)
+        unseen = (columns[c] == 0) & ~missing
+        entry = {
+            "vocab_size": schema.vocab_sizes[schema.sparse_index(c)],
+            "unseen": float(unseen.mean()),
+            "missing": float(missing.mean()),
+            "unseen_per_domain": _shares(unseen, domain, schema.domains),
+            "missing_per_domain": _shares(missing, domain, schema.domains),
+        }
+        if split is not None:
+            entry["unseen_per_split"] = _shares(unseen, split, SPLIT_NAMES)
+        report["fields"][c] = entry
+    if spec.sequence is not None:
+        s = spec.sequence
+        seq, lengths = columns[s.column], columns[seq_length_column(s.column)]
+        inside = np.arange(s.max_len)[None, :] < lengths[:, None]  # [rows, L] real (non-padding) positions
+        report["sequence"] = {
+            "column": s.column,
+            "vocab_field": s.vocab_field,
+            "max_len": s.max_len,
+            "mean_length": float(lengths.mean()),
+            "empty": float((lengths == 0).mean()),
+            "unseen": float(((seq == 0) & inside).sum() / max(int(inside.sum()), 1)),
+        }
+    return report

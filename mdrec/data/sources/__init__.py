@@ -1,0 +1,1 @@
+"""Data sources: synthetic, MovieLens, generic tabular files -> prepared column stores."""

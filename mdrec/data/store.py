@@ -1,0 +1,231 @@
+"""Prepared data on disk: one ``.npy`` array per column beside ``schema.json``, memory-mapped on open.
+
+Layout of a prepared directory::
+
+    schema.json            the Schema
+    columns/<name>.npy     one array per column (sparse/seq int32, dense/labels float32, domain int32)
+    vocab/<field>.json     optional: the raw value of each id (index i holds id i + 1)
+    report.json            optional: what the preparation did (rows, unseen-value shares, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mdrec.data.batch import Batch
+from mdrec.data.schema import SPLIT_COLUMN, SPLIT_NAMES, Schema, seq_length_column
+
+COLUMNS_DIR = "columns"
+VOCAB_DIR = "vocab"
+REPORT_FILE = "report.json"
+_CHECK_CHUNK = 1 << 20  # rows per chunk when validating memory-mapped columns
+
+
+def column_dtypes(schema: Schema) -> dict[str, np.dtype]:
+    """The on-disk dtype of every column of ``schema``."""
+    dtypes: dict[str, np.dtype] = {}
+    for name in schema.sparse_names:
+        dtypes[name] = np.dtype(np.int32)
+    for name in [*schema.dense, *schema.labels, *schema.oracle_columns.values()]:
+        dtypes[name] = np.dtype(np.float32)
+    dtypes[schema.domain_field] = np.dtype(np.int32)
+    if schema.sequence is not None:
+        dtypes[schema.sequence.name] = np.dtype(np.int32)
+        dtypes[seq_length_column(schema.sequence.name)] = np.dtype(np.int32)
+    if schema.time_column is not None:
+        dtypes[schema.time_column] = np.dtype(np.int64)
+    if schema.has_split_column:
+        dtypes[SPLIT_COLUMN] = np.dtype(np.int8)
+    return dtypes
+
+
+def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
+    """Check that ``columns`` hold exactly what ``schema`` says; return the row count.
+
+    Raises ``ValueError`` naming the column, the first offending row and its value for: a missing column,
+    unequal lengths, NaN/inf in a float column, labels outside {0, 1}, negative ids, ids beyond the vocabulary,
+    domain ids outside 0..K-1, split codes outside 0..2 and zero rows.
+    """
+    missing = [c for c in schema.columns() if c not in columns]
+    if missing:
+        raise ValueError(
+            f"data set {schema.dataset_id!r}: column(s) {missing} named by the schema are missing "
+            f"(present: {sorted(columns)}); the schema does not match the data: re-prepare it"
+        )
+    lengths = {name: len(columns[name]) for name in schema.columns()}
+    n = lengths[schema.domain_field]
+    if any(v != n for v in lengths.values()):
+        raise ValueError(f"data set {schema.dataset_id!r}: columns differ in length {lengths}")
+    if n == 0:
+        raise ValueError(f"data set {schema.dataset_id!r} has no rows")
+    vocab = dict(zip(schema.sparse_names, schema.vocab_sizes, strict=True))
+    int_ranges: dict[str, tuple[int, int, str]] = {
+        name: (0, size - 1, "an id") for name, size in vocab.items()
+    }
+    int_ranges[schema.domain_field] = (0, schema.num_domains - 1, f"a domain id (domains: {list(schema.domains)})")
+    if schema.sequence is not None:
+        seq = schema.sequence
+        int_ranges[seq.name] = (0, vocab[seq.vocab_field] - 1, f"an id of {seq.vocab_field!r}")
+        int_ranges[seq_length_column(seq.name)] = (0, seq.max_len, "a sequence length")
+    if schema.has_split_column:
+        int_ranges[SPLIT_COLUMN] = (0, len(SPLIT_NAMES) - 1, f"a split code (0..2 = {SPLIT_NAMES})")
+    for start in range(0, n, _CHECK_CHUNK):
+        stop = min(n, start + _CHECK_CHUNK)
+        for name, (lo, hi, what) in int_ranges.items():
+            _check_range(schema, name, np.asarray(columns[name][start:stop]), start, lo, hi, what)
+        for name in [*schema.dense, *schema.oracle_columns.values()]:
+            chunk = np.asarray(columns[name][start:stop])
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                _raise_at(schema, name, chunk, bad, start, "is not finite; fill or drop missing values before preparing")
+        for name in schema.labels:
+            chunk = np.asarray(columns[name][start:stop])
+            bad = (chunk != 0) & (chunk != 1)
+            if bad.any():
+                _raise_at(schema, name, chunk, bad, start, "is not a binary label (0 or 1)")
+    return n
+
+
+def _check_range(schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str) -> None:
+    if not np.issubdtype(chunk.dtype, np.integer):
+        raise ValueError(f"data set {schema.dataset_id!r}: column {name!r} has dtype {chunk.dtype}, expected integers")
+    bad = (chunk < lo) | (chunk > hi)
+    if bad.any():
+        _raise_at(schema, name, chunk, bad, offset, f"is not {what} in {lo}..{hi}")
+
+
+def _raise_at(schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, offset: int, problem: str) -> None:
+    bad_rows = np.flatnonzero(bad.reshape(len(chunk), -1).any(axis=1))  # a sequence column is [rows, L]
+    row = int(bad_rows[0])
+    raise ValueError(
+        f"data set {schema.dataset_id!r}, column {name!r}, row {offset + row}: value {chunk[row].tolist()!r} {problem} "
+        f"({len(bad_rows)} such row(s) in rows {offset}..{offset + len(chunk) - 1})"
+    )
+
+
+def write_store(
+    directory: str | Path,
+    schema: Schema,
+    columns: Mapping[str, np.ndarray],
+    vocabularies: Mapping[str, list[str]] | None = None,
+    report: Mapping[str, object] | None = None,
+) -> Path:
+    """Validate ``columns`` against ``schema`` and write a prepared directory atomically.
+
+    The store is written into a temporary sibling and renamed into place, so a crash never leaves a half-written
+    store behind. Columns are cast to the dtypes of ``column_dtypes``.
+    """
+    directory = Path(directory)
+    check_columns(schema, columns)
+    dtypes = column_dtypes(schema)
+    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+    (tmp / COLUMNS_DIR).mkdir(parents=True)
+    try:
+        for name in schema.columns():
+            np.save(tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name]))
+        if vocabularies:
+            (tmp / VOCAB_DIR).mkdir()
+            for name, values in vocabularies.items():
+                (tmp / VOCAB_DIR / f"{name}.json").write_text(json.dumps(values))
+        (tmp / REPORT_FILE).write_text(json.dumps(dict(report or {}), indent=2, default=str))
+        schema.save(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+class ColumnStore:
+    """A prepared data set opened column by column (memory-mapped by default).
+
+    Args:
+        directory: a prepared directory (see the module docstring).
+        mmap: memory-map the columns (True) or read them into RAM (False).
+        validate: check every value against the schema on open (one pass over the data).
+
+    Example:
+        >>> store = ColumnStore("data/synthetic-1a2b")          # doctest: +SKIP
+        >>> batch = store.take(np.arange(4096))                  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str | Path, mmap: bool = True, validate: bool = True) -> None:
+        self.directory = Path(directory)
+        self.schema = Schema.load(self.directory)
+        missing = [c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()]
+        if missing:
+            raise ValueError(
+                f"prepared data at {self.directory} lacks column file(s) {missing} named by its schema; "
+                "the schema does not match the data: delete the directory and prepare again"
+            )
+        mode = "r" if mmap else None
+        self.columns: dict[str, np.ndarray] = {
+            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode) for c in self.schema.columns()
+        }
+        dtypes = column_dtypes(self.schema)
+        for name, col in self.columns.items():
+            if col.dtype != dtypes[name]:
+                raise ValueError(
+                    f"prepared data at {self.directory}: column {name!r} has dtype {col.dtype}, the schema "
+                    f"expects {dtypes[name]}; the schema does not match the data: prepare again"
+                )
+        self.num_rows = check_columns(self.schema, self.columns) if validate else len(self.columns[self.schema.domain_field])
+        s = self.schema
+        self._sparse = [self.columns[n] for n in s.sparse_names]
+        self._dense = [self.columns[n] for n in s.dense]
+        self._labels = [self.columns[n] for n in s.labels]
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """One column by name; raises naming the available columns."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r} in {self.directory}; columns: {sorted(self.columns)}")
+        return self.columns[name]
+
+    def vocabulary(self, field: str) -> list[str] | None:
+        """The raw value of each id of ``field`` (index i holds id i + 1), or None if it was not kept."""
+        path = self.directory / VOCAB_DIR / f"{field}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def report(self) -> dict:
+        path = self.directory / REPORT_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def take(self, index: np.ndarray) -> Batch:
+        """The rows at ``index`` as a Batch (columns gathered by fancy indexing; no per-row Python)."""
+        b = len(index)
+        sparse = np.empty((b, len(self._sparse)), dtype=np.int64)
+        for j, col in enumerate(self._sparse):
+            sparse[:, j] = col[index]
+        dense = np.empty((b, len(self._dense)), dtype=np.float32)
+        for j, col in enumerate(self._dense):
+            dense[:, j] = col[index]
+        labels = np.empty((b, len(self._labels)), dtype=np.float32)
+        for j, col in enumerate(self._labels):
+            labels[:, j] = col[index]
+        seq = seq_lengths = None
+        if self.schema.sequence is not None:
+            seq = torch.from_numpy(self.columns[self.schema.sequence.name][index].astype(np.int64))
+            seq_lengths = torch.from_numpy(
+                self.columns[seq_length_column(self.schema.sequence.name)][index].astype(np.int64)
+            )
+        return Batch(
+            sparse=torch.from_numpy(sparse),
+            dense=torch.from_numpy(dense),
+            domain=torch.from_numpy(self.columns[self.schema.domain_field][index].astype(np.int64)),
+            labels=torch.from_numpy(labels),
+            seq=seq,
+            seq_lengths=seq_lengths,
+        )
