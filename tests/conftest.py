@@ -23,8 +23,9 @@ def train_cfg(tmp_path: Path) -> Callable[[list[str]], DictConfig]:
 
 def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
     """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``, on a small data set."""
-    base = [
-        "data.source.num_rows=20000",
+    other_data = any(o.startswith("data=") for o in overrides)
+    base = [] if other_data else ["data.source.num_rows=20000"]
+    base += [
         "data.batch_size=512",
         "trainer.max_epochs=2",
         f"paths.root_dir={tmp_path}",

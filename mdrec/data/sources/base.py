@@ -27,9 +27,17 @@ class Source(Protocol):
 
 
 def fingerprint(source: object) -> str:
-    """A short hash of a (dataclass) source's settings: prepared data is cached under ``<dataset_id>-<hash>``."""
+    """A short hash of a (dataclass) source's settings: prepared data is cached under ``<dataset_id>-<hash>``.
+
+    A source that reads user files also defines ``input_signature()`` (e.g. each file's path, size and
+    modification time), so editing a file in place prepares the data again.
+    """
     if not is_dataclass(source):
         raise TypeError(f"{type(source).__name__} must be a dataclass so its settings can be fingerprinted")
-    payload = json.dumps({"type": type(source).__qualname__, "v": PREPARE_VERSION, **asdict(source)},
-                         sort_keys=True, default=str)
+    signature = source.input_signature() if hasattr(source, "input_signature") else None
+    payload = json.dumps(
+        {"type": type(source).__qualname__, "v": PREPARE_VERSION, "inputs": signature, **asdict(source)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha1(payload.encode()).hexdigest()[:10]

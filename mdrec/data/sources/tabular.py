@@ -28,6 +28,8 @@ Example config (``conf/data/<name>.yaml``)::
 from __future__ import annotations
 
 import csv
+import glob
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,11 @@ class TabularSource:
             return {"train": self.data_files}
         groups = zip(SPLITS, (self.train_files, self.val_files, self.test_files), strict=True)
         return {split: group for split, group in groups if group is not None}
+
+    def input_signature(self) -> list[tuple[str, int, int]]:
+        """Path, size and modification time of every input file (part of the cache fingerprint)."""
+        paths = sorted({p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)})
+        return [(p, (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
 
     def _format(self, path: str) -> str:
         suffix = Path(path).suffix.lower()
