@@ -59,7 +59,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fields", type=int, default=20, help="sparse fields")
     parser.add_argument("--dense", type=int, default=5, help="dense fields")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("MDREC_DATA_DIR", "data")),
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("MDREC_DATA_DIR", "data")),
         help="root of prepared data (default: $MDREC_DATA_DIR or ./data)",
     )
 
@@ -109,8 +111,10 @@ def main() -> None:
     args = parser.parse_args()
     dm = bench_datamodule(args)
     b = args.batch_size
-    stores = {"mmap": ColumnStore(dm.prepared_dir, validate=False),
-              "in-RAM": ColumnStore(dm.prepared_dir, mmap=False, validate=False)}
+    stores = {
+        "mmap": ColumnStore(dm.prepared_dir, validate=False),
+        "in-RAM": ColumnStore(dm.prepared_dir, mmap=False, validate=False),
+    }
     rows = np.arange(args.rows, dtype=np.int64)
     results: dict[str, float] = {}
     for name, store in stores.items():
@@ -123,8 +127,10 @@ def main() -> None:
     ref_rows = min(ref_batches * b, len(rows))
     results[ref_name] = rows_per_s(lambda: reference, ref_batches, ref_rows, args.repeats)
 
-    print(f"\n{args.rows:,} rows, B = {b}, {args.fields} sparse + {args.dense} dense fields, "
-          f"median of {args.repeats} passes\n")
+    print(
+        f"\n{args.rows:,} rows, B = {b}, {args.fields} sparse + {args.dense} dense fields, "
+        f"median of {args.repeats} passes\n"
+    )
     print(f"{'method':<48} {'rows/s':>14} {'vs reference':>13}")
     for name, rate in results.items():
         print(f"{name:<48} {rate:>14,.0f} {rate / results[ref_name]:>12.1f}x")

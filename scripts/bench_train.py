@@ -92,13 +92,20 @@ class StepTimer(pl.Callback):
         self.start = self.end = 0.0
         self.last_loss = float("nan")
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch, batch_idx: int
+    ) -> None:
         if batch_idx == self.warmup:
             self.start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: dict[str, Tensor], batch: Batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: dict[str, Tensor],
+        batch: Batch,
+        batch_idx: int,
+    ) -> None:
         self.end = time.perf_counter()
         self.last_loss = float(outputs["loss"])
 
@@ -108,9 +115,18 @@ def run_framework(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int)
     module = RankingModule(build_net(dm.schema, seed), dm.schema, optimizer_factory())
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision="32-true", max_epochs=1, limit_train_batches=warmup + steps,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_epochs=1,
+        limit_train_batches=warmup + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     reset_peak_rss()
     trainer.fit(module, datamodule=dm)
@@ -159,18 +175,24 @@ def main() -> None:
         for name in list(methods)[:: 1 if r % 2 == 0 else -1]:
             results[name].append(methods[name](dm, args.seed, args.warmup, args.steps))
 
-    print(f"\n{args.rows:,} rows ({len(dm.splits['train']):,} train), B = {dm.batch_size}, "
-          f"{args.fields} sparse + {args.dense} dense fields, {args.steps} timed steps after {args.warmup}, "
-          f"{args.threads} threads, median of {args.repeats} runs\n")
-    print(f"{'method':<40} {'samples/s':>10} {'ms/step':>8} {'runs (samples/s)':>24} {'peak RSS MiB':>13} "
-          f"{'last loss':>10}")
+    print(
+        f"\n{args.rows:,} rows ({len(dm.splits['train']):,} train), B = {dm.batch_size}, "
+        f"{args.fields} sparse + {args.dense} dense fields, {args.steps} timed steps after {args.warmup}, "
+        f"{args.threads} threads, median of {args.repeats} runs\n"
+    )
+    print(
+        f"{'method':<40} {'samples/s':>10} {'ms/step':>8} {'runs (samples/s)':>24} {'peak RSS MiB':>13} "
+        f"{'last loss':>10}"
+    )
     median = {name: statistics.median(r.samples_per_s for r in runs) for name, runs in results.items()}
     for name, runs in results.items():
         each = " ".join(f"{r.samples_per_s:,.0f}" for r in runs)
         peak = max(r.peak_rss_mib for r in runs)
         step_ms = 1e3 * dm.batch_size / median[name]
-        print(f"{name:<40} {median[name]:>10,.0f} {step_ms:>8.1f} {each:>24} {peak:>13,.0f} "
-              f"{runs[-1].last_loss:>10.5f}")
+        print(
+            f"{name:<40} {median[name]:>10,.0f} {step_ms:>8.1f} {each:>24} {peak:>13,.0f} "
+            f"{runs[-1].last_loss:>10.5f}"
+        )
     framework, bare = median.values()
     ratio = framework / bare
     print(f"\nframework / bare: {ratio:.3f}")

@@ -44,20 +44,37 @@ def test_tabular_files_train_end_to_end(tmp_path: Path, train_cfg: TrainCfg) -> 
             w.writerow(["user", "item", "price", "site", "click"])
             for _ in range(n):
                 item = int(rng.integers(0, 50))
-                w.writerow([f"u{rng.integers(0, 200)}", f"i{item}", f"{rng.random():.3f}",
-                            rng.choice(["web", "app"]), int(rng.random() < 0.2 + 0.6 * (item % 2))])
+                w.writerow(
+                    [
+                        f"u{rng.integers(0, 200)}",
+                        f"i{item}",
+                        f"{rng.random():.3f}",
+                        rng.choice(["web", "app"]),
+                        int(rng.random() < 0.2 + 0.6 * (item % 2)),
+                    ]
+                )
     files = [f"data.source.{s}_files=[{tmp_path / f'{s}.csv'}]" for s in ("train", "val", "test")]
-    cfg = train_cfg([
-        "data=tabular", "data.source.name=shop", *files, "data.source.spec.sparse=[user,item]",
-        "data.source.spec.dense=[price]", "data.source.spec.domain=site", "data.source.spec.labels=[click]",
-        "data.source.spec.user=user", "trainer.max_epochs=3",
-    ])
+    cfg = train_cfg(
+        [
+            "data=tabular",
+            "data.source.name=shop",
+            *files,
+            "data.source.spec.sparse=[user,item]",
+            "data.source.spec.dense=[price]",
+            "data.source.spec.domain=site",
+            "data.source.spec.labels=[click]",
+            "data.source.spec.user=user",
+            "trainer.max_epochs=3",
+        ]
+    )
     metrics = train(cfg)
     assert {"test/auc/app", "test/auc/web", "test/gauc"} <= metrics.keys()
     assert metrics["test/auc"] > 0.75  # the click depends on the item's parity only
 
 
-def test_wandb_logger_works_offline(tmp_path: Path, train_cfg: TrainCfg, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_logger_works_offline(
+    tmp_path: Path, train_cfg: TrainCfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     train(train_cfg(["logger=wandb", "debug=limit", "trainer.max_epochs=1"]))

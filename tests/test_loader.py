@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mdrec.data.loader import BatchLoader
-from mdrec.data.splits import PredefinedSplit, RandomSplit, StratifiedSplit, TemporalSplit
 from mdrec.data.schema import Schema, SparseField
+from mdrec.data.splits import PredefinedSplit, RandomSplit, StratifiedSplit, TemporalSplit
 from mdrec.data.store import ColumnStore, write_store
 
 
@@ -16,7 +16,12 @@ def id_store(tmp_path_factory: pytest.TempPathFactory) -> ColumnStore:
     """10,007 rows whose only sparse field is the row id + 1, so a batch tells which rows it holds."""
     n = 10_007
     schema = Schema("ids", (SparseField("row", n + 1),), ("x",), "domain", ("a", "b"), ("click",))
-    cols = {"row": np.arange(1, n + 1), "x": np.zeros(n), "domain": np.arange(n) % 2, "click": np.arange(n) % 2}
+    cols = {
+        "row": np.arange(1, n + 1),
+        "x": np.zeros(n),
+        "domain": np.arange(n) % 2,
+        "click": np.arange(n) % 2,
+    }
     directory = tmp_path_factory.mktemp("ids") / "store"
     write_store(directory, schema, cols)
     return ColumnStore(directory)
@@ -89,7 +94,9 @@ def test_temporal_split_has_no_look_ahead(small_store: ColumnStore) -> None:
     splits = TemporalSplit((0.7, 0.15, 0.15))(small_store)
     _check_partition(splits, len(small_store))
     t = np.asarray(small_store.column("time"))
-    assert t[splits["train"]].max() < t[splits["val"]].min() <= t[splits["val"]].max() < t[splits["test"]].min()
+    assert (
+        t[splits["train"]].max() < t[splits["val"]].min() <= t[splits["val"]].max() < t[splits["test"]].min()
+    )
 
 
 def test_split_errors(small_store: ColumnStore) -> None:

@@ -46,7 +46,9 @@ def test_domain_metrics_keys_and_weighting() -> None:
     assert m["rows/b"] == 4
     assert m["logloss/a"] == pytest.approx(-math.log(0.8), rel=1e-6)
     assert m["gauc"] == pytest.approx((2 * 1 + 2 * 1 + 2 * 0) / 6)
-    assert float(grouped_logloss(probs, labels, torch.zeros(6, dtype=torch.long), 1)[0]) == pytest.approx(m["logloss"])
+    assert float(grouped_logloss(probs, labels, torch.zeros(6, dtype=torch.long), 1)[0]) == pytest.approx(
+        m["logloss"]
+    )
 
 
 def test_domain_metrics_accumulates_batches() -> None:

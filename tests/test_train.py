@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,16 @@ def test_training_writes_per_domain_metrics_below_the_oracle(tmp_path: Path, tra
 
 
 def test_overfit_loss_falls(tmp_path: Path, train_cfg: TrainCfg) -> None:
-    train(train_cfg(["debug=overfit", "trainer.log_every_n_steps=1", "trainer.max_epochs=40", "model.optimizer.lr=0.01"]))
+    train(
+        train_cfg(
+            [
+                "debug=overfit",
+                "trainer.log_every_n_steps=1",
+                "trainer.max_epochs=40",
+                "model.optimizer.lr=0.01",
+            ]
+        )
+    )
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) >= 100

@@ -42,7 +42,9 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""
-        return replace(self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
+        return replace(
+            self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)}
+        )
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory (for asynchronous host-to-GPU copies)."""
@@ -51,9 +53,15 @@ class Batch:
     def validate(self, num_domains: int | None = None, vocab_sizes: list[int] | None = None) -> Batch:
         """Check dtypes, shapes and id ranges; raise ``ValueError`` naming the offending part. Not for the hot path."""
         b = self.size
-        expect = {"sparse": (torch.int64, 2), "dense": (torch.float32, 2), "domain": (torch.int64, 1),
-                  "labels": (torch.float32, 2), "seq": (torch.int64, 2), "seq_lengths": (torch.int64, 1),
-                  "weight": (torch.float32, 1)}
+        expect = {
+            "sparse": (torch.int64, 2),
+            "dense": (torch.float32, 2),
+            "domain": (torch.int64, 1),
+            "labels": (torch.float32, 2),
+            "seq": (torch.int64, 2),
+            "seq_lengths": (torch.int64, 1),
+            "weight": (torch.float32, 1),
+        }
         for name, (dtype, ndim) in expect.items():
             t = getattr(self, name)
             if t is None:
@@ -66,7 +74,11 @@ class Batch:
             raise ValueError("Batch.seq and Batch.seq_lengths must be given together")
         if self.sparse.numel() and int(self.sparse.min()) < 0:
             raise ValueError(f"Batch.sparse holds a negative id ({int(self.sparse.min())}); ids start at 0")
-        if num_domains is not None and b and (int(self.domain.min()) < 0 or int(self.domain.max()) >= num_domains):
+        if (
+            num_domains is not None
+            and b
+            and (int(self.domain.min()) < 0 or int(self.domain.max()) >= num_domains)
+        ):
             bad = self.domain[(self.domain < 0) | (self.domain >= num_domains)][0]
             raise ValueError(f"Batch.domain holds id {int(bad)}, outside 0..{num_domains - 1}")
         if vocab_sizes is not None and self.sparse.numel():

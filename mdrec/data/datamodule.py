@@ -79,7 +79,13 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.store = ColumnStore(self.prepared_dir, mmap=self.mmap)
         self.splits = self.split(self.store)
         sizes = {name: len(idx) for name, idx in self.splits.items()}
-        log.info("%s: %d rows, %d domains, splits %s", self.schema.dataset_id, len(self.store), self.schema.num_domains, sizes)
+        log.info(
+            "%s: %d rows, %d domains, splits %s",
+            self.schema.dataset_id,
+            len(self.store),
+            self.schema.num_domains,
+            sizes,
+        )
 
     @property
     def schema(self) -> Schema:

@@ -79,11 +79,15 @@ class Schema:
 
     def __post_init__(self) -> None:
         if not self.domains:
-            raise ValueError(f"schema {self.dataset_id!r}: `domains` is empty; a data set needs at least one domain")
+            raise ValueError(
+                f"schema {self.dataset_id!r}: `domains` is empty; a data set needs at least one domain"
+            )
         if not self.labels:
             raise ValueError(f"schema {self.dataset_id!r}: `labels` is empty; name at least one label column")
         if not self.sparse and not self.dense:
-            raise ValueError(f"schema {self.dataset_id!r}: no sparse and no dense fields; name at least one feature")
+            raise ValueError(
+                f"schema {self.dataset_id!r}: no sparse and no dense fields; name at least one feature"
+            )
         names = [*self.sparse_names, *self.dense, *self.labels, self.domain_field]
         if self.sequence is not None:
             names.append(self.sequence.name)
@@ -96,7 +100,9 @@ class Schema:
             )
         for f in self.sparse:
             if f.vocab_size < 1:
-                raise ValueError(f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}")
+                raise ValueError(
+                    f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}"
+                )
         if self.sequence is not None and self.sequence.vocab_field not in self.sparse_names:
             raise ValueError(
                 f"schema {self.dataset_id!r}: sequence {self.sequence.name!r} shares the vocabulary of "
@@ -104,7 +110,8 @@ class Schema:
             )
         if self.user_field is not None and self.user_field not in self.sparse_names:
             raise ValueError(
-                f"schema {self.dataset_id!r}: user_field {self.user_field!r} is not a sparse field ({self.sparse_names})"
+                f"schema {self.dataset_id!r}: user_field {self.user_field!r} is not a sparse field "
+                f"({self.sparse_names})"
             )
         unknown = sorted(set(self.oracle_columns) - set(self.labels))
         if unknown:
@@ -126,12 +133,20 @@ class Schema:
     def sparse_index(self, name: str) -> int:
         """Column of ``name`` in ``Batch.sparse``; raises naming the available fields."""
         if name not in self.sparse_names:
-            raise KeyError(f"{name!r} is not a sparse field of {self.dataset_id!r}; fields: {self.sparse_names}")
+            raise KeyError(
+                f"{name!r} is not a sparse field of {self.dataset_id!r}; fields: {self.sparse_names}"
+            )
         return self.sparse_names.index(name)
 
     def columns(self) -> list[str]:
         """Every column file a prepared store of this schema must hold."""
-        cols = [*self.sparse_names, *self.dense, self.domain_field, *self.labels, *self.oracle_columns.values()]
+        cols = [
+            *self.sparse_names,
+            *self.dense,
+            self.domain_field,
+            *self.labels,
+            *self.oracle_columns.values(),
+        ]
         if self.sequence is not None:
             cols += [self.sequence.name, seq_length_column(self.sequence.name)]
         if self.time_column is not None:

@@ -15,7 +15,9 @@ Splits = dict[str, np.ndarray]
 def _check_fractions(fractions: tuple[float, ...] | list[float]) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     if f.shape != (3,) or (f < 0).any() or not np.isclose(f.sum(), 1.0):
-        raise ValueError(f"split fractions {list(fractions)} must be three non-negative numbers (train, val, test) summing to 1")
+        raise ValueError(
+            f"split fractions {list(fractions)} must be three non-negative numbers (train, val, test) summing to 1"
+        )
     return f
 
 

@@ -70,7 +70,11 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     int_ranges: dict[str, tuple[int, int, str]] = {
         name: (0, size - 1, "an id") for name, size in vocab.items()
     }
-    int_ranges[schema.domain_field] = (0, schema.num_domains - 1, f"a domain id (domains: {list(schema.domains)})")
+    int_ranges[schema.domain_field] = (
+        0,
+        schema.num_domains - 1,
+        f"a domain id (domains: {list(schema.domains)})",
+    )
     if schema.sequence is not None:
         seq = schema.sequence
         int_ranges[seq.name] = (0, vocab[seq.vocab_field] - 1, f"an id of {seq.vocab_field!r}")
@@ -85,7 +89,14 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
             chunk = np.asarray(columns[name][start:stop])
             bad = ~np.isfinite(chunk)
             if bad.any():
-                _raise_at(schema, name, chunk, bad, start, "is not finite; fill or drop missing values before preparing")
+                _raise_at(
+                    schema,
+                    name,
+                    chunk,
+                    bad,
+                    start,
+                    "is not finite; fill or drop missing values before preparing",
+                )
         for name in schema.labels:
             chunk = np.asarray(columns[name][start:stop])
             bad = (chunk != 0) & (chunk != 1)
@@ -94,15 +105,21 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     return n
 
 
-def _check_range(schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str) -> None:
+def _check_range(
+    schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str
+) -> None:
     if not np.issubdtype(chunk.dtype, np.integer):
-        raise ValueError(f"data set {schema.dataset_id!r}: column {name!r} has dtype {chunk.dtype}, expected integers")
+        raise ValueError(
+            f"data set {schema.dataset_id!r}: column {name!r} has dtype {chunk.dtype}, expected integers"
+        )
     bad = (chunk < lo) | (chunk > hi)
     if bad.any():
         _raise_at(schema, name, chunk, bad, offset, f"is not {what} in {lo}..{hi}")
 
 
-def _raise_at(schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, offset: int, problem: str) -> None:
+def _raise_at(
+    schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, offset: int, problem: str
+) -> None:
     bad_rows = np.flatnonzero(bad.reshape(len(chunk), -1).any(axis=1))  # a sequence column is [rows, L]
     row = int(bad_rows[0])
     raise ValueError(
@@ -130,7 +147,9 @@ def write_store(
     (tmp / COLUMNS_DIR).mkdir(parents=True)
     try:
         for name in schema.columns():
-            np.save(tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name]))
+            np.save(
+                tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name])
+            )
         if vocabularies:
             (tmp / VOCAB_DIR).mkdir()
             for name, values in vocabularies.items():
@@ -162,7 +181,9 @@ class ColumnStore:
     def __init__(self, directory: str | Path, mmap: bool = True, validate: bool = True) -> None:
         self.directory = Path(directory)
         self.schema = Schema.load(self.directory)
-        missing = [c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()]
+        missing = [
+            c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()
+        ]
         if missing:
             raise ValueError(
                 f"prepared data at {self.directory} lacks column file(s) {missing} named by its schema; "
@@ -170,7 +191,8 @@ class ColumnStore:
             )
         mode = "r" if mmap else None
         self.columns: dict[str, np.ndarray] = {
-            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode) for c in self.schema.columns()
+            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode)
+            for c in self.schema.columns()
         }
         dtypes = column_dtypes(self.schema)
         for name, col in self.columns.items():
@@ -179,7 +201,11 @@ class ColumnStore:
                     f"prepared data at {self.directory}: column {name!r} has dtype {col.dtype}, the schema "
                     f"expects {dtypes[name]}; the schema does not match the data: prepare again"
                 )
-        self.num_rows = check_columns(self.schema, self.columns) if validate else len(self.columns[self.schema.domain_field])
+        self.num_rows = (
+            check_columns(self.schema, self.columns)
+            if validate
+            else len(self.columns[self.schema.domain_field])
+        )
         s = self.schema
         self._sparse = [self.columns[n] for n in s.sparse_names]
         self._dense = [self.columns[n] for n in s.dense]

@@ -13,7 +13,9 @@ import torchmetrics
 from torch import Tensor
 
 
-def grouped_auc(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor]:
+def grouped_auc(
+    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """ROC AUC of ``scores`` against binary ``labels`` within each group, ties counted half.
 
     Args:
@@ -26,7 +28,8 @@ def grouped_auc(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int)
         ``(auc [G], positives [G], negatives [G])``; auc is NaN where a group lacks either class.
 
     Example:
-        >>> auc, _, _ = grouped_auc(torch.tensor([.1, .9, .8, .2]), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]), 2)
+        >>> scores, labels = torch.tensor([0.1, 0.9, 0.8, 0.2]), torch.tensor([0, 1, 0, 1])
+        >>> auc, _, _ = grouped_auc(scores, labels, torch.tensor([0, 0, 1, 1]), 2)
         >>> auc.tolist()
         [1.0, 0.0]
     """
@@ -55,7 +58,9 @@ def grouped_auc(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int)
     return auc, pos, neg
 
 
-def grouped_logloss(probs: Tensor, labels: Tensor, groups: Tensor, num_groups: int, eps: float = 1e-7) -> Tensor:
+def grouped_logloss(
+    probs: Tensor, labels: Tensor, groups: Tensor, num_groups: int, eps: float = 1e-7
+) -> Tensor:
     """Mean binary cross-entropy per group ``[G]`` (NaN for an empty group); probabilities clipped to [eps, 1-eps]."""
     p = probs.double().clamp(eps, 1 - eps)
     y = labels.double()
@@ -64,7 +69,9 @@ def grouped_logloss(probs: Tensor, labels: Tensor, groups: Tensor, num_groups: i
     return total / torch.bincount(groups, minlength=num_groups).double()
 
 
-def gauc(probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = None, num_owners: int = 1) -> Tensor:
+def gauc(
+    probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = None, num_owners: int = 1
+) -> Tensor:
     """Group AUC: per-user AUC weighted by the user's rows, over users with both classes.
 
     Args:
@@ -83,7 +90,9 @@ def gauc(probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = No
     auc, pos, neg = grouped_auc(probs, labels, inverse, len(keys))
     weight = torch.where(torch.isnan(auc), torch.zeros_like(pos), pos + neg)
     key_owner = keys // stride
-    num = torch.zeros(num_owners, dtype=torch.float64).index_add_(0, key_owner, torch.nan_to_num(auc) * weight)
+    num = torch.zeros(num_owners, dtype=torch.float64).index_add_(
+        0, key_owner, torch.nan_to_num(auc) * weight
+    )
     den = torch.zeros(num_owners, dtype=torch.float64).index_add_(0, key_owner, weight)
     return num / den
 

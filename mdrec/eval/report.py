@@ -16,7 +16,9 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
         overall      10    0.7000   0.5000
     """
     has_oracle = f"oracle/auc/{domains[0]}" in metrics
-    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}" + (f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else "")
+    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}" + (
+        f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else ""
+    )
     lines = [header]
     total_rows = 0
     for name in [*domains, None]:

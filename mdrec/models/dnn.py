@@ -41,7 +41,9 @@ class DNNBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if not 1 <= num_tasks <= len(schema.labels):
-            raise ValueError(f"num_tasks {num_tasks} must be in 1..{len(schema.labels)} (labels: {list(schema.labels)})")
+            raise ValueError(
+                f"num_tasks {num_tasks} must be in 1..{len(schema.labels)} (labels: {list(schema.labels)})"
+            )
         self.num_tasks = num_tasks
         self.input = EmbeddedInput(schema, embedding_dim, embedding_init_std)
         self.mlp = MLP(self.input.out_features, list(layer_sizes), dropout, batch_norm)

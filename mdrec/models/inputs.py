@@ -29,7 +29,9 @@ class EmbeddedInput(nn.Module):
     def __init__(self, schema: Schema, embedding_dim: int, init_std: float = 1e-2) -> None:
         super().__init__()
         self.embedding = FieldEmbedding(schema.vocab_sizes, embedding_dim, init_std)
-        self.seq_field = schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
+        self.seq_field = (
+            schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
+        )
         num_pooled = len(schema.sparse) + (1 if self.seq_field is not None else 0)
         self.out_features = num_pooled * embedding_dim + len(schema.dense)
 
@@ -39,7 +41,7 @@ class EmbeddedInput(nn.Module):
             if batch.seq is None or batch.seq_lengths is None:
                 raise ValueError("the schema has a sequence field but the batch carries no `seq`")
             items = self.embedding.lookup(batch.seq, self.seq_field)  # [B, L, D]
-            mask = (torch.arange(batch.seq.shape[1], device=batch.seq.device) < batch.seq_lengths[:, None])
+            mask = torch.arange(batch.seq.shape[1], device=batch.seq.device) < batch.seq_lengths[:, None]
             pooled = (items * mask[..., None]).sum(1) / batch.seq_lengths.clamp(min=1)[:, None]  # [B, D]
             parts.append(pooled)
         parts.append(batch.dense)

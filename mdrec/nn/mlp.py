@@ -20,7 +20,9 @@ class MLP(nn.Module):
         torch.Size([3, 4])
     """
 
-    def __init__(self, in_features: int, layer_sizes: list[int], dropout: float = 0.0, batch_norm: bool = False) -> None:
+    def __init__(
+        self, in_features: int, layer_sizes: list[int], dropout: float = 0.0, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if not layer_sizes or min(layer_sizes) < 1:
             raise ValueError(f"layer_sizes must be a non-empty list of positive widths, got {layer_sizes}")

@@ -32,7 +32,8 @@ class RankingModule(pl.LightningModule):
         optimizer: a partial optimiser (``_partial_: true`` in the config), completed with the parameters.
 
     Example:
-        >>> module = RankingModule(DNNBackbone(schema), schema, functools.partial(torch.optim.Adam, lr=1e-3))  # doctest: +SKIP
+        >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
+        >>> module = RankingModule(DNNBackbone(schema), schema, adam)  # doctest: +SKIP
     """
 
     def __init__(self, net: nn.Module, schema: Schema, optimizer: OptimizerFactory) -> None:
@@ -53,7 +54,9 @@ class RankingModule(pl.LightningModule):
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         """Mean BCE over rows and predicted tasks, plus the auxiliary loss."""
         t = out.logits.shape[1]
-        bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels[:, :t], reduction="none").mean(1)  # [B]
+        bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels[:, :t], reduction="none").mean(
+            1
+        )  # [B]
         task = bce.mean() if batch.weight is None else (bce * batch.weight).sum() / batch.weight.sum()
         return task + out.aux_loss
 

@@ -87,11 +87,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out_dir / "data_report.json").write_text(
         json.dumps(
-            {"prepared_dir": str(datamodule.prepared_dir), "preparation": datamodule.store.report(),
-             "id0_share": {s: datamodule.id0_shares(s) for s in datamodule.splits}},
+            {
+                "prepared_dir": str(datamodule.prepared_dir),
+                "preparation": datamodule.store.report(),
+                "id0_share": {s: datamodule.id0_shares(s) for s in datamodule.splits},
+            },
             indent=2,
         )
     )
     if "test/auc" in metrics:
-        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains))
+        log.info(
+            "per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains)
+        )
     return metrics

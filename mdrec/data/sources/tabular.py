@@ -109,7 +109,9 @@ class TabularSource:
 
     def input_signature(self) -> list[tuple[str, int, int]]:
         """Path, size and modification time of every input file (part of the cache fingerprint)."""
-        paths = sorted({p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)})
+        paths = sorted(
+            {p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)}
+        )
         return [(p, (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
 
     def _format(self, path: str) -> str:
