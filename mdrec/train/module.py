@@ -32,7 +32,7 @@ class RankingModule(pl.LightningModule):
         optimizer: a partial optimiser (``_partial_: true`` in the config), completed with the parameters.
 
     Example:
-        >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
+        >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)  # doctest: +SKIP
         >>> module = RankingModule(DNNBackbone(schema), schema, adam)  # doctest: +SKIP
     """
 
