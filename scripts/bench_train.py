@@ -164,7 +164,6 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is not a DataLoader.*")
-    warnings.filterwarnings("ignore", ".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
+from mdrec.data.batch import Batch
 from mdrec.data.loader import BatchLoader
 from mdrec.data.schema import SCHEMA_FILE, SPLIT_NAMES, Schema
 from mdrec.data.sources.base import Source, fingerprint
@@ -106,6 +108,9 @@ class MultiDomainDataModule(pl.LightningDataModule):
             shuffle=train,
             seed=self.seed,
         )
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        return batch.to(device, non_blocking=True)
 
     def train_dataloader(self) -> BatchLoader:
         return self.loader("train")

@@ -60,9 +60,6 @@ class RankingModule(pl.LightningModule):
         task = bce.mean() if batch.weight is None else (bce * batch.weight).sum() / batch.weight.sum()
         return task + out.aux_loss
 
-    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
-        return batch.to(device, non_blocking=True)
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.net(batch)
         loss = self.loss(out, batch)
