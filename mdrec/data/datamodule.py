@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from mdrec.data.loader import BatchLoader
 from mdrec.data.schema import SCHEMA_FILE, SPLIT_NAMES, Schema
 from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.splits import PredefinedSplit, RandomSplit, StratifiedSplit, TemporalSplit
-from mdrec.data.store import ColumnStore
+from mdrec.data.store import COLUMNS_DIR, ColumnStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
         batch_size: training batch size B.
         eval_batch_size: validation/test batch size (default: 4 x batch_size).
         seed: seed of the training order.
-        mmap: memory-map the columns (False reads them into RAM).
+        mmap: memory-map the columns (True) or read them into RAM (False); None (default) reads them into RAM
+            when they take less than half of the available memory (faster batches), else memory-maps them.
 
     Example:
         >>> dm = MultiDomainDataModule(SyntheticSource(), RandomSplit(), data_dir="data")   # doctest: +SKIP
@@ -50,7 +52,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         batch_size: int = 4096,
         eval_batch_size: int | None = None,
         seed: int = 0,
-        mmap: bool = True,
+        mmap: bool | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -78,15 +80,17 @@ class MultiDomainDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        self.store = ColumnStore(self.prepared_dir, mmap=self.mmap)
+        mmap = self.mmap if self.mmap is not None else should_mmap(self.prepared_dir)
+        self.store = ColumnStore(self.prepared_dir, mmap=mmap)
         self.splits = self.split(self.store)
         sizes = {name: len(idx) for name, idx in self.splits.items()}
         log.info(
-            "%s: %d rows, %d domains, splits %s",
+            "%s: %d rows, %d domains, splits %s, %s",
             self.schema.dataset_id,
             len(self.store),
             self.schema.num_domains,
             sizes,
+            "memory-mapped" if mmap else "in RAM",
         )
 
     @property
@@ -139,3 +143,10 @@ class MultiDomainDataModule(pl.LightningDataModule):
             zero = np.bincount(domain, weights=self.split_column(split, name) == 0, minlength=k) / rows
             shares[name] = dict(zip(self.schema.domains, zero.round(6).tolist(), strict=True))
         return shares
+
+
+def should_mmap(directory: Path) -> bool:
+    """True when the prepared columns take more than half of the memory available now."""
+    size = sum(f.stat().st_size for f in (directory / COLUMNS_DIR).glob("*.npy"))
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return size > available / 2

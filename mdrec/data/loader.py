@@ -35,7 +35,7 @@ class EpochPermutation:
         """int64 ``[n]``: the split's rows in this epoch's order."""
         if not self.shuffle:
             return self.indices
-        return self.indices[np.random.default_rng((self.seed, self.epoch)).permutation(len(self.indices))]
+        return np.random.default_rng((self.seed, self.epoch)).permutation(self.indices)
 
 
 class BatchLoader:
