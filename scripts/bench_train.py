@@ -13,7 +13,7 @@ Target (DESIGN.md, "Performance principles"): framework samples/s >= 0.9 x the b
 
 Usage::
 
-    python scripts/bench_train.py                      # 2M rows, B = 4096, 40 timed steps, 3 runs each
+    python scripts/bench_train.py                      # 2M rows, B = 4096, 40 timed steps, 5 runs each
     python scripts/bench_train.py --steps 200 --threads 1
 """
 
@@ -158,7 +158,7 @@ def main() -> None:
     add_data_args(parser)
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of every run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each method (best and median shown)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each method (best and median shown)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

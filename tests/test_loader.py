@@ -106,3 +106,12 @@ def test_split_errors(small_store: ColumnStore) -> None:
         RandomSplit((0.9, 0.0, 0.1))(small_store)
     with pytest.raises(ValueError, match="came without its own split"):
         PredefinedSplit()(small_store)
+
+
+def test_in_ram_and_memory_mapped_batches_are_identical(small_store: ColumnStore) -> None:
+    in_ram = ColumnStore(small_store.directory, mmap=False)
+    index = np.sort(np.random.default_rng(0).choice(len(small_store), 777, replace=False))
+    a, b = small_store.take(index), in_ram.take(index)
+    for name in ("sparse", "dense", "domain", "labels"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and bool((x == y).all()), name
