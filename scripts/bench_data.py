@@ -61,8 +61,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("MDREC_DATA_DIR", "data")),
-        help="root of prepared data (default: $MDREC_DATA_DIR or ./data)",
+        default=Path(os.environ.get("MDREC_DATA_DIR", Path(__file__).resolve().parents[1] / "data")),
+        help="root of prepared data (default: $MDREC_DATA_DIR or the repository's data/)",
     )
 
 
