@@ -1,6 +1,6 @@
 """Print mean ± std over the runs below a directory (e.g. a seed sweep) as a markdown table.
 
-    python scripts/summarize_runs.py logs/ml1m_dnn/multiruns/<time> --domains age_under25 age_25_34 age_35plus
+python scripts/summarize_runs.py logs/ml1m_dnn/multiruns/<time> --domains age_under25 age_25_34 age_35plus
 """
 
 from __future__ import annotations

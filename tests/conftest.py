@@ -22,10 +22,11 @@ def train_cfg(tmp_path: Path) -> Callable[[list[str]], DictConfig]:
 
 
 def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``, on a small data set."""
-    other_data = any(o.startswith("data=") for o in overrides)
-    base = [] if other_data else ["data.source.num_rows=20000"]
-    base += [
+    """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``.
+
+    Synthetic data shrinks to 20,000 rows unless the overrides set ``data.source.num_rows`` themselves.
+    """
+    base = [
         "data.batch_size=512",
         "trainer.max_epochs=2",
         f"paths.root_dir={tmp_path}",
@@ -35,7 +36,11 @@ def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
         "+trainer.enable_progress_bar=false",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=base + overrides)
+        cfg = compose(config_name="train", overrides=base + overrides)
+    synthetic = cfg.data.source._target_.endswith("SyntheticSource")
+    if synthetic and not any(o.startswith("data.source.num_rows=") for o in overrides):
+        cfg.data.source.num_rows = 20_000
+    return cfg
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,9 +45,10 @@ def test_tabular_files_train_end_to_end(tmp_path: Path, train_cfg: TrainCfg) -> 
             w.writerow(["user", "item", "price", "site", "click"])
             for _ in range(n):
                 item = int(rng.integers(0, 50))
+                users = 200 if split == "train" else 250  # a fifth of val/test users are new
                 w.writerow(
                     [
-                        f"u{rng.integers(0, 200)}",
+                        f"u{rng.integers(0, users)}",
                         f"i{item}",
                         f"{rng.random():.3f}",
                         rng.choice(["web", "app"]),
@@ -70,13 +72,25 @@ def test_tabular_files_train_end_to_end(tmp_path: Path, train_cfg: TrainCfg) -> 
     metrics = train(cfg)
     assert {"test/auc/app", "test/auc/web", "test/gauc"} <= metrics.keys()
     assert metrics["test/auc"] > 0.75  # the click depends on the item's parity only
+    unseen = json.loads((tmp_path / "run" / "data_report.json").read_text())["unseen_share"]
+    for site in ("app", "web"):
+        assert unseen["train"]["user"][site] == 0.0
+        assert 0.12 < unseen["test"]["user"][site] < 0.28  # about 50 of 250 test users never trained
+        assert unseen["test"]["item"][site] == 0.0
 
 
-def test_wandb_logger_works_offline(
-    tmp_path: Path, train_cfg: TrainCfg, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wandb_logger_works_offline(tmp_path: Path, train_cfg: TrainCfg, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     train(train_cfg(["logger=wandb", "debug=limit", "trainer.max_epochs=1"]))
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    "override", [f"experiment={e}" for e in options("experiment")] + [f"debug={d}" for d in options("debug")]
+)
+def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) -> None:
+    cfg = train_cfg([override])
+    assert isinstance(hydra.utils.instantiate(cfg.data), MultiDomainDataModule)
+    hydra.utils.instantiate(cfg.trainer, logger=False)

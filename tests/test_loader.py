@@ -94,9 +94,7 @@ def test_temporal_split_has_no_look_ahead(small_store: ColumnStore) -> None:
     splits = TemporalSplit((0.7, 0.15, 0.15))(small_store)
     _check_partition(splits, len(small_store))
     t = np.asarray(small_store.column("time"))
-    assert (
-        t[splits["train"]].max() < t[splits["val"]].min() <= t[splits["val"]].max() < t[splits["test"]].min()
-    )
+    assert t[splits["train"]].max() < t[splits["val"]].min() <= t[splits["val"]].max() < t[splits["test"]].min()
 
 
 def test_split_errors(small_store: ColumnStore) -> None:

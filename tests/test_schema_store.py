@@ -39,9 +39,7 @@ def toy_columns() -> dict[str, np.ndarray]:
 
 
 def test_schema_round_trip(tmp_path: Path) -> None:
-    schema = toy_schema(
-        sequence=SequenceField("hist", "item", 3), time_column="ts", oracle_columns={"click": "p"}
-    )
+    schema = toy_schema(sequence=SequenceField("hist", "item", 3), time_column="ts", oracle_columns={"click": "p"})
     schema.save(tmp_path)
     assert Schema.load(tmp_path) == schema
 
@@ -126,15 +124,11 @@ def test_column_with_wrong_dtype(tmp_path: Path) -> None:
 
 
 def test_batch_moves_and_validates() -> None:
-    b = Batch(
-        torch.tensor([[1, 2]]), torch.zeros(1, 1), torch.tensor([0]), torch.ones(1, 1), weight=torch.ones(1)
-    )
+    b = Batch(torch.tensor([[1, 2]]), torch.zeros(1, 1), torch.tensor([0]), torch.ones(1, 1), weight=torch.ones(1))
     moved = b.to(torch.device("cpu"))
     assert moved.weight is not None and moved.size == 1
     with pytest.raises(ValueError, match="Batch.domain holds id 3, outside 0..1"):
-        Batch(torch.tensor([[1, 2]]), torch.zeros(1, 1), torch.tensor([3]), torch.ones(1, 1)).validate(
-            num_domains=2
-        )
+        Batch(torch.tensor([[1, 2]]), torch.zeros(1, 1), torch.tensor([3]), torch.ones(1, 1)).validate(num_domains=2)
     with pytest.raises(ValueError, match="negative id"):
         Batch(torch.tensor([[-1, 2]]), torch.zeros(1, 1), torch.tensor([0]), torch.ones(1, 1)).validate()
     with pytest.raises(ValueError, match=r"Batch.sparse\[:, 1\] holds id 7 >= vocab_size 4"):

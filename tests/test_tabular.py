@@ -23,9 +23,7 @@ u2,90210,fr,2.5,0,101,
 u1,02134,de,3.5,1,102,b|c|a
 u3,10001,fr,0.5,0,103,c
 """
-SPEC = TableSpec(
-    sparse=("user", "zip"), domain="country", labels=("click",), dense=("price",), user="user", time="ts"
-)
+SPEC = TableSpec(sparse=("user", "zip"), domain="country", labels=("click",), dense=("price",), user="user", time="ts")
 
 
 def test_csv_pool(tmp_path: Path) -> None:
@@ -61,9 +59,7 @@ def test_tsv_with_delimited_sequence(tmp_path: Path) -> None:
 
 def test_custom_delimiter(tmp_path: Path) -> None:
     (tmp_path / "d.txt").write_text(CSV.replace(",", ";"))
-    enc = TabularSource("shop", SPEC, data_files=str(tmp_path / "d.txt"), delimiter=";").encode(
-        tmp_path / "raw"
-    )
+    enc = TabularSource("shop", SPEC, data_files=str(tmp_path / "d.txt"), delimiter=";").encode(tmp_path / "raw")
     assert enc.columns["user"].tolist() == [1, 2, 1, 3]
 
 
@@ -171,11 +167,16 @@ def test_csv_bad_values_name_column_and_row(tmp_path: Path) -> None:
         ({"data_files": "a.csv", "test_files": "b.csv"}, ValueError, "need `train_files`"),
         ({"data_files": "a.json"}, ValueError, r"cannot tell the format of 'a.json'"),
         (
-            {"train_files": "a.csv", "test_files": "b.parquet"},
+            {"train_files": "a.csv", "val_files": "v.csv", "test_files": "b.parquet"},
             ValueError,
             r"mix formats \['csv', 'parquet'\]",
         ),
-        ({"train_files": []}, ValueError, r"file list for \['train'\] is empty"),
+        (
+            {"train_files": [], "val_files": "v.csv", "test_files": "t.csv"},
+            ValueError,
+            r"file list for \['train'\] is empty",
+        ),
+        ({"train_files": "a.csv", "test_files": "t.csv"}, ValueError, r"give `val_files` and `test_files` too"),
     ],
 )
 def test_bad_file_config(files: dict, error: type, match: str) -> None:

@@ -42,9 +42,7 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""
-        return replace(
-            self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)}
-        )
+        return replace(self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked memory (for asynchronous host-to-GPU copies)."""
@@ -74,11 +72,7 @@ class Batch:
             raise ValueError("Batch.seq and Batch.seq_lengths must be given together")
         if self.sparse.numel() and int(self.sparse.min()) < 0:
             raise ValueError(f"Batch.sparse holds a negative id ({int(self.sparse.min())}); ids start at 0")
-        if (
-            num_domains is not None
-            and b
-            and (int(self.domain.min()) < 0 or int(self.domain.max()) >= num_domains)
-        ):
+        if num_domains is not None and b and (int(self.domain.min()) < 0 or int(self.domain.max()) >= num_domains):
             bad = self.domain[(self.domain < 0) | (self.domain >= num_domains)][0]
             raise ValueError(f"Batch.domain holds id {int(bad)}, outside 0..{num_domains - 1}")
         if vocab_sizes is not None and self.sparse.numel():

@@ -37,6 +37,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
         seed: seed of the training order.
         mmap: memory-map the columns (True) or read them into RAM (False); None (default) reads them into RAM
             when they take less than half of the available memory (faster batches), else memory-maps them.
+        validate_batches: check every batch's dtypes and id ranges (``Batch.validate``; the debug configs
+            turn it on, training runs leave it off).
 
     Example:
         >>> dm = MultiDomainDataModule(SyntheticSource(), RandomSplit(), data_dir="data")   # doctest: +SKIP
@@ -53,6 +55,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         seed: int = 0,
         mmap: bool | None = None,
+        validate_batches: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -64,6 +67,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 4 * batch_size
         self.seed = seed
         self.mmap = mmap
+        self.validate_batches = validate_batches
         self.store: ColumnStore | None = None
         self.splits: dict[str, np.ndarray] = {}
 
@@ -84,6 +88,12 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.store = ColumnStore(self.prepared_dir, mmap=mmap)
         self.splits = self.split(self.store)
         sizes = {name: len(idx) for name, idx in self.splits.items()}
+        domain = self.store.column(self.schema.domain_field)
+        for name, idx in self.splits.items():
+            counts = np.bincount(domain[idx], minlength=self.schema.num_domains)
+            absent = [d for d, c in zip(self.schema.domains, counts, strict=True) if c == 0]
+            if absent:
+                log.warning("split %r holds no rows of domain(s) %s: their %s metrics will be NaN", name, absent, name)
         log.info(
             "%s: %d rows, %d domains, splits %s, %s",
             self.schema.dataset_id,
@@ -104,6 +114,11 @@ class MultiDomainDataModule(pl.LightningDataModule):
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; splits: {SPLIT_NAMES}")
         self.setup()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise NotImplementedError(
+                f"trainer.world_size={self.trainer.world_size}: the batch loader does not shard rows across "
+                "processes yet, so every process would train on every row; train on one device for now"
+            )
         train = split == "train"
         return BatchLoader(
             self.store,
@@ -111,6 +126,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             seed=self.seed,
+            validate=self.validate_batches,
         )
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
@@ -130,23 +146,32 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.setup()
         return np.asarray(self.store.column(name)[self.splits[split]])
 
-    def id0_shares(self, split: str) -> dict[str, dict[str, float]]:
-        """Per sparse field and domain, the share of rows of ``split`` whose id is 0 (unseen or missing value).
+    def unseen_shares(self, split: str) -> dict[str, dict[str, float]]:
+        """Per sparse field and domain, the share of ``split``'s rows whose id the training rows never show.
 
-        This is the taxonomy-alignment coverage of the data against the vocabulary: 1 - share is covered.
+        That is id 0 (a value missing or unseen when the vocabulary was built) or an id absent from the train
+        split: the rows a model meets with an untrained embedding. 1 - share is the coverage of the field
+        (taxonomy alignment of a domain against the training vocabulary).
         """
         domain = self.split_column(split, self.schema.domain_field)
         k = self.schema.num_domains
         rows = np.maximum(np.bincount(domain, minlength=k), 1)
         shares: dict[str, dict[str, float]] = {}
-        for name in self.schema.sparse_names:
-            zero = np.bincount(domain, weights=self.split_column(split, name) == 0, minlength=k) / rows
-            shares[name] = dict(zip(self.schema.domains, zero.round(6).tolist(), strict=True))
+        for field in self.schema.sparse:
+            seen = np.zeros(field.vocab_size, dtype=bool)
+            seen[self.split_column("train", field.name)] = True
+            seen[0] = False
+            unseen = ~seen[self.split_column(split, field.name)]
+            share = np.bincount(domain, weights=unseen, minlength=k) / rows
+            shares[field.name] = dict(zip(self.schema.domains, share.round(6).tolist(), strict=True))
         return shares
 
 
 def should_mmap(directory: Path) -> bool:
     """True when the prepared columns take more than half of the memory available now."""
     size = sum(f.stat().st_size for f in (directory / COLUMNS_DIR).glob("*.npy"))
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no such query on this platform: the safe choice
+        return True
     return size > available / 2

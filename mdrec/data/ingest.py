@@ -62,9 +62,7 @@ class SequenceSpec:
         if self.max_len < 1:
             raise ValueError(f"sequence {self.column!r}: max_len must be >= 1, got {self.max_len}")
         if self.delimiter == "":
-            raise ValueError(
-                f"sequence {self.column!r}: delimiter is '' ; give a separator or None for list columns"
-            )
+            raise ValueError(f"sequence {self.column!r}: delimiter is '' ; give a separator or None for list columns")
 
 
 @dataclass(frozen=True)
@@ -114,6 +112,7 @@ class TableSpec:
             ("labels", self.labels),
             ("domain", (self.domain,)),
             ("sequence", () if self.sequence is None else (self.sequence.column,)),
+            ("time", () if self.time is None else (self.time,)),
         ):
             for c in cols:
                 roles.setdefault(c, []).append(role)
@@ -126,9 +125,7 @@ class TableSpec:
                 "one role."
             )
         if self.user is not None and self.user not in self.sparse:
-            raise ValueError(
-                f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})"
-            )
+            raise ValueError(f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})")
         if self.sequence is not None and self.sequence.vocab_field not in self.sparse:
             raise ValueError(
                 f"sequence {self.sequence.column!r} shares the vocabulary of {self.sequence.vocab_field!r}, "
@@ -194,23 +191,19 @@ class _Encoder:
         for c, (shift, scale) in self.dense.items():
             x = _to_numpy(batch[c], pa.float64())
             out[c] = pa.array(((x - shift) / scale).astype(np.float32))
-        out[self.domain] = pc.index_in(
-            batch[self.domain].cast(pa.string()), value_set=self.domain_values
-        ).cast(pa.int32())
+        out[self.domain] = pc.index_in(batch[self.domain].cast(pa.string()), value_set=self.domain_values).cast(
+            pa.int32()
+        )
         for c in self.labels:
             out[c] = pa.array(_to_numpy(batch[c], pa.float64()).astype(np.float32))
         if self.time is not None:
             out[self.time] = batch[self.time].cast(pa.int64())
         if self.sequence is not None:
             s = self.sequence
-            seq, lengths = encode_sequence(
-                batch[s.column], self.vocabs[s.vocab_field], s.max_len, s.delimiter
-            )
+            seq, lengths = encode_sequence(batch[s.column], self.vocabs[s.vocab_field], s.max_len, s.delimiter)
             out[s.column] = pa.FixedSizeListArray.from_arrays(pa.array(seq.reshape(-1)), s.max_len)
             out[seq_length_column(s.column)] = pa.array(lengths)
-        return pa.table(
-            {k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()}
-        )
+        return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()})
 
 
 def encode_ids(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
@@ -227,9 +220,7 @@ def encode_ids(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarra
     return pc.add(pc.fill_null(idx, -1), 1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-def window(
-    flat: np.ndarray, start: np.ndarray, end: np.ndarray, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
+def window(flat: np.ndarray, start: np.ndarray, end: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Gather, per row, ``flat[start:end]`` clipped to its last ``max_len`` values, left-aligned and 0-padded.
 
     Args:
@@ -321,9 +312,7 @@ def encode_table(
     domains = _domains(raw, spec, dataset_id)
     for c in spec.labels:
         y = _to_numpy(raw[c], pa.float64(), dataset_id, c)
-        _raise_where(
-            dataset_id, c, raw[c], (y != 0) & (y != 1), "is not a binary label (0 or 1); map it to 0/1 first"
-        )
+        _raise_where(dataset_id, c, raw[c], (y != 0) & (y != 1), "is not a binary label (0 or 1); map it to 0/1 first")
     scalers = {c: _fit_scaler(raw, c, mask, spec.dense_scaling, dataset_id) for c in spec.dense}
     if spec.time is not None:
         t = raw[spec.time]
@@ -403,9 +392,7 @@ def _to_numpy(
     return _cast(values, dtype, dataset_id, column).to_numpy(zero_copy_only=False)
 
 
-def _raise_where(
-    dataset_id: str, column: str, values: pa.ChunkedArray, bad: np.ndarray, problem: str
-) -> None:
+def _raise_where(dataset_id: str, column: str, values: pa.ChunkedArray, bad: np.ndarray, problem: str) -> None:
     """Raise naming the first row where ``bad`` holds, its raw value and how many rows are bad."""
     rows = np.flatnonzero(bad)
     if len(rows):
@@ -449,9 +436,7 @@ def _domains(raw: pa.Table, spec: TableSpec, dataset_id: str) -> list[str]:
     return domains
 
 
-def _fit_scaler(
-    raw: pa.Table, column: str, mask: np.ndarray, method: str, dataset_id: str
-) -> tuple[float, float]:
+def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, dataset_id: str) -> tuple[float, float]:
     """Check a dense column is finite everywhere; return (shift, scale) fitted on the masked rows."""
     x = _to_numpy(raw[column], pa.float64(), dataset_id, column)
     _raise_where(
@@ -511,15 +496,11 @@ def _report(
             }
             for c in spec.labels
         },
-        "dense_scaling": {
-            c: {"method": spec.dense_scaling, "shift": s, "scale": k} for c, (s, k) in scalers.items()
-        },
+        "dense_scaling": {c: {"method": spec.dense_scaling, "shift": s, "scale": k} for c, (s, k) in scalers.items()},
         "fields": {},
     }
     if split is not None:
-        report["rows_per_split"] = dict(
-            zip(SPLIT_NAMES, np.bincount(split, minlength=3).tolist(), strict=True)
-        )
+        report["rows_per_split"] = dict(zip(SPLIT_NAMES, np.bincount(split, minlength=3).tolist(), strict=True))
     for c in spec.sparse:
         missing = pc.is_null(raw[c]).to_numpy(zero_copy_only=False)
         unseen = (columns[c] == 0) & ~missing

@@ -51,6 +51,7 @@ class BatchLoader:
         shuffle: new random order every epoch (training) or fixed order (evaluation).
         seed: seed of the permutations.
         drop_last: drop a final batch smaller than ``batch_size``.
+        validate: check every batch against the store's schema (``Batch.validate``); for debugging.
 
     Example:
         >>> loader = BatchLoader(store, splits["train"], batch_size=4096, shuffle=True, seed=0)  # doctest: +SKIP
@@ -69,12 +70,14 @@ class BatchLoader:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        validate: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         self.store = store
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.validate = validate
         self.sampler = EpochPermutation(indices, shuffle, seed)
 
     def __len__(self) -> int:
@@ -84,4 +87,7 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self.store.take(np.sort(order[start : start + self.batch_size]))
+            batch = self.store.take(np.sort(order[start : start + self.batch_size]))
+            if self.validate:
+                batch.validate(self.store.schema.num_domains, self.store.schema.vocab_sizes)
+            yield batch

@@ -79,30 +79,26 @@ class Schema:
 
     def __post_init__(self) -> None:
         if not self.domains:
-            raise ValueError(
-                f"schema {self.dataset_id!r}: `domains` is empty; a data set needs at least one domain"
-            )
+            raise ValueError(f"schema {self.dataset_id!r}: `domains` is empty; a data set needs at least one domain")
         if not self.labels:
             raise ValueError(f"schema {self.dataset_id!r}: `labels` is empty; name at least one label column")
         if not self.sparse and not self.dense:
-            raise ValueError(
-                f"schema {self.dataset_id!r}: no sparse and no dense fields; name at least one feature"
-            )
-        names = [*self.sparse_names, *self.dense, *self.labels, self.domain_field]
+            raise ValueError(f"schema {self.dataset_id!r}: no sparse and no dense fields; name at least one feature")
+        names = [*self.sparse_names, *self.dense, *self.labels, self.domain_field, *self.oracle_columns.values()]
         if self.sequence is not None:
             names.append(self.sequence.name)
+        if self.time_column is not None:
+            names.append(self.time_column)
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(
                 f"schema {self.dataset_id!r}: column(s) {duplicated} are used more than once "
-                "(as a feature, label or domain); each column may play one role. A label used as a feature "
-                "would leak the answer into the model."
+                "(as a feature, label, domain, time or oracle column); each column plays one role. "
+                "A label used as a feature would leak the answer into the model."
             )
         for f in self.sparse:
             if f.vocab_size < 1:
-                raise ValueError(
-                    f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}"
-                )
+                raise ValueError(f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}")
         if self.sequence is not None and self.sequence.vocab_field not in self.sparse_names:
             raise ValueError(
                 f"schema {self.dataset_id!r}: sequence {self.sequence.name!r} shares the vocabulary of "
@@ -133,9 +129,7 @@ class Schema:
     def sparse_index(self, name: str) -> int:
         """Column of ``name`` in ``Batch.sparse``; raises naming the available fields."""
         if name not in self.sparse_names:
-            raise KeyError(
-                f"{name!r} is not a sparse field of {self.dataset_id!r}; fields: {self.sparse_names}"
-            )
+            raise KeyError(f"{name!r} is not a sparse field of {self.dataset_id!r}; fields: {self.sparse_names}")
         return self.sparse_names.index(name)
 
     def columns(self) -> list[str]:

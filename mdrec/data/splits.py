@@ -101,7 +101,7 @@ class TemporalSplit:
                 "(use RandomSplit or StratifiedSplit)"
             )
         t = np.asarray(store.column(store.schema.time_column))
-        cut_times = np.quantile(t, np.cumsum(f)[:2], method="lower") if len(t) else []
+        cut_times = np.quantile(t, np.cumsum(f)[:2], method="lower")
         which = (t > cut_times[0]).astype(np.int64) + (t > cut_times[1])
         rows = np.arange(len(t))
         return _finish([rows[which == i] for i in range(3)], "temporal split", len(t))

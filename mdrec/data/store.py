@@ -67,9 +67,7 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     if n == 0:
         raise ValueError(f"data set {schema.dataset_id!r} has no rows")
     vocab = dict(zip(schema.sparse_names, schema.vocab_sizes, strict=True))
-    int_ranges: dict[str, tuple[int, int, str]] = {
-        name: (0, size - 1, "an id") for name, size in vocab.items()
-    }
+    int_ranges: dict[str, tuple[int, int, str]] = {name: (0, size - 1, "an id") for name, size in vocab.items()}
     int_ranges[schema.domain_field] = (
         0,
         schema.num_domains - 1,
@@ -105,21 +103,15 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     return n
 
 
-def _check_range(
-    schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str
-) -> None:
+def _check_range(schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str) -> None:
     if not np.issubdtype(chunk.dtype, np.integer):
-        raise ValueError(
-            f"data set {schema.dataset_id!r}: column {name!r} has dtype {chunk.dtype}, expected integers"
-        )
+        raise ValueError(f"data set {schema.dataset_id!r}: column {name!r} has dtype {chunk.dtype}, expected integers")
     bad = (chunk < lo) | (chunk > hi)
     if bad.any():
         _raise_at(schema, name, chunk, bad, offset, f"is not {what} in {lo}..{hi}")
 
 
-def _raise_at(
-    schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, offset: int, problem: str
-) -> None:
+def _raise_at(schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, offset: int, problem: str) -> None:
     bad_rows = np.flatnonzero(bad.reshape(len(chunk), -1).any(axis=1))  # a sequence column is [rows, L]
     row = int(bad_rows[0])
     raise ValueError(
@@ -147,9 +139,7 @@ def write_store(
     (tmp / COLUMNS_DIR).mkdir(parents=True)
     try:
         for name in schema.columns():
-            np.save(
-                tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name])
-            )
+            np.save(tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name]))
         if vocabularies:
             (tmp / VOCAB_DIR).mkdir()
             for name, values in vocabularies.items():
@@ -181,9 +171,7 @@ class ColumnStore:
     def __init__(self, directory: str | Path, mmap: bool = True, validate: bool = True) -> None:
         self.directory = Path(directory)
         self.schema = Schema.load(self.directory)
-        missing = [
-            c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()
-        ]
+        missing = [c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()]
         if missing:
             raise ValueError(
                 f"prepared data at {self.directory} lacks column file(s) {missing} named by its schema; "
@@ -191,8 +179,7 @@ class ColumnStore:
             )
         mode = "r" if mmap else None
         self.columns: dict[str, np.ndarray] = {
-            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode)
-            for c in self.schema.columns()
+            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode) for c in self.schema.columns()
         }
         dtypes = column_dtypes(self.schema)
         for name, col in self.columns.items():
@@ -202,9 +189,7 @@ class ColumnStore:
                     f"expects {dtypes[name]}; the schema does not match the data: prepare again"
                 )
         self.num_rows = (
-            check_columns(self.schema, self.columns)
-            if validate
-            else len(self.columns[self.schema.domain_field])
+            check_columns(self.schema, self.columns) if validate else len(self.columns[self.schema.domain_field])
         )
         s = self.schema
         self._sparse = [self.columns[n] for n in s.sparse_names]

@@ -73,9 +73,7 @@ class SyntheticSource:
 
     def __post_init__(self) -> None:
         if self.num_rows < 1 or self.num_domains < 1:
-            raise ValueError(
-                f"num_rows ({self.num_rows}) and num_domains ({self.num_domains}) must be positive"
-            )
+            raise ValueError(f"num_rows ({self.num_rows}) and num_domains ({self.num_domains}) must be positive")
         if np.ndim(self.relatedness) == 1 and len(self.relatedness) != self.num_domains:
             raise ValueError(f"relatedness has {len(self.relatedness)} values for {self.num_domains} domains")
         r = np.broadcast_to(np.asarray(self.relatedness, dtype=np.float64), (self.num_domains,))
@@ -84,9 +82,7 @@ class SyntheticSource:
         if self.domain_shares is not None and (
             len(self.domain_shares) != self.num_domains or min(self.domain_shares) <= 0
         ):
-            raise ValueError(
-                f"domain_shares {self.domain_shares} must be {self.num_domains} positive numbers"
-            )
+            raise ValueError(f"domain_shares {self.domain_shares} must be {self.num_domains} positive numbers")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes {self.vocab_sizes} must be a non-empty list of positive sizes")
         self._r = r
@@ -120,17 +116,11 @@ class SyntheticSource:
         lo, hi = self.ctr_range
         self._click_bias = _logit(rng.uniform(lo, hi, k))
         self._cvr_bias = _logit(np.full(k, self.cvr_rate))
-        shares = np.asarray(
-            self.domain_shares if self.domain_shares is not None else 1.0 / np.arange(1, k + 1)
-        )
+        shares = np.asarray(self.domain_shares if self.domain_shares is not None else 1.0 / np.arange(1, k + 1))
         self._shares = shares / shares.sum()
-        self._cdfs = [
-            np.cumsum(w := np.arange(1, v + 1) ** -self.zipf_exponent) / w.sum() for v in self.vocab_sizes
-        ]
+        self._cdfs = [np.cumsum(w := np.arange(1, v + 1) ** -self.zipf_exponent) / w.sum() for v in self.vocab_sizes]
 
-    def _projection(
-        self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray, offset: int
-    ) -> np.ndarray:
+    def _projection(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray, offset: int) -> np.ndarray:
         """z = w_d . x for each row along the direction set starting at column ``offset`` (0 click, K+1 cvr)."""
         shared = dense @ self._dense_proj[:, offset]
         own = np.einsum("bn,bn->b", dense, self._dense_proj[:, offset + 1 + domain].T)
@@ -148,9 +138,7 @@ class SyntheticSource:
 
     def cvr_logits(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray) -> np.ndarray:
         """True conversion-after-click logit, same inputs as ``click_logits``."""
-        return self._cvr_bias[domain] + self.scale * self._projection(
-            sparse, dense, domain, self.num_domains + 1
-        )
+        return self._cvr_bias[domain] + self.scale * self._projection(sparse, dense, domain, self.num_domains + 1)
 
     def generate(self) -> dict[str, np.ndarray]:
         """All columns of the data set (features, domain, labels, oracle probabilities, time)."""
@@ -179,9 +167,7 @@ class SyntheticSource:
     def schema(self) -> Schema:
         return Schema(
             dataset_id=self.dataset_id,
-            sparse=tuple(
-                SparseField(name, v + 1) for name, v in zip(self.field_names, self.vocab_sizes, strict=True)
-            ),
+            sparse=tuple(SparseField(name, v + 1) for name, v in zip(self.field_names, self.vocab_sizes, strict=True)),
             dense=tuple(f"dense_{i}" for i in range(self.num_dense)),
             domain_field="domain",
             domains=tuple(f"d{d}" for d in range(self.num_domains)),

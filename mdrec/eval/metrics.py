@@ -13,9 +13,7 @@ import torchmetrics
 from torch import Tensor
 
 
-def grouped_auc(
-    scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def grouped_auc(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor]:
     """ROC AUC of ``scores`` against binary ``labels`` within each group, ties counted half.
 
     Args:
@@ -58,9 +56,7 @@ def grouped_auc(
     return auc, pos, neg
 
 
-def grouped_logloss(
-    probs: Tensor, labels: Tensor, groups: Tensor, num_groups: int, eps: float = 1e-7
-) -> Tensor:
+def grouped_logloss(probs: Tensor, labels: Tensor, groups: Tensor, num_groups: int, eps: float = 1e-7) -> Tensor:
     """Mean binary cross-entropy per group ``[G]`` (NaN for an empty group); probabilities clipped to [eps, 1-eps]."""
     p = probs.double().clamp(eps, 1 - eps)
     y = labels.double()
@@ -69,9 +65,7 @@ def grouped_logloss(
     return total / torch.bincount(groups, minlength=num_groups).double()
 
 
-def gauc(
-    probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = None, num_owners: int = 1
-) -> Tensor:
+def gauc(probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = None, num_owners: int = 1) -> Tensor:
     """Group AUC: per-user AUC weighted by the user's rows, over users with both classes.
 
     Args:
@@ -90,9 +84,7 @@ def gauc(
     auc, pos, neg = grouped_auc(probs, labels, inverse, len(keys))
     weight = torch.where(torch.isnan(auc), torch.zeros_like(pos), pos + neg)
     key_owner = keys // stride
-    num = torch.zeros(num_owners, dtype=torch.float64).index_add_(
-        0, key_owner, torch.nan_to_num(auc) * weight
-    )
+    num = torch.zeros(num_owners, dtype=torch.float64).index_add_(0, key_owner, torch.nan_to_num(auc) * weight)
     den = torch.zeros(num_owners, dtype=torch.float64).index_add_(0, key_owner, weight)
     return num / den
 
@@ -104,14 +96,15 @@ def domain_metrics(
 
     Keys: ``auc``, ``logloss``, ``wauc`` (per-domain AUC weighted by rows), ``mean_auc`` (unweighted mean over
     domains with both classes), ``gauc`` (if ``users`` is given), and per domain ``auc/<name>``,
-    ``logloss/<name>``, ``gauc/<name>`` and ``rows/<name>``.
+    ``logloss/<name>``, ``gauc/<name>`` and ``rows/<name>``. GAUC weights each user's AUC by the user's rows and
+    skips user id 0 (unknown users, who are not one person).
 
     Args:
         probs: predicted probabilities ``[n]``.
         labels: ``[n]`` in {0, 1}.
         domain: int64 ``[n]``.
         domain_names: the K domain names.
-        users: optional int64 ``[n]`` user ids for GAUC.
+        users: optional int64 ``[n]`` user ids for GAUC (0 = unknown).
     """
     k = len(domain_names)
     zeros = torch.zeros_like(domain)
@@ -125,8 +118,10 @@ def domain_metrics(
     out["wauc"] = float((auc[valid] * rows[valid]).sum() / rows[valid].sum()) if valid.any() else float("nan")
     out["mean_auc"] = float(auc[valid].mean()) if valid.any() else float("nan")
     if users is not None:
-        out["gauc"] = float(gauc(probs, labels, users)[0])
-        dom_gauc = gauc(probs, labels, users, domain, k)
+        known = users > 0  # id 0 is every unknown user at once: no group of its own
+        p, y, u, d = probs[known], labels[known], users[known], domain[known]
+        out["gauc"] = float(gauc(p, y, u)[0])
+        dom_gauc = gauc(p, y, u, d, k)
     for d, name in enumerate(domain_names):
         out[f"auc/{name}"] = float(auc[d])
         out[f"logloss/{name}"] = float(loss[d])

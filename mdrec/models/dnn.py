@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from mdrec.data.batch import Batch
@@ -33,7 +35,7 @@ class DNNBackbone(nn.Module):
         self,
         schema: Schema,
         embedding_dim: int = 16,
-        layer_sizes: list[int] = (256, 128),
+        layer_sizes: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         batch_norm: bool = True,
         num_tasks: int = 1,

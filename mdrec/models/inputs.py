@@ -28,15 +28,14 @@ class EmbeddedInput(nn.Module):
 
     def __init__(self, schema: Schema, embedding_dim: int, init_std: float = 1e-2) -> None:
         super().__init__()
-        self.embedding = FieldEmbedding(schema.vocab_sizes, embedding_dim, init_std)
-        self.seq_field = (
-            schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
-        )
+        # a data set of dense features only has nothing to embed
+        self.embedding = FieldEmbedding(schema.vocab_sizes, embedding_dim, init_std) if schema.sparse else None
+        self.seq_field = schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
         num_pooled = len(schema.sparse) + (1 if self.seq_field is not None else 0)
         self.out_features = num_pooled * embedding_dim + len(schema.dense)
 
     def forward(self, batch: Batch) -> Tensor:
-        parts = [self.embedding(batch.sparse).flatten(1)]  # [B, F * D]
+        parts = [self.embedding(batch.sparse).flatten(1)] if self.embedding is not None else []  # [B, F * D]
         if self.seq_field is not None:
             if batch.seq is None or batch.seq_lengths is None:
                 raise ValueError("the schema has a sequence field but the batch carries no `seq`")

@@ -47,6 +47,7 @@ class RankingModule(pl.LightningModule):
         self.val_metrics = DomainMetrics(schema.domains, with_users)
         self.test_metrics = DomainMetrics(schema.domains, with_users)
         self.val_auc_best = torchmetrics.MaxMetric()
+        self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.net(batch)
@@ -54,9 +55,7 @@ class RankingModule(pl.LightningModule):
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         """Mean BCE over rows and predicted tasks, plus the auxiliary loss."""
         t = out.logits.shape[1]
-        bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels[:, :t], reduction="none").mean(
-            1
-        )  # [B]
+        bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels[:, :t], reduction="none").mean(1)  # [B]
         task = bce.mean() if batch.weight is None else (bce * batch.weight).sum() / batch.weight.sum()
         return task + out.aux_loss
 

@@ -68,10 +68,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
 
-    # validation figures of the last epoch and the best one (trainer.test replaces callback_metrics)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = {"val/auc_best": float(trainer.callback_metrics.get("val/auc_best", float("nan")))}
     if cfg.get("test", True):
+        # validation and test figures of one model: the best validation checkpoint (the last weights without one)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics.update(oracle_metrics(datamodule, "test"))
@@ -90,13 +92,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             {
                 "prepared_dir": str(datamodule.prepared_dir),
                 "preparation": datamodule.store.report(),
-                "id0_share": {s: datamodule.id0_shares(s) for s in datamodule.splits},
+                "unseen_share": {s: datamodule.unseen_shares(s) for s in datamodule.splits},
             },
             indent=2,
         )
     )
     if "test/auc" in metrics:
-        log.info(
-            "per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains)
-        )
+        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains))
     return metrics

@@ -361,12 +361,8 @@ def read_official(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.
                 users,
                 pa.table({"movie_id": movies["movie_id"], "genre": _first(movies["genres"], "|")}),
             )
-        ratings = _read_table(
-            member("u.data"), ["user_id", "movie_id", "rating", "timestamp"], "\t", "latin-1"
-        )
-        users = _read_table(
-            member("u.user"), ["user_id", "age", "gender", "occupation", "zip"], "|", "latin-1"
-        )
+        ratings = _read_table(member("u.data"), ["user_id", "movie_id", "rating", "timestamp"], "\t", "latin-1")
+        users = _read_table(member("u.user"), ["user_id", "age", "gender", "occupation", "zip"], "|", "latin-1")
         item_cols = ["movie_id", "title", "release", "video_release", "url", *ML100K_GENRES]
         items = _read_table(member("u.item"), item_cols, "|", "latin-1")
         flags = np.stack([items[g].to_numpy() == "1" for g in ML100K_GENRES], axis=1)  # [movies, 19]
@@ -413,9 +409,7 @@ def _integers(values: pa.ChunkedArray, what: str) -> np.ndarray:
     try:
         return pc.cast(values, pa.int64()).to_numpy()
     except pa.ArrowInvalid as e:
-        raise ValueError(
-            f"MovieLens {what}: not an integer ({e}); the raw file is damaged: delete it and retry"
-        ) from e
+        raise ValueError(f"MovieLens {what}: not an integer ({e}); the raw file is damaged: delete it and retry") from e
 
 
 def join_ratings(ratings: pa.Table, users: pa.Table, movies: pa.Table) -> pa.Table:
@@ -447,9 +441,7 @@ def join_ratings(ratings: pa.Table, users: pa.Table, movies: pa.Table) -> pa.Tab
     )
 
 
-def user_history(
-    user: pa.ChunkedArray, time: np.ndarray, item: pa.ChunkedArray, max_len: int
-) -> pa.ListArray:
+def user_history(user: pa.ChunkedArray, time: np.ndarray, item: pa.ChunkedArray, max_len: int) -> pa.ListArray:
     """Per row, the user's last ``max_len`` items rated strictly before the row's time (ties excluded).
 
     Vectorised: rows are sorted by (user, time); a row's history is the contiguous run of its user's earlier
@@ -554,9 +546,7 @@ class MovieLens:
         )
         sequence = None
         if self.sequence_length > 0:
-            history = user_history(
-                table["user_id"], table[TIME].to_numpy(), table["movie_id"], self.sequence_length
-            )
+            history = user_history(table["user_id"], table[TIME].to_numpy(), table["movie_id"], self.sequence_length)
             table = table.append_column(HISTORY, history)
             sequence = SequenceSpec(HISTORY, vocab_field="movie_id", max_len=self.sequence_length)
         spec = TableSpec(

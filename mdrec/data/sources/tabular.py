@@ -4,8 +4,8 @@ Files are loaded with Hugging Face ``datasets.load_dataset`` (parsed once, cache
 ``raw_dir/hf``) and encoded by ``mdrec.data.ingest.encode_table``. CSV/TSV columns are read as strings and
 cast by the ingest step, so ids keep their leading zeros and a bad value is reported with its column.
 
-Give either ``data_files`` (one pool of rows; the training stage splits it) or ``train_files`` with optional
-``val_files``/``test_files``. With separate files, the store gets a ``split`` column (0 train, 1 val,
+Give either ``data_files`` (one pool of rows; the training stage splits it) or ``train_files`` with
+``val_files`` and ``test_files``. With separate files, the store gets a ``split`` column (0 train, 1 val,
 2 test) and vocabularies and dense scalers are fitted on the train rows only: val/test values never seen in
 training map to id 0, and their share is reported per field, domain and split (``report.json``).
 
@@ -58,8 +58,8 @@ class TabularSource:
         spec: which column is sparse, dense, sequence, domain, label, user and time (``TableSpec``).
         data_files: files of one pool of rows (no predefined split).
         train_files: training files; with them the data keep their own split.
-        val_files: validation files (only with ``train_files``).
-        test_files: test files (only with ``train_files``).
+        val_files: validation files (required with ``train_files``: model selection uses validation data).
+        test_files: test files (required with ``train_files``).
         delimiter: CSV separator; None: tab for ``.tsv``, comma otherwise. Ignored for parquet.
 
     Example:
@@ -82,12 +82,16 @@ class TabularSource:
         if (self.data_files is None) == (self.train_files is None):
             raise ValueError(
                 f"data set {self.name!r}: give either `data_files` (one pool of rows) or `train_files` "
-                f"(with optional `val_files`/`test_files`), not {'both' if self.data_files else 'neither'}"
+                f"(with `val_files` and `test_files`), not {'both' if self.data_files else 'neither'}"
+            )
+        if self.train_files is not None and (self.val_files is None or self.test_files is None):
+            raise ValueError(
+                f"data set {self.name!r}: with `train_files`, give `val_files` and `test_files` too (model "
+                "selection uses validation rows only); or give all rows as `data_files` and split them with "
+                "RandomSplit, StratifiedSplit or TemporalSplit"
             )
         if self.data_files is not None and (self.val_files or self.test_files):
-            raise ValueError(
-                f"data set {self.name!r}: `val_files`/`test_files` need `train_files`, not `data_files`"
-            )
+            raise ValueError(f"data set {self.name!r}: `val_files`/`test_files` need `train_files`, not `data_files`")
         files = self._splits()
         suffixes = {self._format(f) for group in files.values() for f in group}
         if len(suffixes) > 1:
@@ -109,9 +113,7 @@ class TabularSource:
 
     def input_signature(self) -> list[tuple[str, int, int]]:
         """Path, size and modification time of every input file (part of the cache fingerprint)."""
-        paths = sorted(
-            {p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)}
-        )
+        paths = sorted({p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)})
         return [(p, (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
 
     def _format(self, path: str) -> str:
