@@ -1,13 +1,13 @@
 """Training throughput: the real Lightning path against a bare PyTorch loop, in the same run.
 
-Both train the DNN backbone of ``conf/backbone/dnn.yaml`` with the Adam of ``conf/model/backbone.yaml`` from
-the same seed on the same batches (epoch 0 of the DataModule's training BatchLoader), for the same steps.
-The framework side is ``Trainer.fit`` of ``RankingModule`` with the ``MultiDomainDataModule`` (logger,
-checkpointing, progress bar and validation off); the bare side is forward, BCE, backward, step. Runs alternate
-(F B B F ...) to cancel drift; the first ``--warmup`` steps of every run are not timed. The ratio is taken on
-the best run of each (the least disturbed by other processes on a shared machine), the medians beside it.
-Peak memory is the process's peak RSS during each run (reset between runs through ``/proc/self/clear_refs``
-where Linux allows).
+Both train the DNN backbone of ``conf/backbone/dnn.yaml`` with the Adam of ``conf/model/backbone.yaml`` from the
+same seed on the same batches (epoch 0 of the DataModule's training BatchLoader), for the same steps. The framework
+side is ``Trainer.fit`` of ``RankingModule`` with the ``MultiDomainDataModule`` and the trainer, CSV logger and
+progress bar of ``conf/train.yaml`` (validation, checkpointing and early stopping off); the bare side is forward,
+BCE, backward, step. Runs alternate (F B B F ...) to cancel drift; the first ``--warmup`` steps of every run are
+not timed. The ratio is taken on the best run of each (the least disturbed by other processes on a shared machine),
+the medians beside it. Peak memory is the process's peak RSS during each run (reset between runs through
+``/proc/self/clear_refs`` where Linux allows).
 
 Target (DESIGN.md, "Performance principles"): framework samples/s >= 0.9 x the bare loop.
 
@@ -24,6 +24,7 @@ import itertools
 import logging
 import resource
 import statistics
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from bench_data import add_data_args, bench_datamodule
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
@@ -112,26 +114,34 @@ class StepTimer(pl.Callback):
         self.last_loss = float(outputs["loss"])
 
 
+def framework_trainer(warmup: int, steps: int, timer: StepTimer, out_dir: str) -> pl.Trainer:
+    """The Trainer of ``conf/train.yaml`` (trainer, CSV logger, progress bar) for ``warmup + steps`` batches.
+
+    Validation and the callbacks that need it (checkpointing, early stopping) are off: only training is timed.
+    """
+    overrides = [
+        f"paths.output_dir={out_dir}",
+        "trainer.max_epochs=1",
+        f"+trainer.limit_train_batches={warmup + steps}",
+        "+trainer.limit_val_batches=0",
+        "~callbacks.model_checkpoint",
+        "~callbacks.early_stopping",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [timer]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
+    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_checkpointing=False)
+
+
 def run_framework(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int) -> RunResult:
     """``Trainer.fit`` of a RankingModule for ``warmup + steps`` batches; the last ``steps`` are timed."""
     module = RankingModule(build_net(dm.schema, seed), dm.schema, optimizer_factory())
     timer = StepTimer(warmup)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision="32-true",
-        max_epochs=1,
-        limit_train_batches=warmup + steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    reset_peak_rss()
-    trainer.fit(module, datamodule=dm)
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainer = framework_trainer(warmup, steps, timer, out_dir)
+        reset_peak_rss()
+        trainer.fit(module, datamodule=dm)
     return RunResult(steps * dm.batch_size / (timer.end - timer.start), peak_rss_mib(), timer.last_loss)
 
 
