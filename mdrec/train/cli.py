@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -10,15 +11,25 @@ from omegaconf import DictConfig
 from mdrec.train.run import train
 
 # the repository's conf/ (mdrec is installed in editable mode); `--config-dir` adds a directory of your own
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_PATH = Path(__file__).resolve().parents[2] / "conf"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+@hydra.main(version_base="1.3", config_path=str(CONFIG_PATH), config_name="train")
+def run(cfg: DictConfig) -> float | None:
     """Run one training job; return the metric named by ``optimized_metric`` (for hyper-parameter sweepers)."""
     metrics = train(cfg)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
+
+
+def main() -> None:
+    """Entry point of ``mdrec-train``: check that the config tree is there, then hand over to Hydra."""
+    if not (CONFIG_PATH / "train.yaml").exists():
+        sys.exit(
+            f"mdrec: no config tree at {CONFIG_PATH}. Install mdrec from a clone in editable mode "
+            "(`pip install -e .`), which keeps conf/ beside the package."
+        )
+    run()
 
 
 if __name__ == "__main__":
