@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -21,16 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig, datamodule: MultiDomainDataModule) -> RankingModule:
-    """Instantiate the backbone and the network around it with the data's schema, then the LightningModule.
+    """Instantiate the network with the data's schema, then the LightningModule around it.
 
-    Runtime objects (schema, modules) are passed to partially instantiated constructors, never merged into the
-    config (Hydra would turn a dataclass argument into a config node).
+    ``model.net: null`` makes the backbone itself the network; otherwise ``model.net`` names a network class,
+    which receives the schema and, if its constructor has a ``backbone`` argument, the instantiated backbone
+    (shared-bottom, ESMM, ... build on a backbone; MMoE, PLE, STAR are whole networks of their own).
+    Runtime objects are passed to partially instantiated constructors, never merged into the config (Hydra
+    would turn a dataclass argument into a config node).
     """
     schema = datamodule.schema
-    backbone = hydra.utils.instantiate(cfg.backbone, _partial_=True)(schema=schema)
-    net = backbone
-    if cfg.model.net is not None:
-        net = hydra.utils.instantiate(cfg.model.net, _partial_=True)(backbone=backbone, schema=schema)
+    make_backbone = lambda: hydra.utils.instantiate(cfg.backbone, _partial_=True)(schema=schema)  # noqa: E731
+    if cfg.model.net is None:
+        net = make_backbone()
+    else:
+        make_net = hydra.utils.instantiate(cfg.model.net, _partial_=True)
+        wants_backbone = "backbone" in inspect.signature(make_net.func).parameters
+        net = make_net(schema=schema, backbone=make_backbone()) if wants_backbone else make_net(schema=schema)
     model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
     return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema)
 
