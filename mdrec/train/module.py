@@ -15,37 +15,61 @@ from mdrec.data.schema import Schema
 from mdrec.eval.metrics import DomainMetrics
 from mdrec.models.output import ModelOutput
 
+LOSS_NORMALIZATIONS = ("batch", "domain")
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class RankingModule(pl.LightningModule):
     """Trains any network that maps a Batch to a ModelOutput.
 
-    The loss is the mean binary cross-entropy of each predicted task against ``labels[:, :T]`` (row-weighted when
-    the batch has weights) plus the network's ``aux_loss``. Validation and test compute, on all the epoch's
-    predictions of the first task (click), the overall and per-domain AUC, logloss, GAUC, WAUC and mean AUC,
-    logged as ``val/auc``, ``val/auc/<domain>``, ...
+    The loss is the binary cross-entropy of each predicted task t against ``labels[:, t]`` (averaged over the
+    T tasks), reduced over rows as ``loss_normalization`` says, plus the network's ``aux_loss``. Validation and
+    test compute, on all of an epoch's predictions, the overall and per-domain AUC, logloss, GAUC, WAUC and mean
+    AUC of every predicted task: ``val/auc``, ``val/auc/<domain>``, ... for the first label (click) and
+    ``val/<label>_auc``, ``val/<label>_auc/<domain>``, ... for the others (e.g. ``conversion_auc``: CTCVR-AUC).
 
     Args:
         net: the network.
-        schema: the data's schema (domain names, user field).
+        schema: the data's schema (domain names, labels, user field).
         optimizer: a partial optimiser (``_partial_: true`` in the config), completed with the parameters.
+        loss_normalization: ``"batch"``: the (weighted) mean over the batch's rows, so a domain counts by its
+            share of rows; ``"domain"``: each domain's loss is averaged over its own rows first, then the present
+            domains are averaged (weighted by ``domain_weights``), so a small domain counts as much as a big one.
+        domain_weights: loss weight per domain name (missing domains weigh 1); None: all 1.
 
     Example:
         >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)  # doctest: +SKIP
-        >>> module = RankingModule(DNNBackbone(schema), schema, adam)  # doctest: +SKIP
+        >>> module = RankingModule(DNNBackbone(schema), schema, adam, loss_normalization="domain")  # doctest: +SKIP
     """
 
-    def __init__(self, net: nn.Module, schema: Schema, optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        schema: Schema,
+        optimizer: OptimizerFactory,
+        loss_normalization: str = "batch",
+        domain_weights: dict[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schema"], logger=False)
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization {loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}")
+        unknown = sorted(set(domain_weights or {}) - set(schema.domains))
+        if unknown:
+            raise ValueError(f"domain_weights name unknown domain(s) {unknown}; domains: {list(schema.domains)}")
         self.net = net
         self.schema = schema
         self.optimizer_factory = optimizer
+        self.loss_normalization = loss_normalization
+        weights = [float((domain_weights or {}).get(d, 1.0)) for d in schema.domains]
+        if min(weights) < 0:
+            raise ValueError(f"domain_weights must be non-negative, got {domain_weights}")
+        self.register_buffer("domain_weights", torch.tensor(weights), persistent=False)  # [K]
         self.user_col = schema.sparse_index(schema.user_field) if schema.user_field is not None else None
         with_users = self.user_col is not None
-        self.val_metrics = DomainMetrics(schema.domains, with_users)
-        self.test_metrics = DomainMetrics(schema.domains, with_users)
+        # one metric collection per label; only the labels the network predicts get updated
+        self.val_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
+        self.test_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
         self.val_auc_best = torchmetrics.MaxMetric()
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
@@ -53,11 +77,19 @@ class RankingModule(pl.LightningModule):
         return self.net(batch)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
-        """Mean BCE over rows and predicted tasks, plus the auxiliary loss."""
+        """Task loss (BCE averaged over tasks, reduced over rows by ``loss_normalization``) + auxiliary loss."""
         t = out.logits.shape[1]
         bce = F.binary_cross_entropy_with_logits(out.logits, batch.labels[:, :t], reduction="none").mean(1)  # [B]
-        task = bce.mean() if batch.weight is None else (bce * batch.weight).sum() / batch.weight.sum()
-        return task + out.aux_loss
+        row_w = torch.ones_like(bce) if batch.weight is None else batch.weight  # [B]
+        if self.loss_normalization == "batch":
+            w = row_w * self.domain_weights[batch.domain]
+            return (bce * w).sum() / w.sum() + out.aux_loss
+        k = self.schema.num_domains
+        loss_d = torch.zeros(k, device=bce.device).index_add_(0, batch.domain, bce * row_w)  # [K]
+        rows_d = torch.zeros(k, device=bce.device).index_add_(0, batch.domain, row_w)  # [K]
+        present = rows_d > 0
+        w_d = self.domain_weights * present
+        return (w_d * loss_d / rows_d.clamp(min=1e-12)).sum() / w_d.sum() + out.aux_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.net(batch)
@@ -65,11 +97,13 @@ class RankingModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.size)
         return loss
 
-    def _eval_step(self, batch: Batch, metrics: DomainMetrics, stage: str) -> None:
+    def _eval_step(self, batch: Batch, metrics: nn.ModuleList, stage: str) -> None:
         out = self.net(batch)
         self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size)
         users = batch.sparse[:, self.user_col] if self.user_col is not None else None
-        metrics.update(torch.sigmoid(out.logits[:, 0]), batch.labels[:, 0], batch.domain, users)
+        probs = torch.sigmoid(out.logits)  # [B, T]
+        for t in range(probs.shape[1]):
+            metrics[t].update(probs[:, t], batch.labels[:, t], batch.domain, users)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
@@ -77,9 +111,15 @@ class RankingModule(pl.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
-    def _log_metrics(self, metrics: DomainMetrics, stage: str) -> dict[str, float]:
-        values = metrics.compute()
-        metrics.reset()
+    def _log_metrics(self, metrics: nn.ModuleList, stage: str) -> dict[str, float]:
+        """Compute, log and reset the metrics of every predicted label; return them (keys without the stage)."""
+        values: dict[str, float] = {}
+        for t, metric in enumerate(metrics):
+            if not metric.update_called:
+                continue
+            prefix = "" if t == 0 else f"{self.schema.labels[t]}_"
+            values.update({prefix + key: value for key, value in metric.compute().items()})
+            metric.reset()
         for key, value in values.items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "auc")
         return values

@@ -43,17 +43,22 @@ def build_module(cfg: DictConfig, datamodule: MultiDomainDataModule) -> RankingM
 
 
 def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, float]:
-    """Metrics of the true click probabilities on ``split`` (``oracle/...``), if the data set keeps them."""
+    """Metrics of the true probabilities on ``split`` for every label that has them (synthetic data).
+
+    Keys follow the module's: ``oracle/auc/<domain>`` for the first label, ``oracle/<label>_auc/<domain>`` else.
+    """
     schema = datamodule.schema
-    label = schema.labels[0]
-    if label not in schema.oracle_columns:
-        return {}
     col = lambda name: torch.from_numpy(datamodule.split_column(split, name))  # noqa: E731
     users = col(schema.user_field).long() if schema.user_field is not None else None
-    values = domain_metrics(
-        col(schema.oracle_columns[label]), col(label), col(schema.domain_field).long(), schema.domains, users
-    )
-    return {f"oracle/{k}": v for k, v in values.items()}
+    domain = col(schema.domain_field).long()
+    out: dict[str, float] = {}
+    for t, label in enumerate(schema.labels):
+        if label not in schema.oracle_columns:
+            continue
+        values = domain_metrics(col(schema.oracle_columns[label]), col(label), domain, schema.domains, users)
+        prefix = "oracle/" if t == 0 else f"oracle/{label}_"
+        out.update({prefix + k: v for k, v in values.items()})
+    return out
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
