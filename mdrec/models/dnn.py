@@ -8,7 +8,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
-from mdrec.models.inputs import EmbeddedInput
+from mdrec.models.inputs import EmbeddedInput, check_num_tasks
 from mdrec.models.output import ModelOutput
 from mdrec.nn.mlp import MLP
 
@@ -24,6 +24,10 @@ class DNNBackbone(nn.Module):
         batch_norm: batch normalisation in the hidden layers.
         num_tasks: T, logits per row (1: CTR).
         embedding_init_std: standard deviation of the initial embedding weights.
+        sequence_pooling: ``"mean"`` or ``"din"`` (target attention), see ``EmbeddedInput``.
+        attention_layer_sizes: hidden widths of DIN's attention MLP.
+        attention_softmax: softmax-normalise DIN's attention scores.
+        domain_as_feature: embed the domain id as an ordinary field (the "pooled" baseline).
 
     Example:
         >>> net = DNNBackbone(schema, embedding_dim=16, layer_sizes=[256, 128])   # doctest: +SKIP
@@ -40,14 +44,22 @@ class DNNBackbone(nn.Module):
         batch_norm: bool = True,
         num_tasks: int = 1,
         embedding_init_std: float = 1e-2,
+        sequence_pooling: str = "mean",
+        attention_layer_sizes: Sequence[int] = (80, 40),
+        attention_softmax: bool = False,
+        domain_as_feature: bool = False,
     ) -> None:
         super().__init__()
-        if not 1 <= num_tasks <= len(schema.labels):
-            raise ValueError(
-                f"num_tasks {num_tasks} must be in 1..{len(schema.labels)} (labels: {list(schema.labels)})"
-            )
-        self.num_tasks = num_tasks
-        self.input = EmbeddedInput(schema, embedding_dim, embedding_init_std)
+        self.num_tasks = check_num_tasks(schema, num_tasks)
+        self.input = EmbeddedInput(
+            schema,
+            embedding_dim,
+            embedding_init_std,
+            sequence_pooling,
+            attention_layer_sizes,
+            attention_softmax,
+            domain_as_feature,
+        )
         self.mlp = MLP(self.input.out_features, list(layer_sizes), dropout, batch_norm)
         self.output = nn.Linear(self.mlp.out_features, num_tasks)
 

@@ -1,0 +1,295 @@
+"""Backbones (DNN, Wide&Deep, DCNv2), cross layers, sequence pooling and the domain-as-feature input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema, SequenceField, SparseField
+from mdrec.models.dcnv2 import DCNv2Backbone
+from mdrec.models.dnn import DNNBackbone
+from mdrec.models.inputs import EmbeddedInput
+from mdrec.models.wide_deep import HASH_MASK, HASH_MIX, HASH_MULTIPLIER, WideArm, WideDeepBackbone
+from mdrec.nn.cross import CrossLayer, CrossNetwork
+from mdrec.nn.sequence import MeanPooling, TargetAttentionPooling
+from mdrec.train.run import train
+
+TrainCfg = Callable[[list[str]], DictConfig]
+
+SCHEMA = Schema(
+    "tiny",
+    (SparseField("user", 7), SparseField("item", 5)),
+    ("age", "price"),
+    "domain",
+    ("a", "b"),
+    ("click", "conversion"),
+    sequence=SequenceField("history", "item", 3),
+)
+D, INPUT_WIDTH = 4, 2 * 4 + 4 + 2  # two fields, the pooled sequence, two dense features
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "dnn": lambda **kw: DNNBackbone(SCHEMA, embedding_dim=D, layer_sizes=[8, 6], num_tasks=2, **kw),
+    "wide_deep": lambda **kw: WideDeepBackbone(
+        SCHEMA, embedding_dim=D, layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2, **kw
+    ),
+    "dcnv2_stacked_full": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, None, [8, 6], "stacked", num_tasks=2, **kw),
+    "dcnv2_stacked_low": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, 3, [8, 6], "stacked", num_tasks=2, **kw),
+    "dcnv2_parallel_full": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, None, [8, 6], "parallel", num_tasks=2, **kw),
+    "dcnv2_parallel_low": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, 3, [8, 6], "parallel", num_tasks=2, **kw),
+}
+HIDDEN = {name: INPUT_WIDTH + 6 if "parallel" in name else 6 for name in BACKBONES}
+
+
+def random_batch(rows: int, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (rows,), generator=g)
+    seq = torch.randint(1, 5, (rows, 3), generator=g) * (torch.arange(3) < lengths[:, None])  # 0 past the length
+    return Batch(
+        sparse=torch.stack([torch.randint(0, 7, (rows,), generator=g), torch.randint(0, 5, (rows,), generator=g)], 1),
+        dense=torch.rand(rows, 2, generator=g),
+        domain=torch.randint(0, 2, (rows,), generator=g),
+        labels=torch.randint(0, 2, (rows, 2), generator=g).float(),
+        seq=seq,
+        seq_lengths=lengths,
+    )
+
+
+# ---- every backbone --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_shapes_and_finite_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    net = BACKBONES[name]().eval()
+    out = net(random_batch(5))
+    assert out.logits.shape == (5, 2) and out.h.shape == (5, HIDDEN[name]) and net.hidden_size == HIDDEN[name]
+    assert net.num_tasks == 2 and float(out.aux_loss) == 0.0
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.h).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [(name, {}) for name in BACKBONES]
+    + [
+        ("dnn", {"sequence_pooling": "din"}),
+        ("dcnv2_parallel_low", {"sequence_pooling": "din", "domain_as_feature": True}),
+    ],
+    ids=[*BACKBONES, "dnn_din", "dcnv2_parallel_low_din_domain_feature"],
+)
+def test_backbone_overfits_a_tiny_batch(name: str, options: dict) -> None:
+    torch.manual_seed(0)
+    net = BACKBONES[name](dropout=0.0, **options)
+    batch = random_batch(32, seed=1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    losses = []
+    for _ in range(60):
+        loss = nn.functional.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+# ---- DCNv2 -----------------------------------------------------------------------------------------------------
+
+
+def test_cross_layers_match_a_hand_computation() -> None:
+    net = CrossNetwork(2, num_layers=2, rank=None)
+    with torch.no_grad():
+        net.layers[0].up.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+        net.layers[0].up.bias.copy_(torch.tensor([0.5, -1.0]))
+        net.layers[1].up.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        net.layers[1].up.bias.zero_()
+    x0 = torch.tensor([[1.0, 2.0]])
+    # x1 = x0 * (W0 x0 + b0) + x0 = [1, 2] * [5.5, 1] + [1, 2] = [6.5, 4]
+    torch.testing.assert_close(net.layers[0](x0, x0), torch.tensor([[6.5, 4.0]]))
+    # x2 = x0 * (W1 x1) + x1 = [1, 2] * [4, 6.5] + [6.5, 4] = [10.5, 17]
+    torch.testing.assert_close(net(x0), torch.tensor([[10.5, 17.0]]))
+
+
+def test_low_rank_cross_equals_full_rank_with_w_equal_u_v_transposed() -> None:
+    torch.manual_seed(0)
+    low, full = CrossLayer(5, rank=2), CrossLayer(5, rank=None)
+    with torch.no_grad():
+        full.up.weight.copy_(low.up.weight @ low.down.weight)  # [5, 2] @ [2, 5]: W = U V^T
+        full.up.bias.copy_(low.up.bias)
+    x0, x = torch.randn(4, 5), torch.randn(4, 5)
+    torch.testing.assert_close(low(x0, x), full(x0, x))
+    torch.testing.assert_close(low.weight, full.weight)
+    assert sum(p.numel() for p in low.parameters()) == 2 * 5 * 2 + 5 < sum(p.numel() for p in full.parameters())
+
+
+def test_dcnv2_argument_checks() -> None:
+    with pytest.raises(ValueError, match="structure must be one of \\['stacked', 'parallel'\\], got 'mixed'"):
+        DCNv2Backbone(SCHEMA, structure="mixed")
+    with pytest.raises(ValueError, match="rank must be a positive integer or None"):
+        CrossLayer(4, rank=0)
+    with pytest.raises(ValueError, match="num_tasks 3 must be in 1..2"):
+        DCNv2Backbone(SCHEMA, num_tasks=3)
+
+
+# ---- Wide&Deep -------------------------------------------------------------------------------------------------
+
+
+def hand_bucket(ids: list[int], buckets: int) -> int:
+    """The documented cross hash in plain Python integers."""
+    h = 0
+    for i in ids:
+        h = (h * HASH_MULTIPLIER + i + 1) & HASH_MASK
+        h ^= h >> 16
+        h = (h * HASH_MIX) & HASH_MASK
+        h ^= h >> 16
+    return h % buckets
+
+
+def test_wide_crosses_hash_deterministically() -> None:
+    make = lambda crosses: WideArm(["u", "i", "g"], [50, 50, 3], 1, crosses, cross_buckets=1000)  # noqa: E731
+    wide = make([["u", "i"]])
+    u, i = torch.meshgrid(torch.arange(50), torch.arange(50), indexing="ij")
+    ids = torch.stack([u.flatten(), i.flatten(), torch.zeros(2500, dtype=torch.long)], 1)  # every (u, i) pair
+    buckets = wide.cross_ids(ids)[:, 0]
+    assert int(buckets[3 * 50 + 7]) == hand_bucket([3, 7], 1000) and int(buckets[-1]) == hand_bucket([49, 49], 1000)
+    assert torch.equal(buckets, make([["u", "i"]]).cross_ids(ids)[:, 0])  # a fresh arm: the same buckets
+    assert 0 <= int(buckets.min()) and int(buckets.max()) < 1000
+    assert buckets.unique().numel() > 850  # 2500 pairs spread over ~1000 buckets (uniform: ~918)
+    # a shorter cross padded beside a longer one keeps its buckets
+    mixed = make([["u", "i", "g"], ["u", "i"]]).cross_ids(ids)
+    assert mixed.shape == (2500, 2) and torch.equal(mixed[:, 1], buckets)
+
+
+def test_wide_arm_rejects_bad_crosses() -> None:
+    with pytest.raises(ValueError, match=r"crosses: 'colour' is not a field; fields: \['user', 'item'\]"):
+        WideDeepBackbone(SCHEMA, crosses=[["user", "colour"]])
+    with pytest.raises(ValueError, match="at least two fields"):
+        WideArm(["user"], [3], 1, [["user"]])
+    # the domain is a field only when it is a feature
+    WideDeepBackbone(SCHEMA, crosses=[["item", "domain"]], domain_as_feature=True)
+    with pytest.raises(ValueError, match="'domain' is not a field"):
+        WideDeepBackbone(SCHEMA, crosses=[["item", "domain"]])
+
+
+def test_wide_arm_starts_at_zero_and_trains_jointly() -> None:
+    torch.manual_seed(0)
+    net = BACKBONES["wide_deep"]().eval()
+    batch = random_batch(6)
+    torch.testing.assert_close(net(batch).logits, net.deep(batch).logits)  # the wide arm starts at zero
+    loss = nn.functional.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+    loss.backward()
+    assert net.wide.weights.table.weight.grad.abs().sum() > 0 and net.deep.output.weight.grad.abs().sum() > 0
+
+
+# ---- sequence pooling ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_din_attention_ignores_padding_and_pools_empty_rows_to_zero(softmax: bool) -> None:
+    torch.manual_seed(0)
+    pool = TargetAttentionPooling(embedding_dim=4, layer_sizes=[8], softmax=softmax)
+    target, items, lengths = torch.randn(3, 4), torch.randn(3, 5, 4), torch.tensor([2, 5, 0])
+    weights = pool.weights(target, items, lengths)
+    assert torch.equal(weights[0, 2:], torch.zeros(3)) and torch.equal(weights[2], torch.zeros(5))
+    if softmax:
+        torch.testing.assert_close(weights[:2].sum(1), torch.ones(2))
+    pooled = pool(target, items, lengths)
+    changed = items.clone()
+    changed[0, 2:], changed[2] = 100.0, -7.0  # padding only
+    assert torch.equal(pool(target, changed, lengths), pooled)
+    assert torch.equal(pooled[2], torch.zeros(4)) and torch.isfinite(pooled).all()
+    pooled.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in pool.parameters())
+
+
+def test_mean_pooling_ignores_the_target() -> None:
+    items, lengths = torch.randn(2, 3, 4), torch.tensor([3, 1])
+    pooled = MeanPooling()(torch.randn(2, 4), items, lengths)
+    torch.testing.assert_close(pooled, torch.stack([items[0].mean(0), items[1, 0]]))
+
+
+def test_din_input_attends_with_the_rows_own_item() -> None:
+    torch.manual_seed(0)
+    # unit-scale embeddings: at the default 0.01 the attention scores barely depend on the target
+    inp = EmbeddedInput(SCHEMA, embedding_dim=D, init_std=1.0, sequence_pooling="din", attention_softmax=True)
+    batch = Batch(
+        sparse=torch.tensor([[1, 2], [1, 2], [3, 4]]),
+        dense=torch.zeros(3, 2),
+        domain=torch.tensor([0, 0, 1]),
+        labels=torch.zeros(3, 2),
+        seq=torch.tensor([[1, 3, 0], [1, 3, 4], [0, 0, 0]]),
+        seq_lengths=torch.tensor([2, 2, 0]),  # rows 0 and 1 differ only in padding
+    )
+    x = inp(batch)
+    pooled = x[:, 2 * D : 3 * D]
+    assert x.shape == (3, inp.out_features) == (3, INPUT_WIDTH)
+    assert torch.equal(pooled[0], pooled[1]) and torch.equal(pooled[2], torch.zeros(D))
+    # the attention weighs items[1] = 1, 3 by the row's own item: a different candidate pools differently
+    other = Batch(
+        torch.tensor([[1, 4]]),
+        batch.dense[:1],
+        batch.domain[:1],
+        batch.labels[:1],
+        batch.seq[:1],
+        batch.seq_lengths[:1],
+    )
+    assert not torch.allclose(inp(other)[0, 2 * D : 3 * D], pooled[0])
+
+
+def test_sequence_pooling_checks() -> None:
+    with pytest.raises(ValueError, match=r"sequence_pooling must be one of \['mean', 'din'\], got 'max'"):
+        EmbeddedInput(SCHEMA, embedding_dim=D, sequence_pooling="max")
+    no_seq = Schema("flat", (SparseField("user", 7),), (), "domain", ("a",), ("click",))
+    with pytest.raises(ValueError, match="sequence_pooling 'din' attends over a sequence field"):
+        DNNBackbone(no_seq, sequence_pooling="din")
+
+
+# ---- the domain as a feature -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dnn", "wide_deep", "dcnv2_parallel_low"])
+def test_domain_as_feature_changes_outputs_only_through_the_domain_embedding(name: str) -> None:
+    batch = random_batch(2)
+    same_but_domain = Batch(
+        batch.sparse[:1].repeat(2, 1),
+        batch.dense[:1].repeat(2, 1),
+        torch.tensor([0, 1]),
+        batch.labels[:1].repeat(2, 1),
+        batch.seq[:1].repeat(2, 1),
+        batch.seq_lengths[:1].repeat(2),
+    )
+    torch.manual_seed(0)
+    off = BACKBONES[name]().eval()(same_but_domain).logits
+    assert torch.equal(off[0], off[1])
+    torch.manual_seed(0)
+    net = BACKBONES[name](domain_as_feature=True).eval()
+    on = net(same_but_domain).logits
+    assert not torch.allclose(on[0], on[1])
+    inp = net.deep.input if name == "wide_deep" else net.input
+    assert inp.field_names == ["user", "item", "domain"] and inp.vocab_sizes == [7, 5, 2]
+    with torch.no_grad():  # the domain field owns the last 2 rows of the table: make them equal
+        inp.embedding.table.weight[-1] = inp.embedding.table.weight[-2]
+    tied = net(same_but_domain).logits
+    torch.testing.assert_close(tied[0], tied[1])
+
+
+# ---- end to end through the training entry point ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["backbone=dnn", "backbone.domain_as_feature=true"],
+        ["backbone=wide_deep", "backbone.crosses=[[user_id,cat_1],[cat_2,cat_3,cat_4]]", "backbone.cross_buckets=997"],
+        ["backbone=dcnv2"],
+        ["backbone=dcnv2", "backbone.structure=parallel", "backbone.cross_rank=4"],
+    ],
+    ids=["dnn_domain_feature", "wide_deep", "dcnv2_stacked_full", "dcnv2_parallel_low"],
+)
+def test_backbone_configs_train_end_to_end(tmp_path: Path, train_cfg: TrainCfg, overrides: list[str]) -> None:
+    metrics = train(train_cfg(["debug=fdr", "data.source.num_rows=4000", *overrides]))
+    assert 0.0 <= metrics["test/auc"] <= 1.0 and (tmp_path / "run" / "metrics.json").exists()
