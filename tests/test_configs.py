@@ -94,3 +94,9 @@ def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) 
     cfg = train_cfg([override])
     assert isinstance(hydra.utils.instantiate(cfg.data), MultiDomainDataModule)
     hydra.utils.instantiate(cfg.trainer, logger=False)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_option_trains_one_batch(train_cfg: TrainCfg, model: str) -> None:
+    metrics = train(train_cfg([f"model={model}", "debug=fdr"]))
+    assert 0.0 <= metrics["test/auc"] <= 1.0
