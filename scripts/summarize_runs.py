@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mdrec.eval.summary import load_runs, mean_std_table
+from mdrec.eval.summary import group_runs, load_runs, mean_std_table
 
 
 def main() -> None:
@@ -15,10 +15,14 @@ def main() -> None:
     parser.add_argument("root", help="a run or multirun directory (every metrics.json below it is read)")
     parser.add_argument("--metrics", nargs="+", default=["test/auc", "test/logloss", "test/gauc"])
     parser.add_argument("--domains", nargs="*", default=[], help="domain names for per-domain columns")
+    parser.add_argument("--by", nargs="*", default=[], help="override keys to group runs by (e.g. model)")
     args = parser.parse_args()
     runs = load_runs(args.root)
-    print(f"{len(runs)} runs below {args.root}\n")
-    print(mean_std_table(runs, args.metrics, ["", *args.domains]))
+    print(f"{len(runs)} runs below {args.root}")
+    for values, group in group_runs(runs, args.by).items():
+        title = ", ".join(f"{k}={v}" for k, v in zip(args.by, values, strict=True)) or "all runs"
+        print(f"\n{title} ({len(group)} runs)\n")
+        print(mean_std_table(group, args.metrics, ["", *args.domains]))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,63 @@
-"""Mean and spread of run metrics over seeds, as a markdown table."""
+"""Runs of a sweep: their metrics and overrides, grouped, as mean ± spread tables."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 
-def load_runs(root: str | Path) -> list[dict[str, float]]:
-    """Every ``metrics.json`` below ``root`` (a Hydra multirun directory or a list of runs)."""
+@dataclass(frozen=True)
+class Run:
+    """One finished run: where it is, what it measured, and the Hydra overrides it was launched with."""
+
+    path: Path
+    metrics: dict[str, float]
+    overrides: dict[str, str]
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """Every run below ``root`` (a Hydra multirun directory or a single run) that wrote ``metrics.json``."""
     paths = sorted(Path(root).rglob("metrics.json"))
     if not paths:
         raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    return [json.loads(p.read_text()) for p in paths]
+    runs = []
+    for path in paths:
+        overrides_file = path.parent / ".hydra" / "overrides.yaml"
+        items = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
+        runs.append(Run(path.parent, json.loads(path.read_text()), overrides))
+    return runs
 
 
-def mean_std_table(runs: Sequence[dict[str, float]], rows: Sequence[str], columns: Sequence[str]) -> str:
-    """A markdown table of ``<metric>[/<column>]`` keys, mean ± std (sample) over runs.
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± sample std`` to 4 decimals (± 0 for a single value, n/a for none).
+
+    Example:
+        >>> mean_std([0.8, 0.82])
+        '0.8100 ± 0.0141'
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return "n/a"
+    return f"{v.mean():.4f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.4f}"
+
+
+def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[str]) -> str:
+    """A markdown table of ``<metric>[/<column>]`` keys, mean ± std over runs.
 
     Args:
-        runs: metrics of each run (e.g. one per seed).
+        runs: the runs (e.g. one per seed).
         rows: metric names, e.g. ``["test/auc", "test/logloss"]``.
         columns: ``""`` for the overall figure, else a domain name (key ``<metric>/<domain>``).
 
     Example:
-        >>> print(mean_std_table([{"test/auc": 0.8}, {"test/auc": 0.82}], ["test/auc"], [""]))
+        >>> runs = [Run(Path("a"), {"test/auc": 0.8}, {}), Run(Path("b"), {"test/auc": 0.82}, {})]
+        >>> print(mean_std_table(runs, ["test/auc"], [""]))
         | metric | overall |
         |---|---|
         | test/auc | 0.8100 ± 0.0141 |
@@ -34,14 +65,15 @@ def mean_std_table(runs: Sequence[dict[str, float]], rows: Sequence[str], column
     header = "| metric | " + " | ".join(c or "overall" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for metric in rows:
-        cells = []
-        for col in columns:
-            key = f"{metric}/{col}" if col else metric
-            values = np.array([r[key] for r in runs if key in r], dtype=np.float64)
-            if len(values) == 0:
-                cells.append("n/a")
-            else:
-                spread = values.std(ddof=1) if len(values) > 1 else 0.0
-                cells.append(f"{values.mean():.4f} ± {spread:.4f}")
+        keys = [f"{metric}/{col}" if col else metric for col in columns]
+        cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[tuple[str, ...], list[Run]]:
+    """Runs grouped by the values of the override ``keys`` (a missing override groups as ``""``)."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.overrides.get(k, "") for k in keys), []).append(run)
+    return dict(sorted(groups.items()))
