@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
 from mdrec.train.module import RankingModule
@@ -21,7 +22,7 @@ from mdrec.train.module import RankingModule
 log = logging.getLogger(__name__)
 
 
-def build_module(cfg: DictConfig, datamodule: MultiDomainDataModule) -> RankingModule:
+def build_module(cfg: DictConfig, schema: Schema) -> RankingModule:
     """Instantiate the network with the data's schema, then the LightningModule around it.
 
     ``model.net: null`` makes the backbone itself the network; otherwise ``model.net`` names a network class,
@@ -30,7 +31,6 @@ def build_module(cfg: DictConfig, datamodule: MultiDomainDataModule) -> RankingM
     Runtime objects are passed to partially instantiated constructors, never merged into the config (Hydra
     would turn a dataclass argument into a config node).
     """
-    schema = datamodule.schema
     make_backbone = lambda: hydra.utils.instantiate(cfg.backbone, _partial_=True)(schema=schema)  # noqa: E731
     if cfg.model.net is None:
         net = make_backbone()
@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule.schema)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,0 +1,208 @@
+"""Training step time of the multi-domain baselines as the number of domains K grows, beside peer references.
+
+For STAR, MMoE, PLE and shared-bottom (the networks and sizes of ``conf/model/<name>.yaml``; shared-bottom on the
+``conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
+configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
+``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
+networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
+them, in the same process:
+
+- ``loop``: a Python loop over the present domains in every per-domain layer, each selecting its rows with a
+  boolean mask (``nonzero``) and writing its output back with ``index_put`` (no grouping shared by the layers);
+- ``mask-all``: every domain's layer on the whole batch, the row's own output kept with a mask (K times the
+  compute; timed with ``--mask-all-repeats`` steps, as it is slow at K = 100).
+
+mdrec's way (``grouped``, :mod:`mdrec.nn.domain`) sorts the rows by domain once per forward and runs one matmul
+per present domain on its contiguous block. Target (issue 3): STAR at K = 100 costs at most 3x STAR at K = 1.
+
+Usage::
+
+    python scripts/bench_domains.py                        # B = 4096, 1 thread, about 2 min on 2 CPU cores
+    python scripts/bench_domains.py --domains 1 10 --repeats 30 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch import Tensor, nn
+
+import mdrec.models.mmoe
+import mdrec.models.ple
+import mdrec.models.shared_bottom
+import mdrec.models.star
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema, SparseField
+from mdrec.nn.domain import DomainGroups
+from mdrec.train.run import build_module
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODELS = {
+    "star": mdrec.models.star,
+    "mmoe": mdrec.models.mmoe,
+    "ple": mdrec.models.ple,
+    "shared_bottom": mdrec.models.shared_bottom,
+}
+TARGET_RATIO = 3.0
+
+
+class LoopGroups(DomainGroups):
+    """Peer reference: rows stay in batch order; every layer loops over the present domains with a mask."""
+
+    def __init__(self, domain: Tensor, num_domains: int) -> None:
+        super().__init__(domain, num_domains)
+        self.batch_domain = domain
+        self.domain = domain  # per-row ids in batch order (partitioned normalisation reads them)
+
+    def group(self, x: Tensor) -> Tensor:
+        return x
+
+    def ungroup(self, y: Tensor) -> Tensor:
+        return y
+
+    def map(self, fn: Callable[..., Tensor], xs: Tensor, *params: Tensor) -> Tensor:
+        out: Tensor | None = None
+        for i, d in enumerate(self.present.tolist()):
+            rows = torch.nonzero(self.batch_domain == d).squeeze(1)  # [n_d], a host sync per domain and layer
+            y = fn(xs[rows], *(p[i] for p in params))
+            out = y.new_zeros(xs.shape[0], *y.shape[1:]) if out is None else out
+            out = out.index_put((rows,), y)
+        assert out is not None
+        return out
+
+
+class MaskAllGroups(LoopGroups):
+    """Peer reference: every domain's layer on the whole batch, each row keeping its own domain's output."""
+
+    def map(self, fn: Callable[..., Tensor], xs: Tensor, *params: Tensor) -> Tensor:
+        out: Tensor | None = None
+        for i, d in enumerate(self.present.tolist()):
+            y = fn(xs, *(p[i] for p in params))  # [B, ...] all rows through domain d's layer
+            mask = (self.batch_domain == d).view(-1, *([1] * (y.dim() - 1)))  # [B, 1, ...]
+            out = torch.where(mask, y, 0.0 if out is None else out)
+        assert out is not None
+        return out
+
+
+@contextlib.contextmanager
+def strategy(name: str) -> Iterator[None]:
+    """Run the models' per-domain layers the ``grouped`` (mdrec), ``loop`` or ``mask-all`` way."""
+    groups = {"grouped": DomainGroups, "loop": LoopGroups, "mask-all": MaskAllGroups}[name]
+    with contextlib.ExitStack() as stack:
+        for module in MODELS.values():
+            stack.enter_context(mock.patch.object(module, "DomainGroups", groups))
+        yield
+
+
+def make_schema(num_domains: int, num_sparse: int, vocab_size: int, num_dense: int) -> Schema:
+    return Schema(
+        "bench_domains",
+        tuple(SparseField(f"f{i}", vocab_size) for i in range(num_sparse)),
+        tuple(f"x{i}" for i in range(num_dense)),
+        "domain",
+        tuple(f"d{k}" for k in range(num_domains)),
+        ("click",),
+    )
+
+
+def make_batch(schema: Schema, batch_size: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        sparse=torch.randint(0, schema.vocab_sizes[0], (batch_size, len(schema.sparse)), generator=g),
+        dense=torch.rand(batch_size, len(schema.dense), generator=g),
+        domain=torch.randint(0, schema.num_domains, (batch_size,), generator=g),  # uniform shares
+        labels=torch.randint(0, 2, (batch_size, 1), generator=g).float(),
+    )
+
+
+def build(model: str, schema: Schema, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The network and optimiser of ``model=<model>`` in ``conf/train.yaml`` (shared-bottom on the DNN backbone)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={model}"])
+    torch.manual_seed(seed)
+    module = build_module(cfg, schema)
+    return module.net, module.configure_optimizers()
+
+
+def step_ms(model: str, cases: list[tuple[Schema, Batch]], how: str, warmup: int, repeats: int) -> list[float]:
+    """Median ms of a training step of ``model`` per case, per-domain layers run ``how``.
+
+    The cases' steps alternate (K = 1, 10, 100, 1, 10, 100, ...) so that drift on a shared machine hits them alike.
+    """
+    runs = []
+    for schema, batch in cases:
+        net, opt = build(model, schema, seed=0)
+        runs.append((net.train(), opt, batch))
+    times: list[list[float]] = [[] for _ in cases]
+    with strategy(how):
+        for i in range(warmup + repeats):
+            for (net, opt, batch), case_times in zip(runs, times, strict=True):
+                start = time.perf_counter()
+                loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if i >= warmup:
+                    case_times.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--domains", type=int, nargs="+", default=[1, 10, 100])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--mask-all-repeats", type=int, default=2, help="0 skips the mask-all reference")
+    p.add_argument("--sparse-fields", type=int, default=8)
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--dense-fields", type=int, default=4)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared 2-core box)"
+    )
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"B = {args.batch_size}, {args.sparse_fields} sparse fields (vocab {args.vocab_size}) + {args.dense_fields} "
+        f"dense, uniform domain shares, {args.threads} thread(s); ms per training step (forward + backward + Adam), "
+        f"median of {args.repeats} after {args.warmup} warm-up ({args.mask_all_repeats} for mask-all)"
+    )
+    header = (
+        f"{'model':<14}{'K':>5}{'grouped':>10}{'vs K=1':>8}{'loop':>10}{'loop/grp':>10}{'mask-all':>10}{'mask/grp':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    grouped: dict[tuple[str, int], float] = {}
+    for model in args.models:
+        cases = []
+        for k in args.domains:
+            schema = make_schema(k, args.sparse_fields, args.vocab_size, args.dense_fields)
+            cases.append((schema, make_batch(schema, args.batch_size, seed=k)))
+        ours = step_ms(model, cases, "grouped", args.warmup, args.repeats)
+        loop = step_ms(model, cases, "loop", args.warmup, args.repeats)
+        mask_all = step_ms(model, cases, "mask-all", 1, args.mask_all_repeats) if args.mask_all_repeats > 0 else []
+        for i, k in enumerate(args.domains):
+            grouped[model, k] = ours[i]
+            row = f"{model:<14}{k:>5}{ours[i]:>10.1f}{ours[i] / ours[0]:>7.2f}x"
+            row += f"{loop[i]:>10.1f}{loop[i] / ours[i]:>9.2f}x"
+            if mask_all:
+                row += f"{mask_all[i]:>10.1f}{mask_all[i] / ours[i]:>9.2f}x"
+            print(row, flush=True)
+    if ("star", 1) in grouped and ("star", 100) in grouped:
+        ratio = grouped["star", 100] / grouped["star", 1]
+        verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
+        print(f"\n{verdict}: STAR step time at K = 100 is {ratio:.2f}x K = 1 (target <= {TARGET_RATIO:.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
