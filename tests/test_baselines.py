@@ -1,4 +1,4 @@
-"""Multi-domain baselines (shared-bottom, MMoE, PLE, STAR) and their per-domain layers at tiny sizes."""
+"""Multi-domain baselines (shared-bottom, MMoE, PLE, STAR, single-domain) and their per-domain layers, tiny."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from mdrec.models.dnn import DNNBackbone
 from mdrec.models.mmoe import MMoE
 from mdrec.models.ple import PLE
 from mdrec.models.shared_bottom import SharedBottom
+from mdrec.models.single_domain import SingleDomain
 from mdrec.models.star import STAR
 from mdrec.nn.domain import DomainGroups, DomainLinear, DomainMLP, StarLinear, per_domain_parameters
 from mdrec.nn.norm import PartitionedNorm
@@ -31,6 +32,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "mmoe": lambda: MMoE(SCHEMA, 8, num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
     "ple": lambda: PLE(SCHEMA, 8, num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
     "star": lambda: STAR(SCHEMA, 8, layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
+    "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
 }
 
 
@@ -183,7 +185,7 @@ def test_overfit_loss_falls(name: str) -> None:
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("model", ["shared_bottom", "mmoe", "ple", "star"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_fast_dev_run(train_cfg: TrainCfg, model: str) -> None:
     metrics = train(train_cfg(["debug=fdr", f"model={model}"]))
     assert 0.0 <= metrics["test/auc"] <= 1.0
