@@ -43,6 +43,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.train.module import OptimizerFactory, RankingModule
+from mdrec.train.run import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TARGET_RATIO = 0.9
@@ -129,8 +130,8 @@ def framework_trainer(warmup: int, steps: int, timer: StepTimer, out_dir: str) -
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    callbacks = [hydra.utils.instantiate(c) for c in cfg.callbacks.values()] + [timer]
-    loggers = [hydra.utils.instantiate(c) for c in cfg.logger.values()]
+    callbacks = [*instantiate_group(cfg.callbacks), timer]
+    loggers = instantiate_group(cfg.logger)
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_checkpointing=False)
 
 

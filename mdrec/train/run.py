@@ -42,6 +42,11 @@ def build_module(cfg: DictConfig, schema: Schema) -> RankingModule:
     return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema)
 
 
+def instantiate_group(node: DictConfig | None) -> list:
+    """Every object of a name -> config mapping such as ``callbacks`` or ``logger`` (null entries skipped)."""
+    return [hydra.utils.instantiate(c) for c in (node or {}).values() if c is not None]
+
+
 def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, float]:
     """Metrics of the true probabilities on ``split`` for every label that has them (synthetic data).
 
@@ -72,8 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup()
     module = build_module(cfg, datamodule.schema)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
