@@ -40,6 +40,10 @@ class Batch:
         """B, the number of rows."""
         return self.domain.shape[0]
 
+    def rows(self, index: Tensor) -> Batch:
+        """The rows ``index [B']`` (int64 positions) of every tensor, in that order."""
+        return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""
         return replace(self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
@@ -87,6 +91,10 @@ class Batch:
 
 def _move(t: Tensor | None, device: torch.device | str, non_blocking: bool) -> Tensor | None:
     return None if t is None else t.to(device, non_blocking=non_blocking)
+
+
+def _take(t: Tensor | None, index: Tensor) -> Tensor | None:
+    return None if t is None else t[index]
 
 
 def _pin(t: Tensor | None) -> Tensor | None:

@@ -71,6 +71,29 @@ def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[s
     return "\n".join(lines)
 
 
+def comparison_table(groups: dict[tuple[str, ...], list[Run]], by: Sequence[str], keys: Sequence[str]) -> str:
+    """A markdown table with one row per group of runs (e.g. per model) and one column per metric key.
+
+    Args:
+        groups: runs per group, as :func:`group_runs` returns them.
+        by: the override keys the groups were formed by (the first columns' titles).
+        keys: full metric keys, e.g. ``["test/auc", "test/auc/d0"]``; each cell is mean ± std over the group.
+
+    Example:
+        >>> runs = [Run(Path("a"), {"test/auc": 0.8}, {"model": "star"}), Run(Path("b"), {"test/auc": 0.7}, {})]
+        >>> print(comparison_table(group_runs(runs, ["model"]), ["model"], ["test/auc"]))
+        | model | runs | test/auc |
+        |---|---|---|
+        |  | 1 | 0.7000 ± 0.0000 |
+        | star | 1 | 0.8000 ± 0.0000 |
+    """
+    lines = ["| " + " | ".join([*by, "runs", *keys]) + " |", "|---" * (len(by) + 1 + len(keys)) + "|"]
+    for values, runs in groups.items():
+        cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
+        lines.append("| " + " | ".join([*values, str(len(runs)), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[tuple[str, ...], list[Run]]:
     """Runs grouped by the values of the override ``keys`` (a missing override groups as ``""``)."""
     groups: dict[tuple[str, ...], list[Run]] = {}

@@ -46,6 +46,9 @@ class DCNv2Backbone(nn.Module):
         (torch.Size([4096, 1]), torch.Size([4096, 244]), 244)
     """
 
+    # the linear layer that maps h to the logits (adapters that act "before the heads" attach to its input)
+    head_name = "output"
+
     def __init__(
         self,
         schema: Schema,

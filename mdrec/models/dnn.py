@@ -35,6 +35,9 @@ class DNNBackbone(nn.Module):
         (torch.Size([4096, 1]), torch.Size([4096, 128]))
     """
 
+    # the linear layer that maps h to the logits (adapters that act "before the heads" attach to its input)
+    head_name = "output"
+
     def __init__(
         self,
         schema: Schema,

@@ -1,0 +1,98 @@
+"""The Wide&Deep per-domain head (METHODS.md sections 3 and 9): a deep arm on the shared representation and a
+wide arm on features chosen per domain, added to the backbone's logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.adapters.base import Adapter, Route
+from mdrec.data.schema import Schema
+from mdrec.nn.domain import DomainLinear, DomainMLP
+
+
+class WideTables(nn.Module):
+    """Per-domain linear weights on raw ids: ``sum_f mask[d, f] * table_f[d, id_f]``, one ``[K, V_f, T]`` table
+    per field (zeros at the start)."""
+
+    def __init__(self, num_domains: int, vocab_sizes: Sequence[int], mask: Tensor, num_tasks: int) -> None:
+        super().__init__()
+        self.tables = nn.ParameterList(nn.Parameter(torch.zeros(num_domains, v, num_tasks)) for v in vocab_sizes)
+        self.per_domain_params = tuple(f"tables.{i}" for i in range(len(vocab_sizes)))
+        self.register_buffer("mask", mask)  # [K, F_w] float
+
+    def forward(self, ids: Tensor, domain: Tensor) -> Tensor:
+        """``ids [B, F_w]``, ``domain [B]`` -> ``[B, T]``."""
+        out = 0
+        for f, table in enumerate(self.tables):
+            k, v, t = table.shape
+            w = table.view(k * v, t)[domain * v + ids[:, f]]  # [B, T]: one small row per sample
+            out = out + self.mask[domain, f, None] * w
+        return out
+
+
+class WideDeepHead(Adapter):
+    """Per-domain head: ``logits_d = backbone logits + deep_d(h) + wide_d(ids)``.
+
+    The deep arm is a per-domain MLP on the representation h the backbone's head reads (``hidden_sizes`` empty:
+    a per-domain linear layer); the wide arm a per-domain linear model on the raw ids of ``wide_fields`` (domain
+    names in ``domain_wide_fields`` get their own list instead). Both arms' output layers start at zero: the
+    adapted model starts as the backbone.
+
+    Args:
+        schema: the data's schema.
+        backbone: the backbone (its ``head_name`` names the layer that maps h to the logits).
+        hidden_sizes: hidden widths of the deep arm.
+        wide_fields: sparse fields of the wide arm for every domain.
+        domain_wide_fields: per domain name, its own wide fields (overrides ``wide_fields`` for that domain).
+        dropout: dropout after each hidden activation of the deep arm.
+
+    Example:
+        >>> head = WideDeepHead(schema, backbone, hidden_sizes=[32], wide_fields=["user_id"])   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        backbone: nn.Module,
+        hidden_sizes: Sequence[int] = (),
+        wide_fields: Sequence[str] = (),
+        domain_wide_fields: dict[str, Sequence[str]] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(schema.num_domains)
+        head = dict(backbone.named_modules())[backbone.head_name]
+        domain_wide_fields = domain_wide_fields or {}
+        unknown = sorted(set(domain_wide_fields) - set(schema.domains))
+        if unknown:
+            raise ValueError(f"domain_wide_fields names unknown domain(s) {unknown}; domains: {list(schema.domains)}")
+        per_domain = [list(domain_wide_fields.get(d, wide_fields)) for d in schema.domains]
+        fields = {f for fs in per_domain for f in fs}
+        bad = sorted(f for f in fields if f not in schema.sparse_names)
+        if bad:
+            raise ValueError(f"wide fields {bad} are not sparse fields of the schema: {list(schema.sparse_names)}")
+        fields = [f for f in schema.sparse_names if f in fields]  # schema order
+        self.wide_columns = [schema.sparse_index(f) for f in fields]
+        mask = torch.tensor([[float(f in fs) for f in fields] for fs in per_domain]).reshape(self.num_domains, -1)
+        self.wide = (
+            WideTables(self.num_domains, [schema.vocab_sizes[c] for c in self.wide_columns], mask, head.out_features)
+            if fields
+            else None
+        )
+        self.mlp = DomainMLP(self.num_domains, head.in_features, list(hidden_sizes), dropout) if hidden_sizes else None
+        self.deep = DomainLinear(
+            self.num_domains, hidden_sizes[-1] if hidden_sizes else head.in_features, head.out_features
+        )
+        nn.init.zeros_(self.deep.weight)
+        nn.init.zeros_(self.deep.bias)
+        self.sites[backbone.head_name] = "output"
+
+    def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
+        groups = route.groups
+        hidden = self.mlp.grouped(x, groups) if self.mlp is not None else x
+        out = y + self.deep.grouped(hidden, groups)
+        if self.wide is not None:
+            out = out + self.wide(route.batch.sparse[:, self.wide_columns], groups.domain)
+        return out

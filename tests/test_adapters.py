@@ -1,0 +1,221 @@
+"""Adapter contracts, for every adapter on every backbone: identity at step 0, only adapter parameters train,
+mixed batches equal single-domain batches, LoRA merges, adapters save and load on their own."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from mdrec.adapters.base import AdaptedNet, Adapter, select_modules
+from mdrec.adapters.head import WideDeepHead
+from mdrec.adapters.iak import IAK
+from mdrec.adapters.lora import LoRA
+from mdrec.data.batch import Batch
+from mdrec.models.dcnv2 import DCNv2Backbone
+from mdrec.models.dnn import DNNBackbone
+from mdrec.models.wide_deep import WideDeepBackbone
+from mdrec.nn.domain import per_domain_parameters
+from tests.test_baselines import SCHEMA, K, make_batch, rows_of
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "dnn": lambda: DNNBackbone(SCHEMA, 8, [16, 8], dropout=0.2),
+    "wide_deep": lambda: WideDeepBackbone(SCHEMA, 8, [16, 8], crosses=[["row", "item"]], cross_buckets=50),
+    "dcnv2": lambda: DCNv2Backbone(SCHEMA, 8, num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
+}
+ADAPTERS: dict[str, Callable[[nn.Module], Adapter]] = {
+    "lora": lambda b: LoRA(SCHEMA, b, rank=4),
+    "mlora": lambda b: LoRA(SCHEMA, b, targets=["*mlp.*"], variant="mlora", alpha=4),
+    "iak": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6),
+    "iak_layers_learned_prior": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
+    "iak_encoder_only": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
+    "head": lambda b: WideDeepHead(SCHEMA, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
+}
+CASES = [(b, a) for b in BACKBONES for a in ADAPTERS]
+
+
+def pretrained(backbone: str) -> nn.Module:
+    """A backbone with non-trivial weights and batch-norm statistics, as after pre-training."""
+    torch.manual_seed(0)
+    net = BACKBONES[backbone]()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        net.train()(make_batch(256, seed=7))  # moves the running statistics away from their initial values
+    return net.eval()
+
+
+def adapted(backbone: str, adapter: str) -> AdaptedNet:
+    net = pretrained(backbone)
+    return AdaptedNet(SCHEMA, net, ADAPTERS[adapter](net))
+
+
+def perturb(net: AdaptedNet) -> AdaptedNet:
+    """Random adapter weights: an adapter away from the identity."""
+    with torch.no_grad():
+        for p in net.adapter.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize(("backbone", "adapter"), CASES)
+def test_identical_to_the_backbone_at_step_0(backbone: str, adapter: str) -> None:
+    net = adapted(backbone, adapter)
+    batch = make_batch()
+    reference = pretrained(backbone)(batch).logits
+    for mode in (False, True):  # eval, and training mode (frozen modules stay in eval; IAK samples z)
+        # equal up to float rounding: the adapted pass runs the rows in grouped order, which can change BLAS blocking
+        torch.testing.assert_close(net.train(mode)(batch).logits, reference, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("backbone", "adapter"), CASES)
+def test_only_adapter_parameters_change_while_adapting(backbone: str, adapter: str) -> None:
+    net = adapted(backbone, adapter)
+    before = copy.deepcopy(net.backbone.state_dict())  # parameters and batch-norm statistics
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for p in net.adapter.parameters()}
+    adapter_before = [p.detach().clone() for p in trainable]
+    opt = torch.optim.Adam(trainable, lr=1e-2)
+    net.train()
+    for step in range(3):
+        batch = make_batch(seed=step)
+        out = net(batch)
+        loss = nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels) + out.aux_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for key, value in net.backbone.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(p, q) for p, q in zip(trainable, adapter_before, strict=True))
+
+
+@pytest.mark.parametrize(("backbone", "adapter"), CASES)
+def test_mixed_batch_equals_single_domain_batches(backbone: str, adapter: str) -> None:
+    net = perturb(adapted(backbone, adapter)).eval()
+    batch = make_batch()
+    mixed = net(batch).logits
+    assert not torch.allclose(mixed, net.backbone(batch).logits)  # the adapter does something
+    for d in range(K):
+        mask = batch.domain == d
+        torch.testing.assert_close(net(rows_of(batch, mask)).logits, mixed[mask], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_domain_parameters_get_gradient_only_from_their_own_rows(adapter: str) -> None:
+    net = perturb(adapted("dnn", adapter)).train()
+    batch = make_batch()
+    only_b = rows_of(batch, batch.domain == 1)
+    out = net(only_b)
+    (out.logits.sum() + out.aux_loss).backward()
+    stacked = list(per_domain_parameters(net.adapter))
+    assert {id(p) for _, p in stacked} == {id(p) for p in net.adapter.parameters()}  # all of it is per domain
+    for name, p in stacked:
+        assert p.grad is not None, name
+        assert p.grad[[0, 2]].abs().sum() == 0, name
+    assert any(p.grad[1].abs().sum() > 0 for _, p in stacked)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("variant", ["lora", "mlora"])
+def test_lora_merged_into_a_plain_backbone_equals_unmerged(backbone: str, variant: str) -> None:
+    net = pretrained(backbone)
+    lora = LoRA(SCHEMA, net, variant=variant, rank=3, alpha=4)
+    model = perturb(AdaptedNet(SCHEMA, net, lora)).eval()
+    batch = make_batch()
+    unmerged = model(batch).logits
+    for d in range(K):
+        merged = lora.merged(model.backbone, d)
+        assert type(merged) is type(net)
+        mask = batch.domain == d
+        torch.testing.assert_close(merged(rows_of(batch, mask)).logits, unmerged[mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("adapter", list(ADAPTERS))
+def test_adapter_weights_save_and_load_without_the_backbone(adapter: str) -> None:
+    trained = perturb(adapted("dnn", adapter)).eval()
+    buffer = io.BytesIO()
+    torch.save(trained.adapter.state_dict(), buffer)
+    assert not any(k.startswith("backbone") for k in trained.adapter.state_dict())
+    fresh = adapted("dnn", adapter).eval()
+    fresh.adapter.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    batch = make_batch()
+    torch.testing.assert_close(fresh(batch).logits, trained(batch).logits, rtol=0, atol=0)
+
+
+def test_lora_ranks_scales_and_targets() -> None:
+    net = pretrained("dnn")
+    lora = LoRA(SCHEMA, net, targets=["mlp.*"], rank=4, alpha=8)
+    assert sorted(lora.sites) == ["mlp.layers.0", "mlp.layers.4"] and set(lora.scales.values()) == {2.0}
+    assert lora.deltas["mlp/layers/0"].a.shape == (K, net.input.out_features, 4)
+    mlora = LoRA(SCHEMA, net, variant="mlora", alpha=4)
+    ranks = {name: d.a.shape[2] for name, d in mlora.deltas.items()}
+    assert ranks == {"mlp/layers/0": 4, "mlp/layers/4": 2, "output": 1}  # max(out // alpha, 1)
+    assert mlora.deltas["output"].bias.shape == (K, 1) and lora.deltas["mlp/layers/0"].bias is None
+    with pytest.raises(ValueError, match=r"no Linear module .* available Linear modules: \['mlp.layers.0'"):
+        LoRA(SCHEMA, net, targets=["tower.*"])
+
+
+def test_iak_kl_term_and_ablations() -> None:
+    net = pretrained("dnn")
+    batch = make_batch()
+    base = net(batch).aux_loss
+    with_kl = AdaptedNet(SCHEMA, net, IAK(SCHEMA, net, bottleneck=5, beta=0.1)).train()
+    kl = with_kl(batch).aux_loss - base
+    # standard prior, mu ~ small, log var = -4: KL per row ~ 0.5 * k * (e^-4 - 1 + 4) ~ 7.5; times beta
+    assert 0.5 < kl.item() < 1.5
+    no_kl = AdaptedNet(SCHEMA, net, IAK(SCHEMA, net, bottleneck=5, beta=0.1, kl=False)).train()
+    assert float(no_kl(batch).aux_loss - base) == 0.0
+    no_residual = AdaptedNet(SCHEMA, net, IAK(SCHEMA, net, bottleneck=5, residual=False)).eval()
+    assert not torch.allclose(no_residual(batch).logits, net(batch).logits)  # documented: no identity start
+    layers = IAK(SCHEMA, net, placement="layers", layer_targets=["mlp.*"])
+    assert layers.sites == {"mlp.layers.0": "output", "mlp.layers.4": "output"}
+    assert IAK(SCHEMA, net).sites == {"output": "input"}
+
+
+def test_wide_deep_head_uses_each_domains_own_wide_fields() -> None:
+    net = pretrained("dnn")
+    head = WideDeepHead(SCHEMA, net, wide_fields=["item"], domain_wide_fields={"a": []})
+    model = AdaptedNet(SCHEMA, net, head).eval()
+    with torch.no_grad():
+        head.wide.tables[0].fill_(1.0)  # +1 on every id of `item`, for the domains that use it
+    batch = make_batch()
+    delta = (model(batch).logits - net(batch).logits).squeeze(1)
+    torch.testing.assert_close(delta, (batch.domain != 0).float())
+    with pytest.raises(ValueError, match=r"wide fields \['genre'\] are not sparse fields"):
+        WideDeepHead(SCHEMA, net, wide_fields=["genre"])
+    with pytest.raises(ValueError, match=r"unknown domain\(s\) \['z'\]"):
+        WideDeepHead(SCHEMA, net, domain_wide_fields={"z": ["item"]})
+
+
+def test_freeze_patterns() -> None:
+    net = pretrained("dnn")
+    partial = AdaptedNet(SCHEMA, net, None, freeze=["input", "mlp"])
+    assert [n for n, p in partial.named_parameters() if p.requires_grad] == [
+        "backbone.output.weight",
+        "backbone.output.bias",
+    ]
+    partial.train()
+    assert not partial.backbone.mlp.training and partial.backbone.output.training
+    with pytest.raises(ValueError, match=r"freeze patterns \['tower'\] match no module"):
+        AdaptedNet(SCHEMA, pretrained("dnn"), None, freeze=["tower"])
+    assert list(select_modules(net, ["mlp.layers.0"], nn.Linear)) == ["mlp.layers.0"]
+
+
+def test_plain_backbone_outside_the_adapted_pass() -> None:
+    net = pretrained("dnn")
+    model = perturb(AdaptedNet(SCHEMA, net, LoRA(SCHEMA, net, rank=2))).eval()
+    batch = make_batch()
+    model(batch)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    torch.testing.assert_close(net(batch).logits, pretrained("dnn")(batch).logits, rtol=0, atol=0)
+
+
+def test_batch_rows() -> None:
+    batch = make_batch(5)
+    picked = batch.rows(torch.tensor([4, 0]))
+    assert isinstance(picked, Batch) and picked.domain.tolist() == batch.domain[[4, 0]].tolist()
+    assert picked.seq is None and picked.sparse.shape == (2, 2)
