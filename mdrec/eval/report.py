@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 
 def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test") -> str:
-    """A per-domain table of ``<stage>`` AUC, logloss and rows, with the oracle AUC beside it when present.
+    """A per-domain table of ``<stage>`` AUC, logloss and rows; beside it, when present, the pre-trained model's
+    AUC before adapting (``zeroshot/<stage>/auc...``) and the oracle AUC (``oracle/auc...``, synthetic data).
 
     Example:
         >>> print(domain_table({"test/auc/a": 0.7, "test/logloss/a": 0.5, "test/rows/a": 10, "test/auc": 0.7,
@@ -16,9 +17,10 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
         overall      10    0.7000   0.5000
     """
     has_oracle = f"oracle/auc/{domains[0]}" in metrics
-    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}" + (
-        f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else ""
-    )
+    has_zeroshot = f"zeroshot/{stage}/auc/{domains[0]}" in metrics
+    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}"
+    header += f" {'zero-shot AUC':>13} {'gain':>7}" if has_zeroshot else ""
+    header += f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else ""
     lines = [header]
     total_rows = 0
     for name in [*domains, None]:
@@ -27,6 +29,9 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
         total_rows += rows if name is not None else 0
         auc = metrics[f"{stage}/auc{suffix}"]
         line = f"{name or 'overall':<8} {rows:>6} {auc:>9.4f} {metrics[f'{stage}/logloss{suffix}']:>8.4f}"
+        if has_zeroshot:
+            zeroshot = metrics[f"zeroshot/{stage}/auc{suffix}"]
+            line += f" {zeroshot:>13.4f} {auc - zeroshot:>7.4f}"
         if has_oracle:
             oracle = metrics[f"oracle/auc{suffix}"]
             line += f" {oracle:>11.4f} {oracle - auc:>7.4f}"

@@ -1,23 +1,31 @@
-"""One training run from a composed config: data, network, Lightning trainer, test, metrics.json."""
+"""One run from a composed config: train (or pretrain) a network, or adapt a pre-trained backbone per domain;
+then validate, test the selected model and write metrics.json."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
+from mdrec.adapters.base import AdaptedNet
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
+from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
+from mdrec.train.pretrained import load_backbone, pretrain_key, save_backbone
+from mdrec.train.selection import DomainSelection
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,52 @@ def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, f
     return out
 
 
+STAGES = ("train", "pretrain", "adapt")
+
+
+def build_adapted(cfg: DictConfig, schema: Schema) -> RankingModule:
+    """The pre-trained backbone (found, loaded strictly, or pre-trained first), frozen as ``stage.freeze`` says,
+    with ``adapter`` attached for every domain, in a RankingModule with ``stage.optimizer``."""
+    backbone = load_backbone(find_or_pretrain(cfg), schema)
+    pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
+    adapter = hydra.utils.instantiate(cfg.adapter, _partial_=True)(schema, backbone) if cfg.get("adapter") else None
+    net = AdaptedNet(schema, backbone, adapter, freeze=list(cfg.stage.freeze))
+    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in ("net", "optimizer")])
+    optimizer = hydra.utils.instantiate(cfg.stage.optimizer, _partial_=True)
+    return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema, optimizer=optimizer)
+
+
+def find_or_pretrain(cfg: DictConfig) -> Path:
+    """``stage.pretrained`` if set; else the store's backbone for this config, pre-trained now if it is missing."""
+    if cfg.stage.pretrained:
+        return Path(cfg.stage.pretrained)
+    directory = Path(cfg.paths.pretrained_dir) / pretrain_key(cfg)
+    if (directory / "backbone.pt").exists():
+        log.info("pre-trained backbone found: %s", directory)
+        return directory
+    log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
+    sub = copy.deepcopy(cfg)
+    partial_dir = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    with open_dict(sub):
+        sub.stage = {"name": "pretrain"}
+        sub.paths.output_dir = str(partial_dir)
+    train(sub)
+    partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
+    return directory
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train, validate, test on the best validation checkpoint; write ``metrics.json``; return the metrics."""
+    """Run ``stage.name``: train (or pretrain) a network, or adapt a pre-trained backbone; validate; test the
+    selected model; write ``metrics.json`` (and ``backbone.pt`` / ``adapter.pt``); return the metrics."""
+    stage = cfg.stage.name
+    if stage not in STAGES:
+        raise ValueError(f"stage.name {stage!r} is not one of {STAGES}")
+    if stage == "pretrain" and cfg.model.net is not None:
+        raise ValueError(
+            f"stage=pretrain trains a backbone, but model.net is {cfg.model.net._target_}; use model=backbone or "
+            "model=pooled (a multi-domain network is not a backbone adapters can attach to)"
+        )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -76,33 +128,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
-    module = build_module(cfg, datamodule.schema)
+    schema = datamodule.schema
+    module = build_adapted(cfg, schema) if stage == "adapt" else build_module(cfg, schema)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    selection = DomainSelection(schema.domains) if stage == "adapt" and cfg.stage.select_per_domain else None
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=[*callbacks, *([selection] if selection else [])], logger=loggers or False
+    )
 
+    metrics: dict[str, float] = {}
+    if stage == "adapt" and cfg.get("test", True):  # the pre-trained model as is: zero-shot, and the step-0 candidate
+        metrics.update(evaluate(trainer, module, datamodule, None, "zeroshot/"))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
 
-    metrics = {"val/auc_best": float(trainer.callback_metrics.get("val/auc_best", float("nan")))}
+    metrics["val/auc_best"] = float(trainer.callback_metrics.get("val/auc_best", float("nan")))
+    # the selected model: per-domain selection keeps its choice in memory, else the best validation checkpoint
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and not selection else ""
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     if cfg.get("test", True):
-        # validation and test figures of one model: the best validation checkpoint (the last weights without one)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(evaluate(trainer, module, datamodule, None, ""))
         metrics.update(oracle_metrics(datamodule, "test"))
-    metrics.update(
-        {
-            "params/total": float(sum(p.numel() for p in module.net.parameters())),
-            "params/trainable": float(sum(p.numel() for p in module.net.parameters() if p.requires_grad)),
-            "time/fit_seconds": fit_seconds,
-            "train/epochs": float(trainer.current_epoch),
-            "seed": float(cfg.seed),
-        }
-    )
+    metrics.update(parameter_counts(module.net))
+    metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
+    metrics["seed"] = float(cfg.seed)
+    if stage == "pretrain":
+        save_backbone(out_dir, module.net, cfg.backbone)
+    if stage == "adapt" and module.net.adapter is not None:
+        torch.save(module.net.adapter.state_dict(), out_dir / "adapter.pt")
+    if selection is not None:
+        metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out_dir / "data_report.json").write_text(
         json.dumps(
@@ -115,5 +173,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     )
     if "test/auc" in metrics:
-        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, datamodule.schema.domains))
+        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
     return metrics
+
+
+def evaluate(
+    trainer: pl.Trainer, module: RankingModule, datamodule: MultiDomainDataModule, ckpt: str | None, prefix: str
+) -> dict[str, float]:
+    """Validation and test metrics of ``module`` as it is, keys ``<prefix>val/...`` and ``<prefix>test/...``."""
+    out: dict[str, float] = {}
+    for split, run in (("val", trainer.validate), ("test", trainer.test)):
+        run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        out.update({prefix + k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")})
+    return out
+
+
+def parameter_counts(net: nn.Module) -> dict[str, float]:
+    """``params/total``, ``params/trainable`` and ``params/added_per_domain`` (trainable per-domain parameters / K)."""
+    per_domain = [p for _, p in per_domain_parameters(net) if p.requires_grad]
+    return {
+        "params/total": float(sum(p.numel() for p in net.parameters())),
+        "params/trainable": float(sum(p.numel() for p in net.parameters() if p.requires_grad)),
+        "params/added_per_domain": float(sum(p.numel() / p.shape[0] for p in per_domain)),
+    }

@@ -1,0 +1,80 @@
+"""The stages through the one entry point: pretrain saves a backbone, adapt finds or builds it, loads it strictly,
+trains only the adapter and never ends worse than the pre-trained model on a domain's validation data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from mdrec.models.dnn import DNNBackbone
+from mdrec.train.pretrained import load_state_strict
+from mdrec.train.run import train
+from tests.test_baselines import SCHEMA
+
+TrainCfg = Callable[[list[str]], DictConfig]
+DOMAINS = ("d0", "d1", "d2", "d3")
+
+
+def test_adapt_builds_the_backbone_once_and_keeps_step_0_per_domain(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    metrics = train(train_cfg(["stage=adapt", "adapter=iak", "trainer.max_epochs=2"]))
+    stored = [p for p in (tmp_path / "pretrained").iterdir()]
+    assert len(stored) == 1 and (stored[0] / "backbone.pt").exists() and (stored[0] / "backbone.yaml").exists()
+    pretrain_metrics = json.loads((stored[0] / "metrics.json").read_text())
+    run = tmp_path / "run"
+    assert (run / "adapter.pt").exists()
+    # zero-shot is the pre-trained backbone itself: its test AUC is the pretrain run's
+    assert metrics["zeroshot/test/auc"] == pytest.approx(pretrain_metrics["test/auc"], abs=1e-6)
+    for d in DOMAINS:  # per-domain selection: step 0 is a candidate, so no domain is worse on validation
+        assert metrics[f"val/auc/{d}"] >= metrics[f"zeroshot/val/auc/{d}"] - 1e-6
+        assert metrics[f"selection/epoch/{d}"] in (-1.0, 0.0, 1.0)
+    added = torch.load(run / "adapter.pt")
+    assert metrics["params/trainable"] == sum(v.numel() for v in added.values())
+    assert metrics["params/added_per_domain"] == metrics["params/trainable"] / len(DOMAINS)
+    assert metrics["params/total"] > metrics["params/trainable"]
+
+    # a second adapt run of the same config with another adapter reuses the stored backbone
+    lora = train(train_cfg(["stage=adapt", "adapter=lora", "adapter.rank=2", "trainer.max_epochs=2"]))
+    assert [p for p in (tmp_path / "pretrained").iterdir()] == stored
+    assert lora["zeroshot/test/auc"] == metrics["zeroshot/test/auc"]
+
+
+def test_adapt_from_a_pretrain_run_directory(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    pre = train_cfg(["stage=pretrain", "model=pooled", "trainer.max_epochs=1"])
+    pre.paths.output_dir = str(tmp_path / "pre")
+    train(pre)
+    cfg = train_cfg(["stage=adapt", "adapter=head", f"stage.pretrained={tmp_path / 'pre'}", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    assert not (tmp_path / "pretrained").exists()  # nothing pre-trained: the named run was used
+    assert metrics["test/auc"] > 0.6
+
+
+def test_full_fine_tune_has_no_adapter_and_selects_overall(train_cfg: TrainCfg) -> None:
+    cfg = train_cfg(["stage=adapt", "adapter=none", "stage.freeze=[]", "stage.select_per_domain=false"])
+    metrics = train(cfg)
+    assert metrics["params/trainable"] == metrics["params/total"] and metrics["params/added_per_domain"] == 0
+    assert not any(k.startswith("selection/") for k in metrics)
+
+
+def test_stage_errors(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="stage=pretrain trains a backbone, but model.net is mdrec.models.mmoe.MMoE"):
+        train(train_cfg(["stage=pretrain", "model=mmoe"]))
+    with pytest.raises(FileNotFoundError, match="holds no pre-trained backbone"):
+        train(train_cfg(["stage=adapt", f"stage.pretrained={tmp_path}"]))
+    with pytest.raises(ValueError, match=r"per-domain selection needs every trainable parameter .* shared"):
+        train(train_cfg(["stage=adapt", "stage.freeze=[input]", "trainer.max_epochs=1"]))
+
+
+def test_strict_load_lists_missing_unexpected_and_shapes() -> None:
+    saved = DNNBackbone(SCHEMA, 8, [16]).state_dict()
+    saved["extra.weight"] = torch.zeros(1)
+    del saved["output.bias"]
+    with pytest.raises(ValueError) as err:
+        load_state_strict(DNNBackbone(SCHEMA, 8, [32]), saved, "run/backbone.pt")
+    message = str(err.value)
+    assert "missing keys ['output.bias']" in message and "unexpected keys ['extra.weight']" in message
+    assert "'mlp.layers.0.weight': ((16, 17), (32, 17))" in message
