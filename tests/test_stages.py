@@ -32,6 +32,9 @@ def test_adapt_builds_the_backbone_once_and_keeps_step_0_per_domain(train_cfg: T
     for d in DOMAINS:  # per-domain selection: step 0 is a candidate, so no domain is worse on validation
         assert metrics[f"val/auc/{d}"] >= metrics[f"zeroshot/val/auc/{d}"] - 1e-6
         assert metrics[f"selection/epoch/{d}"] in (-1.0, 0.0, 1.0)
+    pre, kept = torch.load(stored[0] / "backbone.pt"), torch.load(run / "backbone.pt")
+    for key, value in pre.items():  # the frozen backbone, batch-norm statistics included, is untouched by adapting
+        assert torch.equal(kept[key], value), key
     added = torch.load(run / "adapter.pt")
     assert metrics["params/trainable"] == sum(v.numel() for v in added.values())
     assert metrics["params/added_per_domain"] == metrics["params/trainable"] / len(DOMAINS)

@@ -115,6 +115,9 @@ class AdaptedNet(nn.Module):
         for name, place in (adapter.sites if adapter is not None else {}).items():
             if place not in SITE_PLACES or name not in modules:
                 raise ValueError(f"adapter site {name!r} ({place!r}): needs a backbone module and one of {SITE_PLACES}")
+        # frozen modules in eval mode from the start: Lightning restores each submodule's captured mode after a
+        # validation pass (without calling train()), so the mode must be right before it first captures it
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> AdaptedNet:
         super().train(mode)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,12 @@ class MultiDomainDataModule(pl.LightningDataModule):
             when they take less than half of the available memory (faster batches), else memory-maps them.
         validate_batches: check every batch's dtypes and id ranges (``Batch.validate``; the debug configs
             turn it on, training runs leave it off).
+        domain_fractions: per domain name, the share of its training rows to keep (a random subset drawn with
+            ``seed``); 0 holds the domain out of training and validation (its test rows stay). Unnamed domains
+            keep everything. Cross-domain warm start: pre-train with the targets at 0, adapt with them at 0.01.
+        vocab_domains: domain names whose training rows define the vocabulary the model knows (taxonomy
+            alignment): ids the other domains show that these rows never do are mapped to 0 (out of
+            vocabulary) in every batch. None: all training rows.
 
     Example:
         >>> dm = MultiDomainDataModule(SyntheticSource(), RandomSplit(), data_dir="data")   # doctest: +SKIP
@@ -56,10 +63,15 @@ class MultiDomainDataModule(pl.LightningDataModule):
         seed: int = 0,
         mmap: bool | None = None,
         validate_batches: bool = False,
+        domain_fractions: dict[str, float] | None = None,
+        vocab_domains: list[str] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be a positive integer, got {batch_size}")
+        bad = {d: f for d, f in (domain_fractions or {}).items() if not 0.0 <= f <= 1.0}
+        if bad:
+            raise ValueError(f"data.domain_fractions must be shares in [0, 1], got {bad}")
         self.source = source
         self.split = split
         self.data_dir = Path(data_dir)
@@ -68,8 +80,12 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.seed = seed
         self.mmap = mmap
         self.validate_batches = validate_batches
+        self.domain_fractions = dict(domain_fractions or {})
+        self.vocab_domains = list(vocab_domains) if vocab_domains is not None else None
         self.store: ColumnStore | None = None
         self.splits: dict[str, np.ndarray] = {}
+        self.id_map: torch.Tensor | None = None  # [sum V] old id -> id the model sees (taxonomy alignment)
+        self.vocab_rows = np.empty(0, dtype=np.int64)  # the training rows that define the known ids
 
     @property
     def prepared_dir(self) -> Path:
@@ -87,8 +103,12 @@ class MultiDomainDataModule(pl.LightningDataModule):
         mmap = self.mmap if self.mmap is not None else should_mmap(self.prepared_dir)
         self.store = ColumnStore(self.prepared_dir, mmap=mmap)
         self.splits = self.split(self.store)
-        sizes = {name: len(idx) for name, idx in self.splits.items()}
         domain = self.store.column(self.schema.domain_field)
+        self.vocab_rows = self._vocabulary_rows(domain)  # before domain_fractions: the full vocabulary of the sources
+        if self.vocab_domains is not None:
+            self.id_map = self._vocabulary_map()
+        self._subset_domains(domain)
+        sizes = {name: len(idx) for name, idx in self.splits.items()}
         for name, idx in self.splits.items():
             counts = np.bincount(domain[idx], minlength=self.schema.num_domains)
             absent = [d for d, c in zip(self.schema.domains, counts, strict=True) if c == 0]
@@ -102,6 +122,52 @@ class MultiDomainDataModule(pl.LightningDataModule):
             sizes,
             "memory-mapped" if mmap else "in RAM",
         )
+
+    def _domain_ids(self, names: list[str], option: str) -> list[int]:
+        unknown = sorted(set(names) - set(self.schema.domains))
+        if unknown:
+            raise ValueError(f"data.{option} names unknown domain(s) {unknown}; domains: {list(self.schema.domains)}")
+        return [self.schema.domains.index(n) for n in names]
+
+    def _subset_domains(self, domain: np.ndarray) -> None:
+        """Apply ``domain_fractions`` to the train split (and hold fraction-0 domains out of validation)."""
+        if not self.domain_fractions:
+            return
+        ids = self._domain_ids(list(self.domain_fractions), "domain_fractions")
+        fraction = np.ones(self.schema.num_domains)
+        fraction[ids] = list(self.domain_fractions.values())
+        train = self.splits["train"]
+        keep = np.random.default_rng((self.seed, 7)).random(len(train)) < fraction[domain[train]]
+        self.splits["train"] = train[keep]
+        self.splits["val"] = self.splits["val"][fraction[domain[self.splits["val"]]] > 0]
+        log.info("domain_fractions %s: %d of %d training rows kept", self.domain_fractions, keep.sum(), len(train))
+
+    def _vocabulary_rows(self, domain: np.ndarray) -> np.ndarray:
+        """The training rows that define the vocabulary: those of ``vocab_domains`` (all without it)."""
+        train = self.splits["train"]
+        if self.vocab_domains is None:
+            return train
+        return train[np.isin(domain[train], self._domain_ids(self.vocab_domains, "vocab_domains"))]
+
+    def _vocabulary_map(self) -> torch.Tensor:
+        """Per field, ids seen in the ``vocab_domains``' training rows map to themselves, every other id to 0."""
+        maps = []
+        for field in self.schema.sparse:
+            seen = np.zeros(field.vocab_size, dtype=bool)
+            seen[np.asarray(self.store.column(field.name)[self.vocab_rows])] = True
+            maps.append(np.where(seen, np.arange(field.vocab_size), 0))
+        return torch.from_numpy(np.concatenate(maps))
+
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Map ids through the ``vocab_domains`` vocabulary (no-op without it)."""
+        if self.id_map is None:
+            return batch
+        offsets = torch.tensor([0, *self.schema.vocab_sizes[:-1]]).cumsum(0)  # [F]
+        seq = batch.seq
+        if seq is not None:
+            seq_offset = offsets[self.schema.sparse_index(self.schema.sequence.vocab_field)]
+            seq = torch.where(seq > 0, self.id_map[seq + seq_offset], seq)
+        return replace(batch, sparse=self.id_map[batch.sparse + offsets], seq=seq)
 
     @property
     def schema(self) -> Schema:
@@ -150,8 +216,9 @@ class MultiDomainDataModule(pl.LightningDataModule):
         """Per sparse field and domain, the share of ``split``'s rows whose id the training rows never show.
 
         That is id 0 (a value missing or unseen when the vocabulary was built) or an id absent from the train
-        split: the rows a model meets with an untrained embedding. 1 - share is the coverage of the field
-        (taxonomy alignment of a domain against the training vocabulary).
+        split's ``vocab_domains`` rows (all its rows without them; before ``domain_fractions``): the rows a model
+        meets with an untrained embedding. 1 - share is the coverage of the field (taxonomy alignment of a domain
+        against the training vocabulary).
         """
         domain = self.split_column(split, self.schema.domain_field)
         k = self.schema.num_domains
@@ -159,7 +226,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         shares: dict[str, dict[str, float]] = {}
         for field in self.schema.sparse:
             seen = np.zeros(field.vocab_size, dtype=bool)
-            seen[self.split_column("train", field.name)] = True
+            seen[np.asarray(self.store.column(field.name)[self.vocab_rows])] = True
             seen[0] = False
             unseen = ~seen[self.split_column(split, field.name)]
             share = np.bincount(domain, weights=unseen, minlength=k) / rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,7 @@ class RankingModule(pl.LightningModule):
         # one metric collection per label; only the labels the network predicts get updated
         self.val_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
         self.test_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
+        self.test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # (probs, labels, domain) per test batch
         self.val_auc_best = torchmetrics.MaxMetric()
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
@@ -102,6 +104,8 @@ class RankingModule(pl.LightningModule):
         self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size)
         users = batch.sparse[:, self.user_col] if self.user_col is not None else None
         probs = torch.sigmoid(out.logits)  # [B, T]
+        if stage == "test":
+            self.test_outputs.append((probs.detach().cpu(), batch.labels.cpu(), batch.domain.cpu()))
         for t in range(probs.shape[1]):
             metrics[t].update(probs[:, t], batch.labels[:, t], batch.domain, users)
 
@@ -129,6 +133,14 @@ class RankingModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_auc_best.update(values["auc"])
             self.log("val/auc_best", self.val_auc_best.compute())
+
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
+    def test_predictions(self) -> dict[str, np.ndarray]:
+        """The last test pass's ``prob [n, T]``, ``label [n, T_all]`` and ``domain [n]``, in the test loader's order."""
+        probs, labels, domain = (torch.cat(parts).numpy() for parts in zip(*self.test_outputs, strict=True))
+        return {"prob": probs, "label": labels, "domain": domain}
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -24,7 +25,7 @@ from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
-from mdrec.train.pretrained import load_backbone, pretrain_key, save_backbone
+from mdrec.train.pretrained import load_backbone, load_state_strict, pretrain_key, save_backbone
 from mdrec.train.selection import DomainSelection
 
 log = logging.getLogger(__name__)
@@ -74,35 +75,77 @@ def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, f
     return out
 
 
-STAGES = ("train", "pretrain", "adapt")
+STAGES = ("train", "pretrain", "adapt", "onboard")
 
 
 def build_adapted(cfg: DictConfig, schema: Schema) -> RankingModule:
     """The pre-trained backbone (found, loaded strictly, or pre-trained first), frozen as ``stage.freeze`` says,
-    with ``adapter`` attached for every domain, in a RankingModule with ``stage.optimizer``."""
-    backbone = load_backbone(find_or_pretrain(cfg), schema)
+    with ``adapter`` attached for every domain, in a RankingModule with ``stage.optimizer``.
+
+    For ``stage=onboard``: the backbone and adapter of the ``stage.adapted`` run, loaded strictly, everything
+    frozen except the ``stage.domain`` slice of the adapter's stacked parameters (its gradient is masked).
+    """
+    onboard = cfg.stage.name == "onboard"
+    source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema)
+    backbone = load_backbone(source, schema)
     pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
-    adapter = hydra.utils.instantiate(cfg.adapter, _partial_=True)(schema, backbone) if cfg.get("adapter") else None
-    net = AdaptedNet(schema, backbone, adapter, freeze=list(cfg.stage.freeze))
+    adapter_cfg = OmegaConf.load(source / "config.yaml").adapter if onboard else cfg.get("adapter")
+    adapter = hydra.utils.instantiate(adapter_cfg, _partial_=True)(schema, backbone) if adapter_cfg else None
+    net = AdaptedNet(schema, backbone, adapter, freeze=["*"] if onboard else list(cfg.stage.freeze))
+    if onboard:
+        if adapter is None:
+            raise ValueError(f"stage.adapted {source} has no adapter to onboard a domain into")
+        load_state_strict(adapter, torch.load(source / "adapter.pt", weights_only=True), str(source / "adapter.pt"))
+        train_only_domain(adapter, schema.domains.index(domain_name(cfg, schema)))
     model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in ("net", "optimizer")])
     optimizer = hydra.utils.instantiate(cfg.stage.optimizer, _partial_=True)
     return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema, optimizer=optimizer)
 
 
-def find_or_pretrain(cfg: DictConfig) -> Path:
+def domain_name(cfg: DictConfig, schema: Schema) -> str:
+    """``stage.domain``, checked against the schema."""
+    if cfg.stage.domain not in schema.domains:
+        raise ValueError(f"stage.domain {cfg.stage.domain!r} is not a domain of the data: {list(schema.domains)}")
+    return cfg.stage.domain
+
+
+def train_only_domain(adapter: nn.Module, domain: int) -> None:
+    """Mask the gradient of every stacked per-domain parameter of ``adapter`` to its ``domain`` slice."""
+    for _, param in per_domain_parameters(adapter):
+        mask = torch.zeros(param.shape[0], *[1] * (param.dim() - 1))
+        mask[domain] = 1.0
+        param.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+
+
+def pretrain_config(cfg: DictConfig, schema: Schema) -> DictConfig:
+    """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
+    ``stage.source_domains`` (all domains when null) and no vocabulary mapping."""
+    sub = copy.deepcopy(cfg)
+    sources = cfg.stage.get("source_domains")
+    with open_dict(sub):
+        sub.stage = {"name": "pretrain"}
+        if sources is not None:
+            unknown = sorted(set(sources) - set(schema.domains))
+            if unknown:
+                raise ValueError(f"stage.source_domains names unknown domain(s) {unknown}; domains: {schema.domains}")
+            sub.data.domain_fractions = {d: 0.0 for d in schema.domains if d not in sources}
+            sub.data.vocab_domains = None
+    return sub
+
+
+def find_or_pretrain(cfg: DictConfig, schema: Schema) -> Path:
     """``stage.pretrained`` if set; else the store's backbone for this config, pre-trained now if it is missing."""
     if cfg.stage.pretrained:
         return Path(cfg.stage.pretrained)
-    directory = Path(cfg.paths.pretrained_dir) / pretrain_key(cfg)
+    sub = pretrain_config(cfg, schema)
+    directory = Path(cfg.paths.pretrained_dir) / pretrain_key(sub)
     if (directory / "backbone.pt").exists():
         log.info("pre-trained backbone found: %s", directory)
         return directory
     log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
-    sub = copy.deepcopy(cfg)
     partial_dir = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial_dir, ignore_errors=True)
     with open_dict(sub):
-        sub.stage = {"name": "pretrain"}
         sub.paths.output_dir = str(partial_dir)
     train(sub)
     partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
@@ -111,7 +154,8 @@ def find_or_pretrain(cfg: DictConfig) -> Path:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run ``stage.name``: train (or pretrain) a network, or adapt a pre-trained backbone; validate; test the
-    selected model; write ``metrics.json`` (and ``backbone.pt`` / ``adapter.pt``); return the metrics."""
+    selected model; write ``metrics.json``, the test ``predictions.npz`` (and ``backbone.pt`` / ``adapter.pt``);
+    return the metrics."""
     stage = cfg.stage.name
     if stage not in STAGES:
         raise ValueError(f"stage.name {stage!r} is not one of {STAGES}")
@@ -129,17 +173,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup()
     schema = datamodule.schema
-    module = build_adapted(cfg, schema) if stage == "adapt" else build_module(cfg, schema)
+    adapting = stage in ("adapt", "onboard")
+    module = build_adapted(cfg, schema) if adapting else build_module(cfg, schema)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    selection = DomainSelection(schema.domains) if stage == "adapt" and cfg.stage.select_per_domain else None
+    selection = None
+    if stage == "onboard":
+        selection = DomainSelection(schema.domains, only=[domain_name(cfg, schema)])
+        before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
+    elif stage == "adapt" and cfg.stage.select_per_domain:
+        selection = DomainSelection(schema.domains)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=[*callbacks, *([selection] if selection else [])], logger=loggers or False
     )
 
     metrics: dict[str, float] = {}
-    if stage == "adapt" and cfg.get("test", True):  # the pre-trained model as is: zero-shot, and the step-0 candidate
+    predictions: dict[str, np.ndarray] = {}
+    if adapting and cfg.get("test", True):  # the model before adapting: zero-shot, and the step-0 candidate
         metrics.update(evaluate(trainer, module, datamodule, None, "zeroshot/"))
+        predictions["zeroshot_prob"] = module.test_predictions()["prob"]
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
@@ -149,16 +201,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and not selection else ""
     if best:
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    if stage == "onboard":  # every other domain's adapter as loaded, bit for bit, whatever the optimiser did
+        keep_other_domains(module.net.adapter, before, schema.domains.index(cfg.stage.domain))
     if cfg.get("test", True):
         metrics.update(evaluate(trainer, module, datamodule, None, ""))
         metrics.update(oracle_metrics(datamodule, "test"))
+        predictions.update(module.test_predictions(), domains=np.asarray(schema.domains))
+        np.savez_compressed(out_dir / "predictions.npz", **predictions)
     metrics.update(parameter_counts(module.net))
     metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     metrics["seed"] = float(cfg.seed)
     if stage == "pretrain":
         save_backbone(out_dir, module.net, cfg.backbone)
-    if stage == "adapt" and module.net.adapter is not None:
-        torch.save(module.net.adapter.state_dict(), out_dir / "adapter.pt")
+    if adapting:  # the run directory is self-contained: the backbone it adapted and the adapter
+        save_backbone(out_dir, module.net.backbone, OmegaConf.load(backbone_source(cfg, schema) / "backbone.yaml"))
+        if module.net.adapter is not None:
+            torch.save(module.net.adapter.state_dict(), out_dir / "adapter.pt")
+    if stage == "onboard" and "prob" in predictions:
+        metrics["onboard/other_domains_max_abs_change"] = other_domains_change(cfg, schema, predictions)
     if selection is not None:
         metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -175,6 +235,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if "test/auc" in metrics:
         log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
     return metrics
+
+
+def backbone_source(cfg: DictConfig, schema: Schema) -> Path:
+    """The directory the adapted backbone came from."""
+    return Path(cfg.stage.adapted) if cfg.stage.name == "onboard" else find_or_pretrain(cfg, schema)
+
+
+@torch.no_grad()
+def keep_other_domains(adapter: nn.Module, before: dict[str, torch.Tensor], domain: int) -> None:
+    """Put every domain's slice but ``domain``'s back to ``before`` (the adapter's state dict as loaded)."""
+    for name, param in per_domain_parameters(adapter):  # names as in the state dict
+        others = torch.arange(param.shape[0]) != domain
+        param[others] = before[name][others]
+
+
+def other_domains_change(cfg: DictConfig, schema: Schema, predictions: dict[str, np.ndarray]) -> float:
+    """Largest change of a test prediction of another domain than ``stage.domain``, against the adapted run's."""
+    adapted = dict(np.load(Path(cfg.stage.adapted) / "predictions.npz"))
+    if not np.array_equal(adapted["domain"], predictions["domain"]):
+        raise ValueError("the onboarding run was tested on other rows than the adapted run: use the same data config")
+    others = predictions["domain"] != schema.domains.index(cfg.stage.domain)
+    return float(np.abs(adapted["prob"][others] - predictions["prob"][others]).max(initial=0.0))
 
 
 def evaluate(

@@ -25,14 +25,18 @@ class DomainSelection(pl.Callback):
     Args:
         domains: the domain names, in id order.
         monitor: metric prefix, higher is better (``val/auc`` reads ``val/auc/<domain>``).
+        only: select for these domains only (onboarding one domain); None: all.
 
     Attributes:
         best: per domain, the best value seen; ``best_epoch``: the epoch it came from (-1: step 0, before fitting).
     """
 
-    def __init__(self, domains: tuple[str, ...] | list[str], monitor: str = "val/auc") -> None:
+    def __init__(
+        self, domains: tuple[str, ...] | list[str], monitor: str = "val/auc", only: list[str] | None = None
+    ) -> None:
         self.domains = list(domains)
         self.monitor = monitor
+        self.only = set(only) if only is not None else set(domains)
         self.best: dict[str, float] = {}
         self.best_epoch: dict[str, int] = {}
         self.snapshots: dict[str, dict[str, Tensor]] = {}
@@ -53,7 +57,7 @@ class DomainSelection(pl.Callback):
         params = dict(per_domain_parameters(pl_module))
         for d, name in enumerate(self.domains):
             value = trainer.callback_metrics.get(f"{self.monitor}/{name}")
-            if value is None or float(value) <= self.best.get(name, float("-inf")):
+            if name not in self.only or value is None or float(value) <= self.best.get(name, float("-inf")):
                 continue
             self.best[name], self.best_epoch[name] = float(value), epoch
             self.snapshots[name] = {key: p[d].detach().clone() for key, p in params.items()}

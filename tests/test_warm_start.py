@@ -1,0 +1,147 @@
+"""Cross-domain warm start: domain subsets and fractions, taxonomy alignment, onboarding one domain, and the
+negative-transfer gate with its bootstrap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.data.splits import RandomSplit
+from mdrec.data.synthetic import SyntheticSource
+from mdrec.eval.cli import gate
+from mdrec.eval.gate import bootstrap_auc, negative_transfer, weighted_auc
+from mdrec.eval.metrics import domain_metrics
+from mdrec.train.run import train
+
+TrainCfg = Callable[[list[str]], DictConfig]
+
+
+def datamodule(tmp_path: Path, **options: object) -> MultiDomainDataModule:
+    source = SyntheticSource(num_rows=20_000, num_domains=4, vocab_sizes=[3000, 50], seed=3)
+    dm = MultiDomainDataModule(source, RandomSplit(), str(tmp_path), batch_size=512, **options)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def test_domain_fractions_subsample_train_and_hold_out_validation(tmp_path: Path) -> None:
+    full = datamodule(tmp_path)
+    dm = datamodule(tmp_path, domain_fractions={"d1": 0.1, "d3": 0.0})
+    count = lambda m, split: np.bincount(m.split_column(split, "domain"), minlength=4)  # noqa: E731
+    full_train, train = count(full, "train"), count(dm, "train")
+    assert train[0] == full_train[0] and train[2] == full_train[2] and train[3] == 0
+    assert abs(train[1] - 0.1 * full_train[1]) < 4 * (0.09 * full_train[1]) ** 0.5  # binomial, 4 sigma
+    assert count(dm, "val")[3] == 0 and count(dm, "val")[1] == count(full, "val")[1]
+    assert np.array_equal(count(dm, "test"), count(full, "test"))  # test rows never change
+    with pytest.raises(ValueError, match=r"data.domain_fractions names unknown domain\(s\) \['d9'\]"):
+        datamodule(tmp_path, domain_fractions={"d9": 0.5})
+    with pytest.raises(ValueError, match="must be shares in"):
+        datamodule(tmp_path, domain_fractions={"d1": 2.0})
+
+
+def test_vocabulary_of_source_domains_maps_unseen_target_ids_to_0(tmp_path: Path) -> None:
+    dm = datamodule(tmp_path, vocab_domains=["d0", "d1", "d2"])
+    users = dm.split_column("train", "user_id")[dm.split_column("train", "domain") < 3]
+    seen = np.zeros(3001, dtype=bool)
+    seen[users] = True
+    batch = next(iter(dm.loader("test")))
+    mapped = dm.on_before_batch_transfer(batch, 0)
+    raw = batch.sparse[:, 0].numpy()
+    assert np.array_equal(mapped.sparse[:, 0].numpy(), np.where(seen[raw], raw, 0))
+    assert (mapped.sparse[:, 0] == 0).any() and torch.equal(mapped.sparse[:, 1], batch.sparse[:, 1])
+    # coverage is reported against the same vocabulary
+    share = dm.unseen_shares("test")["user_id"]
+    d3 = dm.split_column("test", "domain") == 3
+    assert share["d3"] == pytest.approx((~seen[dm.split_column("test", "user_id")[d3]]).mean(), abs=1e-6)
+
+
+def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
+    train_cfg: TrainCfg, tmp_path: Path
+) -> None:
+    sources = "[d0,d1,d2]"
+    adapt = train_cfg(
+        [
+            "stage=adapt",
+            f"stage.source_domains={sources}",
+            f"data.vocab_domains={sources}",
+            "data.domain_fractions={d3:0.0}",
+        ]
+    )
+    adapt.paths.output_dir = str(tmp_path / "adapt")
+    adapted = train(adapt)
+    (pretrained,) = (tmp_path / "pretrained").iterdir()
+    pre_cfg = OmegaConf.load(pretrained / "config.yaml")
+    assert pre_cfg.data.domain_fractions == {"d3": 0.0} and pre_cfg.data.vocab_domains is None
+    assert adapted["selection/epoch/d3"] == -1  # no d3 rows: its adapter stays at the identity
+    assert (tmp_path / "adapt" / "backbone.pt").exists() and (tmp_path / "adapt" / "adapter.pt").exists()
+
+    onboard = train_cfg(
+        ["stage=onboard", f"stage.adapted={tmp_path / 'adapt'}", "stage.domain=d3", f"data.vocab_domains={sources}"]
+    )
+    onboard.data.domain_fractions = {"d0": 0.0, "d1": 0.0, "d2": 0.0}
+    onboard.paths.output_dir = str(tmp_path / "onboard")
+    metrics = train(onboard)
+    assert metrics["onboard/other_domains_max_abs_change"] == 0.0
+    assert metrics["val/auc/d3"] >= metrics["zeroshot/val/auc/d3"] - 1e-6
+    for d in ("d0", "d1", "d2"):
+        assert metrics[f"test/auc/{d}"] == adapted[f"test/auc/{d}"]
+    before = torch.load(tmp_path / "adapt" / "adapter.pt")
+    after = torch.load(tmp_path / "onboard" / "adapter.pt")
+    changed = {k for k in before if not torch.equal(before[k][:3], after[k][:3])}
+    assert not changed and any(not torch.equal(before[k][3], after[k][3]) for k in before)
+
+    # the gate on real runs: a from-scratch run on the same data and test rows
+    scratch = train_cfg([])
+    scratch.paths.output_dir = str(tmp_path / "scratch")
+    train(scratch)
+    report = tmp_path / "gate.md"
+    assert gate([str(tmp_path / "onboard"), str(tmp_path / "scratch"), "--out", str(report), "--resamples", "200"]) == 0
+    assert "| d3 |" in report.read_text()
+
+
+def test_weighted_and_bootstrap_auc_match_the_metrics_module() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.random(3000) < 0.3
+    s = np.round(rng.random(3000) + 0.4 * y, 2)  # ties included
+    expected = domain_metrics(
+        torch.tensor(s), torch.tensor(y, dtype=torch.float32), torch.zeros(3000, dtype=torch.long), ["a"]
+    )
+    assert weighted_auc(s[None], y, np.ones((1, 3000)))[0, 0] == pytest.approx(expected["auc"], abs=1e-6)
+    boot = bootstrap_auc(np.stack([s, s]), y, 300, seed=1)
+    assert np.array_equal(boot[0], boot[1])  # paired: the same resamples for every model
+    assert boot[0].mean() == pytest.approx(expected["auc"], abs=0.003)
+    assert 0.004 < boot[0].std() < 0.015  # ~ sqrt(AUC (1 - AUC) / min class count)
+
+
+def test_gate_flags_a_clearly_worse_warm_start_and_strict_exits_1(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    domain = np.repeat([0, 1], n // 2)
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    good = y * 0.5 + rng.random(n)
+    warm = np.where(domain == 1, rng.random(n), good + 0.01 * rng.random(n))  # domain 1: noise
+    rows = negative_transfer(warm, good, good, y, domain, ["a", "b"], num_resamples=200)
+    assert [r.flagged for r in rows] == [False, True]
+    assert rows[1].high < 0 and rows[1].low < rows[1].diff < rows[1].high
+    for name, prob in (("adapted", warm), ("scratch", good)):
+        (tmp_path / name).mkdir()
+        extra = {"zeroshot_prob": good[:, None]} if name == "adapted" else {}
+        np.savez(
+            tmp_path / name / "predictions.npz",
+            prob=prob[:, None],
+            label=y[:, None],
+            domain=domain,
+            domains=np.array(["a", "b"]),
+            **extra,
+        )
+    args = [str(tmp_path / "adapted"), str(tmp_path / "scratch"), "--resamples", "200"]
+    assert gate(args) == 0 and gate([*args, "--strict"]) == 1
+    assert gate([*args, "--strict", "--domains", "a"]) == 0
+    with pytest.raises(SystemExit, match="not a stage=adapt run"):
+        gate([str(tmp_path / "scratch"), str(tmp_path / "scratch")])
