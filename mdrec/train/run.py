@@ -178,10 +178,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     selection = None
     if stage == "onboard":
-        selection = DomainSelection(schema.domains, only=[domain_name(cfg, schema)])
+        selection = DomainSelection(schema.domains, only=[domain_name(cfg, schema)], patience=cfg.stage.patience)
         before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
     elif stage == "adapt" and cfg.stage.select_per_domain:
-        selection = DomainSelection(schema.domains)
+        selection = DomainSelection(schema.domains, patience=cfg.stage.patience)
+    if selection is not None:  # it stops when no domain improves; overall early stopping would stop too soon
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=[*callbacks, *([selection] if selection else [])], logger=loggers or False

@@ -26,15 +26,23 @@ class DomainSelection(pl.Callback):
         domains: the domain names, in id order.
         monitor: metric prefix, higher is better (``val/auc`` reads ``val/auc/<domain>``).
         only: select for these domains only (onboarding one domain); None: all.
+        patience: stop training after this many validations in a row where no domain improved (None: never; the
+            overall early stopping would stop when the big domains stop improving, before the small ones do).
 
     Attributes:
         best: per domain, the best value seen; ``best_epoch``: the epoch it came from (-1: step 0, before fitting).
     """
 
     def __init__(
-        self, domains: tuple[str, ...] | list[str], monitor: str = "val/auc", only: list[str] | None = None
+        self,
+        domains: tuple[str, ...] | list[str],
+        monitor: str = "val/auc",
+        only: list[str] | None = None,
+        patience: int | None = None,
     ) -> None:
         self.domains = list(domains)
+        self.patience = patience
+        self.stale = 0  # validations in a row without any domain improving
         self.monitor = monitor
         self.only = set(only) if only is not None else set(domains)
         self.best: dict[str, float] = {}
@@ -55,12 +63,17 @@ class DomainSelection(pl.Callback):
             return
         epoch = trainer.current_epoch if trainer.state.fn == "fit" else -1
         params = dict(per_domain_parameters(pl_module))
+        improved = False
         for d, name in enumerate(self.domains):
             value = trainer.callback_metrics.get(f"{self.monitor}/{name}")
             if name not in self.only or value is None or float(value) <= self.best.get(name, float("-inf")):
                 continue
-            self.best[name], self.best_epoch[name] = float(value), epoch
+            self.best[name], self.best_epoch[name], improved = float(value), epoch, True
             self.snapshots[name] = {key: p[d].detach().clone() for key, p in params.items()}
+        self.stale = 0 if improved else self.stale + 1
+        if trainer.state.fn == "fit" and self.patience is not None and self.stale >= self.patience:
+            log.info("no domain improved on validation for %d epochs: stopping", self.stale)
+            trainer.should_stop = True
 
     @torch.no_grad()
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
