@@ -5,22 +5,36 @@ Without --by: one table, a row per metric, a column per domain (overall first).
 With --by: one comparison table, a row per group of runs (e.g. per experiment), a column per metric and domain.
     python scripts/summarize_runs.py logs/ml1m_zoo/multiruns/study --by experiment --metrics test/auc \
         --domains age_under25 age_25_34 age_35plus
+With --method LABEL DIR [PREFIX] (repeatable): a row per method, a column per domain, for each metric; PREFIX
+picks other figures of the same runs (zeroshot/: the pre-trained model an adapt run started from).
+    python scripts/summarize_runs.py --method IAK logs/a/iak --method zero-shot logs/a/iak zeroshot/ \
+        --method scratch logs/a/scratch --metrics test/auc --domains d0 d1 d2 d3
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mdrec.eval.summary import comparison_table, group_runs, load_runs, mean_std_table
+from mdrec.eval.summary import comparison_table, group_runs, load_runs, mean_std_table, method_table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", help="a run or multirun directory (every metrics.json below it is read)")
+    parser.add_argument("root", nargs="?", help="a run or multirun directory (every metrics.json below it is read)")
     parser.add_argument("--metrics", nargs="+", default=["test/auc", "test/logloss", "test/gauc"])
     parser.add_argument("--domains", nargs="*", default=[], help="domain names for per-domain columns")
     parser.add_argument("--by", nargs="*", default=[], help="override keys to compare runs by (e.g. model)")
+    parser.add_argument("--method", nargs="+", action="append", metavar="LABEL DIR [PREFIX]", help="a table row")
     args = parser.parse_args()
+    if args.method:
+        if any(len(m) not in (2, 3) for m in args.method):
+            parser.error("--method takes LABEL DIR [PREFIX]")
+        methods = [(m[0], load_runs(m[1]), m[2] if len(m) == 3 else "") for m in args.method]
+        for metric in args.metrics:
+            print(f"\n{metric}\n\n{method_table(methods, metric, ['', *args.domains])}")
+        return
+    if args.root is None:
+        parser.error("give a run directory, or --method rows")
     runs = load_runs(args.root)
     print(f"{len(runs)} runs below {args.root}\n")
     if args.by:
