@@ -44,7 +44,7 @@ def test_overfit_loss_falls(tmp_path: Path, train_cfg: TrainCfg) -> None:
             [
                 "debug=overfit",
                 "trainer.log_every_n_steps=1",
-                "trainer.max_epochs=40",
+                "trainer.max_epochs=80",
                 "model.optimizer.lr=0.01",
             ]
         )

@@ -64,13 +64,14 @@ def test_vocabulary_of_source_domains_maps_unseen_target_ids_to_0(tmp_path: Path
 def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     train_cfg: TrainCfg, tmp_path: Path
 ) -> None:
-    sources = "[d0,d1,d2]"
+    sources, equal = "[d0,d1,d2]", "data.source.domain_shares=[1,1,1,1]"
     adapt = train_cfg(
         [
             "stage=adapt",
             f"stage.source_domains={sources}",
             f"data.vocab_domains={sources}",
             "data.domain_fractions={d3:0.0}",
+            equal,
         ]
     )
     adapt.paths.output_dir = str(tmp_path / "adapt")
@@ -82,12 +83,19 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     assert (tmp_path / "adapt" / "backbone.pt").exists() and (tmp_path / "adapt" / "adapter.pt").exists()
 
     onboard = train_cfg(
-        ["stage=onboard", f"stage.adapted={tmp_path / 'adapt'}", "stage.domain=d3", f"data.vocab_domains={sources}"]
+        [
+            "stage=onboard",
+            f"stage.adapted={tmp_path / 'adapt'}",
+            "stage.domain=d3",
+            f"data.vocab_domains={sources}",
+            equal,
+        ]
     )
     onboard.data.domain_fractions = {"d0": 0.0, "d1": 0.0, "d2": 0.0}
     onboard.paths.output_dir = str(tmp_path / "onboard")
     metrics = train(onboard)
     assert metrics["onboard/other_domains_max_abs_change"] == 0.0
+    assert metrics["selection/epoch/d3"] >= 0  # d3 trained (and beat its identity start on validation)
     assert metrics["val/auc/d3"] >= metrics["zeroshot/val/auc/d3"] - 1e-6
     for d in ("d0", "d1", "d2"):
         assert metrics[f"test/auc/{d}"] == adapted[f"test/auc/{d}"]
@@ -97,7 +105,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     assert not changed and any(not torch.equal(before[k][3], after[k][3]) for k in before)
 
     # the gate on real runs: a from-scratch run on the same data and test rows
-    scratch = train_cfg([])
+    scratch = train_cfg([equal])
     scratch.paths.output_dir = str(tmp_path / "scratch")
     train(scratch)
     report = tmp_path / "gate.md"
