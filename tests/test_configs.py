@@ -100,3 +100,10 @@ def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) 
 def test_every_model_option_trains_one_batch(train_cfg: TrainCfg, model: str) -> None:
     metrics = train(train_cfg([f"model={model}", "debug=fdr"]))
     assert 0.0 <= metrics["test/auc"] <= 1.0
+
+
+@pytest.mark.parametrize("adapter", options("adapter"))
+def test_every_adapter_option_adapts_one_batch(train_cfg: TrainCfg, adapter: str) -> None:
+    freeze = ["stage.freeze=[]", "stage.select_per_domain=false"] if adapter == "none" else []
+    metrics = train(train_cfg(["stage=adapt", f"adapter={adapter}", "debug=fdr", *freeze]))
+    assert 0.0 <= metrics["test/auc"] <= 1.0 and "zeroshot/test/auc" in metrics
