@@ -3,11 +3,9 @@ then validate, test the selected model and write metrics.json."""
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -15,18 +13,18 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mdrec.adapters.base import AdaptedNet
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
-from mdrec.train.pretrained import load_backbone, load_state_strict, pretrain_key, save_backbone
+from mdrec.train.pretrained import CONFIG, save_backbone
 from mdrec.train.selection import DomainSelection
+from mdrec.train.stages import build_adapted, domain_name, keep_other_domains, other_domains_change
 
 log = logging.getLogger(__name__)
 
@@ -78,80 +76,6 @@ def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, f
 STAGES = ("train", "pretrain", "adapt", "onboard")
 
 
-def build_adapted(cfg: DictConfig, schema: Schema) -> RankingModule:
-    """The pre-trained backbone (found, loaded strictly, or pre-trained first), frozen as ``stage.freeze`` says,
-    with ``adapter`` attached for every domain, in a RankingModule with ``stage.optimizer``.
-
-    For ``stage=onboard``: the backbone and adapter of the ``stage.adapted`` run, loaded strictly, everything
-    frozen except the ``stage.domain`` slice of the adapter's stacked parameters (its gradient is masked).
-    """
-    onboard = cfg.stage.name == "onboard"
-    source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema)
-    backbone = load_backbone(source, schema)
-    pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
-    adapter_cfg = OmegaConf.load(source / "config.yaml").adapter if onboard else cfg.get("adapter")
-    adapter = hydra.utils.instantiate(adapter_cfg, _partial_=True)(schema, backbone) if adapter_cfg else None
-    net = AdaptedNet(schema, backbone, adapter, freeze=["*"] if onboard else list(cfg.stage.freeze))
-    if onboard:
-        if adapter is None:
-            raise ValueError(f"stage.adapted {source} has no adapter to onboard a domain into")
-        load_state_strict(adapter, torch.load(source / "adapter.pt", weights_only=True), str(source / "adapter.pt"))
-        train_only_domain(adapter, schema.domains.index(domain_name(cfg, schema)))
-    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in ("net", "optimizer")])
-    optimizer = hydra.utils.instantiate(cfg.stage.optimizer, _partial_=True)
-    return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema, optimizer=optimizer)
-
-
-def domain_name(cfg: DictConfig, schema: Schema) -> str:
-    """``stage.domain``, checked against the schema."""
-    if cfg.stage.domain not in schema.domains:
-        raise ValueError(f"stage.domain {cfg.stage.domain!r} is not a domain of the data: {list(schema.domains)}")
-    return cfg.stage.domain
-
-
-def train_only_domain(adapter: nn.Module, domain: int) -> None:
-    """Mask the gradient of every stacked per-domain parameter of ``adapter`` to its ``domain`` slice."""
-    for _, param in per_domain_parameters(adapter):
-        mask = torch.zeros(param.shape[0], *[1] * (param.dim() - 1))
-        mask[domain] = 1.0
-        param.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
-
-
-def pretrain_config(cfg: DictConfig, schema: Schema) -> DictConfig:
-    """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
-    ``stage.source_domains`` (all domains when null) and no vocabulary mapping."""
-    sub = copy.deepcopy(cfg)
-    sources = cfg.stage.get("source_domains")
-    with open_dict(sub):
-        sub.stage = {"name": "pretrain"}
-        if sources is not None:
-            unknown = sorted(set(sources) - set(schema.domains))
-            if unknown:
-                raise ValueError(f"stage.source_domains names unknown domain(s) {unknown}; domains: {schema.domains}")
-            sub.data.domain_fractions = {d: 0.0 for d in schema.domains if d not in sources}
-            sub.data.vocab_domains = None
-    return sub
-
-
-def find_or_pretrain(cfg: DictConfig, schema: Schema) -> Path:
-    """``stage.pretrained`` if set; else the store's backbone for this config, pre-trained now if it is missing."""
-    if cfg.stage.pretrained:
-        return Path(cfg.stage.pretrained)
-    sub = pretrain_config(cfg, schema)
-    directory = Path(cfg.paths.pretrained_dir) / pretrain_key(sub)
-    if (directory / "backbone.pt").exists():
-        log.info("pre-trained backbone found: %s", directory)
-        return directory
-    log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
-    partial_dir = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    with open_dict(sub):
-        sub.paths.output_dir = str(partial_dir)
-    train(sub)
-    partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
-    return directory
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run ``stage.name``: train (or pretrain) a network, or adapt a pre-trained backbone; validate; test the
     selected model; write ``metrics.json``, the test ``predictions.npz`` (and ``backbone.pt`` / ``adapter.pt``);
@@ -174,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup()
     schema = datamodule.schema
     adapting = stage in ("adapt", "onboard")
-    module = build_adapted(cfg, schema) if adapting else build_module(cfg, schema)
+    module, source = build_adapted(cfg, schema, train) if adapting else (build_module(cfg, schema), None)
     callbacks = instantiate_group(cfg.get("callbacks"))
     selection = None
     if stage == "onboard":
@@ -216,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if stage == "pretrain":
         save_backbone(out_dir, module.net, cfg.backbone)
     if adapting:  # the run directory is self-contained: the backbone it adapted and the adapter
-        save_backbone(out_dir, module.net.backbone, OmegaConf.load(backbone_source(cfg, schema) / "backbone.yaml"))
+        save_backbone(out_dir, module.net.backbone, OmegaConf.load(source / CONFIG))
         if module.net.adapter is not None:
             torch.save(module.net.adapter.state_dict(), out_dir / "adapter.pt")
     if stage == "onboard" and "prob" in predictions:
@@ -237,28 +161,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if "test/auc" in metrics:
         log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
     return metrics
-
-
-def backbone_source(cfg: DictConfig, schema: Schema) -> Path:
-    """The directory the adapted backbone came from."""
-    return Path(cfg.stage.adapted) if cfg.stage.name == "onboard" else find_or_pretrain(cfg, schema)
-
-
-@torch.no_grad()
-def keep_other_domains(adapter: nn.Module, before: dict[str, torch.Tensor], domain: int) -> None:
-    """Put every domain's slice but ``domain``'s back to ``before`` (the adapter's state dict as loaded)."""
-    for name, param in per_domain_parameters(adapter):  # names as in the state dict
-        others = torch.arange(param.shape[0]) != domain
-        param[others] = before[name][others]
-
-
-def other_domains_change(cfg: DictConfig, schema: Schema, predictions: dict[str, np.ndarray]) -> float:
-    """Largest change of a test prediction of another domain than ``stage.domain``, against the adapted run's."""
-    adapted = dict(np.load(Path(cfg.stage.adapted) / "predictions.npz"))
-    if not np.array_equal(adapted["domain"], predictions["domain"]):
-        raise ValueError("the onboarding run was tested on other rows than the adapted run: use the same data config")
-    others = predictions["domain"] != schema.domains.index(cfg.stage.domain)
-    return float(np.abs(adapted["prob"][others] - predictions["prob"][others]).max(initial=0.0))
 
 
 def evaluate(

@@ -1,0 +1,119 @@
+"""The stages around a pre-trained backbone: find or pre-train it, build the adapted network, onboard a domain."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from mdrec.adapters.base import AdaptedNet
+from mdrec.data.schema import Schema
+from mdrec.nn.domain import per_domain_parameters
+from mdrec.train.module import RankingModule
+from mdrec.train.pretrained import WEIGHTS, load_backbone, load_state_strict, pretrain_key
+
+log = logging.getLogger(__name__)
+
+Run = Callable[[DictConfig], object]
+
+
+def build_adapted(cfg: DictConfig, schema: Schema, run: Run) -> tuple[RankingModule, Path]:
+    """The pre-trained backbone (found, loaded strictly, or pre-trained first with ``run``), frozen as
+    ``stage.freeze`` says, with ``adapter`` attached for every domain, in a RankingModule with
+    ``stage.optimizer``; and the directory the backbone came from.
+
+    For ``stage=onboard``: the backbone and adapter of the ``stage.adapted`` run, loaded strictly, everything
+    frozen except the ``stage.domain`` slice of the adapter's stacked parameters (its gradient is masked).
+    """
+    onboard = cfg.stage.name == "onboard"
+    source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema, run)
+    backbone = load_backbone(source, schema)
+    pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
+    adapter_cfg = OmegaConf.load(source / "config.yaml").adapter if onboard else cfg.get("adapter")
+    adapter = hydra.utils.instantiate(adapter_cfg, _partial_=True)(schema, backbone) if adapter_cfg else None
+    net = AdaptedNet(schema, backbone, adapter, freeze=["*"] if onboard else list(cfg.stage.freeze))
+    if onboard:
+        if adapter is None:
+            raise ValueError(f"stage.adapted {source} has no adapter to onboard a domain into")
+        load_state_strict(adapter, torch.load(source / "adapter.pt", weights_only=True), str(source / "adapter.pt"))
+        train_only_domain(adapter, schema.domains.index(domain_name(cfg, schema)))
+    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in ("net", "optimizer")])
+    optimizer = hydra.utils.instantiate(cfg.stage.optimizer, _partial_=True)
+    return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema, optimizer=optimizer), source
+
+
+def domain_name(cfg: DictConfig, schema: Schema) -> str:
+    """``stage.domain``, checked against the schema."""
+    if cfg.stage.domain not in schema.domains:
+        raise ValueError(f"stage.domain {cfg.stage.domain!r} is not a domain of the data: {list(schema.domains)}")
+    return cfg.stage.domain
+
+
+def train_only_domain(adapter: nn.Module, domain: int) -> None:
+    """Mask the gradient of every stacked per-domain parameter of ``adapter`` to its ``domain`` slice."""
+    for _, param in per_domain_parameters(adapter):
+        mask = torch.zeros(param.shape[0], *[1] * (param.dim() - 1))
+        mask[domain] = 1.0
+        param.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+
+
+def pretrain_config(cfg: DictConfig, schema: Schema) -> DictConfig:
+    """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
+    ``stage.source_domains`` (all domains when null) and no vocabulary mapping."""
+    sub = copy.deepcopy(cfg)
+    sources = cfg.stage.get("source_domains")
+    with open_dict(sub):
+        sub.stage = {"name": "pretrain"}
+        if sources is not None:
+            unknown = sorted(set(sources) - set(schema.domains))
+            if unknown:
+                raise ValueError(f"stage.source_domains names unknown domain(s) {unknown}; domains: {schema.domains}")
+            sub.data.domain_fractions = {d: 0.0 for d in schema.domains if d not in sources}
+            sub.data.vocab_domains = None
+    return sub
+
+
+def find_or_pretrain(cfg: DictConfig, schema: Schema, run: Run) -> Path:
+    """``stage.pretrained`` if set; else the store's backbone for this config, pre-trained now (``run`` of the
+    pretrain config) if it is missing."""
+    if cfg.stage.pretrained:
+        return Path(cfg.stage.pretrained)
+    sub = pretrain_config(cfg, schema)
+    directory = Path(cfg.paths.pretrained_dir) / pretrain_key(sub)
+    if (directory / WEIGHTS).exists():
+        log.info("pre-trained backbone found: %s", directory)
+        return directory
+    log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
+    partial_dir = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    with open_dict(sub):
+        sub.paths.output_dir = str(partial_dir)
+    run(sub)
+    partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
+    return directory
+
+
+@torch.no_grad()
+def keep_other_domains(adapter: nn.Module, before: dict[str, torch.Tensor], domain: int) -> None:
+    """Put every domain's slice but ``domain``'s back to ``before`` (the adapter's state dict as loaded)."""
+    for name, param in per_domain_parameters(adapter):  # names as in the state dict
+        others = torch.arange(param.shape[0]) != domain
+        param[others] = before[name][others]
+
+
+def other_domains_change(cfg: DictConfig, schema: Schema, predictions: dict[str, np.ndarray]) -> float:
+    """Largest change of a test prediction of another domain than ``stage.domain``, against the adapted run's."""
+    adapted = dict(np.load(Path(cfg.stage.adapted) / "predictions.npz"))
+    if not np.array_equal(adapted["domain"], predictions["domain"]):
+        raise ValueError("the onboarding run was tested on other rows than the adapted run: use the same data config")
+    others = predictions["domain"] != schema.domains.index(cfg.stage.domain)
+    return float(np.abs(adapted["prob"][others] - predictions["prob"][others]).max(initial=0.0))
