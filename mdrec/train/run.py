@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     predictions: dict[str, np.ndarray] = {}
     if adapting and cfg.get("test", True):  # the model before adapting: zero-shot, and the step-0 candidate
-        metrics.update(evaluate(trainer, module, datamodule, None, "zeroshot/"))
+        metrics.update(evaluate(trainer, module, datamodule, "zeroshot/"))
         predictions["zeroshot_prob"] = module.test_predictions()["prob"]
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -130,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if stage == "onboard":  # every other domain's adapter as loaded, bit for bit, whatever the optimiser did
         keep_other_domains(module.net.adapter, before, schema.domains.index(cfg.stage.domain))
     if cfg.get("test", True):
-        metrics.update(evaluate(trainer, module, datamodule, None, ""))
+        metrics.update(evaluate(trainer, module, datamodule, ""))
         metrics.update(oracle_metrics(datamodule, "test"))
         predictions.update(module.test_predictions(), domains=np.asarray(schema.domains))
         np.savez_compressed(out_dir / "predictions.npz", **predictions)
@@ -164,12 +164,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def evaluate(
-    trainer: pl.Trainer, module: RankingModule, datamodule: MultiDomainDataModule, ckpt: str | None, prefix: str
+    trainer: pl.Trainer, module: RankingModule, datamodule: MultiDomainDataModule, prefix: str
 ) -> dict[str, float]:
     """Validation and test metrics of ``module`` as it is, keys ``<prefix>val/...`` and ``<prefix>test/...``."""
     out: dict[str, float] = {}
     for split, run in (("val", trainer.validate), ("test", trainer.test)):
-        run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        run(module, datamodule=datamodule, verbose=False)
         out.update({prefix + k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")})
     return out
 
