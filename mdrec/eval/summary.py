@@ -94,29 +94,29 @@ def comparison_table(groups: dict[tuple[str, ...], list[Run]], by: Sequence[str]
     return "\n".join(lines)
 
 
-def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], metric: str, columns: Sequence[str]) -> str:
-    """A markdown table with one row per method and one column per domain (``""``: overall) of ``metric``.
+def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Sequence[str]) -> str:
+    """A markdown table with one row per method and one column per domain (``""``: overall).
 
     Args:
-        methods: ``(label, runs, prefix)``; the cell reads ``<prefix><metric>[/<column>]``, so the zero-shot
-            figures of adapt runs are ``("zero-shot", adapt_runs, "zeroshot/")``.
-        metric: e.g. ``"test/auc"``.
+        methods: ``(label, runs, metric)``; the cell reads ``<metric>[/<column>]``, so one set of runs can give
+            several rows, e.g. ``("IAK", adapt_runs, "test/auc")``, ``("zero-shot", adapt_runs,
+            "zeroshot/test/auc")``, ``("oracle", adapt_runs, "oracle/auc")``.
         columns: ``""`` for the overall figure, else a domain name.
 
     Example:
         >>> runs = [Run(Path("a"), {"test/auc": 0.8, "zeroshot/test/auc": 0.7}, {})]
-        >>> print(method_table([("IAK", runs, ""), ("zero-shot", runs, "zeroshot/")], "test/auc", [""]))
-        | method | runs | overall |
-        |---|---|---|
-        | IAK | 1 | 0.8000 ± 0.0000 |
-        | zero-shot | 1 | 0.7000 ± 0.0000 |
+        >>> print(method_table([("IAK", runs, "test/auc"), ("zero-shot", runs, "zeroshot/test/auc")], [""]))
+        | method | metric | runs | overall |
+        |---|---|---|---|
+        | IAK | test/auc | 1 | 0.8000 ± 0.0000 |
+        | zero-shot | zeroshot/test/auc | 1 | 0.7000 ± 0.0000 |
     """
-    header = "| method | runs | " + " | ".join(c or "overall" for c in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 2) + "|"]
-    for label, runs, prefix in methods:
-        keys = [f"{prefix}{metric}/{c}" if c else f"{prefix}{metric}" for c in columns]
+    header = "| method | metric | runs | " + " | ".join(c or "overall" for c in columns) + " |"
+    lines = [header, "|---" * (len(columns) + 3) + "|"]
+    for label, runs, metric in methods:
+        keys = [f"{metric}/{c}" if c else metric for c in columns]
         cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
-        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {metric} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
