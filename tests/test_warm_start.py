@@ -109,8 +109,11 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     scratch.paths.output_dir = str(tmp_path / "scratch")
     train(scratch)
     report = tmp_path / "gate.md"
-    assert gate([str(tmp_path / "onboard"), str(tmp_path / "scratch"), "--out", str(report), "--resamples", "200"]) == 0
-    assert "| d3 |" in report.read_text()
+    code = gate(
+        [str(tmp_path / "onboard"), str(tmp_path / "scratch"), "--out", str(report), "--resamples", "200", "--strict"]
+    )
+    text = report.read_text()
+    assert "| d3 |" in text and code == (1 if "**negative transfer**" in text else 0)
 
 
 def test_weighted_and_bootstrap_auc_match_the_metrics_module() -> None:

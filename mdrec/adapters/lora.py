@@ -22,16 +22,13 @@ class LowRankDelta(nn.Module):
     MLoRA only; None for LoRA). Zero ``b`` and ``bias`` make the delta 0 at the start.
     """
 
-    per_domain_params: tuple[str, ...] = ("a", "b")
-
     def __init__(self, num_domains: int, in_features: int, out_features: int, rank: int, bias: bool) -> None:
         super().__init__()
         self.a = nn.Parameter(torch.empty(num_domains, in_features, rank))
         nn.init.kaiming_uniform_(self.a.view(-1, rank).T, a=math.sqrt(5))  # N(0, ~1/in)-scaled like nn.Linear
         self.b = nn.Parameter(torch.zeros(num_domains, rank, out_features))
         self.bias = nn.Parameter(torch.zeros(num_domains, out_features)) if bias else None
-        if bias:
-            self.per_domain_params = ("a", "b", "bias")
+        self.per_domain_params = ("a", "b", "bias") if bias else ("a", "b")
 
     def delta(self, xs: Tensor, route: Route) -> Tensor:
         """``xs [B, in]`` in grouped order -> ``[B, out]`` (no scale), one low-rank product per present domain."""

@@ -85,6 +85,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.store: ColumnStore | None = None
         self.splits: dict[str, np.ndarray] = {}
         self.id_map: torch.Tensor | None = None  # [sum V] old id -> id the model sees (taxonomy alignment)
+        self.id_offsets: torch.Tensor | None = None  # [F] where each field's ids start in id_map
         self.vocab_rows = np.empty(0, dtype=np.int64)  # the training rows that define the known ids
 
     @property
@@ -107,6 +108,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.vocab_rows = self._vocabulary_rows(domain)  # before domain_fractions: the full vocabulary of the sources
         if self.vocab_domains is not None:
             self.id_map = self._vocabulary_map()
+            self.id_offsets = torch.tensor([0, *self.schema.vocab_sizes[:-1]]).cumsum(0)
         self._subset_domains(domain)
         sizes = {name: len(idx) for name, idx in self.splits.items()}
         for name, idx in self.splits.items():
@@ -162,12 +164,11 @@ class MultiDomainDataModule(pl.LightningDataModule):
         """Map ids through the ``vocab_domains`` vocabulary (no-op without it)."""
         if self.id_map is None:
             return batch
-        offsets = torch.tensor([0, *self.schema.vocab_sizes[:-1]]).cumsum(0)  # [F]
         seq = batch.seq
         if seq is not None:
-            seq_offset = offsets[self.schema.sparse_index(self.schema.sequence.vocab_field)]
+            seq_offset = self.id_offsets[self.schema.sparse_index(self.schema.sequence.vocab_field)]
             seq = torch.where(seq > 0, self.id_map[seq + seq_offset], seq)
-        return replace(batch, sparse=self.id_map[batch.sparse + offsets], seq=seq)
+        return replace(batch, sparse=self.id_map[batch.sparse + self.id_offsets], seq=seq)
 
     @property
     def schema(self) -> Schema:

@@ -47,6 +47,11 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{v.mean():.4f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.4f}"
 
 
+def cell(runs: Sequence[Run], key: str) -> str:
+    """``mean ± std`` of metric ``key`` over the runs that report it."""
+    return mean_std([r.metrics[key] for r in runs if key in r.metrics])
+
+
 def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[str]) -> str:
     """A markdown table of ``<metric>[/<column>]`` keys, mean ± std over runs.
 
@@ -66,7 +71,7 @@ def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[s
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for metric in rows:
         keys = [f"{metric}/{col}" if col else metric for col in columns]
-        cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
+        cells = [cell(runs, k) for k in keys]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -89,7 +94,7 @@ def comparison_table(groups: dict[tuple[str, ...], list[Run]], by: Sequence[str]
     """
     lines = ["| " + " | ".join([*by, "runs", *keys]) + " |", "|---" * (len(by) + 1 + len(keys)) + "|"]
     for values, runs in groups.items():
-        cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
+        cells = [cell(runs, k) for k in keys]
         lines.append("| " + " | ".join([*values, str(len(runs)), *cells]) + " |")
     return "\n".join(lines)
 
@@ -115,7 +120,7 @@ def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Seq
     lines = [header, "|---" * (len(columns) + 3) + "|"]
     for label, runs, metric in methods:
         keys = [f"{metric}/{c}" if c else metric for c in columns]
-        cells = [mean_std([r.metrics[k] for r in runs if k in r.metrics]) for k in keys]
+        cells = [cell(runs, k) for k in keys]
         lines.append(f"| {label} | {metric} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
