@@ -68,11 +68,14 @@ def train_only_domain(adapter: nn.Module, domain: int) -> None:
 
 def pretrain_config(cfg: DictConfig, schema: Schema) -> DictConfig:
     """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
-    ``stage.source_domains`` (all domains when null) and no vocabulary mapping."""
+    ``stage.source_domains`` (all domains when null), no vocabulary mapping, and no dynamic learning rate (a
+    backbone has no per-domain parameters to scale)."""
     sub = copy.deepcopy(cfg)
     sources = cfg.stage.get("source_domains")
     with open_dict(sub):
         sub.stage = {"name": "pretrain"}
+        if sub.get("callbacks"):
+            sub.callbacks.pop("dynamic_lr", None)
         if sources is not None:
             unknown = sorted(set(sources) - set(schema.domains))
             if unknown:
