@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from mdrec.models.dnn import DNNBackbone
-from mdrec.train.pretrained import load_state_strict
+from mdrec.train.pretrained import load_state_strict, pretrain_key
 from mdrec.train.run import train
 from tests.test_baselines import SCHEMA
 
@@ -81,3 +81,13 @@ def test_strict_load_lists_missing_unexpected_and_shapes() -> None:
     message = str(err.value)
     assert "missing keys ['output.bias']" in message and "unexpected keys ['extra.weight']" in message
     assert "'mlp.layers.0.weight': ((16, 17), (32, 17))" in message
+
+
+def test_pretrain_key_ignores_where_a_run_writes(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    # every job of a sweep has its own output directory (and trainer.default_root_dir with it): one backbone
+    base = train_cfg(["stage=adapt"])
+    moved = train_cfg(["stage=adapt", f"paths.output_dir={tmp_path / 'sweep' / '3'}", "adapter=lora"])
+    assert moved.trainer.default_root_dir != base.trainer.default_root_dir
+    assert pretrain_key(moved) == pretrain_key(base)
+    assert pretrain_key(train_cfg(["stage=adapt", "seed=1"])) != pretrain_key(base)
+    assert pretrain_key(train_cfg(["stage=adapt", "backbone.layer_sizes=[8]"])) != pretrain_key(base)

@@ -9,13 +9,14 @@ pre-trains it only once.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mdrec.data.schema import Schema
@@ -26,7 +27,15 @@ KEY_NODES = ("data", "backbone", "model", "trainer", "callbacks.early_stopping",
 
 
 def pretrain_key(cfg: DictConfig) -> str:
-    """A short hash of the config nodes that determine the pre-trained backbone (``KEY_NODES``)."""
+    """A short hash of the config nodes that determine the pre-trained backbone (``KEY_NODES``).
+
+    Paths (``paths.*``, e.g. the run's own output directory that ``trainer.default_root_dir`` points to) enter as
+    their names, not their values: every run of a sweep, wherever it writes, finds the same backbone.
+    """
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for name in cfg.get("paths") or {}:
+            cfg.paths[name] = f"<paths.{name}>"
     parts = {node: _plain(OmegaConf.select(cfg, node)) for node in KEY_NODES}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
