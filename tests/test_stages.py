@@ -11,8 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from mdrec.adapters.saved import load_state_strict
 from mdrec.models.dnn import DNNBackbone
-from mdrec.train.pretrained import load_state_strict, pretrain_key
+from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
 from tests.test_baselines import SCHEMA
 

@@ -43,15 +43,23 @@ from mdrec.nn.norm import PartitionedNorm
 class DomainGroups:
     """A batch's rows grouped by domain: computed once per forward and passed to every per-domain layer.
 
+    Training runs one matmul per present domain (``map``; the module docstring says why). A *static* grouping
+    (``static=True``) is for serving graphs that are traced once and must hold for any batch (TorchScript): no
+    host synchronisation, every domain counts as present (P = K), and the per-domain products run as one grouped
+    matmul over all K domains (``torch._grouped_mm`` with the groups' row offsets; empty groups cost nothing).
+    Per-domain layers go through ``linear`` and ``matmul``, which serve both.
+
     Args:
         domain: int64 ``[B]`` domain ids in ``0..num_domains-1``.
         num_domains: K.
+        static: group for a traced serving graph (see above); ``map`` is then unavailable.
 
     Attributes:
         order: ``[B]`` row indices sorted by domain (stable), so ``x[order]`` holds each domain's rows contiguously.
         domain: ``[B]`` the domain ids in grouped order.
-        present: ``[P]`` the domains that have rows, ascending.
-        sizes: the row count of each present domain (Python ints).
+        present: ``[P]`` the domains that have rows, ascending (static: all K).
+        sizes: the row count of each present domain (Python ints; static: None).
+        offsets: int32 ``[K]`` the end row of each domain's block (static only; None otherwise).
         inverse: ``[B]`` the inverse permutation of ``order``.
 
     Example:
@@ -60,15 +68,21 @@ class DomainGroups:
         ([0, 1], [1, 2], [20, 10, 30])
     """
 
-    def __init__(self, domain: Tensor, num_domains: int) -> None:
+    def __init__(self, domain: Tensor, num_domains: int, static: bool = False) -> None:
         if domain.dim() != 1:
             raise ValueError(f"domain must be a 1-D tensor of ids, got shape {tuple(domain.shape)}")
         counts = torch.bincount(domain, minlength=num_domains)  # [K]
-        if counts.shape[0] != num_domains:
-            raise ValueError(f"domain holds ids >= num_domains ({num_domains}): max id {counts.shape[0] - 1}")
-        self.num_domains = num_domains
-        self.present = torch.nonzero(counts).squeeze(1)  # [P]
-        self.sizes: list[int] = counts[self.present].tolist()  # the one host sync per forward
+        self.num_domains, self.static = num_domains, static
+        self.sizes: list[int] | None = None
+        self.offsets: Tensor | None = None
+        if static:  # no data-dependent Python: the traced graph holds for every batch
+            self.present = torch.arange(num_domains, device=domain.device)  # [K]
+            self.offsets = counts.cumsum(0).to(torch.int32)  # [K]
+        else:
+            if counts.shape[0] != num_domains:
+                raise ValueError(f"domain holds ids >= num_domains ({num_domains}): max id {counts.shape[0] - 1}")
+            self.present = torch.nonzero(counts).squeeze(1)  # [P]
+            self.sizes = counts[self.present].tolist()  # the one host sync per forward
         self.order = torch.argsort(domain, stable=True)  # [B]
         self.domain = domain[self.order]  # [B] grouped order
         self.inverse = torch.empty_like(self.order)
@@ -77,7 +91,7 @@ class DomainGroups:
     @property
     def single(self) -> bool:
         """True when at most one domain is present: grouped order is the batch order."""
-        return len(self.sizes) <= 1
+        return not self.static and len(self.sizes) <= 1
 
     def group(self, x: Tensor) -> Tensor:
         """Rows of ``x [B, ...]`` in grouped order."""
@@ -89,7 +103,7 @@ class DomainGroups:
 
     def take(self, param: Tensor) -> Tensor:
         """The present domains' slices of a stacked ``[K, ...]`` parameter: ``[P, ...]`` (no copy if all present)."""
-        return param if len(self.sizes) == self.num_domains else param[self.present]
+        return param if self.static or len(self.sizes) == self.num_domains else param[self.present]
 
     def map(self, fn: Callable[..., Tensor], xs: Tensor, *params: Tensor) -> Tensor:
         """``fn(rows, *param slices)`` on each present domain's block of ``xs`` (grouped order), concatenated.
@@ -99,10 +113,33 @@ class DomainGroups:
             xs: ``[B, ...]`` in grouped order.
             params: per present domain ``[P, ...]`` (see ``take``), in ``present`` order.
         """
+        if self.static:
+            raise ValueError("a static grouping (a serving graph) runs per-domain products through linear / matmul")
         per_domain = [p.unbind(0) for p in params]  # one autograd node per parameter, not one per domain
         if self.single:
             return fn(xs, *(s[0] for s in per_domain))
         return torch.cat([fn(rows, *ps) for rows, *ps in zip(xs.split(self.sizes), *per_domain, strict=True)])
+
+    def linear(self, xs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Each domain's ``F.linear``: ``xs [B, in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
+        (see ``take``) -> ``[B, out]``."""
+        if self.static:
+            return torch._grouped_mm(xs, weight.mT, offs=self.offsets) + bias[self.domain]
+        return self.map(F.linear, xs, weight, bias)
+
+    def matmul(self, xs: Tensor, *weights: Tensor) -> Tensor:
+        """Each domain's product ``xs W1_d W2_d ...``: ``xs [B, in]`` (grouped order), weights ``[P, in, out]``."""
+        if self.static:
+            for w in weights:
+                xs = torch._grouped_mm(xs, w, offs=self.offsets)
+            return xs
+
+        def chain(rows: Tensor, *ws: Tensor) -> Tensor:
+            for w in ws:
+                rows = rows @ w
+            return rows
+
+        return self.map(chain, xs, *weights)
 
 
 def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:
@@ -173,7 +210,7 @@ class DomainLinear(nn.Module):
 
     def grouped(self, xs: Tensor, groups: DomainGroups) -> Tensor:
         """``xs [B, in]`` in grouped order -> ``[B, out]`` in grouped order."""
-        return groups.map(F.linear, xs, *self.domain_weights(groups))
+        return groups.linear(xs, *self.domain_weights(groups))
 
     def forward(self, x: Tensor, domain: Tensor | DomainGroups) -> Tensor:
         groups = as_groups(domain, self.num_domains)

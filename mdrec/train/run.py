@@ -16,13 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mdrec.adapters.saved import ADAPTER, CONFIG, RUN_CONFIG, save_backbone
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
-from mdrec.train.pretrained import CONFIG, save_backbone
 from mdrec.train.selection import DomainSelection
 from mdrec.train.stages import build_adapted, domain_name, keep_other_domains, other_domains_change
 
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
@@ -142,7 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if adapting:  # the run directory is self-contained: the backbone it adapted and the adapter
         save_backbone(out_dir, module.net.backbone, OmegaConf.load(source / CONFIG))
         if module.net.adapter is not None:
-            torch.save(module.net.adapter.state_dict(), out_dir / "adapter.pt")
+            torch.save(module.net.adapter.state_dict(), out_dir / ADAPTER)
     if stage == "onboard" and "prob" in predictions:
         metrics["onboard/other_domains_max_abs_change"] = other_domains_change(cfg, schema, predictions)
     if selection is not None:

@@ -16,10 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.saved import WEIGHTS, build_adapter, load_adapted, load_backbone
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
-from mdrec.train.pretrained import WEIGHTS, load_backbone, load_state_strict, pretrain_key
+from mdrec.train.pretrained import pretrain_key
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,14 @@ def build_adapted(cfg: DictConfig, schema: Schema, run: Run) -> tuple[RankingMod
     """
     onboard = cfg.stage.name == "onboard"
     source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema, run)
-    backbone = load_backbone(source, schema)
-    pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
-    adapter_cfg = OmegaConf.load(source / "config.yaml").adapter if onboard else cfg.get("adapter")
-    adapter = hydra.utils.instantiate(adapter_cfg, _partial_=True)(schema, backbone) if adapter_cfg else None
-    net = AdaptedNet(schema, backbone, adapter, freeze=["*"] if onboard else list(cfg.stage.freeze))
     if onboard:
-        if adapter is None:
-            raise ValueError(f"stage.adapted {source} has no adapter to onboard a domain into")
-        load_state_strict(adapter, torch.load(source / "adapter.pt", weights_only=True), str(source / "adapter.pt"))
-        train_only_domain(adapter, schema.domains.index(domain_name(cfg, schema)))
+        net = load_adapted(source, schema)
+        train_only_domain(net.adapter, schema.domains.index(domain_name(cfg, schema)))
+    else:
+        backbone = load_backbone(source, schema)
+        pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
+        adapter = build_adapter(cfg.get("adapter"), schema, backbone)
+        net = AdaptedNet(schema, backbone, adapter, freeze=list(cfg.stage.freeze))
     model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in ("net", "optimizer")])
     optimizer = hydra.utils.instantiate(cfg.stage.optimizer, _partial_=True)
     return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema, optimizer=optimizer), source
