@@ -16,6 +16,7 @@ from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.wide_deep import WideDeepBackbone
@@ -27,13 +28,13 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "wide_deep": lambda: WideDeepBackbone(SCHEMA, 8, [16, 8], crosses=[["row", "item"]], cross_buckets=50),
     "dcnv2": lambda: DCNv2Backbone(SCHEMA, 8, num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
 }
-ADAPTERS: dict[str, Callable[[nn.Module], Adapter]] = {
-    "lora": lambda b: LoRA(SCHEMA, b, rank=4),
-    "mlora": lambda b: LoRA(SCHEMA, b, targets=["*mlp.*"], variant="mlora", alpha=4),
-    "iak": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6),
-    "iak_layers_learned_prior": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
-    "iak_encoder_only": lambda b: IAK(SCHEMA, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
-    "head": lambda b: WideDeepHead(SCHEMA, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
+ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
+    "lora": lambda s, b: LoRA(s, b, rank=4),
+    "mlora": lambda s, b: LoRA(s, b, targets=["*mlp.*"], variant="mlora", alpha=4),
+    "iak": lambda s, b: IAK(s, b, bottleneck=5, hidden=6),
+    "iak_layers_learned_prior": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
+    "iak_encoder_only": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
+    "head": lambda s, b: WideDeepHead(s, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
 }
 CASES = [(b, a) for b in BACKBONES for a in ADAPTERS]
 
@@ -51,7 +52,7 @@ def pretrained(backbone: str) -> nn.Module:
 
 def adapted(backbone: str, adapter: str) -> AdaptedNet:
     net = pretrained(backbone)
-    return AdaptedNet(SCHEMA, net, ADAPTERS[adapter](net))
+    return AdaptedNet(SCHEMA, net, ADAPTERS[adapter](SCHEMA, net))
 
 
 def perturb(net: AdaptedNet) -> AdaptedNet:

@@ -140,8 +140,10 @@ class AdaptedNet(nn.Module):
                 handles.append(modules[name].register_forward_hook(hook))
         return handles
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        groups = DomainGroups(batch.domain, self.num_domains)
+    def forward(self, batch: Batch, static: bool = False) -> ModelOutput:
+        """``static``: group rows for a traced serving graph (one grouped matmul per layer over all K domains; see
+        :class:`~mdrec.nn.domain.DomainGroups`)."""
+        groups = DomainGroups(batch.domain, self.num_domains, static)
         route = Route(groups, batch if groups.single else batch.rows(groups.order))
         handles = self._hook_sites(route)
         try:

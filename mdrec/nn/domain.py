@@ -124,14 +124,14 @@ class DomainGroups:
         """Each domain's ``F.linear``: ``xs [B, in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
         (see ``take``) -> ``[B, out]``."""
         if self.static:
-            return torch._grouped_mm(xs, weight.mT, offs=self.offsets) + bias[self.domain]
+            return grouped_mm(xs, weight.mT, self.offsets) + bias[self.domain]
         return self.map(F.linear, xs, weight, bias)
 
     def matmul(self, xs: Tensor, *weights: Tensor) -> Tensor:
         """Each domain's product ``xs W1_d W2_d ...``: ``xs [B, in]`` (grouped order), weights ``[P, in, out]``."""
         if self.static:
             for w in weights:
-                xs = torch._grouped_mm(xs, w, offs=self.offsets)
+                xs = grouped_mm(xs, w, self.offsets)
             return xs
 
         def chain(rows: Tensor, *ws: Tensor) -> Tensor:
@@ -140,6 +140,22 @@ class DomainGroups:
             return rows
 
         return self.map(chain, xs, *weights)
+
+
+def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
+    """``torch._grouped_mm``: rows ``offsets[g-1]:offsets[g]`` of ``a [M, k]`` times ``b[g] [k, n]`` -> ``[M, n]``.
+
+    The kernel needs 16-byte aligned row strides: a width that is not a multiple of 4 floats (e.g. IAK's k = 50, a
+    logit layer's n = 1) is zero-padded here (a copy of that ``b``, a small per-domain weight) and cut off after.
+    """
+    k, n = b.shape[1:]
+    pad_k, pad_n = -k % 4, -n % 4
+    if pad_k or a.stride(0) % 4 or a.stride(1) != 1:
+        a = F.pad(a, (0, pad_k))
+    if pad_k or pad_n or b.stride(1) % 4 or b.stride(2) != 1 or b.stride(0) % 4:
+        b = F.pad(b, (0, pad_n, 0, pad_k))
+    out = torch._grouped_mm(a, b, offs=offsets)
+    return out[:, :n] if pad_n else out
 
 
 def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:

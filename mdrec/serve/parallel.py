@@ -1,0 +1,84 @@
+"""Parallel domain-activated inference (METHODS.md 1): the backbone and all K domains' adapters in one graph;
+each row runs its own domain's adapter, picked by its domain id; a domain the model does not know falls back to
+the plain backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.adapters.base import AdaptedNet, Adapter
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+
+FALLBACK = "<unknown>"
+# builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
+# config node instantiates with ``_partial_``)
+AdapterFactory = Callable[[Schema, nn.Module], Adapter]
+
+
+def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
+    """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
+    adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
+    first K slots of a K + 1 adapter that ``make_adapter`` builds."""
+    extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK))
+    adapter = make_adapter(extended, net.backbone)
+    own, trained = adapter.state_dict(), net.adapter.state_dict()
+    k = schema.num_domains
+    for key, value in trained.items():
+        if own[key].shape == value.shape:
+            own[key] = value
+        elif own[key].shape == (k + 1, *value.shape[1:]):
+            own[key] = torch.cat([value, own[key][k:]])
+        else:
+            raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
+    adapter.load_state_dict(own)
+    return AdaptedNet(extended, net.backbone, adapter, freeze=["*"]).eval()
+
+
+class ParallelModel(nn.Module):
+    """Serves every domain from one graph: ``forward(sparse, dense, domain[, seq, seq_lengths])`` -> ``[B, T]``
+    click (and conversion) probabilities, row i through the adapter of domain ``domain[i]``.
+
+    A domain id outside ``0..K-1`` (a domain added after training, a bad id) runs the plain backbone; the rows are
+    counted in the buffer ``unknown_rows``. The per-domain products run as grouped matmuls over the rows sorted
+    by domain (a static grouping: no host synchronisation, no data-dependent Python), so the module traces into
+    one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
+
+    Args:
+        net: the adapted network as trained (K domains).
+        schema: its data's schema.
+        make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
+
+    Example:
+        >>> model = ParallelModel(adapted_net, schema, partial(LoRA, rank=4))                # doctest: +SKIP
+        >>> model(batch.sparse, batch.dense, batch.domain).shape                            # doctest: +SKIP
+        torch.Size([4096, 1])
+    """
+
+    def __init__(self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> None:
+        super().__init__()
+        if net.adapter is None:
+            raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
+        self.num_domains = schema.num_domains
+        self.net = with_fallback_slot(net, schema, make_adapter)
+        self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(
+        self,
+        sparse: Tensor,
+        dense: Tensor,
+        domain: Tensor,
+        seq: Tensor | None = None,
+        seq_lengths: Tensor | None = None,
+    ) -> Tensor:
+        known = (domain >= 0) & (domain < self.num_domains)
+        self.unknown_rows += (~known).sum()
+        slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
+        batch = Batch(sparse, dense, slot, dense.new_zeros(dense.shape[0], 0), seq, seq_lengths)
+        return torch.sigmoid(self.net(batch, static=True).logits)
