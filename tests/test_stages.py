@@ -3,6 +3,7 @@ trains only the adapter and never ends worse than the pre-trained model on a dom
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -92,3 +93,10 @@ def test_pretrain_key_ignores_where_a_run_writes(train_cfg: TrainCfg, tmp_path: 
     assert pretrain_key(moved) == pretrain_key(base)
     assert pretrain_key(train_cfg(["stage=adapt", "seed=1"])) != pretrain_key(base)
     assert pretrain_key(train_cfg(["stage=adapt", "backbone.layer_sizes=[8]"])) != pretrain_key(base)
+
+
+def test_adapt_validates_as_often_as_its_stage_says(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    train(train_cfg(["stage=adapt", "adapter=head", "trainer.max_epochs=1", "stage.val_check_interval=0.5"]))
+    rows = list(csv.DictReader((tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open()))
+    validations = [r for r in rows if r.get("val/auc")]
+    assert len(validations) == 1 + 2 + 1  # zero-shot, two during the epoch, the selected model

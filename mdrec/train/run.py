@@ -109,8 +109,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if selection is not None:  # it stops when no domain improves; overall early stopping would stop too soon
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
     loggers = instantiate_group(cfg.get("logger"))
+    # adapters over-fit within an epoch on large data: their stage may validate (and select) more often
+    validate_every = {"val_check_interval": cfg.stage.val_check_interval} if adapting else {}
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=[*callbacks, *([selection] if selection else [])], logger=loggers or False
+        cfg.trainer,
+        callbacks=[*callbacks, *([selection] if selection else [])],
+        logger=loggers or False,
+        **validate_every,
     )
 
     metrics: dict[str, float] = {}
