@@ -1,0 +1,178 @@
+"""Serving latency of parallel domain-activated inference against its alternatives, measured in one run.
+
+For K domains and a batch of B rows with uniform domain ids, inference (``torch.inference_mode``) of:
+
+- ``parallel``: :class:`mdrec.serve.parallel.ParallelModel`, the backbone and all K domains' IAK kernels in one
+  graph (rows sorted by domain once, one grouped matmul per kernel layer), eager;
+- ``parallel-ts``: the same model exported to TorchScript (:func:`mdrec.serve.export.export`), loaded back;
+- ``dispatch``: one model per domain (the backbone and that domain's kernel, the backbone's weights shared), the
+  batch's rows routed to their domain's model in Python and put back in order;
+- ``backbone``: the backbone alone, no adaptation (the reference).
+
+The backbone is the ``conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256, 128]) on ``--sparse`` fields with
+``--vocab`` ids each and ``--dense`` dense features; the kernels are ``conf/adapter/iak.yaml``'s (k = 50, hidden
+64, on h before the head) with random weights. Each cell is timed ``--repeats`` times (fewer for slow cells, at
+least 10) after ``--warmup`` calls, the methods taking turns call by call; p50 and p99 latency in ms, rows/s from
+the mean. Goal (issue 5): at K = 100, B = 512, ``parallel`` p50 at most 1.3x ``backbone`` p50.
+
+Usage::
+
+    python scripts/bench_serve.py                                   # 1 thread, about 5 min on 2 CPU cores
+    python scripts/bench_serve.py --domains 100 --batch-sizes 512 --repeats 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.iak import IAK
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema, SparseField
+from mdrec.models.dnn import DNNBackbone
+from mdrec.serve.export import export, serving_inputs
+from mdrec.serve.parallel import ParallelModel
+
+TARGET = (100, 512, 1.3)  # K, B, largest parallel / backbone p50 ratio
+
+
+def make_schema(num_domains: int, num_sparse: int, vocab_size: int, num_dense: int) -> Schema:
+    return Schema(
+        "bench_serve",
+        tuple(SparseField(f"f{i}", vocab_size) for i in range(num_sparse)),
+        tuple(f"x{i}" for i in range(num_dense)),
+        "domain",
+        tuple(f"d{k}" for k in range(num_domains)),
+        ("click",),
+    )
+
+
+def make_batch(schema: Schema, batch_size: int, seed: int) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        sparse=torch.randint(0, schema.vocab_sizes[0], (batch_size, len(schema.sparse)), generator=g),
+        dense=torch.rand(batch_size, len(schema.dense), generator=g),
+        domain=torch.randint(0, schema.num_domains, (batch_size,), generator=g),
+        labels=torch.zeros(batch_size, 0),
+    )
+
+
+class Dispatch(nn.Module):
+    """One model per domain (shared backbone, that domain's kernel); rows routed to their domain's model."""
+
+    def __init__(self, net: AdaptedNet, schema: Schema) -> None:
+        super().__init__()
+        single = Schema(schema.dataset_id, schema.sparse, schema.dense, schema.domain_field, ("d",), schema.labels)
+        state = net.adapter.state_dict()
+        self.models = nn.ModuleList()
+        for d in range(schema.num_domains):
+            adapter = IAK(single, net.backbone)
+            adapter.load_state_dict({key: value[d : d + 1] for key, value in state.items()})
+            self.models.append(AdaptedNet(single, net.backbone, adapter).eval())
+
+    def forward(self, batch: Batch) -> Tensor:
+        order = torch.argsort(batch.domain, stable=True)
+        counts = torch.bincount(batch.domain, minlength=len(self.models))
+        out = torch.empty(batch.size, 1)
+        start = 0
+        for d, n in enumerate(counts.tolist()):
+            if n:
+                rows = order[start : start + n]
+                part = batch.rows(rows)
+                out[rows] = torch.sigmoid(
+                    self.models[d](Batch(part.sparse, part.dense, part.domain * 0, part.labels)).logits
+                )
+                start += n
+        return out
+
+
+def time_calls(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, the functions taking turns."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", type=int, nargs="+", default=[1, 10, 100, 1000])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 512, 4096])
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--sparse", type=int, default=20)
+    parser.add_argument("--vocab", type=int, default=10_000)
+    parser.add_argument("--dense", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s); p50 / p99 latency in ms, rows/s from the mean")
+    print(f"{'K':>5} {'B':>5} {'method':>12} {'p50':>9} {'p99':>9} {'rows/s':>11} {'p50 / backbone':>15}")
+    verdict = None
+    for k in args.domains:
+        torch.manual_seed(0)
+        schema = make_schema(k, args.sparse, args.vocab, args.dense)
+        backbone = DNNBackbone(schema, 16, [256, 128], dropout=0.2).eval()
+        net = AdaptedNet(schema, backbone, IAK(schema, backbone)).eval()
+        with torch.no_grad():
+            for p in net.adapter.parameters():
+                p.add_(0.1 * torch.randn_like(p))  # away from the identity start
+        model = ParallelModel(net, schema, IAK)
+        with tempfile.TemporaryDirectory() as tmp:
+            scripted = export(model, make_batch(schema, 64, seed=1), Path(tmp) / "serving.pt")
+        dispatch = Dispatch(net, schema)
+        for b in args.batch_sizes:
+            batch = make_batch(schema, b, seed=b)
+            inputs = serving_inputs(batch)
+            fns = {
+                "parallel": functools.partial(model, *inputs),
+                "parallel-ts": functools.partial(scripted, *inputs),
+                "dispatch": functools.partial(dispatch, batch),
+                "backbone": functools.partial(backbone, batch),
+            }
+            with torch.inference_mode():
+                start = time.perf_counter()
+                fns["dispatch"]()
+                slowest = time.perf_counter() - start
+                repeats = max(10, min(args.repeats, int(20 / max(slowest, 1e-6))))  # about 20 s for the slowest
+                times = time_calls(fns, repeats, args.warmup)
+            base = percentile(times["backbone"], 0.5)
+            for name, values in times.items():
+                p50 = percentile(values, 0.5)
+                rows = b / statistics.fmean(values)
+                print(
+                    f"{k:>5} {b:>5} {name:>12} {p50 * 1e3:>9.3f} {percentile(values, 0.99) * 1e3:>9.3f} "
+                    f"{rows:>11,.0f} {p50 / base:>14.2f}x"
+                )
+                if (k, b, name) == (*TARGET[:2], "parallel"):
+                    verdict = p50 / base
+    if verdict is not None:
+        status = "PASS" if verdict <= TARGET[2] else "FAIL"
+        print(
+            f"goal: K = {TARGET[0]}, B = {TARGET[1]}: parallel p50 = {verdict:.2f}x backbone "
+            f"(<= {TARGET[2]}x): {status}"
+        )
+
+
+if __name__ == "__main__":
+    main()
