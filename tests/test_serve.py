@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from mdrec.data.batch import Batch
 from mdrec.nn.domain import DomainGroups, DomainLinear
 from mdrec.serve.cli import main as export_main
+from mdrec.serve.cli import trim as trim_main
 from mdrec.serve.export import export, max_difference
 from mdrec.serve.parallel import ParallelModel
 from mdrec.train.run import train
@@ -74,3 +75,26 @@ def test_export_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None
     assert int(torch.jit.load(str(tmp_path / "run" / "serving.pt")).unknown_rows) == 0  # the file starts clean
     with pytest.raises(SystemExit, match="lacks"):
         export_main([str(tmp_path)])
+
+
+def test_trimmed_parallel_model_blanks_each_domains_dropped_features(tmp_path: Path) -> None:
+    net = perturb(adapted("dnn", "lora")).eval()
+    drop = torch.tensor([[True, False, False], [False, True, True], [False, False, False]])  # [K, row item age]
+    model = ParallelModel(net, SCHEMA, ADAPTERS["lora"], drop)
+    batch = make_batch(64, seed=5)
+    served = export(model, batch, tmp_path / "trimmed.pt")
+    expected = torch.sigmoid(net(batch.blanked(drop)).logits)
+    torch.testing.assert_close(served(batch.sparse, batch.dense, batch.domain), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="drop must be bool"):
+        ParallelModel(net, SCHEMA, ADAPTERS["lora"], drop[:, :2])
+
+
+def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    train(train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1"]))
+    assert trim_main([str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64"]) == 0
+    report = json.loads((tmp_path / "run" / "trim.json").read_text())
+    for d, before in report["val_auc_before"].items():
+        assert before - report["val_auc_after"][d] <= 0.002 + 1e-9
+    assert any(report["dropped"].values())  # the synthetic default has fields that do not matter to some domains
+    assert (tmp_path / "run" / "serving_trimmed.pt").exists()
+    assert "| feature |" in (tmp_path / "run" / "trim.md").read_text()

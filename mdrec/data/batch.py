@@ -44,6 +44,13 @@ class Batch:
         """The rows ``index [B']`` (int64 positions) of every tensor, in that order."""
         return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
 
+    def blanked(self, drop: Tensor) -> Batch:
+        """Each row's dropped features blank (feature trimming): ``drop`` is bool ``[K, F + N]`` per domain, the
+        sparse fields then the dense features; a dropped sparse id becomes 0 (unknown), a dropped dense value 0."""
+        d = drop[self.domain]  # [B, F + N]
+        f = self.sparse.shape[1]
+        return replace(self, sparse=self.sparse.masked_fill(d[:, :f], 0), dense=self.dense.masked_fill(d[:, f:], 0.0))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""
         return replace(self, **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})

@@ -1,22 +1,34 @@
-"""``mdrec-export <run dir>``: the run's backbone and all its domains' adapters as one TorchScript serving graph,
-checked against the model as trained on validation batches (with unknown domain ids mixed in)."""
+"""Command lines of an adapt run's serving side.
+
+``mdrec-export <run dir>``: the run's backbone and all its domains' adapters as one TorchScript serving graph,
+checked against the model as trained on validation batches (with unknown domain ids mixed in).
+
+``mdrec-trim <run dir>``: per-domain feature trimming on the validation rows (permutation importance, a plan
+under an AUC-loss budget), the trimmed serving graph, and a report of features kept, AUC and latency per domain.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import OmegaConf
 
+from mdrec.adapters.base import AdaptedNet
 from mdrec.adapters.saved import ADAPTER, RUN_CONFIG, load_adapted
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
-from mdrec.serve.export import export, max_difference
-from mdrec.serve.parallel import ParallelModel
+from mdrec.data.schema import Schema
+from mdrec.eval.trim import Predict, concat, domain_aucs, permutation_importance, plan_trimming, trim_table
+from mdrec.serve.export import export, max_difference, serving_inputs
+from mdrec.serve.parallel import AdapterFactory, ParallelModel
 
 TOLERANCE = 1e-5
 
@@ -29,27 +41,54 @@ def with_unknown_domains(batch: Batch, num_domains: int, every: int = 10) -> Bat
     return Batch(batch.sparse, batch.dense, domain, batch.labels, batch.seq, batch.seq_lengths, batch.weight)
 
 
+@dataclass
+class AdaptRun:
+    """What the serving tools load from an adapt run directory."""
+
+    directory: Path
+    datamodule: MultiDomainDataModule
+    net: AdaptedNet
+    make_adapter: AdapterFactory
+
+    @property
+    def schema(self) -> Schema:
+        return self.datamodule.schema
+
+    def val_batches(self, limit: int | None = None) -> list[Batch]:
+        """Up to ``limit`` validation batches (all when None), ids mapped as in training."""
+        out = []
+        for i, batch in enumerate(self.datamodule.val_dataloader()):
+            if i == limit:
+                break
+            out.append(self.datamodule.on_before_batch_transfer(batch, 0))
+        return out
+
+    def serving_model(self, drop: torch.Tensor | None = None) -> ParallelModel:
+        return ParallelModel(self.net, self.schema, self.make_adapter, drop)
+
+
+def load_run(directory: Path, tool: str) -> AdaptRun:
+    """The adapt run in ``directory``: its data (prepared as configured), adapted network and adapter factory."""
+    missing = [name for name in (RUN_CONFIG, ADAPTER) if not (directory / name).exists()]
+    if missing:
+        sys.exit(f"{tool}: {directory} lacks {missing}; give the directory of a finished stage=adapt run")
+    cfg = OmegaConf.load(directory / RUN_CONFIG)
+    datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    net = load_adapted(directory, datamodule.schema).eval()
+    return AdaptRun(directory, datamodule, net, hydra.utils.instantiate(cfg.adapter, _partial_=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdrec-export", description=__doc__)
     parser.add_argument("run", type=Path, help="a stage=adapt (or onboard) run directory")
     parser.add_argument("--out", type=Path, help="the TorchScript file (default: <run>/serving.pt)")
     parser.add_argument("--batches", type=int, default=4, help="validation batches to check (default 4)")
     args = parser.parse_args(argv)
-    missing = [name for name in (RUN_CONFIG, ADAPTER) if not (args.run / name).exists()]
-    if missing:
-        sys.exit(f"mdrec-export: {args.run} lacks {missing}; give the directory of a finished stage=adapt run")
-    cfg = OmegaConf.load(args.run / RUN_CONFIG)
-    datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    schema = datamodule.schema
-    net = load_adapted(args.run, schema).eval()
-    model = ParallelModel(net, schema, hydra.utils.instantiate(cfg.adapter, _partial_=True))
-    batches = []
-    for i, batch in enumerate(datamodule.val_dataloader()):
-        if i == args.batches:
-            break
-        batches.append(datamodule.on_before_batch_transfer(batch, 0))
+    run = load_run(args.run, "mdrec-export")
+    schema, net, model = run.schema, run.net, run.serving_model()
+    batches = run.val_batches(args.batches)
     out = args.out or args.run / "serving.pt"
     served = export(model, batches[0], out)
     checked = [with_unknown_domains(b, schema.num_domains) for b in batches]
@@ -72,3 +111,93 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_main() -> None:
     sys.exit(main())
+
+
+def click_probability(model: torch.nn.Module) -> Predict:
+    """The serving model as a trimming ``Predict``: a batch -> its rows' click probabilities ``[B]``."""
+    return lambda batch: model(*serving_inputs(batch))[:, 0]
+
+
+def p50_latency(models: dict[str, torch.nn.Module], batch: Batch, repeats: int = 50) -> dict[str, float]:
+    """Median seconds per call of each model on ``batch``, the models taking turns."""
+    inputs = serving_inputs(batch)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(*inputs)
+                if i >= 3:  # warm-up calls untimed
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def trim(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mdrec-trim", description=__doc__)
+    parser.add_argument("run", type=Path, help="a stage=adapt run directory")
+    parser.add_argument("--budget", type=float, default=0.001, help="AUC loss allowed per domain (default 0.001)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
+    args = parser.parse_args(argv)
+    run = load_run(args.run, "mdrec-trim")
+    schema, full = run.schema, run.serving_model()
+    val = concat(run.val_batches())
+    test = concat(run.datamodule.on_before_batch_transfer(b, 0) for b in run.datamodule.test_dataloader())
+    with torch.no_grad():
+        importance = permutation_importance(click_probability(full), val, schema, seed=args.seed)
+        plan = plan_trimming(click_probability(full), val, schema, args.budget, importance)
+        trimmed = run.serving_model(plan.drop)
+        test_before = domain_aucs(click_probability(full), test, schema.num_domains)
+        test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
+    latency = p50_latency({"full": full, "trimmed": trimmed}, val.rows(torch.arange(min(args.latency_rows, val.size))))
+    export(trimmed, val.rows(torch.arange(min(64, val.size))), run.directory / "serving_trimmed.pt")
+    rows = [
+        f"| {name} | " + " | ".join(f"{float(importance[f, d]):+.4f}" for d in range(schema.num_domains)) + " |"
+        for f, name in enumerate(plan.features)
+    ]
+    report = "\n".join(
+        [
+            f"# Feature trimming of {run.directory}",
+            "",
+            f"Per domain, on the validation rows (budget: AUC loss <= {args.budget:g} per domain):",
+            "",
+            trim_table(plan),
+            "",
+            "Test AUC per domain, all features -> trimmed: "
+            + ", ".join(
+                f"{d} {float(test_before[i]):.4f} -> {float(test_after[i]):.4f}" for i, d in enumerate(schema.domains)
+            ),
+            "",
+            f"Serving latency (parallel model, {min(args.latency_rows, val.size)} validation rows, p50): all features "
+            f"{latency['full'] * 1e3:.2f} ms, trimmed {latency['trimmed'] * 1e3:.2f} ms. Blanked features are "
+            "still looked up (id 0): the saving is in the features a serving system no longer fetches.",
+            "",
+            "Permutation importance (validation AUC drop when the feature is shuffled within the domain):",
+            "",
+            "| feature | " + " | ".join(schema.domains) + " |",
+            "|---|" + "---|" * schema.num_domains,
+            *rows,
+        ]
+    )
+    (run.directory / "trim.md").write_text(report + "\n")
+    (run.directory / "trim.json").write_text(
+        json.dumps(
+            {
+                "budget": args.budget,
+                "features": plan.features,
+                "dropped": {d: plan.dropped(d) for d in schema.domains},
+                "val_auc_before": dict(zip(schema.domains, plan.auc_before.tolist(), strict=True)),
+                "val_auc_after": dict(zip(schema.domains, plan.auc_after.tolist(), strict=True)),
+                "test_auc_before": dict(zip(schema.domains, test_before.tolist(), strict=True)),
+                "test_auc_after": dict(zip(schema.domains, test_after.tolist(), strict=True)),
+                "latency_p50_s": latency,
+            },
+            indent=2,
+        )
+    )
+    print(report)
+    return 0
+
+
+def trim_main() -> None:
+    sys.exit(trim())

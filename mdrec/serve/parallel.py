@@ -52,6 +52,9 @@ class ParallelModel(nn.Module):
         net: the adapted network as trained (K domains).
         schema: its data's schema.
         make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
+        drop: per-domain feature trimming (:mod:`mdrec.eval.trim`), bool ``[K, F + N]`` (sparse fields, then dense
+            features): each row's dropped features are blanked before the backbone; None: no trimming. Unknown
+            domains keep every feature.
 
     Example:
         >>> model = ParallelModel(adapted_net, schema, partial(LoRA, rank=4))                # doctest: +SKIP
@@ -59,12 +62,22 @@ class ParallelModel(nn.Module):
         torch.Size([4096, 1])
     """
 
-    def __init__(self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> None:
+    def __init__(
+        self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory, drop: Tensor | None = None
+    ) -> None:
         super().__init__()
         if net.adapter is None:
             raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
         self.num_domains = schema.num_domains
         self.net = with_fallback_slot(net, schema, make_adapter)
+        width = len(schema.sparse) + len(schema.dense)
+        if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (self.num_domains, width)):
+            raise ValueError(
+                f"drop must be bool [K={self.num_domains}, F+N={width}], got {drop.dtype} {tuple(drop.shape)}"
+            )
+        self.trimmed = drop is not None
+        slots = torch.zeros(self.num_domains + 1, width, dtype=torch.bool)  # the fallback slot keeps everything
+        self.register_buffer("drop", slots if drop is None else torch.cat([drop, slots[-1:]]))
         self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
         for p in self.parameters():
             p.requires_grad_(False)
@@ -81,4 +94,6 @@ class ParallelModel(nn.Module):
         self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
         batch = Batch(sparse, dense, slot, dense.new_zeros(dense.shape[0], 0), seq, seq_lengths)
+        if self.trimmed:
+            batch = batch.blanked(self.drop)
         return torch.sigmoid(self.net(batch, static=True).logits)
