@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from mdrec.adapters.base import AdaptedNet, Adapter
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.nn.domain import DomainLinear
 
 FALLBACK = "<unknown>"
 # builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
@@ -36,6 +37,10 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
         else:
             raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
     adapter.load_state_dict(own)
+    for module in adapter.modules():
+        if isinstance(module, DomainLinear):  # same values and shape, each [out, in] slice stored transposed:
+            w = module.weight.data  # the grouped matmul reads weight.mT ([K, in, out]) without a copy per call
+            module.weight.data = w.mT.contiguous().mT
     return AdaptedNet(extended, net.backbone, adapter, freeze=["*"]).eval()
 
 
