@@ -91,7 +91,7 @@ def test_trimmed_parallel_model_blanks_each_domains_dropped_features(tmp_path: P
 
 def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     train(train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1"]))
-    assert trim_main([str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64"]) == 0
+    assert trim_main([str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64", "--min-rows", "100"]) == 0
     report = json.loads((tmp_path / "run" / "trim.json").read_text())
     for d, before in report["val_auc_before"].items():
         assert before - report["val_auc_after"][d] <= 0.002 + 1e-9

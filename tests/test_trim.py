@@ -71,5 +71,7 @@ def test_noise_field_of_one_domain_is_trimmed_there_only() -> None:
     blank = val.blanked(plan.drop)
     assert (blank.sparse[val.domain == 1, 1] == 0).all() and (blank.sparse[val.domain == 0, 1] > 0).all()
     assert "| b | 1 / 4 |" in trim_table(plan)
+    small = plan_trimming(predict, val, SCHEMA, budget=0.002, importance=importance, min_rows=15_000)
+    assert not small.drop.any()  # about 10,000 rows per domain: too few for this guard, every feature kept
     with pytest.raises(ValueError, match="budget"):
         plan_trimming(predict, val, SCHEMA, budget=-1.0, importance=importance)

@@ -95,9 +95,15 @@ class TrimPlan:
         return [name for name, gone in zip(self.features, row.tolist(), strict=True) if gone]
 
 
-def plan_trimming(predict: Predict, data: Batch, schema: Schema, budget: float, importance: Tensor) -> TrimPlan:
+def plan_trimming(
+    predict: Predict, data: Batch, schema: Schema, budget: float, importance: Tensor, min_rows: int = 2000
+) -> TrimPlan:
     """Greedy per domain: drop features from the least important up, each step checked with the features blanked,
-    and stop at the first one that would take the domain's AUC more than ``budget`` below its full-feature AUC."""
+    and stop at the first one that would take the domain's AUC more than ``budget`` below its full-feature AUC.
+
+    A domain with fewer than ``min_rows`` validation rows keeps every feature: on a few hundred rows the AUC
+    changes of single features are noise, and a plan fitted to them over-fits the validation set.
+    """
     if budget < 0:
         raise ValueError(f"budget (the AUC loss allowed per domain) must be >= 0, got {budget}")
     k, f = schema.num_domains, importance.shape[0]
@@ -105,7 +111,8 @@ def plan_trimming(predict: Predict, data: Batch, schema: Schema, budget: float, 
     order = torch.argsort(importance.T, dim=1, stable=True)  # [K, F], least important first
     drop = torch.zeros(k, f, dtype=torch.bool)
     after = base.clone()
-    open_ = ~torch.isnan(base)  # a domain without both classes in validation keeps every feature
+    # a domain without both classes in validation, or with too few rows, keeps every feature
+    open_ = ~torch.isnan(base) & (torch.bincount(data.domain, minlength=k) >= min_rows)
     rows = torch.arange(k)
     for step in range(f):
         if not open_.any():

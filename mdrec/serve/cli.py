@@ -136,6 +136,7 @@ def trim(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdrec-trim", description=__doc__)
     parser.add_argument("run", type=Path, help="a stage=adapt run directory")
     parser.add_argument("--budget", type=float, default=0.001, help="AUC loss allowed per domain (default 0.001)")
+    parser.add_argument("--min-rows", type=int, default=2000, help="domains with fewer validation rows keep all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
     args = parser.parse_args(argv)
@@ -145,7 +146,7 @@ def trim(argv: list[str] | None = None) -> int:
     test = concat(run.datamodule.on_before_batch_transfer(b, 0) for b in run.datamodule.test_dataloader())
     with torch.no_grad():
         importance = permutation_importance(click_probability(full), val, schema, seed=args.seed)
-        plan = plan_trimming(click_probability(full), val, schema, args.budget, importance)
+        plan = plan_trimming(click_probability(full), val, schema, args.budget, importance, args.min_rows)
         trimmed = run.serving_model(plan.drop)
         test_before = domain_aucs(click_probability(full), test, schema.num_domains)
         test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
@@ -159,7 +160,8 @@ def trim(argv: list[str] | None = None) -> int:
         [
             f"# Feature trimming of {run.directory}",
             "",
-            f"Per domain, on the validation rows (budget: AUC loss <= {args.budget:g} per domain):",
+            f"Per domain, on the validation rows (budget: AUC loss <= {args.budget:g} per domain; a domain with "
+            f"fewer than {args.min_rows} validation rows keeps every feature):",
             "",
             trim_table(plan),
             "",
