@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,33 +38,15 @@ from torch import Tensor, nn
 from mdrec.adapters.base import AdaptedNet
 from mdrec.adapters.iak import IAK
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SparseField
+from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
 from mdrec.serve.export import export, serving_inputs
 from mdrec.serve.parallel import ParallelModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling benchmark's synthetic schema and batches)
+
 TARGET = (100, 512, 1.3)  # K, B, largest parallel / backbone p50 ratio
-
-
-def make_schema(num_domains: int, num_sparse: int, vocab_size: int, num_dense: int) -> Schema:
-    return Schema(
-        "bench_serve",
-        tuple(SparseField(f"f{i}", vocab_size) for i in range(num_sparse)),
-        tuple(f"x{i}" for i in range(num_dense)),
-        "domain",
-        tuple(f"d{k}" for k in range(num_domains)),
-        ("click",),
-    )
-
-
-def make_batch(schema: Schema, batch_size: int, seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        sparse=torch.randint(0, schema.vocab_sizes[0], (batch_size, len(schema.sparse)), generator=g),
-        dense=torch.rand(batch_size, len(schema.dense), generator=g),
-        domain=torch.randint(0, schema.num_domains, (batch_size,), generator=g),
-        labels=torch.zeros(batch_size, 0),
-    )
 
 
 class Dispatch(nn.Module):
@@ -143,7 +126,7 @@ def main() -> None:
         dispatch = Dispatch(net, schema)
         for b in args.batch_sizes:
             batch = make_batch(schema, b, seed=b)
-            inputs = serving_inputs(batch)
+            inputs = serving_inputs(batch)[:3]  # sparse, dense, domain
             fns = {
                 "parallel": functools.partial(model, *inputs),
                 "parallel-ts": functools.partial(scripted, *inputs),

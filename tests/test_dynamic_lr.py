@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.models.output import ModelOutput
-from mdrec.train.dynamic_lr import DynamicDomainLR, step_scales
+from mdrec.train.dynamic_lr import DynamicDomainLR
 from mdrec.train.module import RankingModule
 from mdrec.train.run import train
 
@@ -58,9 +58,9 @@ def fit(batches: list[Batch], callbacks: list[pl.Callback]) -> DomainBias:
 
 def test_step_scales_by_batch_share_and_gradient_cap() -> None:
     # K = 2, B = 4: shares 3*2/4 = 1.5 and 1*2/4 = 0.5, square roots; the second gradient is capped: 1 / 4
-    scales = step_scales(torch.tensor([3, 1]), torch.tensor([0.5, 4.0]))
+    scales = DynamicDomainLR().scales(torch.tensor([3, 1]), torch.tensor([0.5, 4.0]))
     assert scales.tolist() == pytest.approx([math.sqrt(1.5), math.sqrt(0.5) * 0.25])
-    clipped = step_scales(torch.tensor([99, 1, 0]), torch.zeros(3), r_min=0.5, r_max=1.2, grad_cap=None)
+    clipped = DynamicDomainLR(r_min=0.5, r_max=1.2, grad_cap=None).scales(torch.tensor([99, 1, 0]), torch.zeros(3))
     assert clipped.tolist() == pytest.approx([1.2, 0.5, 0.0])  # (297/100)^0.5 clipped, (3/100)^0.5 clipped, absent
 
 

@@ -11,47 +11,26 @@ from mdrec.data.batch import Batch
 from mdrec.nn.domain import per_domain_parameters
 
 
-def step_scales(
-    counts: Tensor,
-    grad_norms: Tensor,
-    gamma: float = 0.5,
-    r_min: float = 0.1,
-    r_max: float = 10.0,
-    grad_cap: float | None = 1.0,
-    eps: float = 1e-8,
-) -> Tensor:
-    """Per-domain step factor ``clip((n_d K / B)^gamma, r_min, r_max) * min(1, c / (||g_d|| + eps))``, 0 where
-    ``n_d = 0`` (no update for a domain the batch does not hold).
-
-    Args:
-        counts: ``[K]`` rows of each domain in the batch (B = their sum).
-        grad_norms: ``[K]`` norm of each domain's gradient slice over all per-domain parameters.
-        gamma: exponent of the batch-share ratio (0: no batch-share term).
-        r_min, r_max: clip range of the batch-share factor.
-        grad_cap: c, the gradient-norm cap (None: no gradient-norm term).
-        eps: keeps the cap finite for a zero gradient.
-
-    Example:
-        >>> step_scales(torch.tensor([3.0, 1.0]), torch.tensor([0.5, 4.0])).tolist()  # doctest: +ELLIPSIS
-        [1.224..., 0.176...]
-    """
-    counts = counts.float()
-    share = counts * counts.numel() / counts.sum().clamp(min=1)
-    scale = share.pow(gamma).clamp(r_min, r_max)
-    if grad_cap is not None:
-        scale = scale * (grad_cap / (grad_norms + eps)).clamp(max=1.0)
-    return torch.where(counts > 0, scale, torch.zeros_like(scale))
-
-
 class DynamicDomainLR(pl.Callback):
-    """Scales each optimiser step of the per-domain parameters, domain by domain, by :func:`step_scales`.
+    """Scales each optimiser step of the per-domain parameters, domain by domain, by
+    ``s_d = clip((n_d K / B)^gamma, r_min, r_max) * min(1, grad_cap / (||g_d|| + eps))`` (``scales``), 0 where
+    ``n_d = 0`` (no step for a domain the batch does not hold).
 
     The factor acts on the step itself: the domain's slice moves by ``s_d`` times what the optimiser moved it
     (``p <- p_old + s_d (p_new - p_old)``), so it works with Adam, whose update ignores any rescaling of the loss
     or the gradient. Shared parameters keep the optimiser's own step. The mean factor per domain over the epoch's
     steps that hold the domain is logged as ``lr_scale/<domain>``.
 
-    Args: as :func:`step_scales`.
+    Args:
+        gamma: exponent of the batch-share ratio ``n_d K / B`` (0: no batch-share term).
+        r_min, r_max: clip range of the batch-share factor.
+        grad_cap: c, the cap on the norm of a domain's gradient slice over all per-domain parameters (None: no
+            gradient-norm term).
+        eps: keeps the cap finite for a zero gradient.
+
+    Example:
+        >>> DynamicDomainLR().scales(torch.tensor([3, 1]), torch.tensor([0.5, 4.0])).tolist()  # doctest: +ELLIPSIS
+        [1.224..., 0.176...]
     """
 
     def __init__(
@@ -66,12 +45,21 @@ class DynamicDomainLR(pl.Callback):
             raise ValueError(f"dynamic_lr needs 0 < r_min <= r_max, got r_min={r_min}, r_max={r_max}")
         if grad_cap is not None and grad_cap <= 0:
             raise ValueError(f"dynamic_lr.grad_cap must be positive or null, got {grad_cap}")
-        self.options = {"gamma": gamma, "r_min": r_min, "r_max": r_max, "grad_cap": grad_cap, "eps": eps}
+        self.gamma, self.r_min, self.r_max, self.grad_cap, self.eps = gamma, r_min, r_max, grad_cap, eps
         self.params: dict[str, torch.nn.Parameter] = {}
         self.before: dict[str, Tensor] = {}
         self.counts: Tensor | None = None
         self.sums: Tensor | None = None  # [K] sum of the factors over the epoch's steps holding the domain
         self.steps: Tensor | None = None  # [K] those steps
+
+    def scales(self, counts: Tensor, grad_norms: Tensor) -> Tensor:
+        """``counts [K]`` rows of each domain in the batch, ``grad_norms [K]`` -> the step factors ``[K]``."""
+        counts = counts.float()
+        share = counts * counts.numel() / counts.sum().clamp(min=1)
+        scale = share.pow(self.gamma).clamp(self.r_min, self.r_max)
+        if self.grad_cap is not None:
+            scale = scale * (self.grad_cap / (grad_norms + self.eps)).clamp(max=1.0)
+        return torch.where(counts > 0, scale, torch.zeros_like(scale))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.accumulate_grad_batches != 1:
@@ -102,7 +90,7 @@ class DynamicDomainLR(pl.Callback):
             if p.grad is not None:
                 squares += p.grad.reshape(len(p), -1).square().sum(1).float()
         norms = squares.sqrt()
-        scales = step_scales(self.counts, norms, **self.options)  # [K]
+        scales = self.scales(self.counts, norms)  # [K]
         for name, p in self.params.items():
             s = scales.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1))
             p.copy_(self.before[name] + s * (p - self.before[name]))
