@@ -24,7 +24,8 @@ AdapterFactory = Callable[[Schema, nn.Module], Adapter]
 def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
     """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
     adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
-    first K slots of a K + 1 adapter that ``make_adapter`` builds."""
+    first K slots of a K + 1 adapter that ``make_adapter`` builds. (An adapter that does not start as the identity,
+    IAK with ``residual=False``, has no such slot: ``mdrec-export``'s check of unknown-domain rows fails on it.)"""
     extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK))
     adapter = make_adapter(extended, net.backbone)
     own, trained = adapter.state_dict(), net.adapter.state_dict()
