@@ -17,6 +17,7 @@ from mdrec.data.synthetic import SyntheticSource
 from mdrec.eval.cli import gate
 from mdrec.eval.gate import bootstrap_auc, negative_transfer, weighted_auc
 from mdrec.eval.metrics import domain_metrics
+from mdrec.serve.cli import main as export_main
 from mdrec.train.run import train
 
 TrainCfg = Callable[[list[str]], DictConfig]
@@ -78,6 +79,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     adapted = train(adapt)
     (pretrained,) = (tmp_path / "pretrained").iterdir()
     pre_cfg = OmegaConf.load(pretrained / "config.yaml")
+    pre_cfg_path = tmp_path / "adapt" / "config.yaml"
     assert pre_cfg.data.domain_fractions == {"d3": 0.0} and pre_cfg.data.vocab_domains is None
     assert adapted["selection/epoch/d3"] == -1  # no d3 rows: its adapter stays at the identity
     assert (tmp_path / "adapt" / "backbone.pt").exists() and (tmp_path / "adapt" / "adapter.pt").exists()
@@ -88,6 +90,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
             f"stage.adapted={tmp_path / 'adapt'}",
             "stage.domain=d3",
             f"data.vocab_domains={sources}",
+            "adapter=lora",  # ignored: onboarding keeps (and records) the adapted run's adapter
             equal,
         ]
     )
@@ -103,6 +106,9 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     after = torch.load(tmp_path / "onboard" / "adapter.pt")
     changed = {k for k in before if not torch.equal(before[k][:3], after[k][:3])}
     assert not changed and any(not torch.equal(before[k][3], after[k][3]) for k in before)
+    # the onboard run rebuilds on its own, as its adapter: it exports like an adapt run
+    assert OmegaConf.load(tmp_path / "onboard" / "config.yaml").adapter == OmegaConf.load(pre_cfg_path).adapter
+    assert export_main([str(tmp_path / "onboard"), "--batches", "1"]) == 0
 
     # the gate on real runs: a from-scratch run on the same data and test rows
     scratch = train_cfg([equal])

@@ -142,7 +142,7 @@ class AdaptedNet(nn.Module):
 
     def forward(self, batch: Batch, static: bool = False) -> ModelOutput:
         """``static``: group rows for a traced serving graph (one grouped matmul per layer over all K domains; see
-        :class:`~mdrec.nn.domain.DomainGroups`)."""
+        :class:`~mdrec.nn.domain.DomainGroups`); the domain ids must then be in ``0..K-1``."""
         groups = DomainGroups(batch.domain, self.num_domains, static)
         route = Route(groups, batch if groups.single else batch.rows(groups.order))
         handles = self._hook_sites(route)

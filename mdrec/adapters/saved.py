@@ -7,6 +7,7 @@ and serving start from it). Loading is strict: a mismatch names the missing and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -35,9 +36,10 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     shapes = {k: (tuple(state[k].shape), tuple(own[k].shape)) for k in common if state[k].shape != own[k].shape}
     if missing or unexpected or shapes:
         raise ValueError(
-            f"the pre-trained weights in {source} do not fit the {type(module).__name__} this config builds: "
+            f"the weights in {source} do not fit the {type(module).__name__} this config builds: "
             f"missing keys {missing}, unexpected keys {unexpected}, shape differences (saved, built) "
-            f"{dict(sorted(shapes.items()))}. Pre-train with the same backbone and data, or point at the right run"
+            f"{dict(sorted(shapes.items()))}. Build it with the config and data the file was made with (the run's "
+            "backbone.yaml / config.yaml), or point at the right run"
         )
     module.load_state_dict(state)
 
@@ -55,9 +57,14 @@ def load_backbone(directory: Path, schema: Schema) -> nn.Module:
     return backbone
 
 
+def adapter_factory(adapter_cfg: DictConfig) -> Callable[[Schema, nn.Module], Adapter]:
+    """The adapter class of an ``adapter`` config node with its options bound: ``factory(schema, backbone)``."""
+    return hydra.utils.instantiate(adapter_cfg, _partial_=True)
+
+
 def build_adapter(adapter_cfg: DictConfig | None, schema: Schema, backbone: nn.Module) -> Adapter | None:
     """The adapter an ``adapter`` config node builds on ``backbone`` for ``schema`` (None for a null node)."""
-    return hydra.utils.instantiate(adapter_cfg, _partial_=True)(schema, backbone) if adapter_cfg else None
+    return adapter_factory(adapter_cfg)(schema, backbone) if adapter_cfg else None
 
 
 def load_adapted(directory: Path, schema: Schema) -> AdaptedNet:

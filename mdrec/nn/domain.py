@@ -52,7 +52,8 @@ class DomainGroups:
     Args:
         domain: int64 ``[B]`` domain ids in ``0..num_domains-1``.
         num_domains: K.
-        static: group for a traced serving graph (see above); ``map`` is then unavailable.
+        static: group for a traced serving graph (see above); ``map`` is then unavailable, and ids are not
+            checked (a traced graph cannot raise): callers map unknown ids first, as ``ParallelModel`` does.
 
     Attributes:
         order: ``[B]`` row indices sorted by domain (stable), so ``x[order]`` holds each domain's rows contiguously.
@@ -145,14 +146,20 @@ class DomainGroups:
 def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
     """``torch._grouped_mm``: rows ``offsets[g-1]:offsets[g]`` of ``a [M, k]`` times ``b[g] [k, n]`` -> ``[M, n]``.
 
-    The kernel needs 16-byte aligned row strides: a width that is not a multiple of 4 floats (e.g. IAK's k = 50, a
-    logit layer's n = 1) is zero-padded here (a copy of that ``b``, a small per-domain weight) and cut off after.
+    The kernel needs row-major operands with 16-byte aligned row strides: a width that is not a multiple of
+    ``16 / element size`` (e.g. IAK's k = 50, a logit layer's n = 1, in float32) is zero-padded here (a copy of
+    ``a`` and of ``b`` per call for that layer) and cut off after; a misaligned stride is made contiguous.
     """
+    align = 16 // a.element_size()
     k, n = b.shape[1:]
-    pad_k, pad_n = -k % 4, -n % 4
-    if pad_k or a.stride(0) % 4 or a.stride(1) != 1:
+    pad_k, pad_n = -k % align, -n % align
+    if a.stride(1) != 1 or a.stride(0) % align:
+        a = a.contiguous()
+    if b.stride(2) != 1 or b.stride(1) % align or b.stride(0) % align:
+        b = b.contiguous()
+    if pad_k:
         a = F.pad(a, (0, pad_k))
-    if pad_k or pad_n or b.stride(1) % 4 or b.stride(2) != 1 or b.stride(0) % 4:
+    if pad_k or pad_n:
         b = F.pad(b, (0, pad_n, 0, pad_k))
     out = torch._grouped_mm(a, b, offs=offsets)
     return out[:, :n] if pad_n else out

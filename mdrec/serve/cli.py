@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mdrec.adapters.base import AdaptedNet
-from mdrec.adapters.saved import ADAPTER, RUN_CONFIG, load_adapted
+from mdrec.adapters.saved import ADAPTER, RUN_CONFIG, adapter_factory, load_adapted
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
@@ -77,7 +77,7 @@ def load_run(directory: Path, tool: str) -> AdaptRun:
     datamodule.prepare_data()
     datamodule.setup()
     net = load_adapted(directory, datamodule.schema).eval()
-    return AdaptRun(directory, datamodule, net, hydra.utils.instantiate(cfg.adapter, _partial_=True))
+    return AdaptRun(directory, datamodule, net, adapter_factory(cfg.adapter))
 
 
 def main(argv: list[str] | None = None) -> int:

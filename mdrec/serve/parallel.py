@@ -74,6 +74,12 @@ class ParallelModel(nn.Module):
         super().__init__()
         if net.adapter is None:
             raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
+        if getattr(getattr(net.backbone, "input", None), "domain_as_feature", False):
+            raise ValueError(
+                "ParallelModel falls back to the plain backbone for unknown domains, but this backbone embeds the "
+                "domain id (backbone.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
+                "domain-agnostic backbone (pre-train with model=backbone)"
+            )
         self.num_domains = schema.num_domains
         self.net = with_fallback_slot(net, schema, make_adapter)
         width = len(schema.sparse) + len(schema.dense)

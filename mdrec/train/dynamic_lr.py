@@ -62,6 +62,11 @@ class DynamicDomainLR(pl.Callback):
         return torch.where(counts > 0, scale, torch.zeros_like(scale))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"dynamic_lr counts each batch's domains on one process; with trainer.devices x num_nodes = "
+                f"{trainer.world_size} processes the replicas would scale differently. Train on one device"
+            )
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 "dynamic_lr scales each step by its batch's domain counts; it needs trainer.accumulate_grad_batches=1"

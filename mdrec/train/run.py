@@ -13,7 +13,7 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mdrec.adapters.saved import ADAPTER, CONFIG, RUN_CONFIG, save_backbone
@@ -88,6 +88,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"stage=pretrain trains a backbone, but model.net is {cfg.model.net._target_}; use model=backbone or "
             "model=pooled (a multi-domain network is not a backbone adapters can attach to)"
         )
+    if stage == "onboard":  # the adapter is the adapted run's: record it, so this run rebuilds on its own
+        with open_dict(cfg):
+            cfg.adapter = OmegaConf.load(Path(cfg.stage.adapted) / RUN_CONFIG).adapter
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -110,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
     loggers = instantiate_group(cfg.get("logger"))
     # adapters over-fit within an epoch on large data: their stage may validate (and select) more often
-    validate_every = {"val_check_interval": cfg.stage.val_check_interval} if adapting else {}
+    interval = cfg.stage.get("val_check_interval") if adapting else None
+    validate_every = {"val_check_interval": interval} if interval is not None else {}
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=[*callbacks, *([selection] if selection else [])],
