@@ -17,7 +17,7 @@ the mean. Goal (issue 5): at K = 100, B = 512, ``parallel`` p50 at most 1.3x ``b
 
 Usage::
 
-    python scripts/bench_serve.py                                   # 1 thread, about 5 min on 2 CPU cores
+    python scripts/bench_serve.py                                   # 1 thread, about 10 min on 2 CPU cores
     python scripts/bench_serve.py --domains 100 --batch-sizes 512 --repeats 200
 """
 
