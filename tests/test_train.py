@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,15 @@ def test_lightning_sets_the_epoch_of_the_training_order(tmp_path: Path) -> None:
     )
     trainer.fit(module, datamodule=dm)
     assert Record.epochs == [0, 0, 1, 1, 2, 2]  # a resumed run at epoch e replays epoch e's order
+
+
+def test_same_seed_same_metrics_and_the_run_records_its_provenance(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    runs = []
+    for name in ("a", "b"):
+        cfg = train_cfg(["trainer.max_epochs=2", "seed=3"])
+        cfg.paths.output_dir = str(tmp_path / name)
+        runs.append({k: v for k, v in train(cfg).items() if not k.startswith("time/")})
+    assert json.dumps(runs[0], sort_keys=True) == json.dumps(runs[1], sort_keys=True)  # every metric, bit for bit
+    info = json.loads((tmp_path / "a" / "provenance.json").read_text())
+    assert info["seed"] == 3 and info["packages"]["torch"] == metadata.version("torch")
+    assert info["git"]["commit"] is None or len(info["git"]["commit"]) == 40  # None outside a git checkout

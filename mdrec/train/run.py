@@ -23,6 +23,7 @@ from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_table
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
+from mdrec.train.provenance import provenance
 from mdrec.train.selection import DomainSelection
 from mdrec.train.stages import build_adapted, domain_name, keep_other_domains, other_domains_change
 
@@ -94,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(int(cfg.seed)), indent=2))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
