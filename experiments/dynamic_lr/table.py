@@ -34,7 +34,8 @@ def main() -> None:
     domains = [k.split("/", 2)[2] for k in constant[0].metrics if k.startswith(f"{args.metric}/")]
     print(f"{len(seeds)} seeds: {', '.join(seeds)}\n")
     print(
-        "| domain | share of rows | constant | dynamic | dynamic - constant (paired) | dynamic wins | mean step factor |"
+        "| domain | share of rows | constant | dynamic | dynamic - constant (paired) | dynamic wins "
+        "| mean step factor |"
     )
     print("|---|---|---|---|---|---|---|")
     rows = {d: constant[0].metrics.get(f"test/rows/{d}", float("nan")) for d in domains}
