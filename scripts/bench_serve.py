@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,6 +41,7 @@ from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
 from mdrec.serve.export import export, serving_inputs
 from mdrec.serve.parallel import ParallelModel
+from mdrec.serve.timing import percentile, time_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling benchmark's synthetic schema and batches)
@@ -76,25 +76,6 @@ class Dispatch(nn.Module):
                 )
                 start += n
         return out
-
-
-def time_calls(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, the functions taking turns."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

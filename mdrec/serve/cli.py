@@ -10,10 +10,9 @@ under an AUC-loss budget), the trimmed serving graph, and a report of features k
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from mdrec.data.schema import Schema
 from mdrec.eval.trim import Predict, concat, domain_aucs, permutation_importance, plan_trimming, trim_table
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import AdapterFactory, ParallelModel
+from mdrec.serve.timing import percentile, time_calls
 
 TOLERANCE = 1e-5
 
@@ -121,15 +121,9 @@ def click_probability(model: torch.nn.Module) -> Predict:
 def p50_latency(models: dict[str, torch.nn.Module], batch: Batch, repeats: int = 50) -> dict[str, float]:
     """Median seconds per call of each model on ``batch``, the models taking turns."""
     inputs = serving_inputs(batch)
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
-        for i in range(repeats + 3):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(*inputs)
-                if i >= 3:  # warm-up calls untimed
-                    times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+        times = time_calls({name: functools.partial(m, *inputs) for name, m in models.items()}, repeats, warmup=3)
+    return {name: percentile(values, 0.5) for name, values in times.items()}
 
 
 def trim(argv: list[str] | None = None) -> int:
