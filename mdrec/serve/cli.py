@@ -54,10 +54,11 @@ class AdaptRun:
     def schema(self) -> Schema:
         return self.datamodule.schema
 
-    def val_batches(self, limit: int | None = None) -> list[Batch]:
-        """Up to ``limit`` validation batches (all when None), ids mapped as in training."""
+    def batches(self, split: str, limit: int | None = None) -> list[Batch]:
+        """Up to ``limit`` batches of ``split`` (``"val"`` or ``"test"``; all when None), ids mapped as in training."""
+        loader = {"val": self.datamodule.val_dataloader, "test": self.datamodule.test_dataloader}[split]()
         out = []
-        for i, batch in enumerate(self.datamodule.val_dataloader()):
+        for i, batch in enumerate(loader):
             if i == limit:
                 break
             out.append(self.datamodule.on_before_batch_transfer(batch, 0))
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = load_run(args.run, "mdrec-export")
     schema, net, model = run.schema, run.net, run.serving_model()
-    batches = run.val_batches(args.batches)
+    batches = run.batches("val", args.batches)
     out = args.out or args.run / "serving.pt"
     served = export(model, batches[0], out)
     checked = [with_unknown_domains(b, schema.num_domains) for b in batches]
@@ -136,8 +137,8 @@ def trim(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = load_run(args.run, "mdrec-trim")
     schema, full = run.schema, run.serving_model()
-    val = concat(run.val_batches())
-    test = concat(run.datamodule.on_before_batch_transfer(b, 0) for b in run.datamodule.test_dataloader())
+    val = concat(run.batches("val"))
+    test = concat(run.batches("test"))
     with torch.no_grad():
         importance = permutation_importance(click_probability(full), val, schema, seed=args.seed)
         plan = plan_trimming(click_probability(full), val, schema, args.budget, importance, args.min_rows)
