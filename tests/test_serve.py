@@ -12,9 +12,10 @@ import torch
 from omegaconf import DictConfig
 
 from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.iak import IAK
 from mdrec.data.batch import Batch
 from mdrec.models.dnn import DNNBackbone
-from mdrec.nn.domain import DomainGroups, DomainLinear, grouped_mm
+from mdrec.nn.domain import DomainGroups, DomainLinear
 from mdrec.serve.cli import main as export_main
 from mdrec.serve.cli import trim as trim_main
 from mdrec.serve.export import export, max_difference
@@ -34,19 +35,44 @@ def test_static_grouping_equals_the_per_domain_loop() -> None:
     torch.manual_seed(0)
     layer = DomainLinear(5, 4, 3)
     x, domain = torch.randn(9, 4), torch.tensor([4, 0, 4, 2, 0, 4, 4, 2, 0])  # domains 1 and 3 absent
+    expected = torch.bmm(x[:, None], layer.weight[domain].mT).squeeze(1) + layer.bias[domain]
     for static in (False, True):
         g = DomainGroups(domain, 5, static=static)
-        got = g.ungroup(layer.grouped(g.group(x), g))
-        expected = torch.bmm(x[:, None], layer.weight[domain].mT).squeeze(1) + layer.bias[domain]
-        torch.testing.assert_close(got, expected)
-    a, b = torch.randn(5, 4, 2), torch.randn(5, 2, 3)
+        torch.testing.assert_close(g.ungroup(layer.grouped(g.group(x), g)), expected)
     g = DomainGroups(domain, 5, static=True)
-    torch.testing.assert_close(g.ungroup(g.matmul(g.group(x), a, b)), (x[:, None] @ a[domain] @ b[domain]).squeeze(1))
-    transposed = x.T.contiguous().T  # a column-major input is made row-major for the kernel
-    torch.testing.assert_close(g.ungroup(g.matmul(g.group(transposed), a, b)), g.ungroup(g.matmul(g.group(x), a, b)))
-    torch.testing.assert_close(grouped_mm(transposed, a, g.offsets), grouped_mm(x, a, g.offsets))
+    a, b, c = torch.randn(5, 4, 2), torch.randn(5, 2, 3), torch.randn(5, 3, 1)  # c: a one-column product
+    torch.testing.assert_close(
+        g.ungroup(g.matmul(g.group(x), a, b, c)), (x[:, None] @ a[domain] @ b[domain] @ c[domain]).squeeze(1)
+    )
+    assert DomainGroups(domain[:0], 5, static=True).matmul(x[:0], a, b).shape == (0, 3)  # an empty batch
     with pytest.raises(ValueError, match="static grouping"):
         g.map(torch.matmul, x, a)
+
+
+@pytest.mark.parametrize(
+    ("variant", "widths", "place"),
+    [
+        ({}, [(8, 6), (6, 6), (6, 1)], "output"),  # enc1, enc2's mean half o dec1, dec2 o head
+        ({"encoder_only": True}, [(8, 6), (6, 1)], "output"),
+        ({"residual": False}, [(8, 6), (6, 6), (6, 8)], "input"),  # not folded into the head
+        ({"placement": "layers", "prior": "learned"}, None, None),
+    ],
+)
+def test_iak_serving_form_equals_iak(
+    variant: dict[str, object], widths: list[tuple[int, int]] | None, place: str | None
+) -> None:
+    """The folded kernels compute what IAK computes in eval, with narrower per-domain products."""
+    torch.manual_seed(0)
+    backbone = DNNBackbone(SCHEMA, embedding_dim=4, layer_sizes=[16, 8]).eval()
+    net = perturb(AdaptedNet(SCHEMA, backbone, IAK(SCHEMA, backbone, bottleneck=5, hidden=6, **variant))).eval()
+    serving = AdaptedNet(SCHEMA, backbone, net.adapter.for_serving(backbone)).eval()
+    batch = make_batch(64, seed=1)
+    for static in (False, True):
+        torch.testing.assert_close(serving(batch, static=static).logits, net(batch).logits, rtol=1e-5, atol=1e-6)
+    if widths is not None:
+        layers = serving.adapter.kernels["output"].layers
+        assert [(layer.in_features, layer.out_features) for layer in layers] == widths
+        assert serving.adapter.sites == {"output": place}
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), CASES)

@@ -81,6 +81,11 @@ class Adapter(nn.Module):
         """
         raise NotImplementedError
 
+    def for_serving(self, backbone: nn.Module) -> Adapter:
+        """An adapter that computes what this one computes in eval mode, in the form serving runs (IAK folds its
+        linear maps); the default is the adapter itself."""
+        return self
+
 
 class AdaptedNet(nn.Module):
     """A backbone, frozen where ``freeze`` says, with a per-domain adapter attached at its sites.
@@ -112,9 +117,11 @@ class AdaptedNet(nn.Module):
             raise ValueError(f"freeze patterns {unmatched} match no module of the backbone; modules: {list(modules)}")
         for name in self.frozen:
             modules[name].requires_grad_(False)
-        for name, place in (adapter.sites if adapter is not None else {}).items():
+        sites = adapter.sites if adapter is not None else {}
+        for name, place in sites.items():
             if place not in SITE_PLACES or name not in modules:
                 raise ValueError(f"adapter site {name!r} ({place!r}): needs a backbone module and one of {SITE_PLACES}")
+        self.site_modules = {name: (modules[name], place) for name, place in sites.items()}  # a plain dict
         # frozen modules in eval mode from the start: Lightning restores each submodule's captured mode after a
         # validation pass (without calling train()), so the mode must be right before it first captures it
         self.train(self.training)
@@ -128,16 +135,14 @@ class AdaptedNet(nn.Module):
 
     def _hook_sites(self, route: Route) -> list[RemovableHandle]:
         """Hooks for one forward pass: the backbone is a plain backbone again once they are removed."""
-        if self.adapter is None:
-            return []
-        adapter, modules, handles = self.adapter, dict(self.backbone.named_modules()), []
-        for name, place in adapter.sites.items():
+        adapter, handles = self.adapter, []
+        for name, (module, place) in self.site_modules.items():
             if place == "input":
                 hook = lambda m, args, name=name: (adapter.apply(name, args[0], None, route), *args[1:])  # noqa: E731
-                handles.append(modules[name].register_forward_pre_hook(hook))
+                handles.append(module.register_forward_pre_hook(hook))
             else:
                 hook = lambda m, args, y, name=name: adapter.apply(name, args[0], y, route)  # noqa: E731
-                handles.append(modules[name].register_forward_hook(hook))
+                handles.append(module.register_forward_hook(hook))
         return handles
 
     def forward(self, batch: Batch, static: bool = False) -> ModelOutput:

@@ -82,6 +82,61 @@ class Kernel(nn.Module):
         return out, kl.sum(1)  # [B]
 
 
+class ServingKernel(nn.Module):
+    """One site's kernels as served (eval: ``z = mu``, no KL), the linear maps with no activation between them folded
+    into one: ``a = relu(enc1_d(r))``, ``f = dec2_d(relu(M_d(a)))`` with ``M_d = dec1_d o enc2_d[:k]`` (enc2's mean
+    half; ``encoder_only``: ``f = M_d(a)``, ``M_d = dec_d o enc2_d[:k]``). With ``head``, the linear layer whose input
+    the kernel changes (``placement="head"``, residual), the last map is folded into it as well: ``head(r + f) =
+    head(r) + f W_h^T``, so the kernel returns the change of the head's output, ``[B, T]`` instead of ``[B, H]``.
+
+    Shapes: ``forward(rs [B, H], groups)`` (grouped order) -> ``r' [B, H]``; with ``head``: ``f W_h^T [B, T]``.
+    """
+
+    def __init__(self, kernel: Kernel, head: nn.Linear | None) -> None:
+        super().__init__()
+        self.residual, self.folded = kernel.residual, head is not None
+        k, (first, *rest) = kernel.bottleneck, kernel.decoder
+        with torch.no_grad():
+            maps = [(kernel.enc1.weight, kernel.enc1.bias)]  # weights [K, out, in], biases [K, out]
+            mean_w, mean_b = kernel.enc2.weight[:, :k], kernel.enc2.bias[:, :k, None]
+            maps.append((first.weight @ mean_w, (first.weight @ mean_b).squeeze(2) + first.bias))
+            maps += [(layer.weight, layer.bias) for layer in rest]
+            if head is not None:
+                w, b = maps[-1]
+                maps[-1] = (head.weight @ w, (head.weight @ b[..., None]).squeeze(2))
+            self.layers = nn.ModuleList(DomainLinear(w.shape[0], w.shape[2], w.shape[1]) for w, _ in maps)
+            for layer, (w, b) in zip(self.layers, maps, strict=True):
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+
+    def forward(self, rs: Tensor, groups: DomainGroups) -> Tensor:
+        f = rs
+        for i, layer in enumerate(self.layers):
+            f = layer.grouped(torch.relu(f) if i else f, groups)
+        return rs + f if self.residual and not self.folded else f
+
+
+class ServingIAK(Adapter):
+    """IAK as served (:meth:`IAK.for_serving`): the same outputs in eval mode from fewer, smaller per-domain
+    products (:class:`ServingKernel`); a kernel on a linear head's input acts on that head's output instead."""
+
+    def __init__(self, iak: IAK, backbone: nn.Module) -> None:
+        super().__init__(iak.num_domains)
+        modules = dict(backbone.named_modules())
+        self.kernels = nn.ModuleDict()
+        for name, place in iak.sites.items():
+            kernel, module = iak.kernels[site_key(name)], modules[name]
+            head = module if place == "input" and kernel.residual and isinstance(module, nn.Linear) else None
+            self.kernels[site_key(name)] = ServingKernel(kernel, head)
+            self.sites[name] = "output" if head is not None else place
+
+    def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
+        kernel = self.kernels[site_key(name)]
+        if kernel.folded:  # at the head's output: x is the representation, y the head's output
+            return y + kernel(x, route.groups)
+        return kernel(x if y is None else y, route.groups)
+
+
 class IAK(Adapter):
     """Per-domain information-bottleneck kernels on the backbone's representation, ``beta * KL`` as auxiliary loss.
 
@@ -142,3 +197,8 @@ class IAK(Adapter):
         out, kl = self.kernels[site_key(name)](x if y is None else y, route.groups)
         route.aux.append(self.beta * kl.mean())
         return out
+
+    def for_serving(self, backbone: nn.Module) -> ServingIAK:
+        """The kernels folded for serving (:class:`ServingKernel`): at K = 100 domains, k = 50, hidden 64 on a
+        128-wide h before a one-logit head, 12.4k instead of 26.4k multiply-adds per row."""
+        return ServingIAK(self, backbone)

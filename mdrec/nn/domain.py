@@ -45,9 +45,11 @@ class DomainGroups:
 
     Training runs one matmul per present domain (``map``; the module docstring says why). A *static* grouping
     (``static=True``) is for serving graphs that are traced once and must hold for any batch (TorchScript): no
-    host synchronisation, every domain counts as present (P = K), and the per-domain products run as one grouped
-    matmul over all K domains (``torch._grouped_mm`` with the groups' row offsets; empty groups cost nothing).
-    Per-domain layers go through ``linear`` and ``matmul``, which serve both.
+    host synchronisation, every domain counts as present (P = K), and every per-domain product runs row by row on
+    the stacked weights in place (:func:`rows_matmul`), at about the same cost for any K and any domain mix. The
+    rows are still sorted by domain: each domain's weights are then read once per layer while they are in cache
+    (K = 100, B = 512, after a backbone pass: about 0.3 ms less than in the batch's order). Per-domain layers go
+    through ``linear`` and ``matmul``, which serve both.
 
     Args:
         domain: int64 ``[B]`` domain ids in ``0..num_domains-1``.
@@ -56,12 +58,12 @@ class DomainGroups:
             checked (a traced graph cannot raise): callers map unknown ids first, as ``ParallelModel`` does.
 
     Attributes:
-        order: ``[B]`` row indices sorted by domain (stable), so ``x[order]`` holds each domain's rows contiguously.
+        order: ``[B]`` row indices sorted by domain (stable), so ``x[order]`` holds each domain's rows contiguously
+            (None when grouped order is the batch order).
         domain: ``[B]`` the domain ids in grouped order.
         present: ``[P]`` the domains that have rows, ascending (static: all K).
         sizes: the row count of each present domain (Python ints; static: None).
-        offsets: int32 ``[K]`` the end row of each domain's block (static only; None otherwise).
-        inverse: ``[B]`` the inverse permutation of ``order``.
+        inverse: ``[B]`` the inverse permutation of ``order`` (or None).
 
     Example:
         >>> g = DomainGroups(torch.tensor([1, 0, 1]), num_domains=3)
@@ -72,35 +74,37 @@ class DomainGroups:
     def __init__(self, domain: Tensor, num_domains: int, static: bool = False) -> None:
         if domain.dim() != 1:
             raise ValueError(f"domain must be a 1-D tensor of ids, got shape {tuple(domain.shape)}")
-        counts = torch.bincount(domain, minlength=num_domains)  # [K]
         self.num_domains, self.static = num_domains, static
         self.sizes: list[int] | None = None
-        self.offsets: Tensor | None = None
+        self.order: Tensor | None = None
+        self.inverse: Tensor | None = None
+        self.domain = domain
         if static:  # no data-dependent Python: the traced graph holds for every batch
             self.present = torch.arange(num_domains, device=domain.device)  # [K]
-            self.offsets = counts.cumsum(0).to(torch.int32)  # [K]
         else:
+            counts = torch.bincount(domain, minlength=num_domains)  # [K]
             if counts.shape[0] != num_domains:
                 raise ValueError(f"domain holds ids >= num_domains ({num_domains}): max id {counts.shape[0] - 1}")
             self.present = torch.nonzero(counts).squeeze(1)  # [P]
             self.sizes = counts[self.present].tolist()  # the one host sync per forward
-        self.order = torch.argsort(domain, stable=True)  # [B]
-        self.domain = domain[self.order]  # [B] grouped order
+            if len(self.sizes) <= 1:  # one domain: grouped order is the batch order
+                return
+        self.domain, self.order = torch.sort(domain, stable=True)  # [B] grouped order, [B] its rows
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(domain.shape[0], device=domain.device)  # [B]
 
     @property
     def single(self) -> bool:
-        """True when at most one domain is present: grouped order is the batch order."""
-        return not self.static and len(self.sizes) <= 1
+        """True when grouped order is the batch order (at most one domain present)."""
+        return self.order is None
 
     def group(self, x: Tensor) -> Tensor:
         """Rows of ``x [B, ...]`` in grouped order."""
-        return x if self.single else x[self.order]
+        return x if self.order is None else x[self.order]
 
     def ungroup(self, y: Tensor) -> Tensor:
         """Rows of ``y [B, ...]`` (grouped order) back in the batch's order."""
-        return y if self.single else y[self.inverse]
+        return y if self.inverse is None else y[self.inverse]
 
     def take(self, param: Tensor) -> Tensor:
         """The present domains' slices of a stacked ``[K, ...]`` parameter: ``[P, ...]`` (no copy if all present)."""
@@ -125,14 +129,14 @@ class DomainGroups:
         """Each domain's ``F.linear``: ``xs [B, in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
         (see ``take``) -> ``[B, out]``."""
         if self.static:
-            return grouped_mm(xs, weight.mT, self.offsets) + bias[self.domain]
+            return rows_matmul(xs, weight.mT, self.domain) + bias[self.domain]
         return self.map(F.linear, xs, weight, bias)
 
     def matmul(self, xs: Tensor, *weights: Tensor) -> Tensor:
         """Each domain's product ``xs W1_d W2_d ...``: ``xs [B, in]`` (grouped order), weights ``[P, in, out]``."""
         if self.static:
             for w in weights:
-                xs = grouped_mm(xs, w, self.offsets)
+                xs = rows_matmul(xs, w, self.domain)
             return xs
 
         def chain(rows: Tensor, *ws: Tensor) -> Tensor:
@@ -143,26 +147,22 @@ class DomainGroups:
         return self.map(chain, xs, *weights)
 
 
-def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:
-    """``torch._grouped_mm``: rows ``offsets[g-1]:offsets[g]`` of ``a [M, k]`` times ``b[g] [k, n]`` -> ``[M, n]``.
+def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
+    """Row i times its own domain's matrix: ``x [B, in]``, ``weight [K, in, out]``, ``domain [B]`` -> ``[B, out]``.
 
-    The kernel needs row-major operands with 16-byte aligned row strides: a width that is not a multiple of
-    ``16 / element size`` (e.g. IAK's k = 50, a logit layer's n = 1, in float32) is zero-padded here (a copy of
-    ``a`` and of ``b`` per call for that layer) and cut off after; a misaligned stride is made contiguous.
+    One ``embedding_bag`` over ``weight`` read as a table of ``K * in`` rows of width ``out``: row i sums table rows
+    ``domain[i] * in + j`` weighted by ``x[i, j]``. The weights are read in place (no ``[B, in, out]`` gather, no
+    per-domain call), so the cost is about twice a plain ``[B, in] @ [in, out]`` whatever K and the domain mix
+    (K = 100, B = 512, 128 -> 64, CPU, 1 thread: 0.22 ms; a grouped matmul over the sorted rows, one call per
+    domain, 0.33 ms). A one-column output is a dot product per row on the gathered columns (``[B, in]``, half the
+    time of a lookup per input). ``weight`` should be contiguous (it is copied per call otherwise).
     """
-    align = 16 // a.element_size()
-    k, n = b.shape[1:]
-    pad_k, pad_n = -k % align, -n % align
-    if a.stride(1) != 1 or a.stride(0) % align:
-        a = a.contiguous()
-    if b.stride(2) != 1 or b.stride(1) % align or b.stride(0) % align:
-        b = b.contiguous()
-    if pad_k:
-        a = F.pad(a, (0, pad_k))
-    if pad_k or pad_n:
-        b = F.pad(b, (0, pad_n, 0, pad_k))
-    out = torch._grouped_mm(a, b, offs=offsets)
-    return out[:, :n] if pad_n else out
+    k, n_in, n_out = weight.shape
+    if n_out == 1:
+        return torch.bmm(x[:, None], weight[domain]).squeeze(1)  # [B, 1, in] @ [B, in, 1]
+    ids = (domain[:, None] * n_in + torch.arange(n_in, device=domain.device)).reshape(-1)  # [B * in]
+    starts = torch.arange(0, ids.shape[0], n_in, device=domain.device)  # [B]: each row's bag
+    return F.embedding_bag(ids, weight.reshape(k * n_in, n_out), starts, per_sample_weights=x.reshape(-1), mode="sum")
 
 
 def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:

@@ -24,7 +24,8 @@ AdapterFactory = Callable[[Schema, nn.Module], Adapter]
 def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
     """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
     adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
-    first K slots of a K + 1 adapter that ``make_adapter`` builds. (An adapter that does not start as the identity,
+    first K slots of a K + 1 adapter that ``make_adapter`` builds, then put in its serving form
+    (:meth:`~mdrec.adapters.base.Adapter.for_serving`). (An adapter that does not start as the identity,
     IAK with ``residual=False``, has no such slot: ``mdrec-export``'s check of unknown-domain rows fails on it.)"""
     extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK))
     adapter = make_adapter(extended, net.backbone)
@@ -38,9 +39,10 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
         else:
             raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
     adapter.load_state_dict(own)
+    adapter = adapter.for_serving(net.backbone)
     for module in adapter.modules():
         if isinstance(module, DomainLinear):  # same values and shape, each [out, in] slice stored transposed:
-            w = module.weight.data  # the grouped matmul reads weight.mT ([K, in, out]) without a copy per call
+            w = module.weight.data  # the per-row product reads weight.mT ([K, in, out]) without a copy per call
             module.weight.data = w.mT.contiguous().mT
     return AdaptedNet(extended, net.backbone, adapter, freeze=["*"]).eval()
 
