@@ -5,15 +5,17 @@ For K domains and a batch of B rows with uniform domain ids, inference (``torch.
 - ``parallel``: :class:`mdrec.serve.parallel.ParallelModel`, the backbone and all K domains' IAK kernels in one
   graph (rows sorted by domain once, one grouped matmul per kernel layer), eager;
 - ``parallel-ts``: the same model exported to TorchScript (:func:`mdrec.serve.export.export`), loaded back;
-- ``dispatch``: one model per domain (the backbone and that domain's kernel, the backbone's weights shared), the
-  batch's rows routed to their domain's model in Python and put back in order;
-- ``backbone``: the backbone alone, no adaptation (the reference).
+- ``dispatch``: one model per domain (the backbone and that domain's kernel in its serving form, the backbone's
+  weights shared), the batch's rows routed to their domain's model in Python and put back in order;
+- ``backbone``: the backbone alone, no adaptation, probabilities out (the reference), eager;
+- ``backbone-ts``: the same traced to TorchScript (the reference for ``parallel-ts``).
 
 The backbone is the ``conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256, 128]) on ``--sparse`` fields with
 ``--vocab`` ids each and ``--dense`` dense features; the kernels are ``conf/adapter/iak.yaml``'s (k = 50, hidden
 64, on h before the head) with random weights. Each cell is timed ``--repeats`` times (fewer for slow cells, at
 least 10) after ``--warmup`` calls, the methods taking turns call by call; p50 and p99 latency in ms, rows/s from
-the mean. Goal (issue 5): at K = 100, B = 512, ``parallel`` p50 at most 1.3x ``backbone`` p50.
+the mean; the last column compares eager with eager and TorchScript with TorchScript. Goal (issue 5): at
+K = 100, B = 512, ``parallel`` p50 at most 1.3x ``backbone`` p50.
 
 Usage::
 
@@ -60,7 +62,7 @@ class Dispatch(nn.Module):
         for d in range(schema.num_domains):
             adapter = IAK(single, net.backbone)
             adapter.load_state_dict({key: value[d : d + 1] for key, value in state.items()})
-            self.models.append(AdaptedNet(single, net.backbone, adapter).eval())
+            self.models.append(AdaptedNet(single, net.backbone, adapter.for_serving(net.backbone)).eval())
 
     def forward(self, batch: Batch) -> Tensor:
         order = torch.argsort(batch.domain, stable=True)
@@ -76,6 +78,18 @@ class Dispatch(nn.Module):
                 )
                 start += n
         return out
+
+
+class Plain(nn.Module):
+    """The backbone alone as a serving module: ``forward(sparse, dense, domain)`` -> probabilities ``[B, T]``."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, sparse: Tensor, dense: Tensor, domain: Tensor) -> Tensor:
+        batch = Batch(sparse, dense, domain, dense.new_zeros(dense.shape[0], 0))
+        return torch.sigmoid(self.backbone(batch).logits)
 
 
 def main() -> None:
@@ -105,6 +119,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             scripted = export(model, make_batch(schema, 64, seed=1), Path(tmp) / "serving.pt")
         dispatch = Dispatch(net, schema)
+        plain = Plain(backbone).eval()
+        with torch.no_grad():
+            plain_ts = torch.jit.trace(plain, serving_inputs(make_batch(schema, 64, seed=1))[:3], check_trace=False)
         for b in args.batch_sizes:
             batch = make_batch(schema, b, seed=b)
             inputs = serving_inputs(batch)[:3]  # sparse, dense, domain
@@ -112,7 +129,8 @@ def main() -> None:
                 "parallel": functools.partial(model, *inputs),
                 "parallel-ts": functools.partial(scripted, *inputs),
                 "dispatch": functools.partial(dispatch, batch),
-                "backbone": functools.partial(backbone, batch),
+                "backbone": functools.partial(plain, *inputs),
+                "backbone-ts": functools.partial(plain_ts, *inputs),
             }
             with torch.inference_mode():
                 start = time.perf_counter()
@@ -120,9 +138,9 @@ def main() -> None:
                 slowest = time.perf_counter() - start
                 repeats = max(10, min(args.repeats, int(20 / max(slowest, 1e-6))))  # about 20 s for the slowest
                 times = time_calls(fns, repeats, args.warmup)
-            base = percentile(times["backbone"], 0.5)
             for name, values in times.items():
                 p50 = percentile(values, 0.5)
+                base = percentile(times["backbone-ts" if name.endswith("-ts") else "backbone"], 0.5)
                 rows = b / statistics.fmean(values)
                 print(
                     f"{k:>5} {b:>5} {name:>12} {p50 * 1e3:>9.3f} {percentile(values, 0.99) * 1e3:>9.3f} "

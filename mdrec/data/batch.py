@@ -101,7 +101,7 @@ def _move(t: Tensor | None, device: torch.device | str, non_blocking: bool) -> T
 
 
 def _take(t: Tensor | None, index: Tensor) -> Tensor | None:
-    return None if t is None else t[index]
+    return None if t is None else t.index_select(0, index)
 
 
 def _pin(t: Tensor | None) -> Tensor | None:

@@ -100,11 +100,11 @@ class DomainGroups:
 
     def group(self, x: Tensor) -> Tensor:
         """Rows of ``x [B, ...]`` in grouped order."""
-        return x if self.order is None else x[self.order]
+        return x if self.order is None else x.index_select(0, self.order)
 
     def ungroup(self, y: Tensor) -> Tensor:
         """Rows of ``y [B, ...]`` (grouped order) back in the batch's order."""
-        return y if self.inverse is None else y[self.inverse]
+        return y if self.inverse is None else y.index_select(0, self.inverse)
 
     def take(self, param: Tensor) -> Tensor:
         """The present domains' slices of a stacked ``[K, ...]`` parameter: ``[P, ...]`` (no copy if all present)."""
@@ -129,7 +129,7 @@ class DomainGroups:
         """Each domain's ``F.linear``: ``xs [B, in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
         (see ``take``) -> ``[B, out]``."""
         if self.static:
-            return rows_matmul(xs, weight.mT, self.domain) + bias[self.domain]
+            return rows_matmul(xs, weight.mT, self.domain) + bias.index_select(0, self.domain)
         return self.map(F.linear, xs, weight, bias)
 
     def matmul(self, xs: Tensor, *weights: Tensor) -> Tensor:
@@ -159,9 +159,11 @@ def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
     """
     k, n_in, n_out = weight.shape
     if n_out == 1:
-        return torch.bmm(x[:, None], weight[domain]).squeeze(1)  # [B, 1, in] @ [B, in, 1]
-    ids = (domain[:, None] * n_in + torch.arange(n_in, device=domain.device)).reshape(-1)  # [B * in]
-    starts = torch.arange(0, ids.shape[0], n_in, device=domain.device)  # [B]: each row's bag
+        return torch.bmm(x[:, None], weight.index_select(0, domain)).squeeze(1)  # [B, 1, in] @ [B, in, 1]
+    domain = domain.to(torch.int32)  # int32 ids: half the bytes to write and read
+    ids = torch.add(torch.arange(n_in, dtype=torch.int32, device=domain.device), domain[:, None], alpha=n_in)
+    starts = torch.arange(0, ids.numel(), n_in, dtype=torch.int32, device=domain.device)  # [B]: each row's bag
+    ids = ids.reshape(-1)  # [B * in]
     return F.embedding_bag(ids, weight.reshape(k * n_in, n_out), starts, per_sample_weights=x.reshape(-1), mode="sum")
 
 
