@@ -3,7 +3,8 @@
 For K domains and a batch of B rows with uniform domain ids, inference (``torch.inference_mode``) of:
 
 - ``parallel``: :class:`mdrec.serve.parallel.ParallelModel`, the backbone and all K domains' IAK kernels in one
-  graph (rows sorted by domain once, one grouped matmul per kernel layer), eager;
+  graph (rows sorted by domain once, the kernels folded for serving, each per-domain product one
+  ``embedding_bag`` over the stacked weights), eager;
 - ``parallel-ts``: the same model exported to TorchScript (:func:`mdrec.serve.export.export`), loaded back;
 - ``dispatch``: one model per domain (the backbone and that domain's kernel in its serving form, the backbone's
   weights shared), the batch's rows routed to their domain's model in Python and put back in order;

@@ -146,7 +146,7 @@ class AdaptedNet(nn.Module):
         return handles
 
     def forward(self, batch: Batch, static: bool = False) -> ModelOutput:
-        """``static``: group rows for a traced serving graph (one grouped matmul per layer over all K domains; see
+        """``static``: group rows for a traced serving graph (per-row products on the stacked weights; see
         :class:`~mdrec.nn.domain.DomainGroups`); the domain ids must then be in ``0..K-1``."""
         groups = DomainGroups(batch.domain, self.num_domains, static)
         route = Route(groups, batch if groups.single else batch.rows(groups.order))

@@ -23,7 +23,7 @@ def export(model: ParallelModel, example: Batch, path: Path) -> torch.jit.Script
     and return the file loaded back (``torch.jit.load``; serving needs neither mdrec nor Python objects)."""
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
-        # grouped_mm's padding decisions read layer widths, constants of the traced graph
+        # rows_matmul branches on a layer's width: a constant of the model, rightly a constant of the graph
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="mdrec.nn.domain")
         traced = torch.jit.trace(model, serving_inputs(example), check_trace=False)
     traced.unknown_rows.zero_()  # the trace itself ran a batch

@@ -52,8 +52,9 @@ class ParallelModel(nn.Module):
     click (and conversion) probabilities, row i through the adapter of domain ``domain[i]``.
 
     A domain id outside ``0..K-1`` (a domain added after training, a bad id) runs the plain backbone; the rows are
-    counted in the buffer ``unknown_rows``. The per-domain products run as grouped matmuls over the rows sorted
-    by domain (a static grouping: no host synchronisation, no data-dependent Python), so the module traces into
+    counted in the buffer ``unknown_rows``. The per-domain products run row by row on the stacked weights over the
+    rows sorted by domain (a static grouping, :class:`~mdrec.nn.domain.DomainGroups`: no host synchronisation, no
+    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces into
     one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
 
     Args:
