@@ -89,8 +89,7 @@ class Plain(nn.Module):
         self.backbone = backbone
 
     def forward(self, sparse: Tensor, dense: Tensor, domain: Tensor) -> Tensor:
-        batch = Batch(sparse, dense, domain, dense.new_zeros(dense.shape[0], 0))
-        return torch.sigmoid(self.backbone(batch).logits)
+        return torch.sigmoid(self.backbone(Batch.unlabelled(sparse, dense, domain)).logits)
 
 
 def main() -> None:

@@ -35,6 +35,13 @@ class Batch:
     seq_lengths: Tensor | None = None
     weight: Tensor | None = None
 
+    @classmethod
+    def unlabelled(
+        cls, sparse: Tensor, dense: Tensor, domain: Tensor, seq: Tensor | None = None, seq_lengths: Tensor | None = None
+    ) -> Batch:
+        """A batch of serving inputs: no labels (``[B, 0]``)."""
+        return cls(sparse, dense, domain, dense.new_zeros(dense.shape[0], 0), seq, seq_lengths)
+
     @property
     def size(self) -> int:
         """B, the number of rows."""

@@ -108,7 +108,7 @@ class ParallelModel(nn.Module):
         known = (domain >= 0) & (domain < self.num_domains)
         self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
-        batch = Batch(sparse, dense, slot, dense.new_zeros(dense.shape[0], 0), seq, seq_lengths)
+        batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
         if self.trimmed:
             batch = batch.blanked(self.drop)
         return torch.sigmoid(self.net(batch, static=True).logits)
