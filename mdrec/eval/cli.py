@@ -1,4 +1,5 @@
-"""Command line of the evaluation tools: ``mdrec-gate`` (the negative-transfer gate)."""
+"""Command line of the evaluation tools: ``mdrec-gate`` (the negative-transfer gate) and ``mdrec-report`` (sweep
+reports)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from mdrec.eval.gate import gate_table, negative_transfer
+from mdrec.eval.plots import bar_plot, curve_plot
+from mdrec.eval.summary import Failure, Run, load_failures, load_runs
+from mdrec.eval.sweep import labelled_groups, run_domains, sweep_report, varying_keys
 
 
 def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
@@ -69,3 +73,62 @@ def gate(argv: list[str] | None = None) -> int:
 
 def gate_main() -> None:
     sys.exit(gate())
+
+
+def report(argv: list[str] | None = None) -> int:
+    """``mdrec-report <dir> [<dir> ...]``: the runs below the directories as markdown tables and PNG plots."""
+    parser = argparse.ArgumentParser(
+        prog="mdrec-report",
+        description="Aggregate the runs below Hydra sweep directories (or W&B run directories) into markdown "
+        "tables (mean ± std over seeds, per domain and overall, best marked, paired tests against a baseline) "
+        "and PNG plots.",
+    )
+    parser.add_argument("roots", nargs="+", type=Path, help="sweep, run or W&B directories (searched recursively)")
+    parser.add_argument("--metrics", nargs="+", default=["test/auc", "test/logloss"], help="metric keys to tabulate")
+    parser.add_argument("--domains", nargs="*", help="domain columns (default: the runs' domains, in id order)")
+    parser.add_argument("--by", nargs="*", help="override keys that form the groups (default: those that vary)")
+    parser.add_argument("--baseline", help="a group name (as the tables print it) to test the others against")
+    parser.add_argument("--x", help="a numeric override: also plot each metric against it (curve.png)")
+    parser.add_argument("--title", default="Sweep report")
+    parser.add_argument("--out", type=Path, help="where report.md and the plots go (default: <first dir>/report)")
+    args = parser.parse_args(argv)
+
+    runs: list[Run] = []
+    failures: list[Failure] = []
+    for root in args.roots:
+        if not root.is_dir():
+            sys.exit(f"mdrec-report: {root} is not a directory; give a sweep, run or W&B directory")
+        failures += load_failures(root)
+        try:
+            runs += load_runs(root)
+        except FileNotFoundError:
+            continue
+    if not runs:
+        detail = f"; {len(failures)} failed runs" if failures else ""
+        sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")
+    domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
+    by = args.by if args.by is not None else varying_keys(runs)
+    if args.x is not None:
+        by = [k for k in by if k != args.x]
+    try:
+        text = sweep_report(runs, failures, args.metrics, domains, by, args.baseline, args.title)
+    except ValueError as error:
+        sys.exit(f"mdrec-report: {error}")
+    out = args.out or args.roots[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    groups = labelled_groups(runs, by)
+    plots = [bar_plot(groups, args.metrics[0], domains, out / "bars.png")]
+    if args.x is not None:
+        try:
+            plots.append(curve_plot(groups, args.x, args.metrics[0], domains, out / "curve.png"))
+        except ValueError as error:
+            sys.exit(f"mdrec-report: {error}")
+    text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
+    (out / "report.md").write_text(text)
+    print(text)
+    print(f"written: {out / 'report.md'}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def report_main() -> None:
+    sys.exit(report())

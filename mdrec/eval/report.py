@@ -37,3 +37,20 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
             line += f" {oracle:>11.4f} {oracle - auc:>7.4f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def domain_rows(
+    metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test"
+) -> tuple[list[str], list[list]]:
+    """Every per-domain ``<stage>`` metric as a table: columns ``domain`` and the metric names, a row per domain
+    and one for ``overall`` (a metric counts when ``<stage>/<name>/<first domain>`` is present).
+
+    Example:
+        >>> domain_rows({"test/auc": 0.7, "test/auc/a": 0.6, "test/auc/b": 0.8, "val/auc/a": 0.5}, ["a", "b"])
+        (['domain', 'auc'], [['a', 0.6], ['b', 0.8], ['overall', 0.7]])
+    """
+    suffix = f"/{domains[0]}"
+    names = [k[len(stage) + 1 : -len(suffix)] for k in metrics if k.startswith(f"{stage}/") and k.endswith(suffix)]
+    rows = [[d, *(metrics.get(f"{stage}/{n}/{d}") for n in names)] for d in domains]
+    rows.append(["overall", *(metrics.get(f"{stage}/{n}") for n in names)])
+    return ["domain", *names], rows

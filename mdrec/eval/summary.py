@@ -20,18 +20,48 @@ class Run:
     overrides: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A run that raised: where it is, its error line, and the Hydra overrides it was launched with."""
+
+    path: Path
+    error: str
+    overrides: dict[str, str]
+
+
+def overrides_of(run_dir: Path) -> dict[str, str]:
+    """The ``key=value`` overrides of ``run_dir/.hydra/overrides.yaml`` (none for a run Hydra did not launch)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.exists() else []
+    return dict(item.split("=", 1) for item in items or [] if "=" in item)
+
+
+def run_dirs(root: str | Path, marker: str) -> list[Path]:
+    """The directories below ``root`` that hold ``marker``, in path order.
+
+    A W&B run below an mdrec run directory holds copies of the run's files (``files/metrics.json``); such a copy
+    is skipped, so a run counts once whether ``root`` is a sweep directory or a directory of W&B runs.
+    """
+    dirs = sorted(p.parent for p in Path(root).rglob(marker))
+    found = set(dirs)
+    return [d for d in dirs if not any(parent in found for parent in d.parents)]
+
+
 def load_runs(root: str | Path) -> list[Run]:
-    """Every run below ``root`` (a Hydra multirun directory or a single run) that wrote ``metrics.json``."""
-    paths = sorted(Path(root).rglob("metrics.json"))
-    if not paths:
+    """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories) that wrote
+    ``metrics.json``."""
+    dirs = run_dirs(root, "metrics.json")
+    if not dirs:
         raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    runs = []
-    for path in paths:
-        overrides_file = path.parent / ".hydra" / "overrides.yaml"
-        items = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
-        runs.append(Run(path.parent, json.loads(path.read_text()), overrides))
-    return runs
+    return [Run(d, json.loads((d / "metrics.json").read_text()), overrides_of(d)) for d in dirs]
+
+
+def load_failures(root: str | Path) -> list[Failure]:
+    """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``)."""
+    return [
+        Failure(d, json.loads((d / "failure.json").read_text())["error"], overrides_of(d))
+        for d in run_dirs(root, "failure.json")
+    ]
 
 
 def mean_std(values: Sequence[float]) -> str:
@@ -76,27 +106,48 @@ def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[s
     return "\n".join(lines)
 
 
-def comparison_table(groups: dict[tuple[str, ...], list[Run]], by: Sequence[str], keys: Sequence[str]) -> str:
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metric ``key`` is better (losses, parameter counts, times)."""
+    return "loss" in key or key.startswith(("params/", "time/"))
+
+
+def comparison_table(
+    groups: dict[tuple[str, ...], list[Run]], by: Sequence[str], keys: Sequence[str], mark_best: bool = False
+) -> str:
     """A markdown table with one row per group of runs (e.g. per model) and one column per metric key.
 
     Args:
         groups: runs per group, as :func:`group_runs` returns them.
         by: the override keys the groups were formed by (the first columns' titles).
         keys: full metric keys, e.g. ``["test/auc", "test/auc/d0"]``; each cell is mean ± std over the group.
+        mark_best: bold the best mean of each column (the lowest for :func:`lower_is_better` keys).
 
     Example:
         >>> runs = [Run(Path("a"), {"test/auc": 0.8}, {"model": "star"}), Run(Path("b"), {"test/auc": 0.7}, {})]
-        >>> print(comparison_table(group_runs(runs, ["model"]), ["model"], ["test/auc"]))
+        >>> print(comparison_table(group_runs(runs, ["model"]), ["model"], ["test/auc"], mark_best=True))
         | model | runs | test/auc |
         |---|---|---|
         |  | 1 | 0.7000 ± 0.0000 |
-        | star | 1 | 0.8000 ± 0.0000 |
+        | star | 1 | **0.8000 ± 0.0000** |
     """
+    means = np.array([[_mean(runs, k) for k in keys] for runs in groups.values()]).reshape(len(groups), len(keys))
+    best = np.full(means.shape, False)
+    if mark_best and len(groups) > 1:
+        for j, key in enumerate(keys):
+            column = means[:, j]
+            if not np.isnan(column).all():
+                target = np.nanmin(column) if lower_is_better(key) else np.nanmax(column)
+                best[:, j] = column == target
     lines = ["| " + " | ".join([*by, "runs", *keys]) + " |", "|---" * (len(by) + 1 + len(keys)) + "|"]
-    for values, runs in groups.items():
-        cells = [cell(runs, k) for k in keys]
+    for i, (values, runs) in enumerate(groups.items()):
+        cells = [f"**{cell(runs, k)}**" if best[i, j] else cell(runs, k) for j, k in enumerate(keys)]
         lines.append("| " + " | ".join([*values, str(len(runs)), *cells]) + " |")
     return "\n".join(lines)
+
+
+def _mean(runs: Sequence[Run], key: str) -> float:
+    values = [r.metrics[key] for r in runs if key in r.metrics]
+    return float(np.mean(values)) if values else float("nan")
 
 
 def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Sequence[str]) -> str:

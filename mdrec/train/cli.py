@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mdrec.train.run import train
+from mdrec.train.run import record_failure, train
 
 # the repository's conf/ (mdrec is installed in editable mode); `--config-dir` adds a directory of your own
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "conf"
@@ -16,8 +16,16 @@ CONFIG_PATH = Path(__file__).resolve().parents[2] / "conf"
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_PATH), config_name="train")
 def run(cfg: DictConfig) -> float | None:
-    """Run one training job; return the metric named by ``optimized_metric`` (for hyper-parameter sweepers)."""
-    metrics = train(cfg)
+    """Run one training job; return the metric named by ``optimized_metric`` (for hyper-parameter sweepers).
+
+    A job that raises leaves ``failure.json`` (the error and its traceback) in its run directory, then re-raises:
+    Hydra's launcher goes on with the sweep's other jobs, and ``mdrec-report`` lists the failure.
+    """
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        record_failure(Path(cfg.paths.output_dir), error)
+        raise
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None
 

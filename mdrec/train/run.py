@@ -6,7 +6,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sys
 import time
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -14,13 +17,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import Logger, WandbLogger
 from torch import nn
 
 from mdrec.adapters.saved import ADAPTER, CONFIG, RUN_CONFIG, save_backbone
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
-from mdrec.eval.report import domain_table
+from mdrec.eval.report import domain_rows, domain_table
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
@@ -114,6 +118,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if selection is not None:  # it stops when no domain improves; overall early stopping would stop too soon
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
     loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:  # the resolved config: W&B's run config, the CSV logger's hparams.yaml
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # adapters over-fit within an epoch on large data: their stage may validate (and select) more often
     interval = cfg.stage.get("val_check_interval") if adapting else None
     validate_every = {"val_check_interval": interval} if interval is not None else {}
@@ -159,9 +165,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if selection is not None:
         metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    publish(loggers, metrics, schema.domains, trainer.global_step, out_dir)
     (out_dir / "data_report.json").write_text(
         json.dumps(
             {
+                "domains": list(schema.domains),
                 "prepared_dir": str(datamodule.prepared_dir),
                 "preparation": datamodule.store.report(),
                 "unseen_share": {s: datamodule.unseen_shares(s) for s in datamodule.splits},
@@ -183,6 +191,51 @@ def evaluate(
         run(module, datamodule=datamodule, verbose=False)
         out.update({prefix + k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")})
     return out
+
+
+FAILURE = "failure.json"
+
+
+def record_failure(out_dir: Path, error: BaseException) -> None:
+    """Record why a run failed: ``<out_dir>/failure.json`` with the error and its traceback; a W&B run still
+    open is finished as failed (the next job of a sweep starts its own)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out_dir / FAILURE).write_text(json.dumps(record, indent=2))
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.run.finish(exit_code=1)
+
+
+# the run files a W&B run carries along (offline too; its own config.yaml holds the config): `mdrec-report <W&B
+# dir>` reads them there
+WANDB_FILES = ("metrics.json", ".hydra/overrides.yaml")
+
+
+def publish(
+    loggers: Sequence[Logger], metrics: dict[str, float], domains: Sequence[str], step: int, out_dir: Path
+) -> None:
+    """Send the run's final figures (selected model's metrics, parameter counts, wall time) to every logger.
+
+    W&B also gets them as a per-domain table (``summary/test_domains``: a row per domain and overall) and keeps
+    ``WANDB_FILES`` among its run files.
+    """
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if isinstance(logger, WandbLogger):
+            if "test/auc" in metrics:
+                columns, rows = domain_rows(metrics, domains)
+                logger.log_table(key="summary/test_domains", columns=columns, data=rows)
+            for name in WANDB_FILES:
+                if (out_dir / name).exists():
+                    logger.experiment.save(str(out_dir / name), base_path=str(out_dir), policy="now")
+        logger.save()
+        if isinstance(logger, WandbLogger):  # a sweep's next job (same process) starts a run of its own
+            logger.experiment.finish()
 
 
 def parameter_counts(net: nn.Module) -> dict[str, float]:
