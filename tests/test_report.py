@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from mdrec.eval.cli import report
@@ -154,3 +155,31 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         report([str(tmp_path / "runs"), "--baseline", "nope", "--out", str(out)])
     with pytest.raises(SystemExit, match="no finished run"):
         report([str(tmp_path / "out"), "--out", str(out)])
+
+
+def test_optuna_search_maximises_validation_mean_auc(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "mdrec.train",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "debug=limit",
+        "data.source.num_rows=20000",
+        "data.batch_size=512",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    runs = load_runs(tmp_path / "sweep")
+    assert len(runs) == 3
+    best = max(runs, key=lambda r: r.metrics["val/mean_auc"])
+    assert result["best_value"] == pytest.approx(best.metrics["val/mean_auc"])
+    assert float(best.overrides["model.optimizer.lr"]) == pytest.approx(result["best_params"]["model.optimizer.lr"])
+    assert len({r.overrides["model.optimizer.lr"] for r in runs}) == 3  # every trial drew its own

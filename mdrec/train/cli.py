@@ -27,7 +27,12 @@ def run(cfg: DictConfig) -> float | None:
         record_failure(Path(cfg.paths.output_dir), error)
         raise
     name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    if name and name not in metrics:
+        raise KeyError(
+            f"optimized_metric {name!r} is not among the run's metrics ({sorted(k for k in metrics if '/' in k)[:12]}"
+            " ...); the val/ and test/ figures of the selected model need test=true"
+        )
+    return metrics[name] if name else None
 
 
 def main() -> None:
