@@ -88,7 +88,7 @@ def report(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", nargs="*", help="domain columns (default: the runs' domains, in id order)")
     parser.add_argument("--by", nargs="*", help="override keys that form the groups (default: those that vary)")
     parser.add_argument("--baseline", help="a group name (as the tables print it) to test the others against")
-    parser.add_argument("--x", help="a numeric override: also plot each metric against it (curve.png)")
+    parser.add_argument("--x", help="a numeric override: also plot the metrics against it (curve.png)")
     parser.add_argument("--title", default="Sweep report")
     parser.add_argument("--out", type=Path, help="where report.md and the plots go (default: <first dir>/report)")
     args = parser.parse_args(argv)
@@ -120,7 +120,7 @@ def report(argv: list[str] | None = None) -> int:
     plots = [bar_plot(groups, args.metrics[0], domains, out / "bars.png")]
     if args.x is not None:
         try:
-            plots.append(curve_plot(groups, args.x, args.metrics[0], domains, out / "curve.png"))
+            plots.append(curve_plot(groups, args.x, args.metrics, domains, out / "curve.png"))
         except ValueError as error:
             sys.exit(f"mdrec-report: {error}")
     text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"

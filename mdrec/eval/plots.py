@@ -62,27 +62,34 @@ def numeric(run: Run, key: str) -> float:
         ) from None
 
 
-def curve_plot(groups: dict[str, list[Run]], x: str, metric: str, domains: Sequence[str], path: Path) -> Path:
-    """Metric against a numeric override ``x``: a panel per column (overall, then each domain), a line per group
-    (mean over the runs at each x, a band of ± std), e.g. data-scarcity or domain-scaling curves."""
+def curve_plot(
+    groups: dict[str, list[Run]], x: str, metrics: Sequence[str], domains: Sequence[str], path: Path
+) -> Path:
+    """Metrics against a numeric override ``x``: a row of panels per metric, a panel per column (overall, then each
+    domain), a line per group (mean over the runs at each x, a band of ± std), e.g. data-scarcity or
+    domain-scaling curves."""
     columns = ["overall", *domains]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), squeeze=False)
-    for ax, column in zip(axes[0], columns, strict=True):
-        key = metric if column == "overall" else f"{metric}/{column}"
-        for name, runs in groups.items():
-            xs = sorted({numeric(r, x) for r in runs})
-            points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
-            mean, std = (np.array(v) for v in zip(*points, strict=True))
-            if np.isnan(mean).all():
-                continue
-            ax.plot(xs, mean, marker="o", label=name)
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
-        if len({numeric(r, x) for runs in groups.values() for r in runs}) > 2 and _spans_decades(groups, x):
-            ax.set_xscale("log")
-        ax.set_title(column)
-        ax.set_xlabel(x)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(metric)
+    log_x = _spans_decades(groups, x)
+    fig, axes = plt.subplots(
+        len(metrics), len(columns), figsize=(3.6 * len(columns), 3.2 * len(metrics)), squeeze=False
+    )
+    for row, metric in zip(axes, metrics, strict=True):
+        for ax, column in zip(row, columns, strict=True):
+            key = metric if column == "overall" else f"{metric}/{column}"
+            for name, runs in groups.items():
+                xs = sorted({numeric(r, x) for r in runs})
+                points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
+                mean, std = (np.array(v) for v in zip(*points, strict=True))
+                if np.isnan(mean).all():
+                    continue
+                ax.plot(xs, mean, marker="o", label=name)
+                ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_title(column)
+            ax.set_xlabel(x)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(metric)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -91,5 +98,6 @@ def curve_plot(groups: dict[str, list[Run]], x: str, metric: str, domains: Seque
 
 
 def _spans_decades(groups: dict[str, list[Run]], x: str) -> bool:
-    values = [numeric(r, x) for runs in groups.values() for r in runs]
-    return min(values) > 0 and max(values) / min(values) >= 20
+    """Whether the x values are positive, at least 3, and span a factor of 20 or more (then the axis is log)."""
+    values = {numeric(r, x) for runs in groups.values() for r in runs}
+    return len(values) > 2 and min(values) > 0 and max(values) / min(values) >= 20
