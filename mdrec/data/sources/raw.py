@@ -1,0 +1,204 @@
+"""Raw-file helpers shared by the data sources: checked downloads, CSV parsing, key joins, missing-file errors.
+
+Everything is vectorised: CSV files are parsed by Arrow's multi-threaded reader (a whole file, or streamed in
+blocks of ``block_bytes`` so a file larger than memory never sits in memory as text), and joins are hash lookups
+(``pyarrow.compute.index_in``), never a Python loop per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+DOWNLOAD_TIMEOUT_S = 10.0  # seconds a download may wait for data (per read, not for the whole transfer)
+BLOCK_BYTES = 64 << 20  # bytes of CSV text parsed per streamed block
+_COPY_BYTES = 1 << 20  # bytes per read while downloading or hashing
+
+CsvSource = str | Path | BinaryIO
+
+
+def md5_file(path: Path) -> str:
+    """Hex md5 of a file, read in chunks (no whole-file copy in memory)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_COPY_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, target: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Stream ``url`` into ``target`` and check its md5; nothing is left at ``target`` unless it matches.
+
+    The bytes go to ``<target>.part`` first, which is renamed on success and deleted on any failure.
+
+    Raises:
+        OSError: the download failed (``URLError`` and timeouts are ``OSError``\\ s).
+        ValueError: the md5 of the downloaded bytes is not ``md5``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
+            while chunk := response.read(_COPY_BYTES):
+                digest.update(chunk)
+                f.write(chunk)
+        if digest.hexdigest() != md5:
+            raise ValueError(f"{url}: md5 {digest.hexdigest()} is not the expected {md5}")
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    part.replace(target)
+    return target
+
+
+def _csv_options(
+    columns: Mapping[str, pa.DataType],
+    names: Sequence[str] | None,
+    delimiter: str,
+    quoted: bool,
+    empty_as_null: bool,
+    encoding: str,
+    skip_rows: int,
+    block_bytes: int | None,
+) -> dict:
+    read = pacsv.ReadOptions(
+        column_names=None if names is None else list(names),
+        skip_rows=skip_rows,
+        encoding=encoding,
+        **({} if block_bytes is None else {"block_size": block_bytes}),
+    )
+    return {
+        "read_options": read,
+        "parse_options": pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False),
+        "convert_options": pacsv.ConvertOptions(
+            column_types=dict(columns), include_columns=list(columns), strings_can_be_null=empty_as_null
+        ),
+    }
+
+
+def _format_error(what: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"{what}: {error}. The file is not in the raw format this source reads (a damaged or partial download, "
+        "or a different release); download it again"
+    )
+
+
+def read_csv(
+    source: CsvSource,
+    columns: Mapping[str, pa.DataType],
+    what: str,
+    names: Sequence[str] | None = None,
+    delimiter: str = ",",
+    quoted: bool = False,
+    empty_as_null: bool = False,
+    encoding: str = "utf8",
+    skip_rows: int = 0,
+) -> pa.Table:
+    """A whole CSV file as a table of ``columns`` (in that order, with those types).
+
+    Args:
+        source: a path or a binary file object.
+        columns: column name -> Arrow type, for the columns to keep.
+        what: names the file in error messages.
+        names: every column of a headerless file, in order; None: the file's header names them.
+        delimiter: field separator.
+        quoted: honour ``"`` quoting (off: a quote is an ordinary character).
+        empty_as_null: an empty string field is missing (null) rather than the value ``""``.
+        encoding: text encoding.
+        skip_rows: lines skipped before the header (or the data, for a headerless file).
+
+    Raises:
+        ValueError: naming ``what`` and Arrow's reason (wrong column count, a value of the wrong type, ...).
+    """
+    options = _csv_options(columns, names, delimiter, quoted, empty_as_null, encoding, skip_rows, None)
+    try:
+        return pacsv.read_csv(source, **options)
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        raise _format_error(what, e) from e
+
+
+def stream_csv(
+    source: CsvSource,
+    columns: Mapping[str, pa.DataType],
+    what: str,
+    names: Sequence[str] | None = None,
+    delimiter: str = ",",
+    quoted: bool = False,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[pa.RecordBatch]:
+    """The CSV file as record batches of about ``block_bytes`` of text each; arguments as ``read_csv``.
+
+    A line longer than ``block_bytes`` is an error (Arrow's "straddling" message): raise ``block_bytes``.
+    """
+    options = _csv_options(columns, names, delimiter, quoted, False, "utf8", 0, block_bytes)
+    try:
+        yield from pacsv.open_csv(source, **options)
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        if "straddl" in str(e):
+            raise ValueError(f"{what}: a line is longer than block_bytes={block_bytes}; raise block_bytes") from e
+        raise _format_error(what, e) from e
+
+
+class KeyIndex:
+    """The unique keys of one table's rows, to join other rows onto that table (a hash lookup, no loop).
+
+    Args:
+        keys: ``[m]`` the key of each row of the table joined onto.
+        what: names the table and its key column in error messages.
+
+    Raises:
+        ValueError: a key occurs more than once (a join on it would be ambiguous), naming the key.
+
+    Example:
+        >>> index = KeyIndex(pa.array(["a", "b"]), "users.csv, column 'user'")
+        >>> index.rows(pa.array(["b", "z", "a"])).tolist()
+        [1, -1, 0]
+    """
+
+    def __init__(self, keys: pa.Array | pa.ChunkedArray, what: str) -> None:
+        self.keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        counts = pc.value_counts(self.keys)
+        repeated = pc.greater(counts.field("counts"), 1)
+        if pc.any(repeated).as_py():
+            first = counts.filter(repeated)[0]
+            raise ValueError(
+                f"{what}: key {first['values'].as_py()!r} occurs {first['counts'].as_py()} times "
+                f"({pc.sum(repeated).as_py()} repeated key(s)); each key must name one row, so the file is "
+                "damaged or not from this data set"
+            )
+
+    def rows(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """``[n]`` int64: the row holding each of ``keys``, -1 where no row does."""
+        found = pc.index_in(keys, value_set=self.keys)
+        return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def file_signature(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of each file (a source's ``input_signature``)."""
+    return [(str(p), (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
+
+
+def login_required(dataset: str, missing: Sequence[str], url: str, how: str) -> FileNotFoundError:
+    """The error for raw files that are missing and cannot be downloaded (the host needs a login).
+
+    Args:
+        dataset: the data set's name.
+        missing: the paths (or path patterns) looked for.
+        url: where to get the files.
+        how: what to download and where to put it.
+    """
+    listed = "".join(f"\n  {m}" for m in missing)
+    return FileNotFoundError(
+        f"{dataset}: raw file(s) not found:{listed}\nThe host needs a login, so mdrec cannot download them. "
+        f"Download them from {url}: {how}; then prepare again."
+    )

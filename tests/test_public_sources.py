@@ -1,0 +1,473 @@
+"""Ali-CCP, AliExpress and KuaiRand sources on tiny files written in their exact raw layouts.
+
+Ali-CCP: headerless CSVs whose feature lists use the \\x01 / \\x02 / \\x03 separators. AliExpress: headerless user
+(33 columns) and item (49 columns) CSVs, as extracted files or nested in the country zip as released. KuaiRand: the
+zenodo tar.gz (``KuaiRand-1K/data/*.csv`` with headers), read in place or extracted; downloads are monkeypatched.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import tarfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.data.sources import aliccp, aliexpress, kuairand, raw
+from mdrec.data.sources.base import Source, fingerprint
+from mdrec.data.splits import PredefinedSplit, RandomSplit
+from mdrec.data.store import ColumnStore
+from mdrec.train.run import train
+
+TrainCfg = Callable[[list[str]], DictConfig]
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def decode(store: ColumnStore, field: str) -> list[str | None]:
+    """The raw value of every row's id of ``field`` (None for id 0)."""
+    vocab = store.vocabulary(field)
+    return [vocab[i - 1] if i else None for i in store.column(field)]
+
+
+# ---------------------------------------------------------------- Ali-CCP ----------------------------------------
+Entry = tuple[str, str, float]  # field, feature id, value
+
+
+def feature_list(entries: list[Entry]) -> str:
+    return "\x01".join(f"{f}\x02{i}\x03{v}" for f, i, v in entries)
+
+
+COMMON_TRAIN = {
+    # user "ca" lists 109_14 twice: the last entry (901, 0.7) counts
+    "ca": [("101", "11", 1.0), ("121", "5", 1.0), ("124", "1", 1.0), ("109_14", "900", 0.5), ("109_14", "901", 0.7)],
+    "cb": [("101", "12", 1.0), ("121", "5", 1.0), ("124", "2", 1.0), ("109_14", "902", 0.1)],
+}
+# click, conversion, common_feature_index, skeleton features; 301 is the position (the domain)
+SKELETON_TRAIN = [
+    (1, 0, "ca", [("205", "500", 1.0), ("206", "60", 1.0), ("508", "7", 0.25), ("301", "20", 1.0)]),
+    (0, 0, "cb", [("205", "500", 1.0), ("206", "61", 1.0), ("301", "10", 1.0)]),
+    (0, 1, "ca", [("205", "502", 1.0), ("301", "10", 1.0)]),  # a purchase without a click: dropped
+    (1, 1, "cb", [("205", "501", 1.0), ("206", "60", 1.0), ("301", "30", 1.0), ("101", "999", 1.0)]),
+    (0, 0, "ca", [("205", "500", 1.0), ("301", "20", 1.0), ("508", "8", 0.75)]),
+    (0, 0, "cb", [("205", "503", 1.0), ("301", "10", 1.0)]),
+]
+COMMON_TEST = {"ta": [("101", "11", 1.0), ("124", "1", 1.0)], "tb": [("101", "13", 1.0)]}
+SKELETON_TEST = [
+    (0, 0, "ta", [("205", "500", 1.0), ("301", "10", 1.0)]),
+    (1, 0, "tb", [("205", "501", 1.0), ("301", "20", 1.0)]),
+    (0, 1, "tb", [("205", "500", 1.0), ("301", "30", 1.0)]),  # dropped
+    (1, 1, "ta", [("205", "504", 1.0), ("301", "30", 1.0)]),
+    (0, 0, "tb", [("205", "500", 1.0), ("301", "20", 1.0)]),
+    (0, 0, "ta", [("205", "503", 1.0), ("301", "20", 1.0)]),
+    (1, 0, "ta", [("205", "500", 1.0), ("301", "10", 1.0)]),
+]
+
+
+def write_aliccp(directory: Path, subdirs: bool = False, skeleton_train: list | None = None) -> Path:
+    for split, common, skeleton in (
+        ("train", COMMON_TRAIN, skeleton_train or SKELETON_TRAIN),
+        ("test", COMMON_TEST, SKELETON_TEST),
+    ):
+        where = directory / split if subdirs else directory
+        where.mkdir(parents=True, exist_ok=True)
+        lines = [f"{idx},{len(e)},{feature_list(e)}\n" for idx, e in common.items()]
+        (where / f"common_features_{split}.csv").write_text("".join(lines))
+        lines = [f"{r},{c},{v},{idx},{len(e)},{feature_list(e)}\n" for r, (c, v, idx, e) in enumerate(skeleton)]
+        (where / f"sample_skeleton_{split}.csv").write_text("".join(lines))
+    return directory
+
+
+def test_aliccp_protocol(tmp_path: Path) -> None:
+    src = aliccp.AliCCP(path=str(write_aliccp(tmp_path / "raw")), conversion=True, min_count=1, block_bytes=128)
+    assert isinstance(src, Source) and src.dataset_id == "aliccp"
+    src.prepare(tmp_path / "out", tmp_path / "unused")
+    store = ColumnStore(tmp_path / "out")
+    s, report = store.schema, store.report()
+    kept_train = [r for r in SKELETON_TRAIN if not (r[0] == 0 and r[1] == 1)]
+    kept_test = [r for r in SKELETON_TEST if not (r[0] == 0 and r[1] == 1)]
+    # rows in = rows out + rows reported dropped
+    assert report["raw"]["rows_read"] == {"train": 6, "test": 7}
+    assert report["raw"]["dropped"]["train"] == 1 and report["raw"]["dropped"]["test"] == 1
+    assert len(store) == 6 + 7 - 2 == len(kept_train) + len(kept_test)
+    # the 22 standard sparse fields, D<field> dense values, 301 as the domain in order of first appearance
+    assert s.sparse_names == list(aliccp.FIELDS) and len(s.sparse_names) == 22
+    assert s.dense == tuple(f"D{f}" for f in aliccp.DENSE_FIELDS)
+    assert s.domains == ("20", "10", "30") and s.labels == ("click", "conversion") and s.user_field == "101"
+    rows = kept_train + kept_test
+    position = [dict((f, i) for f, i, _ in e)["301"] for *_, e in rows]
+    assert [s.domains[d] for d in store.column("domain")] == position
+    assert report["rows_per_domain"] == {"20": 5, "10": 4, "30": 2}
+    assert store.column("click").tolist() == [r[0] for r in rows]
+    assert store.column("conversion").tolist() == [r[1] for r in rows]
+    # the join: user features from the common row, item features from the skeleton row
+    assert decode(store, "101") == ["11", "12", "12", "11", "12", "11", None, "11", None, "11", "11"]  # 13: unseen
+    assert decode(store, "124")[:5] == ["1", "2", "2", "1", "2"]
+    assert decode(store, "206")[:5] == ["60", "61", "60", None, None]
+    assert decode(store, "109_14")[:5] == ["901", "902", "902", "901", "902"]  # the last entry of a field
+    assert store.vocabulary("205") == ["500", "501", "503"]  # the dropped row's 502 is not in it; 504 is test only
+    assert decode(store, "205")[5:] == ["500", "501", None, "500", "503", "500"]
+    np.testing.assert_allclose(store.column("D109_14")[:5], [1, 0, 0, 1, 0])  # 0.7 / 0.1, min-max on train
+    np.testing.assert_allclose(store.column("D508")[:5], [1 / 3, 0, 0, 1, 0], rtol=1e-6)  # absent: 0
+    # official train -> train; official test halved as sklearn's train_test_split(test_size=0.5, random_state=2022)
+    split = store.column("split")
+    assert split[:5].tolist() == [0] * 5
+    p = np.random.RandomState(2022).permutation(6)
+    expected = np.ones(6, dtype=np.int8)
+    expected[p[:3]] = 2
+    assert split[5:].tolist() == expected.tolist()
+    assert report["rows_per_split"] == {"train": 5, "val": 3, "test": 3}
+    assert PredefinedSplit()(store)["val"].tolist() == (5 + np.flatnonzero(expected == 1)).tolist()
+    assert report["fields"]["125"]["missing"] == 1.0  # a field no row has: all missing, reported
+
+
+def test_aliccp_min_count_click_only_and_subdirs(tmp_path: Path) -> None:
+    src = aliccp.AliCCP(path=str(write_aliccp(tmp_path / "raw", subdirs=True)), dense_fields=["508"], min_count=2)
+    enc = src.encode()
+    assert enc.schema.labels == ("click",) and enc.schema.dense == ("D508",)
+    assert enc.vocabularies["205"] == ["500"]  # 501 and 503 are seen once in train: id 0
+    assert enc.columns["205"].tolist() == [1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1]
+    assert enc.vocabularies["101"] == ["11", "12"]
+    assert enc.report["fields"]["205"]["unseen_per_split"]["test"] > 0
+    assert src.input_signature()[0][0].endswith("train/sample_skeleton_train.csv")
+    assert fingerprint(src) != fingerprint(aliccp.AliCCP(path=src.path, min_count=2))
+
+
+def test_aliccp_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"(?s)sample_skeleton_train\.csv.*tianchi\.aliyun\.com/dataset/408"):
+        aliccp.AliCCP(path=str(tmp_path / "nothing")).encode()
+    assert aliccp.AliCCP(path=str(tmp_path / "nothing")).input_signature() is None
+    bad_index = [*SKELETON_TRAIN, (1, 0, "zz", [("205", "500", 1.0), ("301", "10", 1.0)])]
+    src = aliccp.AliCCP(path=str(write_aliccp(tmp_path / "a", skeleton_train=bad_index)))
+    with pytest.raises(ValueError, match=r"row 6: common_feature_index 'zz' is not in .*common_features_train"):
+        src.encode()
+    damaged = [*SKELETON_TRAIN[:2], (1, 0, "ca", [("205", "500x", 1.0)])]
+    with pytest.raises(ValueError, match=r"row 2, field 205: feature id '500x' is not an integer"):
+        aliccp.AliCCP(path=str(write_aliccp(tmp_path / "b", skeleton_train=damaged))).encode()
+    (tmp_path / "b" / "sample_skeleton_train.csv").write_text("0,1,0,ca,1,205\x02500\n")
+    with pytest.raises(ValueError, match=r"row 0: feature entry '205\\x02500' is not"):
+        aliccp.AliCCP(path=str(tmp_path / "b")).encode()
+    with pytest.raises(ValueError, match=r"dense_fields \['999'\] are not in `fields`"):
+        aliccp.AliCCP(path="x", dense_fields=["999"])
+
+
+# ---------------------------------------------------------------- AliExpress -------------------------------------
+def user_row(sid: int) -> list[str]:
+    """33 columns: search_id, categorical user_2..8, numerical user_9..31, categorical user_32, user_33."""
+    cats = [str(sid * 10 + k) for k in range(2, 9)]
+    nums = [f"{sid / 10 + k / 1000:.4f}" for k in range(9, 32)]
+    return [str(sid), *cats, *nums, str(sid % 2), str(sid % 3)]
+
+
+def item_row(sid: int, n: int, label: int) -> list[str]:
+    """49 columns: search_id, 47 features (item_19, 34-36, 40-42 categorical), label."""
+    values = [str(n % 4) if i in (19, 34, 35, 36, 40, 41, 42) else f"{n / 100 + i / 10000:.4f}" for i in range(2, 49)]
+    return [str(sid), *values, str(label)]
+
+
+def csv_bytes(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue().encode()
+
+
+def aliexpress_files(country: str, seed: int) -> dict[str, list[list[str]]]:
+    """user/item rows of train and test; train has 2 item rows of a search without a user row."""
+    rng = np.random.default_rng(seed)
+    files: dict[str, list[list[str]]] = {}
+    for split, searches in (("train", range(1, 11)), ("test", range(20, 24))):
+        files[f"user_{split}"] = [user_row(s) for s in searches]
+        items = [item_row(s, 10 * s + j, int(rng.choice(3, p=[0.6, 0.3, 0.1]))) for s in searches for j in range(3)]
+        if split == "train":
+            items[4:4] = [item_row(99, 990, 1), item_row(99, 991, 0)]
+        files[f"item_{split}"] = items
+    return files
+
+
+def write_aliexpress(directory: Path) -> dict[str, dict[str, list[list[str]]]]:
+    """NL as the released country zip (zips in a zip); ES user files as CSVs, item files as the inner zips."""
+    directory.mkdir(parents=True)
+    data = {"NL": aliexpress_files("NL", 0), "ES": aliexpress_files("ES", 1)}
+
+    def inner_zip(name: str, rows: list[list[str]]) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"{name}.csv", csv_bytes(rows))
+        return out.getvalue()
+
+    with zipfile.ZipFile(directory / "aliexpress_NL_datasets.zip", "w") as z:
+        for stem, rows in data["NL"].items():
+            z.writestr(f"aliexpress_NL_datasets/nl_{stem}.zip", inner_zip(f"nl_{stem}", rows))
+    (directory / "AliExpress_ES").mkdir()
+    for stem, rows in data["ES"].items():
+        if stem.startswith("user"):
+            (directory / "AliExpress_ES" / f"es_{stem}.csv").write_bytes(csv_bytes(rows))
+        else:
+            (directory / "AliExpress_ES" / f"es_{stem}.zip").write_bytes(inner_zip(f"es_{stem}", rows))
+    return data
+
+
+def test_aliexpress_protocol(tmp_path: Path) -> None:
+    data = write_aliexpress(tmp_path / "raw")
+    src = aliexpress.AliExpress(path=str(tmp_path / "raw"), countries=["nl", "ES"], val_fraction=0.3, block_bytes=512)
+    src.prepare(tmp_path / "out", tmp_path / "unused")
+    store = ColumnStore(tmp_path / "out")
+    s, report = store.schema, store.report()
+    assert s.domains == ("NL", "ES") and s.labels == ("click", "conversion")
+    assert len(s.sparse_names) == 16 and len(s.dense) == 63  # MTReclib's categorical_1..16, numerical_1..63
+    assert s.sparse_names[:9] == [*(f"user_{i}" for i in range(2, 9)), "user_32", "user_33"]
+    # rows in = rows out + item rows reported dropped (no user row for search 99)
+    items = {c: sum(len(d[f"item_{x}"]) for x in ("train", "test")) for c, d in data.items()}
+    raw_counts = report["raw"]["item_rows"]
+    assert raw_counts["NL/train"] == {"read": 32, "dropped": 2} and raw_counts["ES/test"] == {"read": 12, "dropped": 0}
+    assert len(store) == items["NL"] + items["ES"] - 4
+    assert report["rows_per_domain"] == {"NL": 42, "ES": 42}
+    # labels: 0 impression, 1 click, 2 purchase -> click, conversion (CTCVR)
+    kept = [r for c in ("NL", "ES") for x in ("train", "test") for r in data[c][f"item_{x}"] if r[0] != "99"]
+    label = np.array([int(r[-1]) for r in kept])
+    assert store.column("click").tolist() == (label >= 1).tolist()
+    assert store.column("conversion").tolist() == (label == 2).tolist()
+    # the join on search_id: row 4 is the 5th kept NL train item row, of search 2
+    assert kept[4][0] == "2" and decode(store, "user_2")[4] == "22" and decode(store, "user_33")[4] == "2"
+    assert store.column("user_9")[4] == pytest.approx(0.2 + 0.009) and decode(store, "item_19")[4] == kept[4][18]
+    assert store.column("item_2")[4] == pytest.approx(float(kept[4][1]))  # dense_scaling none: raw values
+    # splits: official test -> test; val = whole training search pages
+    split = store.column("split")
+    domain = store.column(s.domain_field)
+    search = np.array([int(r[0]) for r in kept])
+    assert (split[search >= 20] == 2).all() and (split[search < 20] < 2).all()
+    for d in (0, 1):
+        for page in np.unique(search[(domain == d) & (search < 20)]):
+            assert len(set(split[(domain == d) & (search == page)])) == 1
+    assert 0 < report["rows_per_split"]["val"] < 60 and report["rows_per_split"]["test"] == 24
+    files = report["raw"]["files"]
+    assert files["NL/user/train"].endswith("aliexpress_NL_datasets.zip:nl_user_train.zip:nl_user_train.csv")
+    assert files["ES/item/test"].endswith("es_item_test.zip:es_item_test.csv")
+    assert files["ES/user/test"].endswith("AliExpress_ES/es_user_test.csv")
+    # vocabularies on training rows only: test-only values of user_2 (search 20-23) are unseen
+    assert report["fields"]["user_2"]["unseen_per_split"]["test"] == 1.0
+    assert report["fields"]["user_2"]["unseen_per_split"]["train"] == 0.0
+
+
+def test_aliexpress_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"(?s)us_item_test\.csv.*tianchi\.aliyun\.com/dataset/74690"):
+        aliexpress.AliExpress(path=str(tmp_path), countries=["US"]).encode()
+    files = aliexpress_files("US", 0)
+    files["item_test"][1][-1] = "3"
+    for stem, rows in files.items():
+        (tmp_path / f"us_{stem}.csv").write_bytes(csv_bytes(rows))
+    with pytest.raises(ValueError, match=r"us_item_test\.csv, row 1: item_49 is 3, not 0"):
+        aliexpress.AliExpress(path=str(tmp_path), countries=["US"]).encode()
+    files["user_test"].append(files["user_test"][0])
+    (tmp_path / "us_user_test.csv").write_bytes(csv_bytes(files["user_test"]))
+    with pytest.raises(ValueError, match=r"us_user_test\.csv.*search_id.*key '20' occurs 2 times"):
+        aliexpress.AliExpress(path=str(tmp_path), countries=["US"]).encode()
+    with pytest.raises(ValueError, match="val_fraction"):
+        aliexpress.AliExpress(path="x", val_fraction=0.0)
+
+
+# ---------------------------------------------------------------- KuaiRand ---------------------------------------
+LOG_HEADER = (
+    "user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,is_hate,long_view,"
+    "play_time_ms,duration_ms,profile_stay_time,comment_stay_time,is_profile_enter,is_rand,tab"
+).split(",")
+USER_HEADER = ["user_id", "user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author"]
+USER_HEADER += ["follow_user_num", "follow_user_num_range", "fans_user_num", "fans_user_num_range"]
+USER_HEADER += ["friend_user_num", "friend_user_num_range", "register_days", "register_days_range"]
+USER_HEADER += [f"onehot_feat{i}" for i in range(18)]
+VIDEO_HEADER = "video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
+VIDEO_HEADER += "server_height,music_id,music_type,tag"
+DEGREES = ("high_active", "full_active", "middle_active", "UNKNOWN")
+
+
+def kuairand_files(rows_per_log: int = 60) -> dict[str, bytes]:
+    """The four files of KuaiRand-1K used; user 5 has no features row, video 109 no basic row."""
+    rng = np.random.default_rng(0)
+    users = [
+        [str(u), DEGREES[u % 4], "0", str(u % 2), "1", str(10 * u), "(0,10]", str(u), "[1,10)", "3", "[1,5)",
+         str(100 + u), "61-90", *[("" if (u == 2 and i == 4) else str((u + i) % 3)) for i in range(18)]]
+        for u in range(5)
+    ]  # fmt: skip
+    videos = [
+        [str(v), "7", "NORMAL" if v % 2 else "AD", "2022-01-01", "ShortImport", "public", "5000",
+         "720", "" if v == 103 else "1280", "0", "9", "11,28"]
+        for v in range(100, 109)
+    ]  # fmt: skip
+    files = {
+        "user_features_1k.csv": csv_bytes([USER_HEADER, *users]),
+        "video_features_basic_1k.csv": csv_bytes([VIDEO_HEADER.split(","), *videos]),
+    }
+    for k, name in enumerate(kuairand.LOGS):
+        rows = []
+        for r in range(rows_per_log):
+            u, v = int(rng.integers(0, 6)), int(rng.integers(100, 110))
+            tab, click = int(rng.choice([0, 1, 2, 3, 4, 6, 8])), int(rng.random() < 0.3 + 0.4 * (v % 2))
+            rows.append([u, v, 20220408 + k, 1200, 1649390000000 + 1000 * (r + k * rows_per_log), click, 0, 0, 0,
+                         0, 0, 0, 3000, 5000, 0, 0, 0, 0, tab])  # fmt: skip
+        files[f"{name}_1k.csv"] = csv_bytes([LOG_HEADER, *[[str(x) for x in row] for row in rows]])
+    return files
+
+
+def kuairand_archive(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {"README.md": b"fixture", **files}.items():
+            info = tarfile.TarInfo(f"KuaiRand-1K/data/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def expected_kuairand(files: dict[str, bytes], logs: tuple[str, ...] = kuairand.LOGS) -> list[dict[str, str]]:
+    rows = [r for name in logs for r in csv.DictReader(io.StringIO(files[f"{name}_1k.csv"].decode()))]
+    return [r for r in rows if r["tab"] in {"0", "1", "2", "4", "6"} and r["user_id"] != "5" and r["video_id"] != "109"]
+
+
+@pytest.fixture
+def release_1k(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A fixture archive, and the 1K release whose md5 is the fixture archive's."""
+    files = kuairand_files()
+    archive = kuairand_archive(tmp_path / "KuaiRand-1K.tar.gz", files)
+    release = dataclasses.replace(kuairand.RELEASES["1k"], md5=raw.md5_file(archive))
+    monkeypatch.setitem(kuairand.RELEASES, "1k", release)
+    return archive, files
+
+
+def test_kuairand_protocol_from_archive(tmp_path: Path, release_1k: tuple[Path, dict[str, bytes]]) -> None:
+    archive, files = release_1k
+    src = kuairand.KuaiRand(path=str(archive))
+    assert src.dataset_id == "kuairand1k" and src.input_signature()[0][0] == str(archive)
+    src.prepare(tmp_path / "out", tmp_path / "raw")
+    store = ColumnStore(tmp_path / "out")
+    s, report = store.schema, store.report()
+    expected = expected_kuairand(files)
+    every = [r for name in kuairand.LOGS for r in csv.DictReader(io.StringIO(files[f"{name}_1k.csv"].decode()))]
+    in_tabs = [r for r in every if r["tab"] in {"0", "1", "2", "4", "6"}]
+    dropped = report["raw"]["dropped"]
+    assert report["raw"]["rows_read"] == len(every) == 120
+    assert dropped["tab_not_kept"] == len(every) - len(in_tabs)
+    assert dropped["no_user_features"] == sum(r["user_id"] == "5" for r in in_tabs)
+    assert dropped["no_video_features"] == sum(r["user_id"] != "5" and r["video_id"] == "109" for r in in_tabs)
+    assert len(store) + sum(dropped.values()) == len(every) and len(store) == len(expected)
+    assert s.domains == ("tab0", "tab1", "tab2", "tab4", "tab6") and s.labels == ("is_click",)
+    counts = Counter(f"tab{r['tab']}" for r in expected)
+    assert report["rows_per_domain"] == {d: counts[d] for d in s.domains}
+    assert store.column("is_click").tolist() == [int(r["is_click"]) for r in expected]
+    assert s.dense == kuairand.USER_DENSE and s.user_field == "user_id" and s.time_column == "time_ms"
+    assert not {"play_time_ms", "duration_ms", "tag", "author_id", "music_id", "upload_dt"} & set(s.sparse_names)
+    assert len(s.sparse_names) == 2 + 26 + 4
+    # the joins: user and video features of each row
+    assert decode(store, "user_id") == [r["user_id"] for r in expected]
+    assert decode(store, "user_active_degree") == [DEGREES[int(r["user_id"]) % 4] for r in expected]
+    assert decode(store, "video_type") == ["NORMAL" if int(r["video_id"]) % 2 else "AD" for r in expected]
+    assert decode(store, "server_height") == [None if r["video_id"] == "103" else "1280" for r in expected]
+    feat4 = decode(store, "onehot_feat4")
+    assert all((f is None) == (r["user_id"] == "2") for f, r in zip(feat4, expected, strict=True))  # empty -> 0
+    np.testing.assert_allclose(store.column("follow_user_num"), [int(r["user_id"]) / 4 for r in expected])
+    assert store.column("time_ms").tolist() == [int(r["time_ms"]) for r in expected]
+    splits = RandomSplit((0.8, 0.1, 0.1), seed=2022)(store)
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [
+        round(0.8 * len(store)),
+        round(0.9 * len(store)) - round(0.8 * len(store)),
+        len(store) - round(0.9 * len(store)),
+    ]
+
+
+def test_kuairand_extracted_folder_and_one_log(tmp_path: Path) -> None:
+    files = kuairand_files()
+    folder = tmp_path / "KuaiRand-1K" / "data"
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    src = kuairand.KuaiRand(path=str(tmp_path / "KuaiRand-1K"), logs=["log_standard_4_22_to_5_08"])
+    enc = src.encode(tmp_path / "raw")
+    assert enc.report["raw"]["layout"] == "directory"
+    assert len(enc.columns["is_click"]) == len(expected_kuairand(files, ("log_standard_4_22_to_5_08",)))
+    (folder / "user_features_1k.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks \['user_features_1k\.csv'\]"):
+        src.encode(tmp_path / "raw")
+
+
+def test_kuairand_download_checks_md5_and_caches(
+    tmp_path: Path, release_1k: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive, _ = release_1k
+    good = archive.read_bytes()
+    urls: list[str] = []
+
+    def serve(data: bytes) -> Callable[[str, float], io.BytesIO]:
+        def urlopen(url: str, timeout: float) -> io.BytesIO:
+            urls.append(url)
+            return io.BytesIO(data)
+
+        return urlopen
+
+    raw_dir = tmp_path / "raw"
+    monkeypatch.setattr(raw.urllib.request, "urlopen", serve(good[:-1] + b"x"))
+    with pytest.raises(RuntimeError, match=r"(?s)md5 .* is not the expected .*zenodo\.org/records/10439422"):
+        kuairand.KuaiRand().encode(raw_dir)
+    assert not list(raw_dir.glob("KuaiRand-1K.tar.gz*"))  # nothing half-downloaded is left
+    monkeypatch.setattr(raw.urllib.request, "urlopen", serve(good))
+    enc = kuairand.KuaiRand().encode(raw_dir)
+    assert enc.report["raw"]["layout"] == "archive" and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
+    kuairand.KuaiRand().encode(raw_dir)  # cached: no second download
+    assert urls == [kuairand.RELEASES["1k"].url] * 2
+    (tmp_path / "other.tar.gz").write_bytes(good + b"x")
+    with pytest.raises(ValueError, match=r"other\.tar\.gz has md5 .* not the published"):
+        kuairand.KuaiRand(path=str(tmp_path / "other.tar.gz")).encode(raw_dir)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        kuairand.KuaiRand(path=str(tmp_path / "nowhere")).encode(raw_dir)
+    with pytest.raises(ValueError, match=r"version='27k' is not one of"):
+        kuairand.KuaiRand(version="27k")
+
+
+# ---------------------------------------------------------------- configs ----------------------------------------
+@pytest.mark.parametrize(
+    ("experiment", "source", "batch", "embedding", "patience", "weight_decay"),
+    [
+        ("aliccp", aliccp.AliCCP, 4096, 16, 5, 1e-5),
+        ("aliexpress", aliexpress.AliExpress, 2048, 128, 2, 1e-6),
+        ("kuairand1k", kuairand.KuaiRand, 4096, 16, 4, 1e-5),
+    ],
+)
+def test_experiments_compose(
+    train_cfg: TrainCfg, experiment: str, source: type, batch: int, embedding: int, patience: int, weight_decay: float
+) -> None:
+    cfg = train_cfg([f"experiment={experiment}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm, MultiDomainDataModule) and isinstance(dm.source, source)
+    assert OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").data.batch_size == batch  # tests force 512
+    assert cfg.backbone.embedding_dim == embedding
+    assert cfg.callbacks.early_stopping.patience == patience and cfg.callbacks.early_stopping.monitor == "val/auc"
+    assert cfg.model.optimizer.lr == 1e-3 and cfg.model.optimizer.weight_decay == weight_decay
+    assert isinstance(dm.split, RandomSplit if experiment == "kuairand1k" else PredefinedSplit)
+
+
+def test_kuairand_trains_one_epoch_from_the_data_config(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    archive = kuairand_archive(tmp_path / "fixture.tar.gz", kuairand_files(rows_per_log=300))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    cfg = train_cfg(["data=kuairand1k", f"data.source.path={tmp_path / 'extracted'}", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/auc"] <= 1.0 and {f"test/auc/tab{t}" for t in (0, 1, 2)} <= metrics.keys()
+
+
+def test_aliexpress_experiment_trains_two_tasks(tmp_path: Path, train_cfg: TrainCfg) -> None:
+    write_aliexpress(tmp_path / "raw")
+    cfg = train_cfg(["experiment=aliexpress", f"data.source.path={tmp_path / 'raw'}", "data.source.countries=[NL,ES]"])
+    cfg.trainer.max_epochs, cfg.data.batch_size = 1, 32
+    metrics = train(cfg)
+    assert "test/conversion_auc" in metrics and 0.0 <= metrics["test/auc"] <= 1.0
+
+
+def test_public_data_configs_default_paths(train_cfg: TrainCfg) -> None:
+    for data in ("aliccp", "aliexpress"):
+        assert Path(train_cfg([f"data={data}"]).data.source.path).parts[-2:] == ("raw", data)
+    assert train_cfg(["data=kuairand1k"]).data.source.path is None  # downloaded from zenodo into data_dir/raw
