@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+METRICS = "metrics.json"  # a finished run's figures (mdrec.train.run)
+FAILURE = "failure.json"  # why a run failed (mdrec-train writes it before re-raising)
+
 
 @dataclass(frozen=True)
 class Run:
@@ -50,17 +53,16 @@ def run_dirs(root: str | Path, marker: str) -> list[Path]:
 def load_runs(root: str | Path) -> list[Run]:
     """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories) that wrote
     ``metrics.json``."""
-    dirs = run_dirs(root, "metrics.json")
+    dirs = run_dirs(root, METRICS)
     if not dirs:
         raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    return [Run(d, json.loads((d / "metrics.json").read_text()), overrides_of(d)) for d in dirs]
+    return [Run(d, json.loads((d / METRICS).read_text()), overrides_of(d)) for d in dirs]
 
 
 def load_failures(root: str | Path) -> list[Failure]:
     """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``)."""
     return [
-        Failure(d, json.loads((d / "failure.json").read_text())["error"], overrides_of(d))
-        for d in run_dirs(root, "failure.json")
+        Failure(d, json.loads((d / FAILURE).read_text())["error"], overrides_of(d)) for d in run_dirs(root, FAILURE)
     ]
 
 

@@ -28,7 +28,7 @@ def run(cfg: DictConfig) -> float | None:
         raise
     name = cfg.get("optimized_metric")
     if name and name not in metrics:
-        raise KeyError(
+        raise ValueError(
             f"optimized_metric {name!r} is not among the run's metrics ({sorted(k for k in metrics if '/' in k)[:12]}"
             " ...); the val/ and test/ figures of the selected model need test=true"
         )

@@ -25,6 +25,7 @@ from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_rows, domain_table
+from mdrec.eval.summary import FAILURE, METRICS
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
@@ -164,7 +165,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["onboard/other_domains_max_abs_change"] = other_domains_change(cfg, schema, predictions)
     if selection is not None:
         metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     publish(loggers, metrics, schema.domains, trainer.global_step, out_dir)
     (out_dir / "data_report.json").write_text(
         json.dumps(
@@ -193,9 +194,6 @@ def evaluate(
     return out
 
 
-FAILURE = "failure.json"
-
-
 def record_failure(out_dir: Path, error: BaseException) -> None:
     """Record why a run failed: ``<out_dir>/failure.json`` with the error and its traceback; a W&B run still
     open is finished as failed (the next job of a sweep starts its own)."""
@@ -213,7 +211,7 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
 
 # the run files a W&B run carries along (offline too; its own config.yaml holds the config): `mdrec-report <W&B
 # dir>` reads them there
-WANDB_FILES = ("metrics.json", ".hydra/overrides.yaml")
+WANDB_FILES = (METRICS, ".hydra/overrides.yaml")
 
 
 def publish(
