@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import DomainMetrics
 from mdrec.models.output import ModelOutput
+from mdrec.train.checkpoint import rng_states, set_rng_states
 
 LOSS_NORMALIZATIONS = ("batch", "domain")
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -28,6 +30,8 @@ class RankingModule(pl.LightningModule):
     test compute, on all of an epoch's predictions, the overall and per-domain AUC, logloss, GAUC, WAUC and mean
     AUC of every predicted task: ``val/auc``, ``val/auc/<domain>``, ... for the first label (click) and
     ``val/<label>_auc``, ``val/<label>_auc/<domain>``, ... for the others (e.g. ``conversion_auc``: CTCVR-AUC).
+    Checkpoints carry the global random states, and loading one restores them: a resumed run draws the dropout
+    masks the uninterrupted run would have drawn.
 
     Args:
         net: the network.
@@ -144,6 +148,13 @@ class RankingModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:  # checkpoints from before the states were saved lack them
+            set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -27,6 +27,7 @@ from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_rows, domain_table
 from mdrec.eval.summary import FAILURE, METRICS
 from mdrec.nn.domain import per_domain_parameters
+from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
 from mdrec.train.selection import DomainSelection
@@ -130,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         **validate_every,
     )
+    ckpt_path = resume_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)  # a missing one fails before fitting
 
     metrics: dict[str, float] = {}
     predictions: dict[str, np.ndarray] = {}
@@ -137,7 +139,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(evaluate(trainer, module, datamodule, "zeroshot/"))
         predictions["zeroshot_prob"] = module.test_predictions()["prob"]
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # a run's own checkpoints hold more than tensors (the optimiser factory among the hyper-parameters)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     fit_seconds = time.perf_counter() - start
 
     metrics["val/auc_best"] = float(trainer.callback_metrics.get("val/auc_best", float("nan")))

@@ -4,6 +4,7 @@ the pre-trained model itself (step 0) included."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -74,6 +75,14 @@ class DomainSelection(pl.Callback):
         if trainer.state.fn == "fit" and self.patience is not None and self.stale >= self.patience:
             log.info("no domain improved on validation for %d epochs: stopping", self.stale)
             trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to select as the uninterrupted one would (saved in every checkpoint)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "snapshots": self.snapshots}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.best_epoch = dict(state_dict["best"]), dict(state_dict["best_epoch"])
+        self.stale, self.snapshots = state_dict["stale"], dict(state_dict["snapshots"])
 
     @torch.no_grad()
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

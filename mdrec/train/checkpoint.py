@@ -1,0 +1,104 @@
+"""Checkpoints a crash cannot corrupt, the random state a resumed run continues from, and where a resume starts."""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each local checkpoint to a temporary file beside its target, flushed and fsynced, then renames it
+    onto the target (``os.replace``, atomic on POSIX): a crash while writing leaves the previous file as it was.
+
+    Lightning's own writer stages the file in the system temp directory and moves it without fsync, which
+    turns into a plain copy when that directory is on another file system. Every checkpoint the trainer writes
+    goes through here, ``last.ckpt`` included (``save_last: true`` saves it anew; ``link`` would point it at a
+    checkpoint written here).
+    Remote paths keep Lightning's writer.
+
+    Example:
+        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()])  # doctest: +SKIP
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # hidden, and not *.ckpt: ModelCheckpoint's search for last checkpoints never sees it
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with tmp.open("xb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        directory = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random states (Python, NumPy, torch CPU and CUDA) in types ``torch.load(weights_only=True)``
+    reads back."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": (version, list(state), gauss),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what ``rng_states`` returned."""
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) -> str | None:
+    """The checkpoint ``trainer.fit`` resumes from: ``ckpt_path`` itself, or for ``last`` the ModelCheckpoint's
+    ``<dirpath>/last.ckpt`` (``<output_dir>/checkpoints/last.ckpt``); None starts fresh.
+
+    Raises:
+        FileNotFoundError: the checkpoint is not there (Lightning would warn and train from scratch).
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        if checkpointing is None or checkpointing.dirpath is None:
+            raise ValueError(
+                "ckpt_path=last resumes from the last.ckpt of the ModelCheckpoint callback's dirpath, but this run "
+                "has no ModelCheckpoint with a dirpath (callbacks.model_checkpoint); give ckpt_path=<file>.ckpt"
+            )
+        ckpt_path = str(Path(checkpointing.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}.ckpt")
+    if not get_filesystem(ckpt_path).isfile(ckpt_path):
+        raise FileNotFoundError(
+            f"ckpt_path: no checkpoint at {ckpt_path}; resume a run in its own directory with "
+            "hydra.run.dir=<run dir> ckpt_path=last, or give the path of an existing .ckpt file"
+        )
+    return ckpt_path
