@@ -13,10 +13,13 @@ from scipy import stats
 from mdrec.eval.summary import Failure, Run, comparison_table, lower_is_better
 
 SEED = "seed"
+# overrides that say how a run ran, not what it is: never a group of their own (nor are hydra.* and paths.*)
+NOT_METHOD = (SEED, "ckpt_path")
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:
-    """The override keys whose value differs between runs (a missing override counts as ``""``), seed excepted.
+    """The override keys whose value differs between runs (a missing override counts as ``""``), except those of
+    ``NOT_METHOD``, ``hydra.*`` and ``paths.*``.
 
     Example:
         >>> from pathlib import Path
@@ -25,9 +28,8 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
         ['model']
     """
     keys = sorted({k for r in runs for k in r.overrides})
-    return [
-        k for k in keys if k != SEED and not k.startswith("hydra.") and len({r.overrides.get(k, "") for r in runs}) > 1
-    ]
+    plumbing = lambda k: k in NOT_METHOD or k.startswith(("hydra.", "paths."))  # noqa: E731
+    return [k for k in keys if not plumbing(k) and len({r.overrides.get(k, "") for r in runs}) > 1]
 
 
 def labelled_groups(runs: Sequence[Run], by: Sequence[str]) -> dict[str, list[Run]]:
