@@ -45,9 +45,14 @@ def run_dirs(root: str | Path, marker: str) -> list[Path]:
     A W&B run below an mdrec run directory holds copies of the run's files (``files/metrics.json``); such a copy
     is skipped, so a run counts once whether ``root`` is a sweep directory or a directory of W&B runs.
     """
-    dirs = sorted(p.parent for p in Path(root).rglob(marker))
+    dirs = sorted((p.parent for p in Path(root).rglob(marker)), key=_natural)
     found = set(dirs)
     return [d for d in dirs if not any(parent in found for parent in d.parents)]
+
+
+def _natural(path: Path) -> list[tuple[int, str]]:
+    """Sort key that orders numbered directories by number (Hydra's job 2 before job 10)."""
+    return [(0, f"{int(part):012d}") if part.isdigit() else (1, part) for part in path.parts]
 
 
 def load_runs(root: str | Path) -> list[Run]:
