@@ -65,31 +65,33 @@ def numeric(run: Run, key: str) -> float:
 def curve_plot(
     groups: dict[str, list[Run]], x: str, metrics: Sequence[str], domains: Sequence[str], path: Path
 ) -> Path:
-    """Metrics against a numeric override ``x``: a row of panels per metric, a panel per column (overall, then each
-    domain), a line per group (mean over the runs at each x, a band of ± std), e.g. data-scarcity or
-    domain-scaling curves."""
+    """Metrics against a numeric override ``x``: a panel per metric and column (overall, then each domain; a row
+    of panels per metric, or up to 3 metrics a row without domains), a line per group (mean over the runs at each
+    x, a band of ± std), e.g. data-scarcity or domain-scaling curves."""
     columns = ["overall", *domains]
+    panels = [(m, c) for m in metrics for c in columns]
+    ncols = len(columns) if len(columns) > 1 else min(3, len(metrics))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False)
     log_x = _spans_decades(groups, x)
-    fig, axes = plt.subplots(
-        len(metrics), len(columns), figsize=(3.6 * len(columns), 3.2 * len(metrics)), squeeze=False
-    )
-    for row, metric in zip(axes, metrics, strict=True):
-        for ax, column in zip(row, columns, strict=True):
-            key = metric if column == "overall" else f"{metric}/{column}"
-            for name, runs in groups.items():
-                xs = sorted({numeric(r, x) for r in runs})
-                points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
-                mean, std = (np.array(v) for v in zip(*points, strict=True))
-                if np.isnan(mean).all():
-                    continue
-                ax.plot(xs, mean, marker="o", label=name)
-                ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
-            if log_x:
-                ax.set_xscale("log")
-            ax.set_title(column)
-            ax.set_xlabel(x)
-            ax.grid(alpha=0.3)
-        row[0].set_ylabel(metric)
+    for ax, (metric, column) in zip(axes.flat, panels, strict=False):
+        key = metric if column == "overall" else f"{metric}/{column}"
+        for name, runs in groups.items():
+            xs = sorted({numeric(r, x) for r in runs})
+            points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
+            mean, std = (np.array(v) for v in zip(*points, strict=True))
+            if np.isnan(mean).all():
+                continue
+            ax.plot(xs, mean, marker="o", label=name)
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+        if log_x:
+            ax.set_xscale("log", base=2 if all(v.is_integer() for v in _xs(groups, x)) else 10)
+        ax.set_title(column if len(columns) > 1 else metric)
+        ax.set_ylabel(metric)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -97,7 +99,11 @@ def curve_plot(
     return path
 
 
+def _xs(groups: dict[str, list[Run]], x: str) -> set[float]:
+    return {numeric(r, x) for runs in groups.values() for r in runs}
+
+
 def _spans_decades(groups: dict[str, list[Run]], x: str) -> bool:
-    """Whether the x values are positive, at least 3, and span a factor of 20 or more (then the axis is log)."""
-    values = {numeric(r, x) for runs in groups.values() for r in runs}
-    return len(values) > 2 and min(values) > 0 and max(values) / min(values) >= 20
+    """Whether the x values are positive, at least 3, and span a factor of 10 or more (then the axis is log)."""
+    values = _xs(groups, x)
+    return len(values) > 2 and min(values) > 0 and max(values) / min(values) >= 10

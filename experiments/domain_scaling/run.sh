@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Domain scaling (see README.md): the same 300,000 synthetic rows spread over K = 2 ... 32 domains.
+set -euo pipefail
+R=${R:-logs/domain_scaling/multiruns}
+common=(data.source.num_domains=2,4,8,16,32 data.source.domain_shares=null "seed=${SEEDS:-0,1,2}" task_name=domain_scaling)
+mdrec-train -m stage=adapt adapter=iak "${common[@]}" hydra.sweep.dir="$R/iak"
+mdrec-train -m model=star "${common[@]}" hydra.sweep.dir="$R/star"
