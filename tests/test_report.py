@@ -78,7 +78,8 @@ def test_every_run_logs_config_per_domain_metrics_params_and_time(
 
 def test_wandb_offline_runs_hold_the_per_domain_metrics(sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, _ = sweep
-    wandb_runs = sorted(root.glob("*/wandb/offline-run-*"))
+    finished = [run.path for run in load_runs(root)]
+    wandb_runs = [run_dir for path in finished for run_dir in path.glob("wandb/offline-run-*")]
     assert len(wandb_runs) == 4  # one W&B run per finished job (not one shared by the sweep's process)
     for run_dir in wandb_runs:
         log = next(run_dir.glob("run-*.wandb")).read_bytes()  # the transaction log `wandb sync` uploads
@@ -135,7 +136,8 @@ def test_paired_test_pairs_by_seed() -> None:
     assert result.p == pytest.approx(stats.ttest_rel([0.705, 0.74, 0.73], [0.70, 0.72, 0.71]).pvalue)
     with pytest.raises(ValueError, match="two runs with seed 0"):
         paired([*other, fake("o0b", 0, {"m": "x"}, 0.7)], base, "test/auc", "x", "base")
-    text = sweep_report([*base, *other], [], ["test/auc"], ["a"], ["m"], baseline="m=x")
+    groups = labelled_groups([*base, *other], ["m"], {"m=x": "X"})
+    text = sweep_report([*base, *other], [], ["test/auc"], ["a"], groups, baseline="X")
     assert "| default | -0.0150 ± 0.0087 (p 0.095, 0/3) | -0.0150 ± 0.0087 (p 0.095, 0/3) |" in text
 
 
@@ -146,10 +148,13 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (run / ".hydra" / "overrides.yaml").write_text(f"- data.source.num_domains={k}\n- seed={seed}\n")
         (run / "metrics.json").write_text(json.dumps({"test/auc": auc, "seed": seed}))
     out = tmp_path / "out"
-    assert report([str(tmp_path / "runs"), "--x", "data.source.num_domains", "--out", str(out)]) == 0
+    assert (
+        report([str(tmp_path / "runs"), "--x", "data.source.num_domains", "--name", "default=DNN", "--out", str(out)])
+        == 0
+    )
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()  # the tables keep x apart, the curve has it along its axis
-    assert "| data.source.num_domains=2 | 2 |" in text and "| data.source.num_domains=8 | 2 |" in text
+    assert "| DNN, data.source.num_domains=2 | 2 |" in text and "| DNN, data.source.num_domains=8 | 2 |" in text
     with pytest.raises(SystemExit, match="not a number"):
         report([str(tmp_path / "runs"), "--x", "seed_missing", "--out", str(out)])
     with pytest.raises(SystemExit, match="baseline 'nope' is not a group"):

@@ -87,9 +87,12 @@ def report(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", default=["test/auc", "test/logloss"], help="metric keys to tabulate")
     parser.add_argument("--domains", nargs="*", help="domain columns (default: the runs' domains, in id order)")
     parser.add_argument("--by", nargs="*", help="override keys that form the groups (default: those that vary)")
-    parser.add_argument("--baseline", help="a group name (as the tables print it) to test the others against")
+    parser.add_argument("--baseline", help="a group's name (as the tables print it) to test the others against")
     parser.add_argument(
         "--x", help="a numeric override: also plot the metrics against it (curve.png, a line per group)"
+    )
+    parser.add_argument(
+        "--name", action="append", metavar="GROUP=NAME", help="rename a group, e.g. 'default=warm start' (repeatable)"
     )
     parser.add_argument("--title", default="Sweep report")
     parser.add_argument("--out", type=Path, help="where report.md and the plots go (default: <first dir>/report)")
@@ -109,21 +112,21 @@ def report(argv: list[str] | None = None) -> int:
         detail = f"; {len(failures)} failed runs" if failures else ""
         sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")
     domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
-    by = args.by if args.by is not None else varying_keys(runs)
-    if args.x is not None and args.x not in by:
-        by = [*by, args.x]
+    by = [k for k in (args.by if args.by is not None else varying_keys(runs)) if k != args.x]
+    if any("=" not in name for name in args.name or []):
+        sys.exit(f"mdrec-report: --name takes GROUP=NAME, got {args.name}")
+    names = dict(name.rsplit("=", 1) for name in args.name or [])
+    groups = labelled_groups(runs, by, names, args.x)  # the tables keep each x apart
     try:
-        text = sweep_report(runs, failures, args.metrics, domains, by, args.baseline, args.title)
+        text = sweep_report(runs, failures, args.metrics, domains, groups, args.baseline, args.title)
     except ValueError as error:
         sys.exit(f"mdrec-report: {error}")
     out = args.out or args.roots[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    groups = labelled_groups(runs, by)
     plots = [bar_plot(groups, args.metrics[0], domains, out / "bars.png")]
-    if args.x is not None:  # a line per group of the other keys, x along the axis
-        lines = labelled_groups(runs, [k for k in by if k != args.x])
+    if args.x is not None:  # a line per group, x along the axis
         try:
-            plots.append(curve_plot(lines, args.x, args.metrics, domains, out / "curve.png"))
+            plots.append(curve_plot(labelled_groups(runs, by, names), args.x, args.metrics, domains, out / "curve.png"))
         except ValueError as error:
             sys.exit(f"mdrec-report: {error}")
     text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"

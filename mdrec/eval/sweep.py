@@ -4,7 +4,7 @@ the best marked, and paired tests against a baseline group."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +32,27 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     return [k for k in keys if not plumbing(k) and len({r.overrides.get(k, "") for r in runs}) > 1]
 
 
-def labelled_groups(runs: Sequence[Run], by: Sequence[str]) -> dict[str, list[Run]]:
-    """Runs grouped by the values of the override keys ``by``, each group named ``key=value, ...`` (``default``
-    for the runs that set none of them), in the order of their first run."""
+def labelled_groups(
+    runs: Sequence[Run], by: Sequence[str], names: Mapping[str, str] | None = None, x: str | None = None
+) -> dict[str, list[Run]]:
+    """Runs grouped by the values of the override keys ``by`` (and of ``x``), in the order of their first run.
+
+    A group is named ``key=value, ...`` (``default`` for the runs that set none of ``by``), renamed by ``names``
+    when listed there, then followed by ``, x=value`` when ``x`` is given.
+
+    Example:
+        >>> from pathlib import Path
+        >>> runs = [Run(Path("a"), {}, {"model": "star", "k": "2"}), Run(Path("b"), {}, {"k": "2"})]
+        >>> list(labelled_groups(runs, ["model"], {"default": "DNN"}, x="k"))
+        ['model=star, k=2', 'DNN, k=2']
+    """
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        parts = [f"{k}={run.overrides[k]}" for k in by if run.overrides.get(k)]
-        groups.setdefault(", ".join(parts) or "default", []).append(run)
+        label = ", ".join(f"{k}={run.overrides[k]}" for k in by if run.overrides.get(k)) or "default"
+        label = (names or {}).get(label, label)
+        if x is not None:
+            label += f", {x}={run.overrides.get(x, '')}"
+        groups.setdefault(label, []).append(run)
     return groups
 
 
@@ -146,14 +160,14 @@ def sweep_report(
     failures: Sequence[Failure],
     metrics: Sequence[str],
     domains: Sequence[str],
-    by: Sequence[str],
+    groups: dict[str, list[Run]],
     baseline: str | None = None,
     title: str = "Sweep report",
 ) -> str:
     """The markdown report: per metric a table (a row per group, overall and per-domain columns, mean ± std over
-    the group's runs, best in bold), the paired tests against ``baseline``, and the failed runs."""
-    groups = labelled_groups(runs, by)
-    lines = [f"# {title}", "", f"{len(runs)} finished runs, {len(failures)} failed; groups by {list(by) or 'none'}."]
+    the group's runs, best in bold), the paired tests against ``baseline`` (a group's name), and the failed
+    runs."""
+    lines = [f"# {title}", "", f"{len(runs)} finished runs, {len(failures)} failed, {len(groups)} groups."]
     lines.append("Cells: mean ± sample std over the group's runs (seeds); best mean per column in bold.")
     for metric in metrics:
         keys = metric_keys(metric, domains)
