@@ -76,14 +76,14 @@ def curve_plot(
     log_x = _spans_decades(groups, x)
     for ax, (metric, column) in zip(axes.flat, panels, strict=False):
         key = metric if column == "overall" else f"{metric}/{column}"
-        for name, runs in groups.items():
+        for i, (name, runs) in enumerate(groups.items()):  # a group keeps its colour in every panel
             xs = sorted({numeric(r, x) for r in runs})
             points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
             mean, std = (np.array(v) for v in zip(*points, strict=True))
             if np.isnan(mean).all():
                 continue
-            ax.plot(xs, mean, marker="o", label=name)
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+            ax.plot(xs, mean, marker="o", label=name, color=f"C{i}")
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=f"C{i}")
         if log_x:
             ax.set_xscale("log", base=2 if all(v.is_integer() for v in _xs(groups, x)) else 10)
         ax.set_title(column if len(columns) > 1 else metric)
