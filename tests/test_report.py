@@ -155,6 +155,12 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()  # the tables keep x apart, the curve has it along its axis
     assert "| DNN, data.source.num_domains=2 | 2 |" in text and "| DNN, data.source.num_domains=8 | 2 |" in text
+    run = tmp_path / "runs" / "4"  # a run at the default number of domains (no override)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    (run / "metrics.json").write_text(json.dumps({"test/auc": 0.76, "seed": 2}))
+    assert report([str(tmp_path / "runs"), "--x", "data.source.num_domains=8", "--out", str(out)]) == 0
+    assert "| default, data.source.num_domains=8 | 3 | 0.7500 ± 0.0100 |" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="not a number"):
         report([str(tmp_path / "runs"), "--x", "seed_missing", "--out", str(out)])
     with pytest.raises(SystemExit, match="baseline 'nope' is not a group"):

@@ -4,6 +4,7 @@ reports)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -112,6 +113,9 @@ def report(argv: list[str] | None = None) -> int:
         detail = f"; {len(failures)} failed runs" if failures else ""
         sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")
     domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
+    if args.x is not None and "=" in args.x:  # KEY=DEFAULT: the value of the runs that leave KEY at its default
+        args.x, default = args.x.split("=", 1)
+        runs = [dataclasses.replace(r, overrides={args.x: default, **r.overrides}) for r in runs]
     by = [k for k in (args.by if args.by is not None else varying_keys(runs)) if k != args.x]
     if any("=" not in name for name in args.name or []):
         sys.exit(f"mdrec-report: --name takes GROUP=NAME, got {args.name}")

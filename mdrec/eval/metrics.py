@@ -174,3 +174,38 @@ class DomainMetrics(torchmetrics.Metric):
             self.domain_names,
             cat(self.users).cpu() if self.with_users else None,
         )
+
+
+class GatheredRows(torchmetrics.Metric):
+    """Per-row tensors accumulated over an epoch; ``compute`` concatenates them over the batches and, when several
+    processes ran, over the processes in rank order (each process's rows are gathered, uneven counts included).
+
+    Args:
+        names: the tensors' names, in ``update``'s argument order.
+
+    Example:
+        >>> rows = GatheredRows(["prob", "domain"])
+        >>> rows.update(torch.tensor([0.2, 0.7]), torch.tensor([0, 1]))
+        >>> rows.update(torch.tensor([0.4]), torch.tensor([1]))
+        >>> rows.compute()["domain"].tolist()
+        [0, 1, 1]
+    """
+
+    full_state_update = False
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        for name in self.names:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, *values: Tensor) -> None:
+        """One tensor ``[B, ...]`` per name, in ``names`` order."""
+        if len(values) != len(self.names):
+            raise ValueError(f"GatheredRows({self.names}).update takes {len(self.names)} tensors, got {len(values)}")
+        for name, value in zip(self.names, values, strict=True):
+            getattr(self, name).append(value.detach())
+
+    def compute(self) -> dict[str, Tensor]:
+        """Per name, the epoch's rows ``[n, ...]``."""
+        return {name: torchmetrics.utilities.dim_zero_cat(getattr(self, name)) for name in self.names}

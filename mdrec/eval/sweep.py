@@ -35,7 +35,8 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
 def labelled_groups(
     runs: Sequence[Run], by: Sequence[str], names: Mapping[str, str] | None = None, x: str | None = None
 ) -> dict[str, list[Run]]:
-    """Runs grouped by the values of the override keys ``by`` (and of ``x``), in the order of their first run.
+    """Runs grouped by the values of the override keys ``by`` (and of ``x``), in the order of their first run
+    (each method's groups by the value of ``x``).
 
     A group is named ``key=value, ...`` (``default`` for the runs that set none of ``by``), renamed by ``names``
     when listed there, then followed by ``, x=value`` when ``x`` is given.
@@ -46,14 +47,24 @@ def labelled_groups(
         >>> list(labelled_groups(runs, ["model"], {"default": "DNN"}, x="k"))
         ['model=star, k=2', 'DNN, k=2']
     """
-    groups: dict[str, list[Run]] = {}
+    keyed: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        label = ", ".join(f"{k}={run.overrides[k]}" for k in by if run.overrides.get(k)) or "default"
-        label = (names or {}).get(label, label)
-        if x is not None:
-            label += f", {x}={run.overrides.get(x, '')}"
-        groups.setdefault(label, []).append(run)
-    return groups
+        method = ", ".join(f"{k}={run.overrides[k]}" for k in by if run.overrides.get(k)) or "default"
+        method = (names or {}).get(method, method)
+        keyed.setdefault((method, run.overrides.get(x, "") if x is not None else ""), []).append(run)
+    if x is None:
+        return {method: group for (method, _), group in keyed.items()}
+    first = {method: i for i, (method, _) in reversed(list(enumerate(keyed)))}
+    ordered = sorted(keyed.items(), key=lambda item: (first[item[0][0]], _as_number(item[0][1])))
+    return {f"{method}, {x}={value}": group for (method, value), group in ordered}
+
+
+def _as_number(value: str) -> tuple[int, float | str]:
+    """Sort key: numbers by value, before any other text."""
+    try:
+        return 0, float(value)
+    except ValueError:
+        return 1, value
 
 
 def run_domains(runs: Sequence[Run], metric: str) -> list[str]:
