@@ -160,7 +160,7 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (run / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
     (run / "metrics.json").write_text(json.dumps({"test/auc": 0.76, "seed": 2}))
     assert report([str(tmp_path / "runs"), "--x", "data.source.num_domains=8", "--out", str(out)]) == 0
-    assert "| default, data.source.num_domains=8 | 3 | 0.7500 ± 0.0100 |" in (out / "report.md").read_text()
+    assert "| default, data.source.num_domains=8 | 3 | **0.7500 ± 0.0100** |" in (out / "report.md").read_text()
     with pytest.raises(SystemExit, match="not a number"):
         report([str(tmp_path / "runs"), "--x", "seed_missing", "--out", str(out)])
     with pytest.raises(SystemExit, match="baseline 'nope' is not a group"):
