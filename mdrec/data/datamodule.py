@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 
 from mdrec.data.batch import Batch
 from mdrec.data.loader import BatchLoader
@@ -33,8 +34,9 @@ class MultiDomainDataModule(pl.LightningDataModule):
         source: what to prepare (synthetic generator, MovieLens, tabular files, ...).
         split: how to cut train/val/test.
         data_dir: root of prepared data and raw caches.
-        batch_size: training batch size B.
-        eval_batch_size: validation/test batch size (default: 4 x batch_size).
+        batch_size: training batch size B per process: with W processes (trainer.devices x trainer.num_nodes) a step
+            trains on W x B rows; B / W reproduces a one-process run's steps.
+        eval_batch_size: validation/test batch size per process (default: 4 x batch_size).
         seed: seed of the training order.
         mmap: memory-map the columns (True) or read them into RAM (False); None (default) reads them into RAM
             when they take less than half of the available memory (faster batches), else memory-maps them.
@@ -93,10 +95,16 @@ class MultiDomainDataModule(pl.LightningDataModule):
         return self.data_dir / f"{self.source.dataset_id}-{fingerprint(self.source)}"
 
     def prepare_data(self) -> None:
-        if not (self.prepared_dir / SCHEMA_FILE).exists():
-            log.info("preparing %s into %s", self.source.dataset_id, self.prepared_dir)
-            self.prepared_dir.parent.mkdir(parents=True, exist_ok=True)
-            self.source.prepare(self.prepared_dir, self.data_dir / "raw")
+        """Prepare the source unless it is prepared already. One process at a time (a file lock beside the prepared
+        directory): the processes of a multi-process run, or the jobs of a sweep, that start together prepare it
+        once, the others wait and then read it. Prepared data is only read (its directory may be read-only)."""
+        if (self.prepared_dir / SCHEMA_FILE).exists():
+            return
+        self.prepared_dir.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.prepared_dir.with_name(f"{self.prepared_dir.name}.lock")):
+            if not (self.prepared_dir / SCHEMA_FILE).exists():
+                log.info("preparing %s into %s", self.source.dataset_id, self.prepared_dir)
+                self.source.prepare(self.prepared_dir, self.data_dir / "raw")
 
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
@@ -177,15 +185,11 @@ class MultiDomainDataModule(pl.LightningDataModule):
         return self.store.schema
 
     def loader(self, split: str) -> BatchLoader:
-        """The BatchLoader of ``split`` (train: shuffled each epoch; val/test: fixed order)."""
+        """The BatchLoader of ``split`` (train: shuffled each epoch; val/test: fixed order), this process's share of
+        it when the trainer runs several (``BatchLoader.bounds``)."""
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; splits: {SPLIT_NAMES}")
         self.setup()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            raise NotImplementedError(
-                f"trainer.world_size={self.trainer.world_size}: the batch loader does not shard rows across "
-                "processes yet, so every process would train on every row; train on one device for now"
-            )
         train = split == "train"
         return BatchLoader(
             self.store,
@@ -194,6 +198,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
             shuffle=train,
             seed=self.seed,
             validate=self.validate_batches,
+            rank=self.trainer.global_rank if self.trainer is not None else 0,
+            world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:

@@ -42,7 +42,8 @@ class BatchLoader:
     """Iterates a split of a ColumnStore in batches of ``batch_size`` rows.
 
     Each batch is one slice of the epoch's permutation; its rows are gathered column by column with fancy
-    indexing (sorted within the batch, so memory-mapped columns are read in page order).
+    indexing (sorted within the batch, so memory-mapped columns are read in page order). With several processes
+    (DDP) every process draws the same permutation and takes its own slices of it (``bounds``).
 
     Args:
         store: the prepared data.
@@ -52,6 +53,8 @@ class BatchLoader:
         seed: seed of the permutations.
         drop_last: drop a final batch smaller than ``batch_size``.
         validate: check every batch against the store's schema (``Batch.validate``); for debugging.
+        rank: this process's rank, 0..world_size-1.
+        world_size: the number of processes sharing the split (trainer.world_size); 1: all rows.
 
     Example:
         >>> loader = BatchLoader(store, splits["train"], batch_size=4096, shuffle=True, seed=0)  # doctest: +SKIP
@@ -71,23 +74,59 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         validate: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+        if not shuffle and 0 < len(indices) < world_size:
+            raise ValueError(
+                f"the split has {len(indices)} rows, fewer than the {world_size} processes evaluating it: "
+                "evaluate on fewer devices (trainer.devices, trainer.num_nodes)"
+            )
         self.store = store
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.validate = validate
+        self.rank = rank
+        self.world_size = world_size
         self.sampler = EpochPermutation(indices, shuffle, seed)
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(start [M], stop [M])``: this process's M batches as slices of the epoch's order.
+
+        Training (``shuffle``): the order is cut into global batches of ``world_size * batch_size`` rows and rank r
+        takes the r-th ``batch_size`` rows of each, so every process takes the same number of steps and the step
+        of all processes together is one batch of ``world_size * batch_size`` rows. The last, partial global batch
+        is shared evenly: its last ``rows % world_size`` rows (fewer than world_size) sit that epoch out.
+        Evaluation: rank r takes the r-th of ``world_size`` contiguous shares (sizes differ by at most one), so
+        every row is evaluated exactly once and the processes' rows, concatenated in rank order, are the split's
+        order; batch counts may then differ by one between processes (evaluation steps hold no collective).
+        With one process both are the plain slicing of the order into batches of ``batch_size``.
+        """
+        n, b, w, r = len(self.sampler.indices), self.batch_size, self.world_size, self.rank
+        if self.sampler.shuffle:
+            full, rest = divmod(n, w * b)
+            tail = 0 if self.drop_last else rest // w  # this process's rows of the last, partial global batch
+            sizes = np.full(full + (tail > 0), b, dtype=np.int64)  # [M]
+            sizes[full:] = tail
+            starts = np.arange(len(sizes)) * w * b + r * sizes
+            return starts, starts + sizes
+        low, high = r * n // w, (r + 1) * n // w
+        starts = np.arange(low, high, b)
+        stops = np.minimum(starts + b, high)
+        keep = stops - starts == b if self.drop_last else slice(None)
+        return starts[keep], stops[keep]
+
     def __len__(self) -> int:
-        n = len(self.sampler.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.bounds()[0])
 
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = self.store.take(np.sort(order[start : start + self.batch_size]))
+        for start, stop in zip(*self.bounds(), strict=True):
+            batch = self.store.take(np.sort(order[start:stop]))
             if self.validate:
                 batch.validate(self.store.schema.num_domains, self.store.schema.vocab_sizes)
             yield batch

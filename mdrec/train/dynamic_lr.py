@@ -21,6 +21,10 @@ class DynamicDomainLR(pl.Callback):
     or the gradient. Shared parameters keep the optimiser's own step. The mean factor per domain over the epoch's
     steps that hold the domain is logged as ``lr_scale/<domain>``.
 
+    With several processes (DDP) ``n_d`` and ``B`` count the step's rows on all processes (summed every step) and
+    the gradients are the averaged ones: every replica scales by the same factors, those of one process training
+    on the whole step's batch, so the replicas stay identical.
+
     Args:
         gamma: exponent of the batch-share ratio ``n_d K / B`` (0: no batch-share term).
         r_min, r_max: clip range of the batch-share factor.
@@ -62,11 +66,6 @@ class DynamicDomainLR(pl.Callback):
         return torch.where(counts > 0, scale, torch.zeros_like(scale))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.world_size > 1:
-            raise ValueError(
-                f"dynamic_lr counts each batch's domains on one process; with trainer.devices x num_nodes = "
-                f"{trainer.world_size} processes the replicas would scale differently. Train on one device"
-            )
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 "dynamic_lr scales each step by its batch's domain counts; it needs trainer.accumulate_grad_batches=1"
@@ -83,7 +82,8 @@ class DynamicDomainLR(pl.Callback):
         self.sums, self.steps = torch.zeros(k), torch.zeros(k)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch, i: int) -> None:
-        self.counts = torch.bincount(batch.domain, minlength=pl_module.schema.num_domains)
+        counts = torch.bincount(batch.domain, minlength=pl_module.schema.num_domains)  # [K] this process's rows
+        self.counts = trainer.strategy.reduce(counts, reduce_op="sum")  # [K] the step's rows on all processes
         self.before = {n: p.detach().clone() for n, p in self.params.items()}
 
     @torch.no_grad()
@@ -106,4 +106,5 @@ class DynamicDomainLR(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for d, name in enumerate(pl_module.schema.domains):
             if self.steps[d] > 0:
-                pl_module.log(f"lr_scale/{name}", float(self.sums[d] / self.steps[d]))
+                # the same on every process (global counts, averaged gradients): max is that value, synchronised
+                pl_module.log(f"lr_scale/{name}", float(self.sums[d] / self.steps[d]), sync_dist=True, reduce_fx="max")

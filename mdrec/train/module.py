@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
-from mdrec.eval.metrics import DomainMetrics
+from mdrec.eval.metrics import DomainMetrics, GatheredRows
 from mdrec.models.output import ModelOutput
 from mdrec.train.checkpoint import rng_states, set_rng_states
 
@@ -30,6 +30,8 @@ class RankingModule(pl.LightningModule):
     test compute, on all of an epoch's predictions, the overall and per-domain AUC, logloss, GAUC, WAUC and mean
     AUC of every predicted task: ``val/auc``, ``val/auc/<domain>``, ... for the first label (click) and
     ``val/<label>_auc``, ``val/<label>_auc/<domain>``, ... for the others (e.g. ``conversion_auc``: CTCVR-AUC).
+    With several processes (DDP) the metrics and the test predictions are computed on every process's rows
+    gathered (an AUC over all rows, not a mean of per-process AUCs), and every process logs the same values.
     Checkpoints carry the global random states, and loading one restores them: a resumed run draws the dropout
     masks the uninterrupted run would have drawn.
 
@@ -75,7 +77,8 @@ class RankingModule(pl.LightningModule):
         # one metric collection per label; only the labels the network predicts get updated
         self.val_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
         self.test_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
-        self.test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []  # (probs, labels, domain) per test batch
+        self.test_rows = GatheredRows(("prob", "label", "domain"))  # every process's test rows
+        self.last_test: dict[str, np.ndarray] = {}  # the last test pass's rows (test_predictions)
         self.val_auc_best = torchmetrics.MaxMetric()
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
@@ -105,11 +108,11 @@ class RankingModule(pl.LightningModule):
 
     def _eval_step(self, batch: Batch, metrics: nn.ModuleList, stage: str) -> None:
         out = self.net(batch)
-        self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size)
+        self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size, sync_dist=True)
         users = batch.sparse[:, self.user_col] if self.user_col is not None else None
         probs = torch.sigmoid(out.logits)  # [B, T]
         if stage == "test":
-            self.test_outputs.append((probs.detach().cpu(), batch.labels.cpu(), batch.domain.cpu()))
+            self.test_rows.update(probs, batch.labels, batch.domain)
         for t in range(probs.shape[1]):
             metrics[t].update(probs[:, t], batch.labels[:, t], batch.domain, users)
 
@@ -129,25 +132,31 @@ class RankingModule(pl.LightningModule):
             values.update({prefix + key: value for key, value in metric.compute().items()})
             metric.reset()
         for key, value in values.items():
-            self.log(f"{stage}/{key}", value, prog_bar=key == "auc")
+            self._log_global(f"{stage}/{key}", value, prog_bar=key == "auc")
         return values
+
+    def _log_global(self, name: str, value: float | Tensor, prog_bar: bool = False) -> None:
+        """Log a value every process already holds in full (a gathered metric): the max over processes is that
+        value, bit for bit (a mean over 3 processes need not be), and Lightning knows it is synchronised."""
+        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_metrics(self.val_metrics, "val")
         if not self.trainer.sanity_checking:
             self.val_auc_best.update(values["auc"])
-            self.log("val/auc_best", self.val_auc_best.compute())
-
-    def on_test_epoch_start(self) -> None:
-        self.test_outputs = []
+            self._log_global("val/auc_best", self.val_auc_best.compute())
 
     def test_predictions(self) -> dict[str, np.ndarray]:
-        """The last test pass's ``prob [n, T]``, ``label [n, T_all]`` and ``domain [n]``, in the test loader's order."""
-        probs, labels, domain = (torch.cat(parts).numpy() for parts in zip(*self.test_outputs, strict=True))
-        return {"prob": probs, "label": labels, "domain": domain}
+        """The last test pass's ``prob [n, T]``, ``label [n, T_all]`` and ``domain [n]`` of every process, in the
+        test split's order."""
+        if not self.last_test:
+            raise RuntimeError("no test predictions yet: run trainer.test(module, datamodule=...) first")
+        return self.last_test
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        self.last_test = {name: rows.cpu().numpy() for name, rows in self.test_rows.compute().items()}
+        self.test_rows.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = rng_states()

@@ -86,7 +86,8 @@ STAGES = ("train", "pretrain", "adapt", "onboard")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run ``stage.name``: train (or pretrain) a network, or adapt a pre-trained backbone; validate; test the
     selected model; write ``metrics.json``, the test ``predictions.npz`` (and ``backbone.pt`` / ``adapter.pt``);
-    return the metrics."""
+    return the metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the
+    metrics and predictions cover every process's rows, and process 0 alone writes files."""
     stage = cfg.stage.name
     if stage not in STAGES:
         raise ValueError(f"stage.name {stage!r} is not one of {STAGES}")
@@ -99,9 +100,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with open_dict(cfg):
             cfg.adapter = OmegaConf.load(Path(cfg.stage.adapted) / RUN_CONFIG).adapter
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (out_dir / "provenance.json").write_text(json.dumps(provenance(int(cfg.seed)), indent=2))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
@@ -109,19 +107,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup()
     schema = datamodule.schema
     adapting = stage in ("adapt", "onboard")
-    module, source = build_adapted(cfg, schema, train) if adapting else (build_module(cfg, schema), None)
     callbacks = instantiate_group(cfg.get("callbacks"))
     selection = None
     if stage == "onboard":
         selection = DomainSelection(schema.domains, only=[domain_name(cfg, schema)], patience=cfg.stage.patience)
-        before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
     elif stage == "adapt" and cfg.stage.select_per_domain:
         selection = DomainSelection(schema.domains, patience=cfg.stage.patience)
     if selection is not None:  # it stops when no domain improves; overall early stopping would stop too soon
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
     loggers = instantiate_group(cfg.get("logger"))
-    for logger in loggers:  # the resolved config: W&B's run config, the CSV logger's hparams.yaml
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     # adapters over-fit within an epoch on large data: their stage may validate (and select) more often
     interval = cfg.stage.get("val_check_interval") if adapting else None
     validate_every = {"val_check_interval": interval} if interval is not None else {}
@@ -131,6 +125,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger=loggers or False,
         **validate_every,
     )
+    rank_zero = trainer.is_global_zero  # the process that writes files
+    if rank_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (out_dir / "provenance.json").write_text(json.dumps(provenance(int(cfg.seed)), indent=2))
+    for logger in loggers:  # the resolved config: W&B's run config, the CSV logger's hparams.yaml (process 0)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if adapting:
+        module, source = build_adapted(cfg, schema, train, trainer.strategy)
+    else:
+        module, source = build_module(cfg, schema), None
+    if stage == "onboard":
+        before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
     ckpt_path = resume_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)  # a missing one fails before fitting
 
     metrics: dict[str, float] = {}
@@ -154,22 +161,42 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(evaluate(trainer, module, datamodule, ""))
         metrics.update(oracle_metrics(datamodule, "test"))
         predictions.update(module.test_predictions(), domains=np.asarray(schema.domains))
-        np.savez_compressed(out_dir / "predictions.npz", **predictions)
     metrics.update(parameter_counts(module.net))
     metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     metrics["seed"] = float(cfg.seed)
-    if stage == "pretrain":
-        save_backbone(out_dir, module.net, cfg.backbone)
-    if adapting:  # the run directory is self-contained: the backbone it adapted and the adapter
-        save_backbone(out_dir, module.net.backbone, OmegaConf.load(source / CONFIG))
-        if module.net.adapter is not None:
-            torch.save(module.net.adapter.state_dict(), out_dir / ADAPTER)
     if stage == "onboard" and "prob" in predictions:
         metrics["onboard/other_domains_max_abs_change"] = other_domains_change(cfg, schema, predictions)
     if selection is not None:
         metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
+    if rank_zero:
+        write_run_files(cfg, module, datamodule, source, metrics, predictions)
+        publish(loggers, metrics, schema.domains, trainer.global_step, out_dir)
+        if "test/auc" in metrics:
+            log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
+    return metrics
+
+
+def write_run_files(
+    cfg: DictConfig,
+    module: RankingModule,
+    datamodule: MultiDomainDataModule,
+    source: Path | None,
+    metrics: dict[str, float],
+    predictions: dict[str, np.ndarray],
+) -> None:
+    """Write a finished run's files into ``paths.output_dir``: ``metrics.json``, ``predictions.npz`` (when tested),
+    ``data_report.json``, and the trained weights (``backbone.pt`` of a pretrain run; an adapt run's backbone from
+    ``source`` and its ``adapter.pt``)."""
+    out_dir, stage, schema = Path(cfg.paths.output_dir), cfg.stage.name, datamodule.schema
+    if predictions:
+        np.savez_compressed(out_dir / "predictions.npz", **predictions)
+    if stage == "pretrain":
+        save_backbone(out_dir, module.net, cfg.backbone)
+    if source is not None:  # the run directory is self-contained: the backbone it adapted and the adapter
+        save_backbone(out_dir, module.net.backbone, OmegaConf.load(source / CONFIG))
+        if module.net.adapter is not None:
+            torch.save(module.net.adapter.state_dict(), out_dir / ADAPTER)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    publish(loggers, metrics, schema.domains, trainer.global_step, out_dir)
     (out_dir / "data_report.json").write_text(
         json.dumps(
             {
@@ -181,9 +208,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             indent=2,
         )
     )
-    if "test/auc" in metrics:
-        log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
-    return metrics
 
 
 def evaluate(

@@ -13,6 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.strategies import Strategy
 from torch import nn
 
 from mdrec.adapters.base import AdaptedNet
@@ -27,16 +28,17 @@ log = logging.getLogger(__name__)
 Run = Callable[[DictConfig], object]
 
 
-def build_adapted(cfg: DictConfig, schema: Schema, run: Run) -> tuple[RankingModule, Path]:
+def build_adapted(cfg: DictConfig, schema: Schema, run: Run, strategy: Strategy) -> tuple[RankingModule, Path]:
     """The pre-trained backbone (found, loaded strictly, or pre-trained first with ``run``), frozen as
     ``stage.freeze`` says, with ``adapter`` attached for every domain, in a RankingModule with
-    ``stage.optimizer``; and the directory the backbone came from.
+    ``stage.optimizer``; and the directory the backbone came from. ``strategy`` is the run's trainer's: with
+    several processes, all pre-train together and process 0 alone writes the backbone.
 
     For ``stage=onboard``: the backbone and adapter of the ``stage.adapted`` run, loaded strictly, everything
     frozen except the ``stage.domain`` slice of the adapter's stacked parameters (its gradient is masked).
     """
     onboard = cfg.stage.name == "onboard"
-    source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema, run)
+    source = Path(cfg.stage.adapted) if onboard else find_or_pretrain(cfg, schema, run, strategy)
     if onboard:
         net = load_adapted(source, schema)
         train_only_domain(net.adapter, schema.domains.index(domain_name(cfg, schema)))
@@ -84,9 +86,10 @@ def pretrain_config(cfg: DictConfig, schema: Schema) -> DictConfig:
     return sub
 
 
-def find_or_pretrain(cfg: DictConfig, schema: Schema, run: Run) -> Path:
+def find_or_pretrain(cfg: DictConfig, schema: Schema, run: Run, strategy: Strategy) -> Path:
     """``stage.pretrained`` if set; else the store's backbone for this config, pre-trained now (``run`` of the
-    pretrain config) if it is missing."""
+    pretrain config) if it is missing. Every process of a multi-process run pre-trains (they train together);
+    process 0 alone clears and renames the directory, and the others wait for it (``strategy.barrier``)."""
     if cfg.stage.pretrained:
         return Path(cfg.stage.pretrained)
     sub = pretrain_config(cfg, schema)
@@ -96,11 +99,14 @@ def find_or_pretrain(cfg: DictConfig, schema: Schema, run: Run) -> Path:
         return directory
     log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
     partial_dir = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial_dir, ignore_errors=True)
+    if strategy.is_global_zero:
+        shutil.rmtree(partial_dir, ignore_errors=True)
     with open_dict(sub):
         sub.paths.output_dir = str(partial_dir)
     run(sub)
-    partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
+    if strategy.is_global_zero:
+        partial_dir.rename(directory)  # complete or absent: a killed pre-training never looks finished
+    strategy.barrier("pretrained backbone in place")
     return directory
 
 

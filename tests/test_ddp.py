@@ -1,0 +1,146 @@
+"""Several processes (DDP): each trains on its own rows, the metrics cover every process's rows, and 2 CPU processes
+train the model 1 process trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.data.loader import BatchLoader
+from mdrec.data.splits import RandomSplit
+from mdrec.data.store import ColumnStore
+from mdrec.data.synthetic import SyntheticSource
+from mdrec.eval.metrics import domain_metrics
+
+
+def shard_rows(store: ColumnStore, indices: np.ndarray, batch_size: int, shuffle: bool, world_size: int) -> list:
+    """Per rank, the row indices of each of its batches this epoch (``[rank][batch] -> int64 [b]``)."""
+    shards = []
+    for rank in range(world_size):
+        loader = BatchLoader(store, indices, batch_size, shuffle, seed=5, rank=rank, world_size=world_size)
+        order = loader.sampler.order()
+        shards.append([order[start:stop] for start, stop in zip(*loader.bounds(), strict=True)])
+    return shards
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_training_shards_are_disjoint_and_step_together(small_store: ColumnStore, world_size: int) -> None:
+    idx = np.arange(0, len(small_store), 3)  # 6,667 rows: the last global batch has a remainder for 2 and 3 ranks
+    shards = shard_rows(small_store, idx, 100, True, world_size)
+    assert len({len(batches) for batches in shards}) == 1  # the same number of steps on every process
+    steps = [np.concatenate(parts) for parts in zip(*shards, strict=True)]  # [step] all processes' rows
+    (whole,) = shard_rows(small_store, idx, 100 * world_size, True, 1)
+    for step, batch in zip(steps, whole, strict=True):
+        assert np.array_equal(step, batch[: len(step)])  # = one process's batch of world_size x 100 rows
+    served = np.concatenate(steps)
+    assert len(np.unique(served)) == len(served)  # no row twice
+    assert len(idx) - world_size < len(served) <= len(idx)  # fewer than world_size rows sit the epoch out
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_evaluation_shards_hold_every_row_once_in_order(small_store: ColumnStore, world_size: int) -> None:
+    idx = np.arange(5, 2006)  # 2,001 rows
+    shards = shard_rows(small_store, idx, 300, False, world_size)
+    assert np.array_equal(np.concatenate([np.concatenate(batches) for batches in shards]), idx)  # rank order
+    with pytest.raises(ValueError, match="2 rows, fewer than the 3 processes"):
+        BatchLoader(small_store, idx[:2], 300, shuffle=False, rank=0, world_size=3)
+    with pytest.raises(ValueError, match="rank must be in 0..world_size-1, got rank=2, world_size=2"):
+        BatchLoader(small_store, idx, 300, shuffle=True, rank=2, world_size=2)
+
+
+def test_processes_started_together_prepare_the_data_once(tmp_path: Path) -> None:
+    calls: list[Path] = []
+
+    class SlowSource(SyntheticSource):  # a preparation long enough for the other process to arrive meanwhile
+        def prepare(self, directory: Path, raw_dir: Path) -> None:
+            calls.append(directory)
+            time.sleep(0.3)
+            super().prepare(directory, raw_dir)
+
+    modules = [MultiDomainDataModule(SlowSource(num_rows=1000), RandomSplit(), str(tmp_path)) for _ in range(2)]
+    threads = [threading.Thread(target=m.prepare_data) for m in modules]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for m in modules:
+        m.setup()
+        assert len(m.store) == 1000
+
+
+# The same run with 1 process (batch 256) and 2 CPU processes (gloo, batch 128 each): the averaged gradient of two
+# 128-row halves is the 256-row gradient, so the two train the same model in exact arithmetic; what differs is float
+# summation order (measured: test probabilities within 1e-5, AUCs equal to float32 precision). No dropout; the DNN
+# without batch norm (its statistics would be per process: SyncBatchNorm is CUDA-only); 6,408 training rows give a
+# last global batch of 8 rows, split 4 + 4, so no row sits out. A multi-domain network with the dynamic learning
+# rate: its domain counts must be summed over the processes (per-process counts move test probabilities by 4e-3).
+ROWS = [
+    "data.source.num_rows=8010",  # 6,408 / 801 / 801: 801 test rows split 400 + 401, in one and two batches
+    "data.source.domain_shares=null",
+    "data.eval_batch_size=400",
+    "model=shared_bottom",
+    "backbone.dropout=0.0",
+    "backbone.batch_norm=false",
+    "callbacks=dynamic_lr",
+    "trainer.max_epochs=3",
+    "seed=0",
+    "~callbacks.progress_bar",
+    "+trainer.enable_progress_bar=false",
+]
+PROB_TOL = 1e-4  # measured 6e-8 to 1e-5; per-process domain counts in the dynamic learning rate: 4e-3
+AUC_TOL = 2e-3  # one swapped pair of the smallest domain's ~2,000 moves its AUC by 5e-4; measured: 0
+
+
+def train_process(tmp_path: Path, name: str, overrides: list[str]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Run ``python -m mdrec.train`` (as users do; Lightning's DDP launcher starts the other processes by running
+    the command again) and read its ``metrics.json`` and ``predictions.npz``."""
+    paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / name}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "mdrec.train", *ROWS, *paths, *overrides],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+    return metrics, dict(np.load(tmp_path / name / "predictions.npz"))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_the_one_process_model(tmp_path: Path) -> None:
+    one, p1 = train_process(tmp_path, "one", ["data.batch_size=256"])
+    two, p2 = train_process(tmp_path, "two", ["data.batch_size=128", "trainer=ddp_cpu"])
+    # a second process ran (its Hydra log; Lightning's launcher), and wrote nothing else: same files, one CSV log
+    files = {run: {p.name for p in (tmp_path / run).iterdir()} for run in ("one", "two")}
+    assert files["two"] == files["one"] | {"train_ddp_process_1.log"}
+    assert [p.name for p in (tmp_path / "two" / "csv").iterdir()] == ["version_0"]
+
+    # every test row exactly once, in the split's order, as with one process
+    assert np.array_equal(p2["domain"], p1["domain"]) and np.array_equal(p2["label"], p1["label"])
+    assert np.abs(p2["prob"] - p1["prob"]).max() < PROB_TOL
+    domains = [str(d) for d in p2["domains"]]
+    for key in ("test/auc", "test/mean_auc", *(f"test/auc/{d}" for d in domains)):
+        assert abs(two[key] - one[key]) < AUC_TOL, (key, one[key], two[key])
+    assert sum(two[f"test/rows/{d}"] for d in domains) == len(p2["prob"]) == 801
+
+    # the metrics are those of all processes' rows together, not a mean of per-process metrics
+    prob, label, domain = (torch.from_numpy(p2[k]) for k in ("prob", "label", "domain"))
+    gathered = domain_metrics(prob[:, 0], label[:, 0], domain, domains)
+    for key in ("auc", "logloss", "mean_auc", *(f"{m}/{d}" for m in ("auc", "logloss", "rows") for d in domains)):
+        assert two[f"test/{key}"] == pytest.approx(gathered[key], abs=1e-6), key  # logged in float32
+    shares = (slice(0, 400), slice(400, None))  # the rows each process evaluated
+    per_process = [domain_metrics(prob[s, 0], label[s, 0], domain[s], domains)["auc"] for s in shares]
+    assert abs(np.mean(per_process) - two["test/auc"]) > 1e-4
