@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.base import fingerprint
-from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, file_signature, login_required, stream_csv
+from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, stream_csv
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +247,7 @@ class AliCCP:
 
     def input_signature(self) -> list[tuple[str, int, int]] | None:
         """Path, size and modification time of the raw files (None until they exist)."""
-        try:
-            files = self.files()
-        except FileNotFoundError:
-            return None
-        return file_signature([p for split in files.values() for p in split.values()])
+        return found_signature(lambda: (p for split in self.files().values() for p in split.values()))
 
     def _wanted(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys([*self.fields, DOMAIN_FIELD]))  # fields and the domain field, once each

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 from mdrec.data.ingest import DENSE_SCALINGS, EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.base import fingerprint
-from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, file_signature, login_required, read_csv, stream_csv
+from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, read_csv, stream_csv
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,7 @@ class AliExpress:
 
     def input_signature(self) -> list[tuple[str, int, int]] | None:
         """Path, size and modification time of the raw files (None until they exist)."""
-        try:
-            files = self.files()
-        except FileNotFoundError:
-            return None
-        return file_signature(sorted({f.path for f in files.values()}))
+        return found_signature(lambda: (f.path for f in self.files().values()))
 
     def _users(self, raw: RawFile) -> pa.Table:
         types = {SEARCH["user"]: pa.string(), **dict.fromkeys(USER_CATEGORICAL, pa.string())}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -186,6 +186,16 @@ class KeyIndex:
 def file_signature(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
     """Path, size and modification time of each file (a source's ``input_signature``)."""
     return [(str(p), (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
+
+
+def found_signature(find: Callable[[], Iterable[Path]]) -> list[tuple[str, int, int]] | None:
+    """``file_signature`` of the raw files ``find()`` returns, in path order; None while they are missing (``find``
+    raises ``FileNotFoundError``)."""
+    try:
+        paths = sorted(set(find()))
+    except FileNotFoundError:
+        return None
+    return file_signature(paths)
 
 
 def login_required(dataset: str, missing: Sequence[str], url: str, how: str) -> FileNotFoundError:
