@@ -14,6 +14,11 @@ import numpy as np  # noqa: E402
 from mdrec.eval.summary import Run  # noqa: E402
 
 
+def colour(i: int, n: int) -> tuple[float, ...]:
+    """The i-th of n distinct colours (tab10 up to 10 groups, tab20 beyond)."""
+    return plt.get_cmap("tab10" if n <= 10 else "tab20")(i % 20)
+
+
 def _stats(runs: Sequence[Run], key: str) -> tuple[float, float]:
     values = np.array([r.metrics[key] for r in runs if key in r.metrics], dtype=np.float64)
     if len(values) == 0:
@@ -27,12 +32,12 @@ def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], 
     The y axis starts near the smallest bar (AUC differences of 0.01 matter and would vanish from 0)."""
     columns = ["overall", *domains]
     width = 0.8 / max(len(groups), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(groups)) * 0.45 + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14.0, 4.0 + 0.22 * len(columns) * len(groups)), 4.2))
     lows, highs = [], []
     for i, (name, runs) in enumerate(groups.items()):
         means, stds = zip(*(_stats(runs, metric if c == "overall" else f"{metric}/{c}") for c in columns), strict=True)
         x = np.arange(len(columns)) + (i - (len(groups) - 1) / 2) * width
-        ax.bar(x, means, width, yerr=stds, capsize=2, label=f"{name} (n={len(runs)})")
+        ax.bar(x, means, width, yerr=stds, capsize=2, label=f"{name} (n={len(runs)})", color=colour(i, len(groups)))
         finite = np.isfinite(means)
         lows += list(np.subtract(means, stds)[finite])
         highs += list(np.add(means, stds)[finite])
@@ -42,7 +47,7 @@ def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], 
     ax.set_xticks(np.arange(len(columns)), columns)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean ± std over seeds")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -82,10 +87,13 @@ def curve_plot(
             mean, std = (np.array(v) for v in zip(*points, strict=True))
             if np.isnan(mean).all():
                 continue
-            ax.plot(xs, mean, marker="o", label=name, color=f"C{i}")
-            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=f"C{i}")
+            ax.plot(xs, mean, marker="o", label=name, color=colour(i, len(groups)))
+            ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=colour(i, len(groups)))
         if log_x:
-            ax.set_xscale("log", base=2 if all(v.is_integer() for v in _xs(groups, x)) else 10)
+            ax.set_xscale("log")
+        ticks = sorted(_xs(groups, x))
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], minor=False)
+        ax.minorticks_off()
         ax.set_title(column if len(columns) > 1 else metric)
         ax.set_ylabel(metric)
         ax.set_xlabel(x)
