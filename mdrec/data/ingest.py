@@ -5,12 +5,19 @@ Every source ends here, so every data set gets the same vocabulary rules, the sa
 - **Vocabularies** are built from the *vocabulary rows* (all rows, or the train rows when a source comes
   with its own split): ids 1..V in sorted order of the value as a string (deterministic), values rarer than
   ``min_count`` left out. Id 0 means missing (null) or out of vocabulary.
+- **Ids are compared as strings**, exactly as Arrow casts them: ``7`` and ``"7"`` are one value, ``" 7"``,
+  ``"07"`` and ``"7.0"`` are others; a float ``1.0`` reads ``"1"``. Any integer fits (uint64, decimal, or text
+  in a string column). Null and NaN are missing (id 0); the empty string ``""`` is a value of its own here
+  (``TabularSource`` reads an empty CSV field as missing).
 - **Nothing is dropped silently**: rows in == rows out. Values outside the vocabulary become 0 and their
   share is reported per field, per domain and per split (the taxonomy-alignment coverage of DESIGN.md),
   next to the share of missing values.
 - **Bad input fails loudly**, naming the column, the row and the value: missing columns, NaN/inf/null in a
-  dense feature, labels outside {0, 1}, a domain value outside the configured domains, a column in two roles,
-  no rows.
+  dense feature (or a value float32 cannot hold once scaled), labels outside {0, 1} (NaN and null included),
+  a missing timestamp, a domain value outside the configured domains (or missing), a column in two roles (a
+  label used as a feature) or named like a column the store adds (``split``, ``<sequence>__length``), no
+  rows. A column whose type cannot be read in its role (text in a numeric column, a list as an id) fails
+  naming the column.
 
 Encoding is one batched ``datasets`` ``map`` in Arrow format: ``pyarrow.compute.index_in`` against the
 vocabulary, +1, null -> 0. No Python runs per value.
@@ -38,7 +45,7 @@ _MAP_BATCH_ROWS = 1 << 17  # rows per batch of the encoding map
 class SequenceSpec:
     """A column holding, per row, a list of raw ids in chronological order (oldest first).
 
-    The column is either an Arrow list column or a string column of ids joined by ``delimiter``. Null and
+    The column is either an Arrow list column or a string column of ids joined by ``delimiter``. Null, NaN and
     empty elements are skipped. The most recent ``max_len`` ids are kept, in their original order,
     left-aligned and 0-padded; their count goes to the ``<column>__length`` column.
 
@@ -126,6 +133,11 @@ class TableSpec:
             )
         if self.user is not None and self.user not in self.sparse:
             raise ValueError(f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})")
+        if self.sequence is not None and seq_length_column(self.sequence.column) in self.columns():
+            raise ValueError(
+                f"column {seq_length_column(self.sequence.column)!r} is reserved for the lengths of sequence "
+                f"{self.sequence.column!r}; rename it"
+            )
         if self.sequence is not None and self.sequence.vocab_field not in self.sparse:
             raise ValueError(
                 f"sequence {self.sequence.column!r} shares the vocabulary of {self.sequence.vocab_field!r}, "
@@ -216,7 +228,7 @@ def encode_ids(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarra
     Returns:
         ``[n]`` int32 ids in 0..V.
     """
-    idx = pc.index_in(values.cast(pa.string()), value_set=vocab)
+    idx = pc.index_in(_id_strings(values), value_set=vocab)
     return pc.add(pc.fill_null(idx, -1), 1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
@@ -260,7 +272,7 @@ def encode_sequence(
     n = len(column)
     if delimiter is not None:
         column = pc.split_pattern(column, delimiter)
-    values = pc.list_flatten(column).cast(pa.string())
+    values = _id_strings(pc.list_flatten(column))
     parents = pc.list_parent_indices(column).to_numpy()
     keep = pc.fill_null(pc.not_equal(values, ""), False).to_numpy(zero_copy_only=False)
     ids = encode_ids(values.filter(pa.array(keep)), vocab)  # [M] kept ids, grouped by row in row order
@@ -301,6 +313,11 @@ def encode_table(
             f"data set {dataset_id!r}: column(s) {missing} named in the spec are not in the data; "
             f"available columns: {ds.column_names}"
         )
+    if split is not None and SPLIT_COLUMN in spec.columns():
+        raise ValueError(
+            f"data set {dataset_id!r}: column {SPLIT_COLUMN!r} is reserved for the split codes of data that come "
+            "with their own split; rename it"
+        )
     for name, arr in (("vocab_mask", vocab_mask), ("split", split)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"data set {dataset_id!r}: `{name}` has {len(arr)} entries for {n} rows")
@@ -327,7 +344,7 @@ def encode_table(
     if spec.sequence is not None:
         _check_sequence_type(raw[spec.sequence.column].type, spec.sequence, dataset_id)
     vocab_rows = pa.array(mask)
-    vocabs = {c: _vocabulary(raw[c].filter(vocab_rows), spec.min_count) for c in spec.sparse}
+    vocabs = {c: _vocabulary(raw[c].filter(vocab_rows), spec.min_count, dataset_id, c) for c in spec.sparse}
 
     encoder = _Encoder(
         vocabs,
@@ -385,6 +402,13 @@ def _cast(values: pa.ChunkedArray, dtype: pa.DataType, dataset_id: str, column: 
         ) from e
 
 
+def _id_strings(values: pa.ChunkedArray | pa.Array, dataset_id: str = "", column: str = "") -> pa.ChunkedArray:
+    """Ids as the strings they are compared as; NaN (a float column's missing value) becomes null."""
+    if pa.types.is_floating(values.type):
+        values = pc.if_else(pc.is_nan(values), None, values)
+    return _cast(values, pa.string(), dataset_id, column)
+
+
 def _to_numpy(
     values: pa.ChunkedArray | pa.Array, dtype: pa.DataType, dataset_id: str = "", column: str = ""
 ) -> np.ndarray:
@@ -416,11 +440,13 @@ def _check_sequence_type(dtype: pa.DataType, spec: SequenceSpec, dataset_id: str
             f"data set {dataset_id!r}, sequence column {spec.column!r}: type {dtype} is not a list; "
             "for ids joined in a string set `delimiter` (e.g. '|')"
         )
+    if is_list:  # the elements are ids: a type that cannot be read as a string (a nested list) fails here
+        _id_strings(pa.array([], dtype.value_type), dataset_id, spec.column)
 
 
 def _domains(raw: pa.Table, spec: TableSpec, dataset_id: str) -> list[str]:
     """The domain names in id order; raises on a row whose domain is missing or not configured."""
-    values = raw[spec.domain].cast(pa.string())
+    values = _id_strings(raw[spec.domain], dataset_id, spec.domain)
     if spec.domains is None:
         domains = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
     else:
@@ -437,7 +463,8 @@ def _domains(raw: pa.Table, spec: TableSpec, dataset_id: str) -> list[str]:
 
 
 def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, dataset_id: str) -> tuple[float, float]:
-    """Check a dense column is finite everywhere; return (shift, scale) fitted on the masked rows."""
+    """Check a dense column is finite everywhere, also once scaled to float32; return (shift, scale) fitted on
+    the masked rows."""
     x = _to_numpy(raw[column], pa.float64(), dataset_id, column)
     _raise_where(
         dataset_id,
@@ -447,17 +474,29 @@ def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, datas
         "is not finite (NaN, inf or missing); fill or drop missing values before preparing",
     )
     fit = x[mask]
-    if method == "minmax":
-        lo, hi = float(fit.min()), float(fit.max())
-        return lo, (hi - lo) or 1.0
-    if method == "standard":
-        return float(fit.mean()), float(fit.std()) or 1.0
-    return 0.0, 1.0
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values: caught below, naming the row
+        if method == "minmax":
+            shift, scale = float(fit.min()), float(fit.max() - fit.min()) or 1.0
+        elif method == "standard":
+            shift, scale = float(fit.mean()), float(fit.std()) or 1.0
+        else:
+            shift, scale = 0.0, 1.0
+        scaled = ((x - shift) / scale).astype(np.float32)
+    overflow = ~np.isfinite(scaled) if np.isfinite([shift, scale]).all() else np.ones(len(x), dtype=bool)
+    _raise_where(
+        dataset_id,
+        column,
+        raw[column],
+        overflow,
+        f"does not fit a float32 once scaled ({method} fitted on the vocabulary rows: shift {shift}, scale "
+        f"{scale}); rescale the column before preparing (e.g. log) or choose another `dense_scaling`",
+    )
+    return shift, scale
 
 
-def _vocabulary(values: pa.ChunkedArray, min_count: int) -> pa.Array:
-    """Sorted string values seen at least ``min_count`` times (nulls excluded)."""
-    counts = pc.value_counts(values.cast(pa.string()))
+def _vocabulary(values: pa.ChunkedArray, min_count: int, dataset_id: str, column: str) -> pa.Array:
+    """Sorted string values seen at least ``min_count`` times (nulls and NaN excluded)."""
+    counts = pc.value_counts(_id_strings(values, dataset_id, column))
     vals, cnt = counts.field("values"), counts.field("counts")
     keep = pc.and_(pc.is_valid(vals), pc.greater_equal(cnt, min_count))
     vals = vals.filter(keep)
@@ -502,7 +541,7 @@ def _report(
     if split is not None:
         report["rows_per_split"] = dict(zip(SPLIT_NAMES, np.bincount(split, minlength=3).tolist(), strict=True))
     for c in spec.sparse:
-        missing = pc.is_null(raw[c]).to_numpy(zero_copy_only=False)
+        missing = pc.is_null(raw[c], nan_is_null=True).to_numpy(zero_copy_only=False)
         unseen = (columns[c] == 0) & ~missing
         entry = {
             "vocab_size": schema.vocab_sizes[schema.sparse_index(c)],

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mdrec.data.batch import Batch
-from mdrec.data.schema import SPLIT_COLUMN, SPLIT_NAMES, Schema, seq_length_column
+from mdrec.data.schema import SCHEMA_FILE, SPLIT_COLUMN, SPLIT_NAMES, Schema, seq_length_column
 
 COLUMNS_DIR = "columns"
 VOCAB_DIR = "vocab"
@@ -51,8 +51,9 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     """Check that ``columns`` hold exactly what ``schema`` says; return the row count.
 
     Raises ``ValueError`` naming the column, the first offending row and its value for: a missing column,
-    unequal lengths, NaN/inf in a float column, labels outside {0, 1}, negative ids, ids beyond the vocabulary,
-    domain ids outside 0..K-1, split codes outside 0..2 and zero rows.
+    a shape other than ``[rows]`` (``[rows, L]`` for the sequence), unequal lengths, NaN/inf in a float column,
+    labels outside {0, 1}, negative ids, ids beyond the vocabulary, domain ids outside 0..K-1, split codes outside
+    0..2 and zero rows.
     """
     missing = [c for c in schema.columns() if c not in columns]
     if missing:
@@ -60,6 +61,16 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
             f"data set {schema.dataset_id!r}: column(s) {missing} named by the schema are missing "
             f"(present: {sorted(columns)}); the schema does not match the data: re-prepare it"
         )
+    seq = schema.sequence
+    for name in schema.columns():
+        shape = np.shape(columns[name])
+        width = (seq.max_len,) if seq is not None and name == seq.name else ()
+        if len(shape) != 1 + len(width) or shape[1:] != width:
+            expected = f"[rows, {width[0]}]" if width else "[rows]"
+            raise ValueError(
+                f"data set {schema.dataset_id!r}: column {name!r} has shape {shape}, expected {expected}; the schema "
+                "does not match the data: re-prepare it"
+            )
     lengths = {name: len(columns[name]) for name in schema.columns()}
     n = lengths[schema.domain_field]
     if any(v != n for v in lengths.values()):
@@ -73,8 +84,7 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
         schema.num_domains - 1,
         f"a domain id (domains: {list(schema.domains)})",
     )
-    if schema.sequence is not None:
-        seq = schema.sequence
+    if seq is not None:
         int_ranges[seq.name] = (0, vocab[seq.vocab_field] - 1, f"an id of {seq.vocab_field!r}")
         int_ranges[seq_length_column(seq.name)] = (0, seq.max_len, "a sequence length")
     if schema.has_split_column:
@@ -130,9 +140,16 @@ def write_store(
     """Validate ``columns`` against ``schema`` and write a prepared directory atomically.
 
     The store is written into a temporary sibling and renamed into place, so a crash never leaves a half-written
-    store behind. Columns are cast to the dtypes of ``column_dtypes``.
+    store behind. Columns are cast to the dtypes of ``column_dtypes``. A column name that cannot name its file
+    (``/``, ``\\``, NUL, ``.``, ``..``, over 250 bytes) is refused before anything is written.
     """
     directory = Path(directory)
+    unsafe = [c for c in schema.columns() if c in (".", "..") or set(c) & set("/\\\0") or len(c.encode()) > 250]
+    if unsafe:
+        raise ValueError(
+            f"data set {schema.dataset_id!r}: column name(s) {unsafe} cannot name a file (columns/<name>.npy); "
+            "rename them: no '/', '\\' or NUL, not '.' or '..', at most 250 bytes"
+        )
     check_columns(schema, columns)
     dtypes = column_dtypes(schema)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -170,17 +187,20 @@ class ColumnStore:
 
     def __init__(self, directory: str | Path, mmap: bool = True, validate: bool = True) -> None:
         self.directory = Path(directory)
-        self.schema = Schema.load(self.directory)
+        try:
+            self.schema = Schema.load(self.directory)
+        except (ValueError, KeyError, TypeError) as e:  # a malformed or edited schema.json
+            raise ValueError(
+                f"prepared data at {self.directory}: cannot read {SCHEMA_FILE} ({type(e).__name__}: {e}); "
+                "delete the directory and prepare again"
+            ) from e
         missing = [c for c in self.schema.columns() if not (self.directory / COLUMNS_DIR / f"{c}.npy").exists()]
         if missing:
             raise ValueError(
                 f"prepared data at {self.directory} lacks column file(s) {missing} named by its schema; "
                 "the schema does not match the data: delete the directory and prepare again"
             )
-        mode = "r" if mmap else None
-        self.columns: dict[str, np.ndarray] = {
-            c: np.load(self.directory / COLUMNS_DIR / f"{c}.npy", mmap_mode=mode) for c in self.schema.columns()
-        }
+        self.columns = {c: self._load(c, mmap) for c in self.schema.columns()}
         dtypes = column_dtypes(self.schema)
         for name, col in self.columns.items():
             if col.dtype != dtypes[name]:
@@ -199,6 +219,17 @@ class ColumnStore:
         # one place instead of F scattered ones (2.5x faster gathers). Memory-mapped stores gather per column.
         kinds = (self._sparse, self._dense, self._labels)
         self._blocks = None if mmap else tuple(_row_major(cols, self.num_rows) for cols in kinds)
+
+    def _load(self, name: str, mmap: bool) -> np.ndarray:
+        """One column file, memory-mapped or read; raises naming the file when it is truncated or not an array."""
+        path = self.directory / COLUMNS_DIR / f"{name}.npy"
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(
+                f"prepared data at {self.directory}: column file {path.name} is truncated or not a numeric .npy "
+                f"array ({e}); delete the directory and prepare again"
+            ) from e
 
     def __len__(self) -> int:
         return self.num_rows
