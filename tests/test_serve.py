@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -124,8 +125,16 @@ def test_trimmed_parallel_model_blanks_each_domains_dropped_features(tmp_path: P
 
 def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     train(train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1"]))
-    assert trim_main([str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64", "--min-rows", "100"]) == 0
+    args = [str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64", "--min-rows", "100"]
+    assert trim_main([*args, "--tradeoff", "0.01", "0"]) == 0
     report = json.loads((tmp_path / "run" / "trim.json").read_text())
+    tradeoff = json.loads((tmp_path / "run" / "trim_tradeoff.json").read_text())
+    assert tradeoff["budgets"] == [0.0, 0.002, 0.01]
+    kept = np.array(tradeoff["kept"])  # [budgets, K]: a larger budget never keeps more features
+    assert (np.diff(kept, axis=0) <= 0).all()
+    total = len(report["features"])
+    assert kept[1].tolist() == [total - len(report["dropped"][d]) for d in tradeoff["domains"]]
+    assert (tmp_path / "run" / "trim_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     for d, before in report["val_auc_before"].items():
         assert before - report["val_auc_after"][d] <= 0.002 + 1e-9
     assert any(report["dropped"].values())  # the synthetic default has fields that do not matter to some domains

@@ -25,6 +25,7 @@ from mdrec.adapters.saved import ADAPTER, RUN_CONFIG, adapter_factory, load_adap
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
+from mdrec.eval.plots import tradeoff_plot
 from mdrec.eval.trim import Predict, concat, domain_aucs, permutation_importance, plan_trimming, trim_table
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import AdapterFactory, ParallelModel
@@ -134,6 +135,14 @@ def trim(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-rows", type=int, default=2000, help="domains with fewer validation rows keep all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
+    parser.add_argument(
+        "--tradeoff",
+        type=float,
+        nargs="+",
+        metavar="BUDGET",
+        help="also plan with each of these budgets: features kept and test AUC change per domain against the budget "
+        "(trim_tradeoff.json, trim_tradeoff.png)",
+    )
     args = parser.parse_args(argv)
     run = load_run(args.run, "mdrec-trim")
     schema, full = run.schema, run.serving_model()
@@ -193,7 +202,36 @@ def trim(argv: list[str] | None = None) -> int:
         )
     )
     print(report)
+    if args.tradeoff:
+        tradeoff(run, full, val, test, importance, sorted({args.budget, *args.tradeoff}), args.min_rows)
     return 0
+
+
+def tradeoff(
+    run: AdaptRun,
+    full: torch.nn.Module,
+    val: Batch,
+    test: Batch,
+    importance: torch.Tensor,
+    budgets: list[float],
+    min_rows: int,
+) -> None:
+    """Plan with each budget (the importances computed once); write features kept and the test AUC change per
+    domain against the budget: ``trim_tradeoff.json`` and the plot ``trim_tradeoff.png``."""
+    schema, predict = run.schema, click_probability(full)
+    with torch.no_grad():
+        test_before = domain_aucs(predict, test, schema.num_domains)
+        plans = [plan_trimming(predict, val, schema, b, importance, min_rows) for b in budgets]
+        trimmed = [click_probability(run.serving_model(p.drop)) for p in plans]
+        test_after = [domain_aucs(model, test, schema.num_domains) for model in trimmed]
+    total = len(plans[0].features)
+    kept = [[total - len(p.dropped(d)) for d in schema.domains] for p in plans]  # [budgets][K]
+    change = [(after - test_before).tolist() for after in test_after]  # [budgets][K]
+    (run.directory / "trim_tradeoff.json").write_text(
+        json.dumps({"budgets": budgets, "domains": list(schema.domains), "kept": kept, "test_auc_change": change})
+    )
+    tradeoff_plot(budgets, kept, change, list(schema.domains), total, run.directory / "trim_tradeoff.png")
+    print(f"trade-off over budgets {budgets}: {run.directory / 'trim_tradeoff.png'}")
 
 
 def trim_main() -> None:
