@@ -15,7 +15,7 @@ from scipy import stats
 
 from mdrec.eval.cli import report
 from mdrec.eval.summary import Run, load_failures, load_runs
-from mdrec.eval.sweep import labelled_groups, paired, sweep_report
+from mdrec.eval.sweep import labelled_groups, paired, run_domains, sweep_report
 
 DOMAINS = ["d0", "d1", "d2", "d3"]
 
@@ -161,7 +161,17 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (run / "metrics.json").write_text(json.dumps({"test/auc": 0.76, "seed": 2}))
     assert report([str(tmp_path / "runs"), "--x", "data.source.num_domains=8", "--out", str(out)]) == 0
     assert "| default, data.source.num_domains=8 | 3 | **0.7500 ± 0.0100** |" in (out / "report.md").read_text()
-    with pytest.raises(SystemExit, match="not a number"):
+    (tmp_path / "runs" / "4" / ".hydra" / "overrides.yaml").write_text("- seed=2\n- data.source.num_domains=auto\n")
+    with pytest.raises(SystemExit, match="not a number"):  # refused before anything is written
+        report([str(tmp_path / "runs"), "--x", "data.source.num_domains", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(
+        SystemExit, match=r"no run sets the override\(s\) \['modle'\] / reports the metric\(s\) \['test/acu'\]"
+    ):
+        report([str(tmp_path / "runs"), "--by", "modle", "--metrics", "test/acu", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no group is called"):
+        report([str(tmp_path / "runs"), "--name", "nope=X", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"no run sets the override\(s\) \['seed_missing'\]"):
         report([str(tmp_path / "runs"), "--x", "seed_missing", "--out", str(out)])
     with pytest.raises(SystemExit, match="baseline 'nope' is not a group"):
         report([str(tmp_path / "runs"), "--baseline", "nope", "--out", str(out)])
@@ -195,3 +205,15 @@ def test_optuna_search_maximises_validation_mean_auc(tmp_path: Path) -> None:
     assert result["best_value"] == pytest.approx(best.metrics["val/mean_auc"])
     assert float(best.overrides["model.optimizer.lr"]) == pytest.approx(result["best_params"]["model.optimizer.lr"])
     assert len({r.overrides["model.optimizer.lr"] for r in runs}) == 3  # every trial drew its own
+
+
+def test_a_resumed_run_is_not_a_failure_and_domains_merge(tmp_path: Path) -> None:
+    for name, domains in (("a", ["d0", "d1"]), ("b", ["d0", "d1", "d2", "d3"])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"test/auc": 0.7, "seed": 0}))
+        (tmp_path / name / "data_report.json").write_text(json.dumps({"domains": domains}))
+    (tmp_path / "a" / "failure.json").write_text(json.dumps({"error": "killed"}))  # then resumed and finished
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "failure.json").write_text(json.dumps({"error": "ValueError: bad"}))
+    assert [f.path.name for f in load_failures(tmp_path)] == ["c"]
+    assert run_domains(load_runs(tmp_path), "test/auc") == ["d0", "d1", "d2", "d3"]

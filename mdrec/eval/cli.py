@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mdrec.eval.gate import gate_table, negative_transfer
-from mdrec.eval.plots import bar_plot, curve_plot
+from mdrec.eval.plots import bar_plot, curve_plot, numeric
 from mdrec.eval.summary import Failure, Run, load_failures, load_runs
 from mdrec.eval.sweep import labelled_groups, run_domains, sweep_report, varying_keys
 
@@ -85,15 +85,22 @@ def report(argv: list[str] | None = None) -> int:
         "and PNG plots.",
     )
     parser.add_argument("roots", nargs="+", type=Path, help="sweep, run or W&B directories (searched recursively)")
-    parser.add_argument("--metrics", nargs="+", default=["test/auc", "test/logloss"], help="metric keys to tabulate")
-    parser.add_argument("--domains", nargs="*", help="domain columns (default: the runs' domains, in id order)")
+    parser.add_argument(
+        "--metrics", nargs="+", help="metric keys to tabulate (default: test/auc and test/logloss, those reported)"
+    )
+    parser.add_argument(
+        "--domains", nargs="*", help="domain columns (default: the runs' domains, in id order; none: overall only)"
+    )
     parser.add_argument("--by", nargs="*", help="override keys that form the groups (default: those that vary)")
     parser.add_argument("--baseline", help="a group's name (as the tables print it) to test the others against")
     parser.add_argument(
         "--x", help="a numeric override: also plot the metrics against it (curve.png, a line per group)"
     )
     parser.add_argument(
-        "--name", action="append", metavar="GROUP=NAME", help="rename a group, e.g. 'default=warm start' (repeatable)"
+        "--name",
+        action="append",
+        metavar="GROUP=NAME",
+        help="rename a group (its label without ', x=value'), e.g. 'default=warm start' (repeatable)",
     )
     parser.add_argument("--title", default="Sweep report")
     parser.add_argument("--out", type=Path, help="where report.md and the plots go (default: <first dir>/report)")
@@ -112,15 +119,32 @@ def report(argv: list[str] | None = None) -> int:
     if not runs:
         detail = f"; {len(failures)} failed runs" if failures else ""
         sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")
+    reported = lambda m: any(m in r.metrics for r in runs)  # noqa: E731
+    args.metrics = args.metrics or [m for m in ("test/auc", "test/logloss") if reported(m)] or ["test/auc"]
     domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
     if args.x is not None and "=" in args.x:  # KEY=DEFAULT: the value of the runs that leave KEY at its default
         args.x, default = args.x.split("=", 1)
         runs = [dataclasses.replace(r, overrides={args.x: default, **r.overrides}) for r in runs]
     by = [k for k in (args.by if args.by is not None else varying_keys(runs)) if k != args.x]
+    unset = [k for k in [*by, *([args.x] if args.x else [])] if not any(k in r.overrides for r in runs)]
+    unreported = [m for m in args.metrics if not reported(m)]
+    if unset or unreported:
+        sys.exit(
+            f"mdrec-report: no run sets the override(s) {unset} / reports the metric(s) {unreported}; check the "
+            "spelling (the keys of .hydra/overrides.yaml and metrics.json)"
+        )
+    if args.x is not None:
+        try:
+            [numeric(r, args.x) for r in runs]  # before anything is written
+        except ValueError as error:
+            sys.exit(f"mdrec-report: {error}")
     if any("=" not in name for name in args.name or []):
         sys.exit(f"mdrec-report: --name takes GROUP=NAME, got {args.name}")
     names = dict(name.rsplit("=", 1) for name in args.name or [])
     groups = labelled_groups(runs, by, names, args.x)  # the tables keep each x apart
+    methods = list(labelled_groups(runs, by))  # the group names before renaming, without x
+    if set(names) - set(methods):
+        sys.exit(f"mdrec-report: --name: no group is called {sorted(set(names) - set(methods))}; groups: {methods}")
     try:
         text = sweep_report(runs, failures, args.metrics, domains, groups, args.baseline, args.title)
     except ValueError as error:
@@ -129,10 +153,7 @@ def report(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plots = [bar_plot(groups, args.metrics[0], domains, out / "bars.png")]
     if args.x is not None:  # a line per group, x along the axis
-        try:
-            plots.append(curve_plot(labelled_groups(runs, by, names), args.x, args.metrics, domains, out / "curve.png"))
-        except ValueError as error:
-            sys.exit(f"mdrec-report: {error}")
+        plots.append(curve_plot(labelled_groups(runs, by, names), args.x, args.metrics, domains, out / "curve.png"))
     text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n"
     (out / "report.md").write_text(text)
     print(text)

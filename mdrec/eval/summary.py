@@ -65,9 +65,12 @@ def load_runs(root: str | Path) -> list[Run]:
 
 
 def load_failures(root: str | Path) -> list[Failure]:
-    """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``)."""
+    """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``) and did not finish later
+    (a resumed run's ``metrics.json`` wins)."""
     return [
-        Failure(d, json.loads((d / FAILURE).read_text())["error"], overrides_of(d)) for d in run_dirs(root, FAILURE)
+        Failure(d, json.loads((d / FAILURE).read_text())["error"], overrides_of(d))
+        for d in run_dirs(root, FAILURE)
+        if not (d / METRICS).exists()
     ]
 
 

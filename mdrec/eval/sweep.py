@@ -68,14 +68,15 @@ def _as_number(value: str) -> tuple[int, float | str]:
 
 
 def run_domains(runs: Sequence[Run], metric: str) -> list[str]:
-    """The domains of the runs, in id order: from a run's ``data_report.json``, else every ``<metric>/<name>`` key
-    of the runs, sorted."""
+    """The domains of the runs: those of every run's ``data_report.json`` in id order, merged in first-seen order
+    (runs with different domain sets give the union); without reports, every ``<metric>/<name>`` key, sorted."""
+    domains: dict[str, None] = {}
     for run in runs:
         report = run.path / "data_report.json"
         if report.exists():
-            domains = json.loads(report.read_text()).get("domains")
-            if domains:
-                return list(domains)
+            domains.update(dict.fromkeys(json.loads(report.read_text()).get("domains") or []))
+    if domains:
+        return list(domains)
     return sorted({k[len(metric) + 1 :] for r in runs for k in r.metrics if k.startswith(f"{metric}/")})
 
 

@@ -21,17 +21,18 @@ def run(cfg: DictConfig) -> float | None:
     A job that raises leaves ``failure.json`` (the error and its traceback) in its run directory, then re-raises:
     Hydra's launcher goes on with the sweep's other jobs, and ``mdrec-report`` lists the failure.
     """
+    name = cfg.get("optimized_metric")
     try:
         metrics = train(cfg)
+        if name and name not in metrics:
+            raise ValueError(
+                f"optimized_metric {name!r} is not among the run's metrics "
+                f"({sorted(k for k in metrics if '/' in k)[:12]} ...); the val/ and test/ figures of the selected "
+                "model need test=true"
+            )
     except Exception as error:
         record_failure(Path(cfg.paths.output_dir), error)
         raise
-    name = cfg.get("optimized_metric")
-    if name and name not in metrics:
-        raise ValueError(
-            f"optimized_metric {name!r} is not among the run's metrics ({sorted(k for k in metrics if '/' in k)[:12]}"
-            " ...); the val/ and test/ figures of the selected model need test=true"
-        )
     return metrics[name] if name else None
 
 

@@ -197,6 +197,7 @@ def write_run_files(
         if module.net.adapter is not None:
             torch.save(module.net.adapter.state_dict(), out_dir / ADAPTER)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (out_dir / FAILURE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
     (out_dir / "data_report.json").write_text(
         json.dumps(
             {
