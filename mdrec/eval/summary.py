@@ -117,8 +117,9 @@ def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[s
 
 
 def lower_is_better(key: str) -> bool:
-    """Whether a smaller value of metric ``key`` is better (losses, parameter counts, times)."""
-    return "loss" in key or key.startswith(("params/", "time/"))
+    """Whether a smaller value of metric ``key`` is better (losses, parameter counts, times, how much onboarding
+    moved the other domains)."""
+    return "loss" in key or key.startswith(("params/", "time/", "onboard/"))
 
 
 def comparison_table(

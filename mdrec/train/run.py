@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from mdrec.adapters.saved import ADAPTER, CONFIG, RUN_CONFIG, save_backbone
@@ -224,7 +225,10 @@ def evaluate(
 
 def record_failure(out_dir: Path, error: BaseException) -> None:
     """Record why a run failed: ``<out_dir>/failure.json`` with the error and its traceback; a W&B run still
-    open is finished as failed (the next job of a sweep starts its own)."""
+    open is finished as failed (the next job of a sweep starts its own). In a multi-process run only process 0
+    records (as it alone writes the run's files)."""
+    if rank_zero_only.rank != 0:
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "error": f"{type(error).__name__}: {error}",
