@@ -217,3 +217,16 @@ def test_a_resumed_run_is_not_a_failure_and_domains_merge(tmp_path: Path) -> Non
     (tmp_path / "c" / "failure.json").write_text(json.dumps({"error": "ValueError: bad"}))
     assert [f.path.name for f in load_failures(tmp_path)] == ["c"]
     assert run_domains(load_runs(tmp_path), "test/auc") == ["d0", "d1", "d2", "d3"]
+
+
+def test_nan_metrics_and_seedless_runs() -> None:
+    runs = [fake("a0", 0, {"m": "a"}, 0.7), fake("a1", 1, {"m": "a"}, float("nan")), fake("b0", 0, {}, 0.6)]
+    groups = labelled_groups(runs, ["m"])
+    text = sweep_report(runs, [], ["test/auc"], [], groups)
+    assert "| m=a | 2 | nan ± nan |" in text  # a NaN is shown, not averaged away
+    assert "| default | 1 | **0.6000 ± 0.0000** |" in text  # the best of the groups with a mean
+    result = paired(groups["m=a"], groups["default"], "test/auc", "m=a", "default")
+    assert result is not None and result.n == 1 and result.mean == pytest.approx(0.1)  # seed 1 has no partner
+    seedless = [Run(Path("s"), {"test/auc": 0.7}, {"m": "a"}), *runs[2:]]
+    with pytest.raises(ValueError, match="records no seed"):
+        sweep_report(seedless, [], ["test/auc"], [], labelled_groups(seedless, ["m"]), baseline="default")
