@@ -26,7 +26,15 @@ from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.plots import tradeoff_plot
-from mdrec.eval.trim import Predict, concat, domain_aucs, permutation_importance, plan_trimming, trim_table
+from mdrec.eval.trim import (
+    Predict,
+    TrimPlan,
+    concat,
+    domain_aucs,
+    permutation_importance,
+    plan_trimming,
+    trim_table,
+)
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls
@@ -203,7 +211,7 @@ def trim(argv: list[str] | None = None) -> int:
     )
     print(report)
     if args.tradeoff:
-        tradeoff(run, full, val, test, importance, sorted({args.budget, *args.tradeoff}), args.min_rows)
+        tradeoff(run, full, val, test_before, test, plan, sorted({args.budget, *args.tradeoff}), args.min_rows)
     return 0
 
 
@@ -211,17 +219,21 @@ def tradeoff(
     run: AdaptRun,
     full: torch.nn.Module,
     val: Batch,
+    test_before: torch.Tensor,
     test: Batch,
-    importance: torch.Tensor,
+    plan: TrimPlan,
     budgets: list[float],
     min_rows: int,
 ) -> None:
-    """Plan with each budget (the importances computed once); write features kept and the test AUC change per
-    domain against the budget: ``trim_tradeoff.json`` and the plot ``trim_tradeoff.png``."""
+    """Plan with each budget (from ``plan``'s importances; ``plan`` itself is reused for its own budget); write
+    features kept and the test AUC change per domain (``test_before [K]``: all features) against the budget:
+    ``trim_tradeoff.json`` and the plot ``trim_tradeoff.png``."""
     schema, predict = run.schema, click_probability(full)
     with torch.no_grad():
-        test_before = domain_aucs(predict, test, schema.num_domains)
-        plans = [plan_trimming(predict, val, schema, b, importance, min_rows) for b in budgets]
+        plans = [
+            plan if b == plan.budget else plan_trimming(predict, val, schema, b, plan.importance, min_rows)
+            for b in budgets
+        ]
         trimmed = [click_probability(run.serving_model(p.drop)) for p in plans]
         test_after = [domain_aucs(model, test, schema.num_domains) for model in trimmed]
     total = len(plans[0].features)
