@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mdrec.eval.summary import Run  # noqa: E402
+from mdrec.eval.summary import Run, mean_and_std, metric_key, values_of  # noqa: E402
 
 
 def colour(i: int, n: int) -> tuple[float, ...]:
@@ -19,23 +19,16 @@ def colour(i: int, n: int) -> tuple[float, ...]:
     return plt.get_cmap("tab10" if n <= 10 else "tab20")(i % 20)
 
 
-def _stats(runs: Sequence[Run], key: str) -> tuple[float, float]:
-    values = np.array([r.metrics[key] for r in runs if key in r.metrics], dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), 0.0
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], path: Path) -> Path:
     """Grouped bars: a cluster per column (overall, then each domain), a bar per group, mean ± std error bars.
 
     The y axis starts near the smallest bar (AUC differences of 0.01 matter and would vanish from 0)."""
-    columns = ["overall", *domains]
+    columns = ["", *domains]  # "": overall
     width = 0.8 / max(len(groups), 1)
     fig, ax = plt.subplots(figsize=(min(14.0, 4.0 + 0.22 * len(columns) * len(groups)), 4.2))
     lows, highs = [], []
     for i, (name, runs) in enumerate(groups.items()):
-        means, stds = zip(*(_stats(runs, metric if c == "overall" else f"{metric}/{c}") for c in columns), strict=True)
+        means, stds = zip(*(mean_and_std(values_of(runs, metric_key(metric, c))) for c in columns), strict=True)
         x = np.arange(len(columns)) + (i - (len(groups) - 1) / 2) * width
         ax.bar(x, means, width, yerr=stds, capsize=2, label=f"{name} (n={len(runs)})", color=colour(i, len(groups)))
         finite = np.isfinite(means)
@@ -44,7 +37,7 @@ def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], 
     if lows:
         span = max(highs) - min(lows)
         ax.set_ylim(min(lows) - 0.15 * span - 1e-4, max(highs) + 0.1 * span + 1e-4)
-    ax.set_xticks(np.arange(len(columns)), columns)
+    ax.set_xticks(np.arange(len(columns)), [c or "overall" for c in columns])
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean ± std over seeds")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -73,17 +66,17 @@ def curve_plot(
     """Metrics against a numeric override ``x``: a panel per metric and column (overall, then each domain; a row
     of panels per metric, or up to 3 metrics a row without domains), a line per group (mean over the runs at each
     x, a band of ± std), e.g. data-scarcity or domain-scaling curves."""
-    columns = ["overall", *domains]
+    columns = ["", *domains]  # "": overall
     panels = [(m, c) for m in metrics for c in columns]
     ncols = len(columns) if len(columns) > 1 else min(3, len(metrics))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.2 * nrows), squeeze=False)
     log_x = _spans_decades(groups, x)
     for ax, (metric, column) in zip(axes.flat, panels, strict=False):
-        key = metric if column == "overall" else f"{metric}/{column}"
+        key = metric_key(metric, column)
         for i, (name, runs) in enumerate(groups.items()):  # a group keeps its colour in every panel
             xs = sorted({numeric(r, x) for r in runs})
-            points = [_stats([r for r in runs if numeric(r, x) == v], key) for v in xs]
+            points = [mean_and_std(values_of([r for r in runs if numeric(r, x) == v], key)) for v in xs]
             mean, std = (np.array(v) for v in zip(*points, strict=True))
             if np.isnan(mean).all():
                 continue
@@ -94,7 +87,7 @@ def curve_plot(
         ticks = sorted(_xs(groups, x))
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks], minor=False)
         ax.minorticks_off()
-        ax.set_title(column if len(columns) > 1 else metric)
+        ax.set_title((column or "overall") if len(columns) > 1 else metric)
         ax.set_ylabel(metric)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)

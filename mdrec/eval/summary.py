@@ -74,6 +74,24 @@ def load_failures(root: str | Path) -> list[Failure]:
     ]
 
 
+def metric_key(metric: str, column: str) -> str:
+    """The key of ``metric`` in ``column``: ``""`` is the overall figure (``metric``), else ``<metric>/<domain>``."""
+    return f"{metric}/{column}" if column else metric
+
+
+def values_of(runs: Sequence[Run], key: str) -> list[float]:
+    """Metric ``key`` of the runs that report it."""
+    return [r.metrics[key] for r in runs if key in r.metrics]
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (std 0 for a single value; nan and 0 for none)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 def mean_std(values: Sequence[float]) -> str:
     """``mean ± sample std`` to 4 decimals (± 0 for a single value, n/a for none).
 
@@ -81,15 +99,15 @@ def mean_std(values: Sequence[float]) -> str:
         >>> mean_std([0.8, 0.82])
         '0.8100 ± 0.0141'
     """
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
+    if len(values) == 0:
         return "n/a"
-    return f"{v.mean():.4f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.4f}"
+    mean, std = mean_and_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
 
 
 def cell(runs: Sequence[Run], key: str) -> str:
     """``mean ± std`` of metric ``key`` over the runs that report it."""
-    return mean_std([r.metrics[key] for r in runs if key in r.metrics])
+    return mean_std(values_of(runs, key))
 
 
 def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[str]) -> str:
@@ -110,8 +128,7 @@ def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[s
     header = "| metric | " + " | ".join(c or "overall" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
     for metric in rows:
-        keys = [f"{metric}/{col}" if col else metric for col in columns]
-        cells = [cell(runs, k) for k in keys]
+        cells = [cell(runs, metric_key(metric, col)) for col in columns]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -141,7 +158,8 @@ def comparison_table(
         |  | 1 | 0.7000 ± 0.0000 |
         | star | 1 | **0.8000 ± 0.0000** |
     """
-    means = np.array([[_mean(runs, k) for k in keys] for runs in groups.values()]).reshape(len(groups), len(keys))
+    means = np.array([[mean_and_std(values_of(runs, k))[0] for k in keys] for runs in groups.values()])
+    means = means.reshape(len(groups), len(keys))
     best = np.full(means.shape, False)
     if mark_best and len(groups) > 1:
         for j, key in enumerate(keys):
@@ -154,11 +172,6 @@ def comparison_table(
         cells = [f"**{cell(runs, k)}**" if best[i, j] else cell(runs, k) for j, k in enumerate(keys)]
         lines.append("| " + " | ".join([*values, str(len(runs)), *cells]) + " |")
     return "\n".join(lines)
-
-
-def _mean(runs: Sequence[Run], key: str) -> float:
-    values = [r.metrics[key] for r in runs if key in r.metrics]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Sequence[str]) -> str:
@@ -181,8 +194,7 @@ def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Seq
     header = "| method | metric | runs | " + " | ".join(c or "overall" for c in columns) + " |"
     lines = [header, "|---" * (len(columns) + 3) + "|"]
     for label, runs, metric in methods:
-        keys = [f"{metric}/{c}" if c else metric for c in columns]
-        cells = [cell(runs, k) for k in keys]
+        cells = [cell(runs, metric_key(metric, c)) for c in columns]
         lines.append(f"| {label} | {metric} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from mdrec.eval.summary import Failure, Run, comparison_table, lower_is_better
+from mdrec.eval.summary import Failure, Run, comparison_table, lower_is_better, mean_and_std, metric_key
 
 SEED = "seed"
 # overrides that say how a run ran, not what it is: never a group of their own (nor are hydra.* and paths.*)
@@ -82,7 +82,7 @@ def run_domains(runs: Sequence[Run], metric: str) -> list[str]:
 
 def metric_keys(metric: str, domains: Sequence[str]) -> list[str]:
     """``metric`` (overall) followed by ``metric/<domain>`` for every domain."""
-    return [metric, *(f"{metric}/{d}" for d in domains)]
+    return [metric_key(metric, c) for c in ["", *domains]]
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,7 @@ def paired(runs: Sequence[Run], baseline: Sequence[Run], key: str, group: str, b
     p = float("nan")
     if len(diff) > 1 and np.ptp(diff) > 0:
         p = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
-    std = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-    return Paired(float(diff.mean()), std, len(diff), p, int((sign * diff > 0).sum()))
+    return Paired(*mean_and_std(diff), len(diff), p, int((sign * diff > 0).sum()))
 
 
 def paired_table(groups: dict[str, list[Run]], baseline: str, keys: Sequence[str]) -> str:
