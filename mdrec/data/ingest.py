@@ -481,8 +481,11 @@ def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, datas
             shift, scale = float(fit.mean()), float(fit.std()) or 1.0
         else:
             shift, scale = 0.0, 1.0
+        fitted = np.isfinite([shift, scale]).all()
+        if fitted and max(abs(x.min() - shift), abs(x.max() - shift)) / scale <= np.finfo(np.float32).max:
+            return shift, scale  # the extremes fit, so every row does (no scaled copy of the column)
         scaled = ((x - shift) / scale).astype(np.float32)
-    overflow = ~np.isfinite(scaled) if np.isfinite([shift, scale]).all() else np.ones(len(x), dtype=bool)
+    overflow = ~np.isfinite(scaled) if fitted else np.ones(len(x), dtype=bool)
     _raise_where(
         dataset_id,
         column,

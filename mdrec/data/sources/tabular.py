@@ -228,21 +228,20 @@ class TabularSource:
         loaded, rows = self._load(files, Path(raw_dir) / "hf")
         if self.data_files is not None:
             encoded = encode_table(loaded["train"], self.spec, self.dataset_id)
-            encoded.report["input_rows"] = rows
-            return encoded
-        train = loaded["train"]
-        parts = []
-        for split in files:
-            try:
-                parts.append(loaded[split].cast(train.features))
-            except (ValueError, TypeError) as e:
-                raise ValueError(
-                    f"data set {self.name!r}: the {split} files {list(files[split])} have columns "
-                    f"{loaded[split].features} that do not match the train files' {train.features} ({e})"
-                ) from e
-        split = np.repeat(np.array([SPLITS.index(s) for s in files], dtype=np.int8), [len(p) for p in parts])
-        ds = datasets.concatenate_datasets(parts)
-        encoded = encode_table(ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split)
+        else:
+            train = loaded["train"]
+            parts = []
+            for split in files:
+                try:
+                    parts.append(loaded[split].cast(train.features))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(
+                        f"data set {self.name!r}: the {split} files {list(files[split])} have columns "
+                        f"{loaded[split].features} that do not match the train files' {train.features} ({e})"
+                    ) from e
+            split = np.repeat(np.array([SPLITS.index(s) for s in files], dtype=np.int8), [len(p) for p in parts])
+            ds = datasets.concatenate_datasets(parts)
+            encoded = encode_table(ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split)
         encoded.report["input_rows"] = rows
         return encoded
 
