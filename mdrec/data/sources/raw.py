@@ -11,6 +11,7 @@ import hashlib
 import os
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,11 +87,19 @@ def _csv_options(
     }
 
 
-def _format_error(what: str, error: Exception) -> ValueError:
-    return ValueError(
-        f"{what}: {error}. The file is not in the raw format this source reads (a damaged or partial download, "
-        "or a different release); download it again"
-    )
+@contextmanager
+def _format_errors(what: str, block_bytes: int | None) -> Iterator[None]:
+    """Arrow's parse errors inside the block as ValueErrors naming ``what`` (a line longer than a streamed block,
+    ``block_bytes``, gets its own advice)."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
+        if block_bytes is not None and "straddl" in str(e):
+            raise ValueError(f"{what}: a line is longer than block_bytes={block_bytes}; raise block_bytes") from e
+        raise ValueError(
+            f"{what}: {e}. The file is not in the raw format this source reads (a damaged or partial download, "
+            "or a different release); download it again"
+        ) from e
 
 
 def read_csv(
@@ -121,10 +130,8 @@ def read_csv(
         ValueError: naming ``what`` and Arrow's reason (wrong column count, a value of the wrong type, ...).
     """
     options = _csv_options(columns, names, delimiter, quoted, empty_as_null, encoding, skip_rows, None)
-    try:
+    with _format_errors(what, None):
         return pacsv.read_csv(source, **options)
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
-        raise _format_error(what, e) from e
 
 
 def stream_csv(
@@ -141,12 +148,8 @@ def stream_csv(
     A line longer than ``block_bytes`` is an error (Arrow's "straddling" message): raise ``block_bytes``.
     """
     options = _csv_options(columns, names, delimiter, quoted, False, "utf8", 0, block_bytes)
-    try:
+    with _format_errors(what, block_bytes):
         yield from pacsv.open_csv(source, **options)
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
-        if "straddl" in str(e):
-            raise ValueError(f"{what}: a line is longer than block_bytes={block_bytes}; raise block_bytes") from e
-        raise _format_error(what, e) from e
 
 
 class KeyIndex:

@@ -36,7 +36,6 @@ Example config (``conf/data/<name>.yaml``)::
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
+from mdrec.data.sources.raw import file_signature
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
 SPLITS = ("train", "validation", "test")  # split codes 0, 1, 2 (mdrec.data.schema.SPLIT_NAMES)
@@ -126,7 +126,7 @@ class TabularSource:
     def input_signature(self) -> list[tuple[str, int, int]]:
         """Path, size and modification time of every input file (part of the cache fingerprint)."""
         paths = sorted({p for group in self._splits().values() for pattern in group for p in glob.glob(pattern)})
-        return [(p, (st := os.stat(p)).st_size, st.st_mtime_ns) for p in paths]
+        return file_signature([Path(p) for p in paths])
 
     def _format(self, path: str) -> str:
         suffix = Path(path).suffix.lower()
