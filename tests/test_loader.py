@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,40 @@ def test_in_ram_and_memory_mapped_batches_are_identical(small_store: ColumnStore
     for name in ("sparse", "dense", "domain", "labels"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and bool((x == y).all()), name
+
+
+def resident_kib(array: np.ndarray) -> int:
+    """This process's resident KiB of the mapping that holds ``array``'s data (``/proc/self/smaps``)."""
+    address, inside = array.ctypes.data, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and not head[0].endswith(":"):  # a mapping's header: "start-end perms offset dev inode path"
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            inside = start <= address < end
+        elif inside and head[0] == "Rss:":
+            return int(head[1])
+    raise AssertionError(f"no mapping holds address {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_release_pages_drops_mapped_pages_and_keeps_batches(small_store: ColumnStore) -> None:
+    kept = ColumnStore(small_store.directory)
+    released = ColumnStore(small_store.directory, release_pages=True)
+    assert released.releases_pages
+    assert not ColumnStore(small_store.directory, mmap=False, release_pages=True).releases_pages  # nothing mapped
+    # validation on open read every page: mapped still without release, dropped after each chunk with it
+    assert resident_kib(kept.column("cat_1")) > 0 and resident_kib(released.column("cat_1")) == 0
+    index = np.sort(np.random.default_rng(0).choice(len(kept), 777, replace=False))
+    kept.take(index), released.take(index)
+    for name in [*kept.schema.sparse_names, *kept.schema.dense, kept.schema.domain_field]:
+        assert resident_kib(kept.column(name)) > 0 and resident_kib(released.column(name)) == 0, name
+    released.columns["cat_1"][:10].sum()  # a read outside take maps pages again, release_pages drops them
+    assert resident_kib(released.column("cat_1")) > 0
+    released.release_pages()
+    assert resident_kib(released.column("cat_1")) == 0
+    # a whole epoch: the same batches with and without releasing
+    idx = np.arange(len(kept))
+    loaders = [BatchLoader(store, idx, batch_size=1000, shuffle=True, seed=1) for store in (kept, released)]
+    for x, y in zip(*loaders, strict=True):
+        for name in ("sparse", "dense", "domain", "labels"):
+            assert bool((getattr(x, name) == getattr(y, name)).all()), name

@@ -11,7 +11,7 @@ import torch
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SequenceField, SparseField
-from mdrec.data.store import COLUMNS_DIR, ColumnStore, write_store
+from mdrec.data.store import COLUMNS_DIR, ColumnStore, StoreWriter, write_store
 
 
 def toy_schema(**changes: object) -> Schema:
@@ -98,6 +98,39 @@ def test_empty_and_ragged_data_are_refused(tmp_path: Path) -> None:
     cols["age"] = cols["age"][:3]
     with pytest.raises(ValueError, match="columns differ in length"):
         write_store(tmp_path / "s", toy_schema(), cols)
+
+
+def test_writer_in_chunks_equals_write_store(tmp_path: Path) -> None:
+    cols = toy_columns()
+    write_store(tmp_path / "whole", toy_schema(), cols)
+    with StoreWriter(tmp_path / "chunks", toy_schema(), num_rows=5) as writer:
+        for start, stop in [(0, 2), (2, 2), (2, 5)]:  # an empty chunk is no rows
+            writer.write({k: v[start:stop] for k, v in cols.items()})
+        writer.commit(report={"rows": 5})
+    for name in cols:  # byte for byte: the same .npy header and data
+        assert (tmp_path / "chunks" / COLUMNS_DIR / f"{name}.npy").read_bytes() == (
+            tmp_path / "whole" / COLUMNS_DIR / f"{name}.npy"
+        ).read_bytes()
+    assert ColumnStore(tmp_path / "chunks").report() == {"rows": 5}
+
+
+def test_writer_refuses_a_bad_chunk_naming_the_global_row(tmp_path: Path) -> None:
+    cols = toy_columns()
+    cols["item"][3] = 9  # row 3 of the data set: row 1 of the second chunk
+    with pytest.raises(ValueError, match=r"column 'item', row 3: value 9 is not an id in 0..3"):
+        with StoreWriter(tmp_path / "s", toy_schema(), num_rows=5) as writer:
+            writer.write({k: v[:2] for k, v in cols.items()})
+            writer.write({k: v[2:] for k, v in cols.items()})
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary directory left
+    with pytest.raises(ValueError, match="3 more rows after 2 exceed the 4 rows announced"):
+        with StoreWriter(tmp_path / "s", toy_schema(), num_rows=4) as writer:
+            writer.write({k: v[:2] for k, v in toy_columns().items()})
+            writer.write({k: v[2:] for k, v in toy_columns().items()})
+    with pytest.raises(ValueError, match="2 of the 5 rows announced were written"):
+        with StoreWriter(tmp_path / "s", toy_schema(), num_rows=5) as writer:
+            writer.write({k: v[:2] for k, v in toy_columns().items()})
+            writer.commit()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_schema_that_does_not_match_the_data(tmp_path: Path) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from mdrec.data import synthetic
+from mdrec.data.store import ColumnStore
 from mdrec.data.synthetic import SyntheticSource
 
 
@@ -55,3 +59,27 @@ def test_per_domain_relatedness_and_bad_settings() -> None:
         SyntheticSource(relatedness=1.5)
     with pytest.raises(ValueError, match="domain_shares"):
         SyntheticSource(num_domains=2, domain_shares=[1.0])
+
+
+def test_chunked_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data set of at most CHUNK_ROWS rows is one draw (what every existing data set was); a larger one is
+    prepared chunk by chunk into a valid store with the same schema, counting every chunk's rows in the report."""
+    src = SyntheticSource(num_rows=10_000, num_domains=3, seed=5)
+    whole = src.generate()
+    monkeypatch.setattr(synthetic, "CHUNK_ROWS", 10_000)  # chunk size >= rows: one chunk, the in-RAM draw
+    assert all(np.array_equal(whole[k], v) for k, v in src.generate().items())
+    monkeypatch.setattr(synthetic, "CHUNK_ROWS", 3_000)  # 4 chunks, the last one partial
+    chunks = list(src.generate_chunks())
+    assert [len(c["domain"]) for c in chunks] == [3_000, 3_000, 3_000, 1_000]
+    assert all(np.array_equal(whole[k][:3_000], v) for k, v in chunks[0].items())  # chunk 0 keeps the seed
+    assert not np.array_equal(whole["domain"][3_000:6_000], chunks[1]["domain"])  # later chunks: their own draws
+    src.prepare(tmp_path / "s", tmp_path / "raw")
+    store = ColumnStore(tmp_path / "s")  # validates every value
+    assert store.schema == src.schema() and len(store) == 10_000
+    assert np.array_equal(store.column("time"), np.arange(10_000))
+    domain = np.concatenate([c["domain"] for c in chunks])
+    assert np.array_equal(store.column("domain"), domain)
+    counts = np.bincount(domain, minlength=3).tolist()
+    assert store.report()["rows_per_domain"] == dict(zip(("d0", "d1", "d2"), counts, strict=True))
+    chunked = src.generate()
+    assert all(np.array_equal(store.column(k), v.astype(store.column(k).dtype)) for k, v in chunked.items())

@@ -40,6 +40,10 @@ class MultiDomainDataModule(pl.LightningDataModule):
         seed: seed of the training order.
         mmap: memory-map the columns (True) or read them into RAM (False); None (default) reads them into RAM
             when they take less than half of the available memory (faster batches), else memory-maps them.
+        release_pages: with memory-mapped columns, drop each column's pages from the process's mapping as soon as a
+            batch has read them (``ColumnStore``): the process's resident memory then stays near the anonymous
+            memory in use instead of growing to the data's size with pages the kernel could reclaim anyway (they
+            stay in its page cache). Costs a few percent of training throughput (``scripts/bench_out_of_core.py``).
         validate_batches: check every batch's dtypes and id ranges (``Batch.validate``; the debug configs
             turn it on, training runs leave it off).
         domain_fractions: per domain name, the share of its training rows to keep (a random subset drawn with
@@ -64,6 +68,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         seed: int = 0,
         mmap: bool | None = None,
+        release_pages: bool = False,
         validate_batches: bool = False,
         domain_fractions: dict[str, float] | None = None,
         vocab_domains: list[str] | None = None,
@@ -81,6 +86,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 4 * batch_size
         self.seed = seed
         self.mmap = mmap
+        self.release_pages = release_pages
         self.validate_batches = validate_batches
         self.domain_fractions = dict(domain_fractions or {})
         self.vocab_domains = list(vocab_domains) if vocab_domains is not None else None
@@ -110,7 +116,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         if self.store is not None:
             return
         mmap = self.mmap if self.mmap is not None else should_mmap(self.prepared_dir)
-        self.store = ColumnStore(self.prepared_dir, mmap=mmap)
+        self.store = ColumnStore(self.prepared_dir, mmap=mmap, release_pages=self.release_pages)
         self.splits = self.split(self.store)
         domain = self.store.column(self.schema.domain_field)
         self.vocab_rows = self._vocabulary_rows(domain)  # before domain_fractions: the full vocabulary of the sources
@@ -124,6 +130,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
             absent = [d for d, c in zip(self.schema.domains, counts, strict=True) if c == 0]
             if absent:
                 log.warning("split %r holds no rows of domain(s) %s: their %s metrics will be NaN", name, absent, name)
+        if self.store.releases_pages:
+            self.store.release_pages()  # the pages the splits and the counts above read
         log.info(
             "%s: %d rows, %d domains, splits %s, %s",
             self.schema.dataset_id,

@@ -11,10 +11,11 @@ Layout of a prepared directory::
 from __future__ import annotations
 
 import json
+import mmap as _mmap
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +48,35 @@ def column_dtypes(schema: Schema) -> dict[str, np.dtype]:
     return dtypes
 
 
-def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
+def check_columns(
+    schema: Schema,
+    columns: Mapping[str, np.ndarray],
+    offset: int = 0,
+    after_chunk: Callable[[], None] | None = None,
+) -> int:
     """Check that ``columns`` hold exactly what ``schema`` says; return the row count.
 
     Raises ``ValueError`` naming the column, the first offending row and its value for: a missing column,
     a shape other than ``[rows]`` (``[rows, L]`` for the sequence), unequal lengths, NaN/inf in a float column,
     labels outside {0, 1}, negative ids, ids beyond the vocabulary, domain ids outside 0..K-1, split codes outside
     0..2 and zero rows.
+
+    Args:
+        schema: what the columns must hold.
+        columns: one array per column (memory-mapped ones are read in chunks of rows).
+        offset: the row of the whole data set that the first row of ``columns`` is (``columns`` is a chunk of it),
+            so that errors name the row in the whole data set.
+        after_chunk: called after each chunk of rows is checked (a memory-mapped store drops the pages it read).
     """
+    n = _row_count(schema, columns)
+    if n == 0:
+        raise ValueError(f"data set {schema.dataset_id!r} has no rows")
+    _check_values(schema, columns, n, offset, after_chunk)
+    return n
+
+
+def _row_count(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
+    """The row count of ``columns``, after checking that every column is there with its shape and length."""
     missing = [c for c in schema.columns() if c not in columns]
     if missing:
         raise ValueError(
@@ -75,8 +97,18 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     n = lengths[schema.domain_field]
     if any(v != n for v in lengths.values()):
         raise ValueError(f"data set {schema.dataset_id!r}: columns differ in length {lengths}")
-    if n == 0:
-        raise ValueError(f"data set {schema.dataset_id!r} has no rows")
+    return n
+
+
+def _check_values(
+    schema: Schema,
+    columns: Mapping[str, np.ndarray],
+    n: int,
+    offset: int,
+    after_chunk: Callable[[], None] | None,
+) -> None:
+    """The value checks of ``check_columns`` on ``n`` rows whose first is row ``offset`` of the data set."""
+    seq = schema.sequence
     vocab = dict(zip(schema.sparse_names, schema.vocab_sizes, strict=True))
     int_ranges: dict[str, tuple[int, int, str]] = {name: (0, size - 1, "an id") for name, size in vocab.items()}
     int_ranges[schema.domain_field] = (
@@ -91,8 +123,9 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
         int_ranges[SPLIT_COLUMN] = (0, len(SPLIT_NAMES) - 1, f"a split code (0..2 = {SPLIT_NAMES})")
     for start in range(0, n, _CHECK_CHUNK):
         stop = min(n, start + _CHECK_CHUNK)
+        row = offset + start  # the data set's row of the chunk's first row
         for name, (lo, hi, what) in int_ranges.items():
-            _check_range(schema, name, np.asarray(columns[name][start:stop]), start, lo, hi, what)
+            _check_range(schema, name, np.asarray(columns[name][start:stop]), row, lo, hi, what)
         for name in [*schema.dense, *schema.oracle_columns.values()]:
             chunk = np.asarray(columns[name][start:stop])
             bad = ~np.isfinite(chunk)
@@ -102,15 +135,16 @@ def check_columns(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
                     name,
                     chunk,
                     bad,
-                    start,
+                    row,
                     "is not finite; fill or drop missing values before preparing",
                 )
         for name in schema.labels:
             chunk = np.asarray(columns[name][start:stop])
             bad = (chunk != 0) & (chunk != 1)
             if bad.any():
-                _raise_at(schema, name, chunk, bad, start, "is not a binary label (0 or 1)")
-    return n
+                _raise_at(schema, name, chunk, bad, row, "is not a binary label (0 or 1)")
+        if after_chunk is not None:
+            after_chunk()
 
 
 def _check_range(schema: Schema, name: str, chunk: np.ndarray, offset: int, lo: int, hi: int, what: str) -> None:
@@ -130,6 +164,113 @@ def _raise_at(schema: Schema, name: str, chunk: np.ndarray, bad: np.ndarray, off
     )
 
 
+class StoreWriter:
+    """Writes a prepared directory chunk of rows by chunk, so no more than one chunk need be in memory.
+
+    The column files are preallocated at their full size (``np.lib.format.open_memmap``: the ``.npy`` header that
+    ``np.save`` writes) in a temporary sibling of ``directory``. ``write`` checks a chunk as ``check_columns`` does,
+    errors naming the row of the whole data set, casts it to the dtypes of ``column_dtypes`` and writes it after
+    the rows written before, with plain file writes (nothing is mapped into this process, so its resident memory
+    does not grow with the data). ``commit`` checks that all ``num_rows`` rows were written, adds vocabularies,
+    report and schema and renames the directory into place. Leaving the ``with`` block without committing (an
+    error) removes the temporary directory: a crash never leaves a half-written store behind. A column name that
+    cannot name its file (``/``, ``\\``, NUL, ``.``, ``..``, over 250 bytes) is refused before anything is written.
+
+    Args:
+        directory: the prepared directory to write (replaced if it exists, on commit).
+        schema: the columns to write.
+        num_rows: rows of the whole data set.
+
+    Example:
+        >>> with StoreWriter("data/big", schema, num_rows=10**8) as writer:    # doctest: +SKIP
+        ...     for chunk in chunks:                                        # dicts of [rows] arrays, in row order
+        ...         writer.write(chunk)
+        ...     writer.commit(report={"rows": 10**8})
+    """
+
+    def __init__(self, directory: str | Path, schema: Schema, num_rows: int) -> None:
+        self.directory = Path(directory)
+        self.schema = schema
+        unsafe = [c for c in schema.columns() if c in (".", "..") or set(c) & set("/\\\0") or len(c.encode()) > 250]
+        if unsafe:
+            raise ValueError(
+                f"data set {schema.dataset_id!r}: column name(s) {unsafe} cannot name a file (columns/<name>.npy); "
+                "rename them: no '/', '\\' or NUL, not '.' or '..', at most 250 bytes"
+            )
+        if num_rows < 1:
+            raise ValueError(f"data set {schema.dataset_id!r} has no rows")
+        self.num_rows = num_rows
+        self.rows_written = 0
+        self._dtypes = column_dtypes(schema)
+        self._tmp = self.directory.with_name(f".{self.directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+        (self._tmp / COLUMNS_DIR).mkdir(parents=True)
+        self._offsets: dict[str, int] = {}  # column -> byte offset of its data (the header's length)
+        try:
+            for name in schema.columns():
+                width = (schema.sequence.max_len,) if schema.sequence and name == schema.sequence.name else ()
+                array = np.lib.format.open_memmap(
+                    self._path(name), mode="w+", dtype=self._dtypes[name], shape=(num_rows, *width)
+                )
+                self._offsets[name] = array.offset
+                del array  # unmapped: the data is written with file writes
+        except BaseException:
+            shutil.rmtree(self._tmp)
+            raise
+
+    def _path(self, name: str) -> Path:
+        return self._tmp / COLUMNS_DIR / f"{name}.npy"
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp.exists():  # not committed: an error left the block
+            shutil.rmtree(self._tmp)
+
+    def write(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Check ``columns`` (one array per column of the schema, equal lengths) and write them as the next rows."""
+        if not self._tmp.exists():
+            raise RuntimeError(f"the store writer of {self.directory} is committed or closed: it takes no more rows")
+        n = _row_count(self.schema, columns)
+        if self.rows_written + n > self.num_rows:
+            raise ValueError(
+                f"data set {self.schema.dataset_id!r}: {n} more rows after {self.rows_written} exceed the "
+                f"{self.num_rows} rows announced"
+            )
+        if n == 0:
+            return
+        _check_values(self.schema, columns, n, self.rows_written, None)
+        for name in self.schema.columns():
+            array = np.ascontiguousarray(columns[name], dtype=self._dtypes[name])
+            with open(self._path(name), "r+b") as f:
+                f.seek(self._offsets[name] + self.rows_written * (array.nbytes // n))
+                f.write(array.data)
+        self.rows_written += n
+
+    def commit(
+        self,
+        vocabularies: Mapping[str, list[str]] | None = None,
+        report: Mapping[str, object] | None = None,
+    ) -> Path:
+        """Write vocabularies, report and schema beside the columns and rename the directory into place."""
+        if self.rows_written != self.num_rows:
+            raise ValueError(
+                f"data set {self.schema.dataset_id!r}: {self.rows_written} of the {self.num_rows} rows announced "
+                "were written; the store is not committed"
+            )
+        tmp = self._tmp
+        if vocabularies:
+            (tmp / VOCAB_DIR).mkdir()
+            for name, values in vocabularies.items():
+                (tmp / VOCAB_DIR / f"{name}.json").write_text(json.dumps(values))
+        (tmp / REPORT_FILE).write_text(json.dumps(dict(report or {}), indent=2, default=str))
+        self.schema.save(tmp)
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+        os.replace(tmp, self.directory)
+        return self.directory
+
+
 def write_store(
     directory: str | Path,
     schema: Schema,
@@ -137,39 +278,11 @@ def write_store(
     vocabularies: Mapping[str, list[str]] | None = None,
     report: Mapping[str, object] | None = None,
 ) -> Path:
-    """Validate ``columns`` against ``schema`` and write a prepared directory atomically.
-
-    The store is written into a temporary sibling and renamed into place, so a crash never leaves a half-written
-    store behind. Columns are cast to the dtypes of ``column_dtypes``. A column name that cannot name its file
-    (``/``, ``\\``, NUL, ``.``, ``..``, over 250 bytes) is refused before anything is written.
-    """
-    directory = Path(directory)
-    unsafe = [c for c in schema.columns() if c in (".", "..") or set(c) & set("/\\\0") or len(c.encode()) > 250]
-    if unsafe:
-        raise ValueError(
-            f"data set {schema.dataset_id!r}: column name(s) {unsafe} cannot name a file (columns/<name>.npy); "
-            "rename them: no '/', '\\' or NUL, not '.' or '..', at most 250 bytes"
-        )
-    check_columns(schema, columns)
-    dtypes = column_dtypes(schema)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    (tmp / COLUMNS_DIR).mkdir(parents=True)
-    try:
-        for name in schema.columns():
-            np.save(tmp / COLUMNS_DIR / f"{name}.npy", np.ascontiguousarray(columns[name], dtype=dtypes[name]))
-        if vocabularies:
-            (tmp / VOCAB_DIR).mkdir()
-            for name, values in vocabularies.items():
-                (tmp / VOCAB_DIR / f"{name}.json").write_text(json.dumps(values))
-        (tmp / REPORT_FILE).write_text(json.dumps(dict(report or {}), indent=2, default=str))
-        schema.save(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return directory
+    """Validate ``columns`` against ``schema`` and write a prepared directory atomically: a ``StoreWriter`` given
+    all rows as one chunk (see there for the checks, the dtypes and the atomic rename)."""
+    with StoreWriter(directory, schema, _row_count(schema, columns)) as writer:
+        writer.write(columns)
+        return writer.commit(vocabularies, report)
 
 
 class ColumnStore:
@@ -179,14 +292,23 @@ class ColumnStore:
         directory: a prepared directory (see the module docstring).
         mmap: memory-map the columns (True) or read them into RAM (False).
         validate: check every value against the schema on open (one pass over the data).
+        release_pages: with memory-mapped columns, drop each column's pages from this process's mapping as soon as
+            a read is done with them (``release_pages()`` after each column of ``take``, after each chunk of the
+            validation on open). Every page a read touches otherwise stays mapped and counts in the process's
+            resident memory (RssFile): a shuffled epoch maps all of it, so RSS grows to the data's size although
+            those are clean page-cache pages the kernel can reclaim. Released, they stay in the page cache (the
+            next read of one is a minor fault, no disk read) and RSS stays near the anonymous memory in use.
 
     Example:
         >>> store = ColumnStore("data/synthetic-1a2b")          # doctest: +SKIP
         >>> batch = store.take(np.arange(4096))                  # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | Path, mmap: bool = True, validate: bool = True) -> None:
+    def __init__(
+        self, directory: str | Path, mmap: bool = True, validate: bool = True, release_pages: bool = False
+    ) -> None:
         self.directory = Path(directory)
+        self.releases_pages = release_pages and mmap
         try:
             self.schema = Schema.load(self.directory)
         except (ValueError, KeyError, TypeError) as e:  # a malformed or edited schema.json
@@ -208,8 +330,11 @@ class ColumnStore:
                     f"prepared data at {self.directory}: column {name!r} has dtype {col.dtype}, the schema "
                     f"expects {dtypes[name]}; the schema does not match the data: prepare again"
                 )
+        after_chunk = self.release_pages if self.releases_pages else None
         self.num_rows = (
-            check_columns(self.schema, self.columns) if validate else len(self.columns[self.schema.domain_field])
+            check_columns(self.schema, self.columns, after_chunk=after_chunk)
+            if validate
+            else len(self.columns[self.schema.domain_field])
         )
         s = self.schema
         self._sparse = [self.columns[n] for n in s.sparse_names]
@@ -234,6 +359,15 @@ class ColumnStore:
     def __len__(self) -> int:
         return self.num_rows
 
+    def release_pages(self) -> None:
+        """Drop the pages of every memory-mapped column from this process's mapping (a no-op in RAM).
+
+        ``madvise(MADV_DONTNEED)`` on each column's read-only shared mapping: the process's resident memory
+        (RssFile) falls by those pages, which stay in the kernel's page cache; reading them again maps them again.
+        """
+        for col in self.columns.values():
+            _drop_pages(col)
+
     def column(self, name: str) -> np.ndarray:
         """One column by name; raises naming the available columns."""
         if name not in self.columns:
@@ -251,20 +385,22 @@ class ColumnStore:
 
     def take(self, index: np.ndarray) -> Batch:
         """The rows at ``index`` as a Batch (columns gathered by fancy indexing; no per-row Python)."""
+        release = self.releases_pages
         if self._blocks is not None:
             sparse, dense, labels = (block[index] for block in self._blocks)
         else:
-            sparse, dense, labels = (_gather(cols, index) for cols in (self._sparse, self._dense, self._labels))
+            kinds = (self._sparse, self._dense, self._labels)
+            sparse, dense, labels = (_gather(cols, index, release) for cols in kinds)
         seq = seq_lengths = None
         if self.schema.sequence is not None:
-            seq = torch.from_numpy(self.columns[self.schema.sequence.name][index].astype(np.int64))
+            seq = torch.from_numpy(_take(self.columns[self.schema.sequence.name], index, release).astype(np.int64))
             seq_lengths = torch.from_numpy(
-                self.columns[seq_length_column(self.schema.sequence.name)][index].astype(np.int64)
+                _take(self.columns[seq_length_column(self.schema.sequence.name)], index, release).astype(np.int64)
             )
         return Batch(
             sparse=torch.from_numpy(sparse).long(),
             dense=torch.from_numpy(dense),
-            domain=torch.from_numpy(self.columns[self.schema.domain_field][index].astype(np.int64)),
+            domain=torch.from_numpy(_take(self.columns[self.schema.domain_field], index, release).astype(np.int64)),
             labels=torch.from_numpy(labels),
             seq=seq,
             seq_lengths=seq_lengths,
@@ -276,11 +412,32 @@ def _row_major(columns: list[np.ndarray], rows: int) -> np.ndarray:
     return np.stack(columns, axis=1) if columns else np.empty((rows, 0), dtype=np.float32)
 
 
-def _gather(columns: list[np.ndarray], index: np.ndarray) -> np.ndarray:
-    """``[len(index), len(columns)]``: the rows at ``index`` of each column."""
+def _gather(columns: list[np.ndarray], index: np.ndarray, release: bool = False) -> np.ndarray:
+    """``[len(index), len(columns)]``: the rows at ``index`` of each column (``release``: see ``_take``)."""
     if not columns:
         return np.empty((len(index), 0), dtype=np.float32)
     out = np.empty((len(index), len(columns)), dtype=columns[0].dtype)
     for j, col in enumerate(columns):
-        out[:, j] = col[index]
+        out[:, j] = _take(col, index, release)
     return out
+
+
+def _take(column: np.ndarray, index: np.ndarray, release: bool) -> np.ndarray:
+    """The rows at ``index`` of ``column``; ``release``: then drop the column's mapped pages (``_drop_pages``).
+
+    Column by column, not once per batch: one batch of a few thousand random rows already touches nearly every
+    page of a column (the kernel maps a whole page-cache folio, or a fault-around window of pages, per fault), so
+    releasing after the batch would still let the batch map nearly all of the data.
+    """
+    rows = column[index]
+    if release:
+        _drop_pages(column)
+    return rows
+
+
+def _drop_pages(column: np.ndarray) -> None:
+    """``madvise(MADV_DONTNEED)`` on the mapping of a memory-mapped column (``np.memmap`` keeps it in ``_mmap``);
+    a no-op for an in-RAM column or where the platform has no ``madvise``."""
+    mapping = getattr(column, "_mmap", None)
+    if mapping is not None and not mapping.closed and hasattr(_mmap, "MADV_DONTNEED"):
+        mapping.madvise(_mmap.MADV_DONTNEED)

@@ -17,16 +17,21 @@ The true probabilities are kept as oracle columns, so every evaluation can repor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mdrec.data.schema import Schema, SparseField
-from mdrec.data.store import write_store
+from mdrec.data.store import StoreWriter
 
 LABELS = ("click", "conversion")
 ORACLE = {"click": "oracle_click", "conversion": "oracle_conversion"}
+# Rows generated (and written) at a time. Chunk i draws from the generator seeded (seed, 1) for i = 0, else
+# (seed, 1, i), so a data set of at most CHUNK_ROWS rows is exactly what one in-RAM draw gave before chunking.
+# Not a dataclass field: the fields fingerprint the prepared directory. Changing it changes every larger data set.
+CHUNK_ROWS = 1 << 21
 
 
 @dataclass
@@ -141,9 +146,20 @@ class SyntheticSource:
         return self._cvr_bias[domain] + self.scale * self._projection(sparse, dense, domain, self.num_domains + 1)
 
     def generate(self) -> dict[str, np.ndarray]:
-        """All columns of the data set (features, domain, labels, oracle probabilities, time)."""
-        rng = np.random.default_rng((self.seed, 1))
-        n = self.num_rows
+        """All columns of the data set (features, domain, labels, oracle probabilities, time), in RAM at once."""
+        chunks = list(self.generate_chunks())
+        if len(chunks) == 1:
+            return chunks[0]
+        return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+
+    def generate_chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The columns of ``CHUNK_ROWS`` rows at a time, in row order (``prepare`` holds one chunk at a time)."""
+        for i, start in enumerate(range(0, self.num_rows, CHUNK_ROWS)):
+            rng = np.random.default_rng((self.seed, 1) if i == 0 else (self.seed, 1, i))
+            yield self._rows(rng, start, min(CHUNK_ROWS, self.num_rows - start))
+
+    def _rows(self, rng: np.random.Generator, start: int, n: int) -> dict[str, np.ndarray]:
+        """The columns of rows ``start .. start + n - 1``, every draw from ``rng``."""
         domain = rng.choice(self.num_domains, size=n, p=self._shares).astype(np.int64)
         sparse = np.stack([np.searchsorted(cdf, rng.random(n)) + 1 for cdf in self._cdfs], axis=1)
         sparse = np.minimum(sparse, np.asarray(self.vocab_sizes))  # guard the float edge of the last bucket
@@ -160,7 +176,7 @@ class SyntheticSource:
             conversion=conversion.astype(np.float32),
             oracle_click=p_click.astype(np.float32),
             oracle_conversion=(p_click * p_cvr).astype(np.float32),
-            time=np.arange(n, dtype=np.int64),
+            time=np.arange(start, start + n, dtype=np.int64),
         )
         return columns
 
@@ -178,15 +194,19 @@ class SyntheticSource:
         )
 
     def prepare(self, directory: Path, raw_dir: Path) -> None:
-        """Generate and write the store (nothing to download: ``raw_dir`` is unused)."""
-        columns = self.generate()
-        counts = np.bincount(columns["domain"], minlength=self.num_domains)
-        report = {
-            "rows": self.num_rows,
-            "rows_per_domain": dict(zip(self.schema().domains, counts.tolist(), strict=True)),
-            "relatedness": self._r.tolist(),
-        }
-        write_store(directory, self.schema(), columns, report=report)
+        """Generate and write the store chunk by chunk (nothing to download: ``raw_dir`` is unused)."""
+        schema = self.schema()
+        counts = np.zeros(self.num_domains, dtype=np.int64)
+        with StoreWriter(directory, schema, self.num_rows) as writer:
+            for chunk in self.generate_chunks():
+                counts += np.bincount(chunk["domain"], minlength=self.num_domains)
+                writer.write(chunk)
+            report = {
+                "rows": self.num_rows,
+                "rows_per_domain": dict(zip(schema.domains, counts.tolist(), strict=True)),
+                "relatedness": self._r.tolist(),
+            }
+            writer.commit(report=report)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

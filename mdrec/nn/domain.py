@@ -161,10 +161,8 @@ def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
     if n_out == 1:
         return torch.bmm(x[:, None], weight.index_select(0, domain)).squeeze(1)  # [B, 1, in] @ [B, in, 1]
     domain = domain.to(torch.int32)  # int32 ids: half the bytes to write and read
-    ids = torch.add(torch.arange(n_in, dtype=torch.int32, device=domain.device), domain[:, None], alpha=n_in)
-    starts = torch.arange(0, ids.numel(), n_in, dtype=torch.int32, device=domain.device)  # [B]: each row's bag
-    ids = ids.reshape(-1)  # [B * in]
-    return F.embedding_bag(ids, weight.reshape(k * n_in, n_out), starts, per_sample_weights=x.reshape(-1), mode="sum")
+    ids = torch.add(torch.arange(n_in, dtype=torch.int32, device=domain.device), domain[:, None], alpha=n_in)  # [B, in]
+    return F.embedding_bag(ids, weight.reshape(k * n_in, n_out), per_sample_weights=x, mode="sum")  # a bag per row
 
 
 def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:
