@@ -46,14 +46,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
-from mdrec.data.sources.base import fingerprint
+from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, stream_csv
 
 log = logging.getLogger(__name__)
@@ -341,9 +340,7 @@ class AliCCP:
             dense_scaling="minmax",
         )
         table = table.select(spec.columns())
-        # an explicit fingerprint: datasets would otherwise hash (pickle) the whole in-memory table
-        ds = datasets.Dataset(table, fingerprint=fingerprint(self))
-        encoded = encode_table(ds, spec, self.dataset_id, vocab_mask=split == 0, split=split)
+        encoded = encode_table(source_dataset(table, self), spec, self.dataset_id, vocab_mask=split == 0, split=split)
         encoded.report["raw"] = {
             "files": {s: {k: str(p) for k, p in f.items()} for s, f in files.items()},
             "rows_read": {"train": train_counts["read"], "test": test_counts["read"]},

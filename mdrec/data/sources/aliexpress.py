@@ -41,14 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import DENSE_SCALINGS, EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
-from mdrec.data.sources.base import fingerprint
+from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, read_csv, stream_csv
 
 log = logging.getLogger(__name__)
@@ -280,9 +279,7 @@ class AliExpress:
             dense_scaling=self.dense_scaling,
         )
         table = pa.concat_tables(tables).select(spec.columns())
-        # an explicit fingerprint: datasets would otherwise hash (pickle) the whole in-memory table
-        ds = datasets.Dataset(table, fingerprint=fingerprint(self))
-        encoded = encode_table(ds, spec, self.dataset_id, vocab_mask=split == 0, split=split)
+        encoded = encode_table(source_dataset(table, self), spec, self.dataset_id, vocab_mask=split == 0, split=split)
         encoded.report["raw"] = {
             "files": {"/".join(k): str(f) for k, f in files.items()},
             "item_rows": counts,

@@ -44,12 +44,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
-from mdrec.data.sources.base import fingerprint
+from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import CsvSource, KeyIndex, download, file_signature, md5_file, read_csv
 
 log = logging.getLogger(__name__)
@@ -270,9 +269,7 @@ class KuaiRand:
             time=TIME,
             dense_scaling="minmax",
         )
-        # an explicit fingerprint: datasets would otherwise hash (pickle) the whole in-memory table
-        ds = datasets.Dataset(pa.table(columns), fingerprint=f"{fingerprint(self)}-{kind}")
-        encoded = encode_table(ds, spec, self.dataset_id)
+        encoded = encode_table(source_dataset(pa.table(columns), self, kind), spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),

@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
-from mdrec.data.sources.base import fingerprint
+from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import download, md5_file, read_csv
 
 log = logging.getLogger(__name__)
@@ -548,9 +547,7 @@ class MovieLens:
             sequence=sequence,
             dense_scaling="minmax",
         )
-        # an explicit fingerprint: datasets would otherwise hash (pickle) the whole in-memory table
-        ds = datasets.Dataset(table, fingerprint=f"{fingerprint(self)}-{kind}")
-        encoded = encode_table(ds, spec, self.dataset_id)
+        encoded = encode_table(source_dataset(table, self, kind), spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),
