@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 import tarfile
 import zipfile
 from collections import Counter
@@ -143,7 +144,8 @@ def test_aliccp_min_count_click_only_and_subdirs(tmp_path: Path) -> None:
 
 
 def test_aliccp_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"(?s)sample_skeleton_train\.csv.*tianchi\.aliyun\.com/dataset/408"):
+    missing = re.escape(f"not in {tmp_path / 'nothing'} (which does not exist):\n  sample_skeleton_train.csv\n")
+    with pytest.raises(FileNotFoundError, match=rf"(?s){missing}.*needs a login.*tianchi\.aliyun\.com/dataset/408"):
         aliccp.AliCCP(path=str(tmp_path / "nothing")).encode()
     assert aliccp.AliCCP(path=str(tmp_path / "nothing")).input_signature() is None
     bad_index = [*SKELETON_TRAIN, (1, 0, "zz", [("205", "500", 1.0), ("301", "10", 1.0)])]
@@ -259,7 +261,9 @@ def test_aliexpress_protocol(tmp_path: Path) -> None:
 
 
 def test_aliexpress_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"(?s)us_item_test\.csv.*tianchi\.aliyun\.com/dataset/74690"):
+    names = "us_item_test.csv or us_item_test.zip or aliexpress_us_datasets.zip"
+    missing = re.escape(f"not in {tmp_path} (searched recursively, names in any case):\n  us_user_train.csv or ")
+    with pytest.raises(FileNotFoundError, match=rf"(?s){missing}.*\n  {re.escape(names)}\n.*dataset/74690"):
         aliexpress.AliExpress(path=str(tmp_path), countries=["US"]).encode()
     files = aliexpress_files("US", 0)
     files["item_test"][1][-1] = "3"
@@ -392,8 +396,20 @@ def test_kuairand_extracted_folder_and_one_log(tmp_path: Path) -> None:
     assert enc.report["raw"]["layout"] == "directory"
     assert len(enc.columns["is_click"]) == len(expected_kuairand(files, ("log_standard_4_22_to_5_08",)))
     (folder / "user_features_1k.csv").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lacks \['user_features_1k\.csv'\]"):
+    missing = re.escape(f"KuaiRand: these raw files are not in {tmp_path / 'KuaiRand-1K'} (searched recursively")
+    with pytest.raises(FileNotFoundError, match=rf"{missing}.*:\n  user_features_1k\.csv\nIt is not .*zenodo"):
         src.encode(tmp_path / "raw")
+
+
+def test_kuairand_archive_lacking_a_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = kuairand_files()
+    del files["video_features_basic_1k.csv"]
+    archive = kuairand_archive(tmp_path / "KuaiRand-1K.tar.gz", files)
+    release = dataclasses.replace(kuairand.RELEASES["1k"], md5=raw.md5_file(archive))
+    monkeypatch.setitem(kuairand.RELEASES, "1k", release)
+    missing = re.escape(f"KuaiRand: these raw files are not in {archive}:\n  video_features_basic_1k.csv\n")
+    with pytest.raises(FileNotFoundError, match=rf"{missing}It is not \(all of\) KuaiRand-1K"):
+        kuairand.KuaiRand(path=str(archive)).encode(tmp_path / "raw")
 
 
 def test_kuairand_download_checks_md5_and_caches(

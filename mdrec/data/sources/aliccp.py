@@ -1,7 +1,8 @@
 """Ali-CCP (Alibaba Click and Conversion Prediction, the ESMM data set) from its official Tianchi files.
 
 The files need a Tianchi login (https://tianchi.aliyun.com/dataset/408), so nothing is downloaded: extract
-``sample_train.tar.gz`` and ``sample_test.tar.gz`` into one directory, ``path``. Both layouts are read::
+``sample_train.tar.gz`` and ``sample_test.tar.gz`` into one directory, ``path`` (searched recursively, names in
+any case), e.g. either of::
 
     <path>/sample_skeleton_train.csv  common_features_train.csv  sample_skeleton_test.csv  common_features_test.csv
     <path>/train/sample_skeleton_train.csv ...  <path>/test/sample_skeleton_test.csv ...      (Merlin's layout)
@@ -53,7 +54,7 @@ import pyarrow.compute as pc
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.base import source_dataset
-from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, stream_csv
+from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, find_files, found_signature, login_advice, stream_csv
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ LABELS = ("click", "conversion")
 SKELETON_COLUMNS = ("sample_id", "click", "conversion", "common_feature_index", "feature_num", "feature_list")
 COMMON_COLUMNS = ("common_feature_index", "feature_num", "feature_list")
 INDEX = "common_feature_index"
+RAW_FILES = {"skeleton": "sample_skeleton", "common": "common_features"}  # kind -> file stem (+ _<split>.csv)
 # one feature-list entry: field \x02 feature id \x03 value
 ENTRY = "^(?P<field>[^\x02]*)\x02(?P<feature>[^\x03]*)\x03(?P<value>.*)$"
 
@@ -177,7 +179,7 @@ class AliCCP:
     """Ali-CCP from the official files: 3 domains by position (field 301); see the module docstring.
 
     Args:
-        path: the directory holding the four CSV files (or ``train/`` and ``test/`` holding them).
+        path: the directory holding the four CSV files (searched recursively: ``train/`` and ``test/`` may hold them).
         fields: sparse fields (feature ids), in ``Batch.sparse`` order.
         dense_fields: fields whose ``\\x03`` value becomes the dense column ``D<field>``; ``[]`` for none.
         domains: raw feature ids of field 301 in domain order; None: order of first appearance in the train file.
@@ -223,26 +225,13 @@ class AliCCP:
             FileNotFoundError: naming every missing file, the URL and what to do.
         """
         directory = Path(self.path)
-        found: dict[str, dict[str, Path]] = {}
-        missing: list[str] = []
-        for split in ("train", "test"):
-            for kind, stem in (("skeleton", "sample_skeleton"), ("common", "common_features")):
-                name = f"{stem}_{split}.csv"
-                candidates = (directory / name, directory / split / name)
-                hit = next((p for p in candidates if p.is_file()), None)
-                if hit is None:
-                    missing.append(f"{candidates[0]} (or {candidates[1]})")
-                else:
-                    found.setdefault(split, {})[kind] = hit
-        if missing:
-            raise login_required(
-                "Ali-CCP",
-                missing,
-                URL,
-                f"download sample_train.tar.gz and sample_test.tar.gz and extract both into {directory} "
-                "(or set data.source.path to the directory that holds the extracted csv files)",
-            )
-        return found
+        wanted = {(s, kind): [f"{stem}_{s}.csv"] for s in ("train", "test") for kind, stem in RAW_FILES.items()}
+        how = (
+            f"download sample_train.tar.gz and sample_test.tar.gz and extract both into {directory} "
+            "(or set data.source.path to the directory that holds the extracted csv files)"
+        )
+        found = find_files(directory, wanted, "Ali-CCP", login_advice(URL, how))
+        return {s: {kind: found[s, kind] for kind in RAW_FILES} for s in ("train", "test")}
 
     def input_signature(self) -> list[tuple[str, int, int]] | None:
         """Path, size and modification time of the raw files (None until they exist)."""

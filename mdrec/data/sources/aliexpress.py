@@ -38,6 +38,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -48,7 +49,15 @@ import pyarrow.compute as pc
 from mdrec.data.ingest import DENSE_SCALINGS, EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.base import source_dataset
-from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, found_signature, login_required, read_csv, stream_csv
+from mdrec.data.sources.raw import (
+    BLOCK_BYTES,
+    KeyIndex,
+    find_files,
+    found_signature,
+    login_advice,
+    read_csv,
+    stream_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,21 +113,14 @@ class RawFile:
             yield f
 
 
-def locate(files: dict[str, Path], country: str, part: str, split: str) -> RawFile | None:
-    """The first of ``{cc}_{part}_{split}.csv``, ``.zip`` or ``aliexpress_{CC}_datasets.zip`` in ``files``.
-
-    Args:
-        files: lower-case file name -> path, of the files under the raw directory.
-    """
+def raw_names(country: str, part: str, split: str) -> dict[str, tuple[str, ...]]:
+    """The files that hold one raw CSV, in order of preference: file name -> the members to open inside it."""
     stem = f"{country.lower()}_{part}_{split}"
-    for name, inside in (
-        (f"{stem}.csv", ()),
-        (f"{stem}.zip", (f"{stem}.csv",)),
-        (f"aliexpress_{country.lower()}_datasets.zip", (f"{stem}.zip", f"{stem}.csv")),
-    ):
-        if name in files:
-            return RawFile(files[name], inside)
-    return None
+    return {
+        f"{stem}.csv": (),
+        f"{stem}.zip": (f"{stem}.csv",),
+        f"aliexpress_{country.lower()}_datasets.zip": (f"{stem}.zip", f"{stem}.csv"),
+    }
 
 
 @dataclass
@@ -167,31 +169,13 @@ class AliExpress:
             FileNotFoundError: naming every missing file, the URL and what to do.
         """
         directory = Path(self.path)
-        names: dict[str, Path] = {}
-        for p in sorted(directory.rglob("*")):  # the first path of each name, in sorted order
-            if p.is_file():
-                names.setdefault(p.name.lower(), p)
-        found, missing = {}, []
-        for country in self.countries:
-            for part in PARTS:
-                for split in RAW_SPLITS:
-                    hit = locate(names, country, part, split)
-                    if hit is None:
-                        stem = f"{country.lower()}_{part}_{split}"
-                        missing.append(
-                            f"{directory}/**/{stem}.csv (or {stem}.zip, or aliexpress_{country}_datasets.zip)"
-                        )
-                    else:
-                        found[country, part, split] = hit
-        if missing:
-            raise login_required(
-                "AliExpress",
-                missing,
-                URL,
-                f"download aliexpress_{{CC}}_datasets.zip for the countries {list(self.countries)} into {directory} "
-                "(or set data.source.path to the directory that holds them; extracting them is optional)",
-            )
-        return found
+        names = {key: raw_names(*key) for key in product(self.countries, PARTS, RAW_SPLITS)}
+        how = (
+            f"download aliexpress_{{CC}}_datasets.zip for the countries {list(self.countries)} into {directory} "
+            "(or set data.source.path to the directory that holds them; extracting them is optional)"
+        )
+        found = find_files(directory, {k: list(n) for k, n in names.items()}, "AliExpress", login_advice(URL, how))
+        return {key: RawFile(path, names[key][path.name.lower()]) for key, path in found.items()}
 
     def input_signature(self) -> list[tuple[str, int, int]] | None:
         """Path, size and modification time of the raw files (None until they exist)."""

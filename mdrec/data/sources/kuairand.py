@@ -49,7 +49,16 @@ import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
 from mdrec.data.sources.base import source_dataset
-from mdrec.data.sources.raw import CsvSource, KeyIndex, download, file_signature, md5_file, read_csv
+from mdrec.data.sources.raw import (
+    CsvSource,
+    KeyIndex,
+    download,
+    file_signature,
+    find_files,
+    md5_file,
+    missing_files,
+    read_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,27 +214,26 @@ class KuaiRand:
         Raises:
             FileNotFoundError: naming the files the archive or folder lacks.
         """
-        wanted = {name: role for role, name in self._files().items()}
+        names = self._files()
+        advice = (
+            f"It is not (all of) {self.release.name} from {ZENODO}: download the archive again (or set path to null "
+            "to download it), or check `version` and `logs`"
+        )
+        if kind == "directory":
+            found = find_files(path, {role: [name] for role, name in names.items()}, "KuaiRand", advice)
+            return {role: self._parse(role, p, str(p)) for role, p in found.items()}
+        roles = {name: role for role, name in names.items()}
         tables: dict[str, pa.Table] = {}
-        if kind == "archive":
-            with tarfile.open(path, "r|gz") as tar:  # stream mode: members in archive order, read as they come
-                for member in tar:
-                    role = wanted.get(PurePosixPath(member.name).name)
-                    if role is not None and member.isfile():
-                        tables[role] = self._parse(role, tar.extractfile(member), f"{path}:{member.name}")
-                    if len(tables) == len(wanted):
-                        break  # the rest (the 3 GB statistics file of 1K) is not needed
-        else:
-            for name, role in wanted.items():
-                hits = sorted(path.rglob(name))
-                if hits:
-                    tables[role] = self._parse(role, hits[0], str(hits[0]))
-        missing = [name for name, role in wanted.items() if role not in tables]
+        with tarfile.open(path, "r|gz") as tar:  # stream mode: members in archive order, read as they come
+            for member in tar:
+                role = roles.get(PurePosixPath(member.name).name)
+                if role is not None and member.isfile():
+                    tables[role] = self._parse(role, tar.extractfile(member), f"{path}:{member.name}")
+                if len(tables) == len(roles):
+                    break  # the rest (the 3 GB statistics file of 1K) is not needed
+        missing = [name for role, name in names.items() if role not in tables]
         if missing:
-            raise FileNotFoundError(
-                f"KuaiRand: {path} lacks {missing}; it is not (all of) {self.release.name} from {ZENODO}: "
-                "download the archive again, or check `version` and `logs`"
-            )
+            raise missing_files("KuaiRand", str(path), missing, advice)
         return tables
 
     def _parse(self, role: str, source: CsvSource, what: str) -> pa.Table:

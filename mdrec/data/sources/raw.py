@@ -1,4 +1,4 @@
-"""Raw-file helpers shared by the data sources: checked downloads, CSV parsing, key joins, missing-file errors.
+"""Raw-file helpers shared by the data sources: checked downloads, finding files, CSV parsing, key joins.
 
 Everything is vectorised: CSV files are parsed by Arrow's multi-threaded reader (a whole file, or streamed in
 blocks of ``block_bytes`` so a file larger than memory never sits in memory as text), and joins are hash lookups
@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ BLOCK_BYTES = 64 << 20  # bytes of CSV text parsed per streamed block
 _COPY_BYTES = 1 << 20  # bytes per read while downloading or hashing
 
 CsvSource = str | Path | BinaryIO
+K = TypeVar("K")  # the keys a source names its raw files by
 
 
 def md5_file(path: Path) -> str:
@@ -201,17 +202,59 @@ def found_signature(find: Callable[[], Iterable[Path]]) -> list[tuple[str, int, 
     return file_signature(paths)
 
 
-def login_required(dataset: str, missing: Sequence[str], url: str, how: str) -> FileNotFoundError:
-    """The error for raw files that are missing and cannot be downloaded (the host needs a login).
+def find_files(directory: Path, wanted: Mapping[K, Sequence[str]], dataset: str, advice: str) -> dict[K, Path]:
+    """For each key of ``wanted``, the first of its file names found under ``directory``.
+
+    The search is recursive and ignores the case of names; a name found more than once is its first path in sorted
+    order (so ``<directory>/x.csv`` comes before ``<directory>/train/x.csv``).
+
+    Args:
+        directory: where the raw files are.
+        wanted: key -> the names of the files that serve it, in order of preference.
+        dataset: the data set's name (for the error).
+        advice: what to download and where to put it (for the error).
+
+    Raises:
+        FileNotFoundError: ``missing_files``, listing the names of every key that has none.
+    """
+    by_name: dict[str, Path] = {}
+    for path in sorted(directory.rglob("*")):  # nothing when the directory does not exist
+        if path.is_file():
+            by_name.setdefault(path.name.lower(), path)
+    found: dict[K, Path] = {}
+    missing: list[str] = []
+    for key, names in wanted.items():
+        hit = next((by_name[n.lower()] for n in names if n.lower() in by_name), None)
+        if hit is None:
+            missing.append(" or ".join(names))
+        else:
+            found[key] = hit
+    if missing:
+        searched = "searched recursively, names in any case" if directory.is_dir() else "which does not exist"
+        raise missing_files(dataset, f"{directory} ({searched})", missing, advice)
+    return found
+
+
+def missing_files(dataset: str, where: str, missing: Sequence[str], advice: str) -> FileNotFoundError:
+    """The error for raw files not found ``where`` (a directory or an archive).
 
     Args:
         dataset: the data set's name.
-        missing: the paths (or path patterns) looked for.
+        where: the directory or archive searched.
+        missing: the files looked for (each a name, or names that serve alike).
+        advice: what to download and where to put it.
+    """
+    listed = "".join(f"\n  {m}" for m in missing)
+    return FileNotFoundError(f"{dataset}: these raw files are not in {where}:{listed}\n{advice}")
+
+
+def login_advice(url: str, how: str) -> str:
+    """``missing_files``' advice for raw files that cannot be downloaded (the host needs a login).
+
+    Args:
         url: where to get the files.
         how: what to download and where to put it.
     """
-    listed = "".join(f"\n  {m}" for m in missing)
-    return FileNotFoundError(
-        f"{dataset}: raw file(s) not found:{listed}\nThe host needs a login, so mdrec cannot download them. "
-        f"Download them from {url}: {how}; then prepare again."
+    return (
+        f"The host needs a login, so mdrec cannot download them. Download them from {url}: {how}; then prepare again."
     )
