@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from mdrec.eval.metrics import DomainMetrics, domain_metrics, gauc, grouped_auc, grouped_logloss
+from mdrec.eval.metrics import GatheredRows, domain_metrics, gauc, grouped_auc, grouped_logloss
 
 
 def test_grouped_auc_matches_torchmetrics_with_ties() -> None:
@@ -49,16 +49,15 @@ def test_domain_metrics_keys_and_weighting() -> None:
     assert float(grouped_logloss(probs, labels, torch.zeros(6, dtype=torch.long), 1)[0]) == pytest.approx(m["logloss"])
 
 
-def test_domain_metrics_accumulates_batches() -> None:
-    metric = DomainMetrics(["a", "b"], with_users=False)
-    probs = torch.rand(1000)
-    labels = (torch.rand(1000) < probs).float()
-    domain = torch.randint(0, 2, (1000,))
+def test_gathered_rows_accumulate_batches() -> None:
+    rows = GatheredRows(["prob", "domain"])
+    probs, domain = torch.rand(1000, 2), torch.randint(0, 2, (1000,))
     for i in range(0, 1000, 300):
-        metric.update(probs[i : i + 300], labels[i : i + 300], domain[i : i + 300])
-    assert metric.compute() == domain_metrics(probs, labels, domain, ["a", "b"])
-    with pytest.raises(ValueError, match="needs user ids"):
-        DomainMetrics(["a"], with_users=True).update(probs, labels, domain)
+        rows.update(probs[i : i + 300], domain[i : i + 300])
+    gathered = rows.compute()
+    assert torch.equal(gathered["prob"], probs) and torch.equal(gathered["domain"], domain)
+    with pytest.raises(ValueError, match="takes 2 tensors, got 1"):
+        rows.update(probs)
 
 
 def test_gauc_skips_unknown_users() -> None:

@@ -131,54 +131,10 @@ def domain_metrics(
     return out
 
 
-class DomainMetrics(torchmetrics.Metric):
-    """Accumulates predictions over an epoch and computes ``domain_metrics`` on all of them.
-
-    States are concatenated across processes before ``compute`` (AUC is not an average of per-process AUCs).
-
-    Args:
-        domain_names: the K domain names.
-        with_users: also accumulate user ids and report GAUC.
-
-    Example:
-        >>> m = DomainMetrics(["a", "b"], with_users=False)
-        >>> m.update(torch.tensor([.2, .8, .6, .4]), torch.tensor([0., 1., 1., 0.]), torch.tensor([0, 0, 1, 1]))
-        >>> m.compute()["auc/b"]
-        1.0
-    """
-
-    full_state_update = False
-
-    def __init__(self, domain_names: Sequence[str], with_users: bool) -> None:
-        super().__init__()
-        self.domain_names = list(domain_names)
-        self.with_users = with_users
-        for name in ("probs", "labels", "domain", "users"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-
-    def update(self, probs: Tensor, labels: Tensor, domain: Tensor, users: Tensor | None = None) -> None:
-        self.probs.append(probs.detach().float())
-        self.labels.append(labels.detach().float())
-        self.domain.append(domain.detach())
-        if self.with_users:
-            if users is None:
-                raise ValueError("DomainMetrics(with_users=True).update needs user ids")
-            self.users.append(users.detach())
-
-    def compute(self) -> dict[str, float]:
-        cat = torchmetrics.utilities.dim_zero_cat
-        return domain_metrics(
-            cat(self.probs).cpu(),
-            cat(self.labels).cpu(),
-            cat(self.domain).cpu(),
-            self.domain_names,
-            cat(self.users).cpu() if self.with_users else None,
-        )
-
-
 class GatheredRows(torchmetrics.Metric):
     """Per-row tensors accumulated over an epoch; ``compute`` concatenates them over the batches and, when several
-    processes ran, over the processes in rank order (each process's rows are gathered, uneven counts included).
+    processes ran, over the processes in rank order (each process's rows are gathered, uneven counts included):
+    the rows ``domain_metrics`` needs, an AUC over every process's rows rather than a mean of per-process AUCs.
 
     Args:
         names: the tensors' names, in ``update``'s argument order.

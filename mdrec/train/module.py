@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
-from mdrec.eval.metrics import DomainMetrics, GatheredRows
+from mdrec.eval.metrics import GatheredRows, domain_metrics
 from mdrec.models.output import ModelOutput
 from mdrec.train.checkpoint import rng_states, set_rng_states
 
@@ -30,8 +30,9 @@ class RankingModule(pl.LightningModule):
     test compute, on all of an epoch's predictions, the overall and per-domain AUC, logloss, GAUC, WAUC and mean
     AUC of every predicted task: ``val/auc``, ``val/auc/<domain>``, ... for the first label (click) and
     ``val/<label>_auc``, ``val/<label>_auc/<domain>``, ... for the others (e.g. ``conversion_auc``: CTCVR-AUC).
-    With several processes (DDP) the metrics and the test predictions are computed on every process's rows
-    gathered (an AUC over all rows, not a mean of per-process AUCs), and every process logs the same values.
+    With several processes (DDP) every process's rows are gathered once per epoch, and the metrics (an AUC over all
+    rows, not a mean of per-process AUCs) and the test predictions come from them: every process logs the same
+    values.
     Checkpoints carry the global random states, and loading one restores them: a resumed run draws the dropout
     masks the uninterrupted run would have drawn.
 
@@ -73,11 +74,9 @@ class RankingModule(pl.LightningModule):
             raise ValueError(f"domain_weights must be non-negative, got {domain_weights}")
         self.register_buffer("domain_weights", torch.tensor(weights), persistent=False)  # [K]
         self.user_col = schema.sparse_index(schema.user_field) if schema.user_field is not None else None
-        with_users = self.user_col is not None
-        # one metric collection per label; only the labels the network predicts get updated
-        self.val_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
-        self.test_metrics = nn.ModuleList([DomainMetrics(schema.domains, with_users) for _ in schema.labels])
-        self.test_rows = GatheredRows(("prob", "label", "domain"))  # every process's test rows
+        # an epoch's rows: prob [n, T] of the T predicted labels, label [n, T_all], domain [n] (and user [n])
+        rows = ("prob", "label", "domain", "user") if self.user_col is not None else ("prob", "label", "domain")
+        self.val_rows, self.test_rows = GatheredRows(rows), GatheredRows(rows)
         self.last_test: dict[str, np.ndarray] = {}  # the last test pass's rows (test_predictions)
         self.val_auc_best = torchmetrics.MaxMetric()
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
@@ -106,31 +105,34 @@ class RankingModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.size)
         return loss
 
-    def _eval_step(self, batch: Batch, metrics: nn.ModuleList, stage: str) -> None:
+    def _eval_step(self, batch: Batch, rows: GatheredRows, stage: str) -> None:
         out = self.net(batch)
         self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size, sync_dist=True)
-        users = batch.sparse[:, self.user_col] if self.user_col is not None else None
-        probs = torch.sigmoid(out.logits)  # [B, T]
-        if stage == "test":
-            self.test_rows.update(probs, batch.labels, batch.domain)
-        for t in range(probs.shape[1]):
-            metrics[t].update(probs[:, t], batch.labels[:, t], batch.domain, users)
+        users = () if self.user_col is None else (batch.sparse[:, self.user_col],)
+        rows.update(torch.sigmoid(out.logits), batch.labels, batch.domain, *users)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_rows, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_rows, "test")
 
-    def _log_metrics(self, metrics: nn.ModuleList, stage: str) -> dict[str, float]:
-        """Compute, log and reset the metrics of every predicted label; return them (keys without the stage)."""
+    @staticmethod
+    def _gather(rows: GatheredRows) -> dict[str, Tensor]:
+        """The epoch's rows of every process (one gather), on the CPU; ``rows`` is reset for the next epoch."""
+        gathered = {name: value.cpu() for name, value in rows.compute().items()}
+        rows.reset()
+        return gathered
+
+    def _log_metrics(self, rows: dict[str, Tensor], stage: str) -> dict[str, float]:
+        """Compute and log the metrics of every predicted label on the gathered ``rows``; return them (keys
+        without the stage)."""
+        prob, label, domain, users = (rows.get(name) for name in ("prob", "label", "domain", "user"))
         values: dict[str, float] = {}
-        for t, metric in enumerate(metrics):
-            if not metric.update_called:
-                continue
+        for t in range(prob.shape[1]):
             prefix = "" if t == 0 else f"{self.schema.labels[t]}_"
-            values.update({prefix + key: value for key, value in metric.compute().items()})
-            metric.reset()
+            metrics = domain_metrics(prob[:, t], label[:, t], domain, self.schema.domains, users)
+            values.update({prefix + key: value for key, value in metrics.items()})
         for key, value in values.items():
             self._log_global(f"{stage}/{key}", value, prog_bar=key == "auc")
         return values
@@ -141,7 +143,7 @@ class RankingModule(pl.LightningModule):
         self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_metrics(self.val_metrics, "val")
+        values = self._log_metrics(self._gather(self.val_rows), "val")
         if not self.trainer.sanity_checking:
             self.val_auc_best.update(values["auc"])
             self._log_global("val/auc_best", self.val_auc_best.compute())
@@ -154,9 +156,9 @@ class RankingModule(pl.LightningModule):
         return self.last_test
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
-        self.last_test = {name: rows.cpu().numpy() for name, rows in self.test_rows.compute().items()}
-        self.test_rows.reset()
+        rows = self._gather(self.test_rows)
+        self._log_metrics(rows, "test")
+        self.last_test = {name: rows[name].numpy() for name in ("prob", "label", "domain")}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = rng_states()
