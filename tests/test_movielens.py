@@ -214,6 +214,17 @@ def test_fallback_official_fails_then_mirror_wheel(
     assert calls == ["official", "mirror"]
 
 
+def test_damaged_cached_zip_is_ignored_for_the_cached_mirror(
+    tmp_path: Path, release_1m: ml.Release, no_downloads: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "ml-1m.zip").write_bytes(official_1m(tmp_path / "good.zip").read_bytes()[:-1])
+    wheel(raw / ml.MIRROR_WHEEL, {"ml-1m": recbole_1m()})
+    assert ml.MovieLens1M().encode(raw).report["raw"]["layout"] == "mirror" and no_downloads == []
+    assert f"{raw / 'ml-1m.zip'}: md5 " in caplog.text and f"is not the expected {release_1m.md5}" in caplog.text
+
+
 def test_download_official_checks_md5(tmp_path: Path, release_1m: ml.Release, monkeypatch: pytest.MonkeyPatch) -> None:
     good = official_1m(tmp_path / "good.zip").read_bytes()
     monkeypatch.setattr(raw.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(good + b"x"))

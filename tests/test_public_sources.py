@@ -436,6 +436,9 @@ def test_kuairand_download_checks_md5_and_caches(
     assert enc.report["raw"]["layout"] == "archive" and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
     kuairand.KuaiRand().encode(raw_dir)  # cached: no second download
     assert urls == [kuairand.RELEASES["1k"].url] * 2
+    (raw_dir / "KuaiRand-1K.tar.gz").write_bytes(good[:100])  # a damaged cached archive is downloaded again
+    kuairand.KuaiRand().encode(raw_dir)
+    assert urls == [kuairand.RELEASES["1k"].url] * 3 and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
     (tmp_path / "other.tar.gz").write_bytes(good + b"x")
     with pytest.raises(ValueError, match=r"other\.tar\.gz has md5 .* not the published"):
         kuairand.KuaiRand(path=str(tmp_path / "other.tar.gz")).encode(raw_dir)

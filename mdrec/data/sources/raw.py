@@ -8,6 +8,7 @@ blocks of ``block_bytes`` so a file larger than memory never sits in memory as t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+
+log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 10.0  # seconds a download may wait for data (per read, not for the whole transfer)
 BLOCK_BYTES = 64 << 20  # bytes of CSV text parsed per streamed block
@@ -35,6 +38,19 @@ def md5_file(path: Path) -> str:
         while chunk := f.read(_COPY_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_cached(target: Path, md5: str) -> bool:
+    """Whether ``target`` holds an earlier download: it exists and its md5 is ``md5``.
+
+    A file whose md5 differs (a damaged download, another release) is logged and ignored; ``download`` replaces it.
+    """
+    if not target.exists():
+        return False
+    if (found := md5_file(target)) == md5:
+        return True
+    log.warning("%s: md5 %s is not the expected %s; ignoring it", target, found, md5)
+    return False
 
 
 def download(url: str, target: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
