@@ -323,6 +323,13 @@ def test_unknown_user_and_unknown_age_code(
     monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data)))
     with pytest.raises(ValueError, match=r"column 'user_id', row 10: user '9' is not in the user file"):
         ml.MovieLens1M().encode(raw)
+    data = _zip(
+        raw / "ml-1m.zip",
+        {"ml-1m/ratings.dat": b"\n", "ml-1m/users.dat": _dat(USERS_1M), "ml-1m/movies.dat": _dat(MOVIES_1M)},
+    ).read_bytes()
+    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data)))
+    with pytest.raises(ValueError, match=r"ml-1m\.zip:ml-1m/ratings\.dat holds no rows"):
+        ml.MovieLens1M().encode(raw)
     users = [*USERS_1M[:4], ("5", "F", "40", "20", "55455")]
     data = _zip(
         raw / "ml-1m.zip",

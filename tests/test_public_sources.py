@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import pyarrow as pa
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,6 +38,24 @@ def decode(store: ColumnStore, field: str) -> list[str | None]:
     """The raw value of every row's id of ``field`` (None for id 0)."""
     vocab = store.vocabulary(field)
     return [vocab[i - 1] if i else None for i in store.column(field)]
+
+
+# ---------------------------------------------------------------- raw files --------------------------------------
+@pytest.mark.parametrize(("text", "names"), [(b"a,b\n", None), (b"\n\r\n", ["a", "b"])])
+def test_a_file_without_rows_is_named(tmp_path: Path, text: bytes, names: list[str] | None) -> None:
+    """A header-only file, or a headerless one of blank lines: Arrow reads no rows (no error of its own), which
+    read_csv and stream_csv refuse, naming the file. An empty file is Arrow's error, which names it too."""
+    path = tmp_path / "x.csv"
+    path.write_bytes(text)
+    columns = {"a": pa.string()}
+    match = r"x\.csv holds no rows \(a header or blank lines at most\); the file is empty or truncated"
+    with pytest.raises(ValueError, match=match):
+        raw.read_csv(path, columns, str(path), names)
+    with pytest.raises(ValueError, match=match):
+        list(raw.stream_csv(path, columns, str(path), names))
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"x\.csv: Empty CSV file"):
+        raw.read_csv(path, columns, str(path), names)
 
 
 # ---------------------------------------------------------------- Ali-CCP ----------------------------------------
@@ -157,6 +176,9 @@ def test_aliccp_errors(tmp_path: Path) -> None:
         aliccp.AliCCP(path=str(write_aliccp(tmp_path / "b", skeleton_train=damaged))).encode()
     (tmp_path / "b" / "sample_skeleton_train.csv").write_text("0,1,0,ca,1,205\x02500\n")
     with pytest.raises(ValueError, match=r"row 0: feature entry '205\\x02500' is not"):
+        aliccp.AliCCP(path=str(tmp_path / "b")).encode()
+    (tmp_path / "b" / "common_features_train.csv").write_text("\n")
+    with pytest.raises(ValueError, match=r"common_features_train\.csv holds no rows"):
         aliccp.AliCCP(path=str(tmp_path / "b")).encode()
     with pytest.raises(ValueError, match=r"dense_fields \['999'\] are not in `fields`"):
         aliccp.AliCCP(path="x", dense_fields=["999"])
@@ -395,6 +417,9 @@ def test_kuairand_extracted_folder_and_one_log(tmp_path: Path) -> None:
     enc = src.encode(tmp_path / "raw")
     assert enc.report["raw"]["layout"] == "directory"
     assert len(enc.columns["is_click"]) == len(expected_kuairand(files, ("log_standard_4_22_to_5_08",)))
+    (folder / "log_standard_4_22_to_5_08_1k.csv").write_text(",".join(LOG_HEADER) + "\n")
+    with pytest.raises(ValueError, match=r"log_standard_4_22_to_5_08_1k\.csv holds no rows"):
+        src.encode(tmp_path / "raw")
     (folder / "user_features_1k.csv").unlink()
     missing = re.escape(f"KuaiRand: these raw files are not in {tmp_path / 'KuaiRand-1K'} (searched recursively")
     with pytest.raises(FileNotFoundError, match=rf"{missing}.*:\n  user_features_1k\.csv\nIt is not .*zenodo"):

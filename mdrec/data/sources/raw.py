@@ -144,11 +144,14 @@ def read_csv(
         skip_rows: lines skipped before the header (or the data, for a headerless file).
 
     Raises:
-        ValueError: naming ``what`` and Arrow's reason (wrong column count, a value of the wrong type, ...).
+        ValueError: naming ``what`` and Arrow's reason (wrong column count, a value of the wrong type, ...), or
+            saying the file holds no rows.
     """
     options = _csv_options(columns, names, delimiter, quoted, empty_as_null, encoding, skip_rows, None)
     with _format_errors(what, None):
-        return pacsv.read_csv(source, **options)
+        table = pacsv.read_csv(source, **options)
+    _check_rows(table.num_rows, what)
+    return table
 
 
 def stream_csv(
@@ -162,11 +165,25 @@ def stream_csv(
 ) -> Iterator[pa.RecordBatch]:
     """The CSV file as record batches of about ``block_bytes`` of text each; arguments as ``read_csv``.
 
-    A line longer than ``block_bytes`` is an error (Arrow's "straddling" message): raise ``block_bytes``.
+    A line longer than ``block_bytes`` is an error (Arrow's "straddling" message): raise ``block_bytes``. A file
+    without rows is an error once the stream ends, as in ``read_csv``.
     """
     options = _csv_options(columns, names, delimiter, quoted, False, "utf8", 0, block_bytes)
+    rows = 0
     with _format_errors(what, block_bytes):
-        yield from pacsv.open_csv(source, **options)
+        for batch in pacsv.open_csv(source, **options):
+            rows += batch.num_rows
+            yield batch
+    _check_rows(rows, what)
+
+
+def _check_rows(rows: int, what: str) -> None:
+    """Raise unless the file ``what`` held rows (Arrow reads a header-only or blank file as no rows)."""
+    if not rows:
+        raise ValueError(
+            f"{what} holds no rows (a header or blank lines at most); the file is empty or truncated: download or "
+            "extract it again"
+        )
 
 
 class KeyIndex:
