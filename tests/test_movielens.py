@@ -82,16 +82,10 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def official_1m(path: Path) -> Path:
-    return _zip(
-        path,
-        {
-            "ml-1m/ratings.dat": _dat(RATINGS_1M),
-            "ml-1m/users.dat": _dat(USERS_1M),
-            "ml-1m/movies.dat": _dat(MOVIES_1M),
-            "ml-1m/README": b"fixture",
-        },
-    )
+def official_1m(path: Path, **replaced: bytes) -> Path:
+    """The fixture's GroupLens zip; ``replaced`` swaps the bytes of ``ratings``, ``users`` or ``movies`` (.dat)."""
+    files = {"ratings": _dat(RATINGS_1M), "users": _dat(USERS_1M), "movies": _dat(MOVIES_1M)} | replaced
+    return _zip(path, {**{f"ml-1m/{name}.dat": data for name, data in files.items()}, "ml-1m/README": b"fixture"})
 
 
 def recbole_1m() -> dict[str, bytes]:
@@ -306,42 +300,31 @@ def test_history_strictly_before_ties_excluded_truncated(raw_1m: Path) -> None:
     assert len(seq) == len(RATINGS_1M)
 
 
-def test_unknown_user_and_unknown_age_code(
-    tmp_path: Path, release_1m: ml.Release, no_downloads: list[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("replaced", "domain_by", "match"),
+    [
+        ({"ratings": [*RATINGS_1M, ("9", "1", "5", "7")]}, "age3", r"'user_id', row 10: user '9' is not in the user"),
+        ({"ratings": []}, "age3", r"ml-1m\.zip:ml-1m/ratings\.dat holds no rows"),
+        ({"users": [*USERS_1M, USERS_1M[2]]}, "age3", r"MovieLens users, column 'user_id': key '3' occurs 2 times"),
+        ({"users": [*USERS_1M[:4], ("5", "F", "40", "20", "55455")]}, "age7", r"'age', rating row 9: value '40'"),
+    ],
+)
+def test_damaged_official_files_are_named(
+    tmp_path: Path,
+    release_1m: ml.Release,
+    no_downloads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    replaced: dict[str, list[tuple[str, ...]]],
+    domain_by: str,
+    match: str,
 ) -> None:
+    """An unknown or repeated user, a file without rows, an age code outside the release: named, nothing dropped."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    ratings = [*RATINGS_1M, ("9", "1", "5", "7")]
-    data = _zip(
-        raw / "ml-1m.zip",
-        {
-            "ml-1m/ratings.dat": _dat(ratings),
-            "ml-1m/users.dat": _dat(USERS_1M),
-            "ml-1m/movies.dat": _dat(MOVIES_1M),
-        },
-    ).read_bytes()
-    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data)))
-    with pytest.raises(ValueError, match=r"column 'user_id', row 10: user '9' is not in the user file"):
-        ml.MovieLens1M().encode(raw)
-    data = _zip(
-        raw / "ml-1m.zip",
-        {"ml-1m/ratings.dat": b"\n", "ml-1m/users.dat": _dat(USERS_1M), "ml-1m/movies.dat": _dat(MOVIES_1M)},
-    ).read_bytes()
-    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data)))
-    with pytest.raises(ValueError, match=r"ml-1m\.zip:ml-1m/ratings\.dat holds no rows"):
-        ml.MovieLens1M().encode(raw)
-    users = [*USERS_1M[:4], ("5", "F", "40", "20", "55455")]
-    data = _zip(
-        raw / "ml-1m.zip",
-        {
-            "ml-1m/ratings.dat": _dat(RATINGS_1M),
-            "ml-1m/users.dat": _dat(users),
-            "ml-1m/movies.dat": _dat(MOVIES_1M),
-        },
-    ).read_bytes()
-    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data)))
-    with pytest.raises(ValueError, match=r"column 'age', rating row 9: value '40' is not one of"):
-        ml.MovieLens1M(domain_by="age7").encode(raw)
+    data = official_1m(raw / "ml-1m.zip", **{name: _dat(rows) or b"\n" for name, rows in replaced.items()})
+    monkeypatch.setitem(ml.RELEASES, "ml-1m", dataclasses.replace(release_1m, md5=_md5(data.read_bytes())))
+    with pytest.raises(ValueError, match=match):
+        ml.MovieLens1M(domain_by=domain_by).encode(raw)
 
 
 # ---- ML-100k fixture: raw ages 24 / 25 / 34 / 35, u.item with 19 genre flags, a title twice in RecBole ----

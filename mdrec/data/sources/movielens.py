@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
 from mdrec.data.sources.base import source_dataset
-from mdrec.data.sources.raw import download, is_cached, read_csv
+from mdrec.data.sources.raw import KeyIndex, download, is_cached, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -398,11 +398,11 @@ def _integers(values: pa.ChunkedArray, what: str) -> np.ndarray:
 def join_ratings(ratings: pa.Table, users: pa.Table, movies: pa.Table) -> pa.Table:
     """One row per rating (file order kept) with its user's and movie's attributes.
 
-    A rating of an unknown user is an error; a movie without metadata gets a null genre (reported as missing).
-    Duplicated movie keys (ML-100k titles) take their first row.
+    A rating of an unknown user is an error, and so is a user listed twice; a movie without metadata gets a null
+    genre (reported as missing). Duplicated movie keys (ML-100k titles) take their first row.
     """
-    user_row = pc.index_in(ratings["user_id"], value_set=users["user_id"].combine_chunks())
-    unknown = np.flatnonzero(pc.is_null(user_row).to_numpy(zero_copy_only=False))
+    user_row = KeyIndex(users["user_id"], "MovieLens users, column 'user_id'").rows(ratings["user_id"])
+    unknown = np.flatnonzero(user_row < 0)
     if len(unknown):
         row = int(unknown[0])
         raise ValueError(
@@ -410,7 +410,7 @@ def join_ratings(ratings: pa.Table, users: pa.Table, movies: pa.Table) -> pa.Tab
             f"not in the user file ({len(unknown)} such rating(s)); the raw files do not belong together"
         )
     movie_row = pc.index_in(ratings["movie_id"], value_set=movies["movie_id"].combine_chunks())
-    user_cols = {c: users[c].take(user_row) for c in ("gender", "age", "occupation", "zip")}
+    user_cols = {c: users[c].take(pa.array(user_row)) for c in ("gender", "age", "occupation", "zip")}
     return pa.table(
         {
             "user_id": ratings["user_id"],
