@@ -108,5 +108,5 @@ class DynamicDomainLR(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for d, name in enumerate(pl_module.schema.domains):
             if self.steps[d] > 0:
-                # the same on every process (global counts, averaged gradients): max is that value, synchronised
-                pl_module.log(f"lr_scale/{name}", float(self.sums[d] / self.steps[d]), sync_dist=True, reduce_fx="max")
+                # the same on every process (global counts, averaged gradients): no sync_dist
+                pl_module.log(f"lr_scale/{name}", float(self.sums[d] / self.steps[d]))

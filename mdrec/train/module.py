@@ -78,7 +78,7 @@ class RankingModule(pl.LightningModule):
         rows = ("prob", "label", "domain", "user") if self.user_col is not None else ("prob", "label", "domain")
         self.val_rows, self.test_rows = GatheredRows(rows), GatheredRows(rows)
         self.last_test: dict[str, np.ndarray] = {}  # the last test pass's rows (test_predictions)
-        self.val_auc_best = torchmetrics.MaxMetric()
+        self.val_auc_best = torchmetrics.MaxMetric(sync_on_compute=False)  # of global AUCs: no sync needed
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -133,20 +133,15 @@ class RankingModule(pl.LightningModule):
             prefix = "" if t == 0 else f"{self.schema.labels[t]}_"
             metrics = domain_metrics(prob[:, t], label[:, t], domain, self.schema.domains, users)
             values.update({prefix + key: value for key, value in metrics.items()})
-        for key, value in values.items():
-            self._log_global(f"{stage}/{key}", value, prog_bar=key == "auc")
+        for key, value in values.items():  # the same on every process: no sync_dist (a collective per key)
+            self.log(f"{stage}/{key}", value, prog_bar=key == "auc")
         return values
-
-    def _log_global(self, name: str, value: float | Tensor, prog_bar: bool = False) -> None:
-        """Log a value every process already holds in full (a gathered metric): the max over processes is that
-        value, bit for bit (a mean over 3 processes need not be), and Lightning knows it is synchronised."""
-        self.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_end(self) -> None:
         values = self._log_metrics(self._gather(self.val_rows), "val")
         if not self.trainer.sanity_checking:
             self.val_auc_best.update(values["auc"])
-            self._log_global("val/auc_best", self.val_auc_best.compute())
+            self.log("val/auc_best", float(self.val_auc_best.compute()))
 
     def test_predictions(self) -> dict[str, np.ndarray]:
         """The last test pass's ``prob [n, T]``, ``label [n, T_all]`` and ``domain [n]`` of every process, in the
