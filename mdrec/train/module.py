@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
@@ -20,6 +22,9 @@ from mdrec.train.checkpoint import rng_states, set_rng_states
 
 LOSS_NORMALIZATIONS = ("batch", "domain")
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# The metrics of the gathered rows (and DynamicDomainLR's factors) are the same on every process: they are logged
+# without sync_dist, which would cost a collective per key, and Lightning's reminder to sync them does not apply.
+warnings.filterwarnings("ignore", r"It is recommended to use `self\.log\('(val|test|lr_scale)/", PossibleUserWarning)
 
 
 class RankingModule(pl.LightningModule):
@@ -133,7 +138,7 @@ class RankingModule(pl.LightningModule):
             prefix = "" if t == 0 else f"{self.schema.labels[t]}_"
             metrics = domain_metrics(prob[:, t], label[:, t], domain, self.schema.domains, users)
             values.update({prefix + key: value for key, value in metrics.items()})
-        for key, value in values.items():  # the same on every process: no sync_dist (a collective per key)
+        for key, value in values.items():  # the same on every process: no sync_dist (see the filter above)
             self.log(f"{stage}/{key}", value, prog_bar=key == "auc")
         return values
 
