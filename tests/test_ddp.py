@@ -81,7 +81,7 @@ def test_processes_started_together_prepare_the_data_once(tmp_path: Path) -> Non
 
 # The same run with 1 process (batch 256) and 2 CPU processes (gloo, batch 128 each): the averaged gradient of two
 # 128-row halves is the 256-row gradient, so the two train the same model in exact arithmetic; what differs is float
-# summation order (measured: test probabilities within 1e-5, AUCs equal to float32 precision). No dropout; the DNN
+# summation order (two 128-row sums averaged, not one 256-row sum: gradients differ at 1e-7). No dropout; the DNN
 # without batch norm (its statistics would be per process: SyncBatchNorm is CUDA-only); 6,408 training rows give a
 # last global batch of 8 rows, split 4 + 4, so no row sits out. A multi-domain network with the dynamic learning
 # rate: its domain counts must be summed over the processes (per-process counts move test probabilities by 4e-3).
@@ -98,8 +98,17 @@ ROWS = [
     "~callbacks.progress_bar",
     "+trainer.enable_progress_bar=false",
 ]
-PROB_TOL = 1e-4  # measured 6e-8 to 1e-5; per-process domain counts in the dynamic learning rate: 4e-3
-AUC_TOL = 2e-3  # one swapped pair of the smallest domain's ~2,000 moves its AUC by 5e-4; measured: 0
+# Measured 6e-8 (earlier: up to 1e-5); per-process domain counts in the dynamic learning rate: 4e-3. A property of
+# this configuration, not a general bound: training can grow the 1e-7 differences (seed=2 ends 1.6e-4 apart).
+PROB_TOL = 1e-5
+FLOAT32_ULP = 1e-7  # the metrics are logged in float32: equal values in float64 may round 1 ulp (6e-8) apart
+
+
+def auc_slack(prob: np.ndarray, label: np.ndarray, tol: float) -> float:
+    """The most the AUC of rows ``prob [n]``, ``label [n]`` can move when no probability moves by ``tol``: the
+    share of positive-negative pairs within ``2 tol`` of each other, the only ones that can swap order."""
+    pos, neg = prob[label == 1], prob[label == 0]
+    return float((np.abs(pos[:, None] - neg[None, :]) <= 2 * tol).mean())
 
 
 def train_process(tmp_path: Path, name: str, overrides: list[str]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -131,9 +140,16 @@ def test_two_cpu_processes_train_the_one_process_model(tmp_path: Path) -> None:
     # every test row exactly once, in the split's order, as with one process
     assert np.array_equal(p2["domain"], p1["domain"]) and np.array_equal(p2["label"], p1["label"])
     assert np.abs(p2["prob"] - p1["prob"]).max() < PROB_TOL
+    # the AUCs differ by no more than the pairs close enough to swap allow (measured: not at all)
     domains = [str(d) for d in p2["domains"]]
-    for key in ("test/auc", "test/mean_auc", *(f"test/auc/{d}" for d in domains)):
-        assert abs(two[key] - one[key]) < AUC_TOL, (key, one[key], two[key])
+    prob1, label1 = p1["prob"][:, 0].astype(np.float64), p1["label"][:, 0]
+    slack = {"test/auc": auc_slack(prob1, label1, PROB_TOL)}
+    for d, name in enumerate(domains):
+        rows = p1["domain"] == d
+        slack[f"test/auc/{name}"] = auc_slack(prob1[rows], label1[rows], PROB_TOL)
+    slack["test/mean_auc"] = float(np.mean([slack[f"test/auc/{name}"] for name in domains]))
+    for key, bound in slack.items():
+        assert abs(two[key] - one[key]) <= bound + FLOAT32_ULP, (key, one[key], two[key], bound)
     assert sum(two[f"test/rows/{d}"] for d in domains) == len(p2["prob"]) == 801
 
     # the metrics are those of all processes' rows together, not a mean of per-process metrics
