@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -447,6 +448,19 @@ def test_header_only_and_empty_files_are_named(table: Table, bom: bool) -> None:
             with pytest.raises(ValueError, match=match) as info:
                 prepare_csv(Path(tmp), table, text)
             assert_clear(info.value, "data.csv")
+
+
+def test_a_file_edited_in_place_is_parsed_again(tmp_path: Path) -> None:
+    """The parsed copy of a file under ``raw_dir/hf`` is reused only while the file's size and modification time
+    are unchanged: a file edited in place, to the same size, is parsed again, never served stale."""
+    path = tmp_path / "data.csv"
+    path.write_text("id,d,y\na,de,1\n")
+    source = TabularSource("hostile", TableSpec(sparse=("id",), domain="d", labels=("y",)), data_files=str(path))
+    assert source.encode(tmp_path / "raw").vocabularies["id"] == ["a"]
+    mtime = path.stat().st_mtime_ns
+    path.write_text("id,d,y\nb,de,1\n")
+    os.utime(path, ns=(mtime + 1, mtime + 1))
+    assert source.encode(tmp_path / "raw").vocabularies["id"] == ["b"]
 
 
 @settings(HOSTILE, max_examples=10)

@@ -1,16 +1,18 @@
 """Your own data, no code: parquet or CSV/TSV files plus a ``TableSpec`` naming each column's role.
 
-Files are loaded with Hugging Face ``datasets.load_dataset`` (parsed once, cached as Arrow under
-``raw_dir/hf``) and encoded by ``mdrec.data.ingest.encode_table``. Only the spec's columns are read. CSV/TSV
-columns are read as strings and cast by the ingest step, so ids keep their leading zeros and a bad value is
-reported with its column. In CSV/TSV an empty field (quoted or not) is missing (id 0, a NaN dense value); every
-other text is a value: ``NA``, ``null`` and ``nan`` are ids like any other. Files are UTF-8 (a leading byte
-order mark is skipped); blank lines are skipped.
+Each file is parsed once, by Arrow, into an Arrow file under ``raw_dir/hf`` (reused while the file's size and
+modification time are unchanged), memory-mapped as a ``datasets.Dataset`` and encoded by
+``mdrec.data.ingest.encode_table``. Only the spec's columns are kept. CSV/TSV columns are read as strings and
+cast by the ingest step, so ids keep their leading zeros and a bad value is reported with its column. In CSV/TSV
+an empty field (quoted or not) is missing (id 0, a NaN dense value); every other text is a value: ``NA``,
+``null`` and ``nan`` are ids like any other. Files are UTF-8 (a leading byte order mark is skipped); blank
+lines are skipped. Every file is cast to the column types of the first (parquet files may differ).
 
-Every file is checked before it is parsed, and the errors name the file: an empty or unreadable file, a
-truncated parquet file, a CSV row with more or fewer fields than the header (a truncated file, a value holding
-the delimiter unquoted, the wrong ``delimiter``), a spec column missing from a header or named there twice.
-Nothing is dropped: ``report.json`` lists ``input_rows`` per file, and their sum is the prepared ``rows``.
+Every file is checked as it is parsed, and the errors name the file: an empty or unreadable file, a truncated
+parquet file, a CSV row with more or fewer fields than the header (a truncated file, a value holding the
+delimiter unquoted, the wrong ``delimiter``), a CSV file that ends inside a quoted value (a truncated file), a
+spec column missing from a header or named there twice. Nothing is dropped: ``report.json`` lists
+``input_rows`` per file, and their sum is the prepared ``rows``.
 
 Give either ``data_files`` (one pool of rows; the training stage splits it) or ``train_files`` with
 ``val_files`` and ``test_files``. With separate files, the store gets a ``split`` column (0 train, 1 val,
@@ -36,9 +38,14 @@ Example config (``conf/data/<name>.yaml``)::
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import datasets
 import numpy as np
@@ -57,6 +64,45 @@ def _file_list(files: str | Sequence[str] | None) -> tuple[str, ...] | None:
     if files is None:
         return None
     return (str(files),) if isinstance(files, str | Path) else tuple(str(f) for f in files)
+
+
+_GUARD = "\x00"  # the value of every field of the guard row appended to a CSV file (see _unguarded)
+
+
+class _Appended(io.RawIOBase):
+    """The bytes of the file ``path``, then ``tail``."""
+
+    def __init__(self, path: str, tail: bytes) -> None:
+        self._parts: list[BinaryIO] = [open(path, "rb"), io.BytesIO(tail)]  # each closed when read to its end
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:
+        while self._parts:
+            if n := self._parts[0].readinto(buffer):
+                return n
+            self._parts.pop(0).close()
+        return 0
+
+
+def _unguarded(batches: Iterable[pa.RecordBatch], columns: list[str], where: str) -> Iterator[pa.RecordBatch]:
+    """``columns`` of the rows of a CSV file read with a guard row of ``_GUARD`` values appended, less that row.
+
+    Arrow closes a quoted value that the end of the file leaves open, which a truncated file does: the guard row
+    then becomes part of that value, and its absence is the error.
+    """
+    held = None  # the last batch with rows, held back until the next one shows it is not the last
+    for batch in batches:
+        if batch.num_rows:
+            if held is not None:
+                yield held.select(columns)
+            held = batch
+    if held is None or held.column(held.num_columns - 1)[-1].as_py() != _GUARD:
+        raise ValueError(
+            f"{where}: the file ends inside a quoted value (it is truncated, or a quote is not closed); export it again"
+        )
+    yield held.slice(0, held.num_rows - 1).select(columns)
 
 
 @dataclass
@@ -147,30 +193,69 @@ class TabularSource:
             raise FileNotFoundError(f"data set {self.name!r}: file {pattern!r} does not exist")
         return paths
 
-    def _inspect(self, path: str, delimiter: str) -> int:
-        """Check that ``path`` is readable and has each spec column once; return its number of rows.
+    def _read(self, path: str, delimiter: str, cache_dir: Path) -> datasets.Dataset:
+        """The spec's columns of one file, memory-mapped from the Arrow copy under ``cache_dir`` that one parse
+        writes (and later runs reuse while the file's size and modification time are unchanged)."""
+        columns = self.spec.columns()
+        key = json.dumps([file_signature([Path(path)]), delimiter, columns])
+        arrow = cache_dir / f"{Path(path).name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
+        if not arrow.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            part = arrow.with_name(arrow.name + ".part")
+            try:
+                with self._errors(path, delimiter):
+                    batches = self._batches(path, delimiter)
+                    with pa.ipc.new_stream(part, batches.schema) as out:
+                        for batch in batches:
+                            out.write_batch(batch)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
+            part.replace(arrow)
+        try:
+            return datasets.Dataset.from_file(str(arrow))
+        except ValueError as e:  # datasets' CastError: a column name it cannot hold (a NUL in it)
+            raise ValueError(
+                f"data set {self.name!r}, file {path!r}: datasets cannot hold the columns {columns} ({e}); rename them"
+            ) from e
 
-        A CSV/TSV file is parsed here once with Arrow, which refuses a row with more or fewer fields than the
-        header (the CSV parser of ``datasets`` would fill the missing fields with nulls).
+    def _batches(self, path: str, delimiter: str) -> pa.RecordBatchReader:
+        """The spec's columns of ``path``, once its header is checked.
+
+        A CSV/TSV file is parsed by Arrow, one thread (so errors name the row): a row with more or fewer fields than
+        the header is refused, every column is read as text (so text that is not UTF-8 is refused, in any column)
+        and only an empty field is missing.
         """
         where = f"data set {self.name!r}, file {path!r}"
+        columns = self.spec.columns()
         if self._format(path) == "parquet":
-            try:
-                meta = pq.ParquetFile(path)
-            except (pa.ArrowException, OSError) as e:
-                raise ValueError(f"{where}: cannot read it as parquet ({e}); is it complete? Export it again") from e
-            self._check_header(where, meta.schema_arrow.names, "")
-            return meta.metadata.num_rows
-        used = self.spec.columns()
+            file = pq.ParquetFile(path)
+            self._check_header(where, file.schema_arrow.names, "")
+            schema = pa.schema([file.schema_arrow.field(c) for c in columns])
+            return pa.RecordBatchReader.from_batches(schema, file.iter_batches(columns=columns))
         options = {
             "parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            "read_options": pacsv.ReadOptions(use_threads=False),  # errors then name the row
+            "read_options": pacsv.ReadOptions(use_threads=False),
         }
+        header = pacsv.open_csv(path, **options).schema.names  # parses the first block only
+        self._check_header(where, header, delimiter)
+        text = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True, null_values=[""]
+        )
+        guard = "\n" + delimiter.join([_GUARD] * len(header)) + "\n"
+        reader = pacsv.open_csv(_Appended(path, guard.encode()), convert_options=text, **options)
+        schema = pa.schema([(c, pa.string()) for c in columns])
+        return pa.RecordBatchReader.from_batches(schema, _unguarded(reader, columns, where))
+
+    @contextmanager
+    def _errors(self, path: str, delimiter: str) -> Iterator[None]:
+        """Arrow's errors reading ``path`` as a ValueError naming the file and saying what its format must be."""
         try:
-            self._check_header(where, pacsv.open_csv(path, **options).schema.names, delimiter)
-            convert = pacsv.ConvertOptions(include_columns=used, column_types=dict.fromkeys(used, pa.string()))
-            return sum(batch.num_rows for batch in pacsv.open_csv(path, convert_options=convert, **options))
+            yield
         except (pa.ArrowException, OSError) as e:
+            where = f"data set {self.name!r}, file {path!r}"
+            if self._format(path) == "parquet":
+                raise ValueError(f"{where}: cannot read it as parquet ({e}); is it complete? Export it again") from e
             raise ValueError(
                 f"{where}: cannot read it as CSV ({e}). It must be UTF-8 text, a header row, then rows of as many "
                 f"fields separated by {delimiter!r} (set `delimiter` for another separator); a row with too many or "
@@ -189,60 +274,38 @@ class TabularSource:
         if twice:
             raise ValueError(f"{where}: the header names column(s) {twice} more than once; rename or drop the copies")
 
-    def _load(self, files: dict[str, tuple[str, ...]], cache_dir: Path) -> tuple[datasets.DatasetDict, dict[str, int]]:
-        """Check every file, then parse them (Arrow-cached under ``cache_dir``); also return each file's rows."""
-        paths = {split: [p for pattern in group for p in self._paths(pattern)] for split, group in files.items()}
-        first = next(iter(paths.values()))[0]
-        delimiter = self._delimiter(first)
-        rows = {p: self._inspect(p, delimiter) for group in paths.values() for p in group}
-        data_files = {split: [p for p in group if rows[p]] for split, group in paths.items()}
-        for split, group in data_files.items():
-            if not group:
-                raise ValueError(
-                    f"data set {self.name!r}: the {split} file(s) {paths[split]} hold no rows, a header only"
-                )
-        columns = self.spec.columns()
-        builder = self._format(first)
-        if builder == "parquet":
-            options: dict = {"columns": columns}
-        else:  # every spec column as text (ingest casts by role); only an empty field is missing
-            features = datasets.Features({c: datasets.Value("string") for c in columns})
-            options = {"delimiter": delimiter, "usecols": columns, "features": features}
-            options |= {"keep_default_na": False, "na_values": [""]}
+    def _cast(self, part: datasets.Dataset, path: str, features: datasets.Features, first: str) -> datasets.Dataset:
+        """``part``, read from ``path``, with the column types of the first file, ``first`` (``features``)."""
+        if part.features == features:
+            return part
         try:
-            loaded = datasets.load_dataset(builder, data_files=data_files, cache_dir=str(cache_dir), **options)
-        except datasets.exceptions.DatasetGenerationError as e:
-            raise ValueError(f"data set {self.name!r}: cannot parse {sorted(rows)} ({e.__cause__ or e})") from e
-        for split, group in data_files.items():
-            expected = sum(rows[p] for p in group)
-            if loaded[split].num_rows != expected:
-                raise ValueError(
-                    f"data set {self.name!r}: parsing {group} gave {loaded[split].num_rows} rows where a first "
-                    f"read counted {expected}; check the files' quoting"
-                )
-        return loaded, rows
+            return part.cast(features)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"data set {self.name!r}: file {path!r} has columns {part.features} that cannot be read as those of "
+                f"{first!r}, {features} ({e}); give every file the same column types"
+            ) from e
 
     def encode(self, raw_dir: Path) -> EncodedTable:
-        """Load the files (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
-        files = self._splits()
-        loaded, rows = self._load(files, Path(raw_dir) / "hf")
+        """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
+        groups = self._splits()
+        files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
+        first = files[0][1]
+        delimiter = self._delimiter(first)
+        parts = [self._read(p, delimiter, Path(raw_dir) / "hf") for _, p in files]
+        for split in groups:
+            if not sum(len(part) for (s, _), part in zip(files, parts, strict=True) if s == split):
+                group = [p for s, p in files if s == split]
+                raise ValueError(f"data set {self.name!r}: the {split} file(s) {group} hold no rows, a header only")
+        parts = [self._cast(part, path, parts[0].features, first) for (_, path), part in zip(files, parts, strict=True)]
+        ds = datasets.concatenate_datasets(parts)
         if self.data_files is not None:
-            encoded = encode_table(loaded["train"], self.spec, self.dataset_id)
+            encoded = encode_table(ds, self.spec, self.dataset_id)
         else:
-            train = loaded["train"]
-            parts = []
-            for split in files:
-                try:
-                    parts.append(loaded[split].cast(train.features))
-                except (ValueError, TypeError) as e:
-                    raise ValueError(
-                        f"data set {self.name!r}: the {split} files {list(files[split])} have columns "
-                        f"{loaded[split].features} that do not match the train files' {train.features} ({e})"
-                    ) from e
-            split = np.repeat(np.array([SPLITS.index(s) for s in files], dtype=np.int8), [len(p) for p in parts])
-            ds = datasets.concatenate_datasets(parts)
+            codes = [SPLITS.index(s) for s, _ in files]
+            split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
             encoded = encode_table(ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split)
-        encoded.report["input_rows"] = rows
+        encoded.report["input_rows"] = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
         return encoded
 
     def prepare(self, directory: Path, raw_dir: Path) -> None:
