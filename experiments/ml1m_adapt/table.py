@@ -2,17 +2,22 @@
 MMoE, PLE, STAR), of the best model of the whole zoo, of zero-shot (the pre-trained backbone as is) and of each
 adapter, mean ± std over seeds (each column's best: the highest mean in that column); then, against each of the two,
 on how many domains each adapter's mean holds or beats it, the largest shortfall, and the gain over zero-shot.
+With ``--plot``, the same figures as bars (the two references, zero-shot and each adapter; overall, then a cluster
+per domain).
 
     python experiments/ml1m_adapt/table.py --zoo logs/ml1m_zoo/multiruns/study \
-        --adapt logs/ml1m_adapt/multiruns/age logs/ml1m_adapt/multiruns/age_lora
+        --adapt logs/ml1m_adapt/multiruns/age --plot experiments/ml1m_adapt/age.png
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 
+from mdrec.eval.plots import bar_plot
 from mdrec.eval.summary import Run, cell, group_runs, load_runs
 
 ADAPTERS = {"iak": "IAK", "mlora": "MLoRA", "lora": "LoRA", "head": "W&D head"}
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--adapt", nargs="+", required=True, help="sweep directories of the adapt runs")
     parser.add_argument("--multi-domain", nargs="+", default=MULTI_DOMAIN, help="the multi-domain baselines")
     parser.add_argument("--metric", default="test/auc")
+    parser.add_argument("--plot", type=Path, help="also draw the figures as bars into this PNG")
     args = parser.parse_args()
     zoo = {key[0]: runs for key, runs in group_runs(load_runs(args.zoo), ["experiment"]).items()}
     adapt_runs = [run for directory in args.adapt for run in load_runs(directory)]
@@ -78,6 +84,16 @@ def main() -> None:
                 f"| {ADAPTERS[name]} | best {against} | {int((vs >= 0).sum())} of {len(domains)} | "
                 f"{min(vs.min(), 0.0):+.4f} | {overall:+.4f} | {gains.mean():+.4f} ({gains.max():+.4f}) |"
             )
+    if args.plot is not None:
+        prefix = "zeroshot/"  # the zero-shot figures of the adapt runs, read under the plain metric names
+        as_zeroshot = [
+            dataclasses.replace(r, metrics={k[len(prefix) :]: v for k, v in r.metrics.items() if k.startswith(prefix)})
+            for r in zeroshot
+        ]
+        m, z = best["multi-domain"][""], best["zoo"][""]
+        bars = {f"best multi-domain overall ({m})": zoo[m], f"best of the zoo overall ({z})": zoo[z]}
+        bars.update({"zero-shot": as_zeroshot, **{ADAPTERS[a]: runs for a, runs in adapters.items()}})
+        print(f"\nwritten: {bar_plot(bars, args.metric, domains, args.plot)}")
 
 
 if __name__ == "__main__":

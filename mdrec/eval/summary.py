@@ -110,29 +110,6 @@ def cell(runs: Sequence[Run], key: str) -> str:
     return mean_std(values_of(runs, key))
 
 
-def mean_std_table(runs: Sequence[Run], rows: Sequence[str], columns: Sequence[str]) -> str:
-    """A markdown table of ``<metric>[/<column>]`` keys, mean ± std over runs.
-
-    Args:
-        runs: the runs (e.g. one per seed).
-        rows: metric names, e.g. ``["test/auc", "test/logloss"]``.
-        columns: ``""`` for the overall figure, else a domain name (key ``<metric>/<domain>``).
-
-    Example:
-        >>> runs = [Run(Path("a"), {"test/auc": 0.8}, {}), Run(Path("b"), {"test/auc": 0.82}, {})]
-        >>> print(mean_std_table(runs, ["test/auc"], [""]))
-        | metric | overall |
-        |---|---|
-        | test/auc | 0.8100 ± 0.0141 |
-    """
-    header = "| metric | " + " | ".join(c or "overall" for c in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for metric in rows:
-        cells = [cell(runs, metric_key(metric, col)) for col in columns]
-        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def lower_is_better(key: str) -> bool:
     """Whether a smaller value of metric ``key`` is better (losses, parameter counts, times, how much onboarding
     moved the other domains)."""
@@ -171,31 +148,6 @@ def comparison_table(
     for i, (values, runs) in enumerate(groups.items()):
         cells = [f"**{cell(runs, k)}**" if best[i, j] else cell(runs, k) for j, k in enumerate(keys)]
         lines.append("| " + " | ".join([*values, str(len(runs)), *cells]) + " |")
-    return "\n".join(lines)
-
-
-def method_table(methods: Sequence[tuple[str, Sequence[Run], str]], columns: Sequence[str]) -> str:
-    """A markdown table with one row per method and one column per domain (``""``: overall).
-
-    Args:
-        methods: ``(label, runs, metric)``; the cell reads ``<metric>[/<column>]``, so one set of runs can give
-            several rows, e.g. ``("IAK", adapt_runs, "test/auc")``, ``("zero-shot", adapt_runs,
-            "zeroshot/test/auc")``, ``("oracle", adapt_runs, "oracle/auc")``.
-        columns: ``""`` for the overall figure, else a domain name.
-
-    Example:
-        >>> runs = [Run(Path("a"), {"test/auc": 0.8, "zeroshot/test/auc": 0.7}, {})]
-        >>> print(method_table([("IAK", runs, "test/auc"), ("zero-shot", runs, "zeroshot/test/auc")], [""]))
-        | method | metric | runs | overall |
-        |---|---|---|---|
-        | IAK | test/auc | 1 | 0.8000 ± 0.0000 |
-        | zero-shot | zeroshot/test/auc | 1 | 0.7000 ± 0.0000 |
-    """
-    header = "| method | metric | runs | " + " | ".join(c or "overall" for c in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 3) + "|"]
-    for label, runs, metric in methods:
-        cells = [cell(runs, metric_key(metric, c)) for c in columns]
-        lines.append(f"| {label} | {metric} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from mdrec.eval.summary import Failure, Run, comparison_table, lower_is_better, mean_and_std, metric_key
+from mdrec.eval.summary import (
+    Failure,
+    Run,
+    comparison_table,
+    group_runs,
+    lower_is_better,
+    mean_and_std,
+    metric_key,
+)
 
 SEED = "seed"
 # overrides that say how a run ran, not what it is: never a group of their own (nor are hydra.* and paths.*)
@@ -47,15 +55,17 @@ def labelled_groups(
         >>> list(labelled_groups(runs, ["model"], {"default": "DNN"}, x="k"))
         ['model=star, k=2', 'DNN, k=2']
     """
+    keys = [*by, *([x] if x is not None else [])]
+    first = {id(run): i for i, run in enumerate(runs)}
     keyed: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        method = ", ".join(f"{k}={run.overrides[k]}" for k in by if run.overrides.get(k)) or "default"
+    for values, group in sorted(group_runs(runs, keys).items(), key=lambda item: first[id(item[1][0])]):
+        method = ", ".join(f"{k}={v}" for k, v in zip(by, values, strict=False) if v) or "default"
         method = (names or {}).get(method, method)
-        keyed.setdefault((method, run.overrides.get(x, "") if x is not None else ""), []).append(run)
+        keyed.setdefault((method, values[-1] if x is not None else ""), []).extend(group)
     if x is None:
         return {method: group for (method, _), group in keyed.items()}
-    first = {method: i for i, (method, _) in reversed(list(enumerate(keyed)))}
-    ordered = sorted(keyed.items(), key=lambda item: (first[item[0][0]], _as_number(item[0][1])))
+    rank = {method: i for i, (method, _) in reversed(list(enumerate(keyed)))}
+    ordered = sorted(keyed.items(), key=lambda item: (rank[item[0][0]], _as_number(item[0][1])))
     return {f"{method}, {x}={value}": group for (method, value), group in ordered}
 
 
