@@ -148,6 +148,9 @@ class TabularSource:
             )
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
             raise ValueError(f"data set {self.name!r}: delimiter {self.delimiter!r} must be one character, not a quote")
+        nul = [c for c in self.spec.columns() if "\x00" in c]
+        if nul:
+            raise ValueError(f"data set {self.name!r}: column name(s) {nul} hold a NUL character; rename them")
         if self.data_files is not None and (self.val_files or self.test_files):
             raise ValueError(f"data set {self.name!r}: `val_files`/`test_files` need `train_files`, not `data_files`")
         files = self._splits()
@@ -212,12 +215,7 @@ class TabularSource:
                 part.unlink(missing_ok=True)
                 raise
             part.replace(arrow)
-        try:
-            return datasets.Dataset.from_file(str(arrow))
-        except ValueError as e:  # datasets' CastError: a column name it cannot hold (a NUL in it)
-            raise ValueError(
-                f"data set {self.name!r}, file {path!r}: datasets cannot hold the columns {columns} ({e}); rename them"
-            ) from e
+        return datasets.Dataset.from_file(str(arrow))
 
     def _batches(self, path: str, delimiter: str) -> pa.RecordBatchReader:
         """The spec's columns of ``path``, once its header is checked.
