@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import re
 import tarfile
 import zipfile
@@ -106,26 +107,44 @@ def write_aliccp(directory: Path, subdirs: bool = False, skeleton_train: list | 
     return directory
 
 
+def kept(skeleton: list) -> list:
+    """The skeleton rows every converter keeps: all but a purchase without a click."""
+    return [r for r in skeleton if not (r[0] == 0 and r[1] == 1)]
+
+
+def entries_of(row: tuple) -> dict[str, str]:
+    """Field -> feature id of a skeleton row's own entries (the last one of a field)."""
+    return {f: i for f, i, _ in row[3]}
+
+
+def official_test_halves(n: int, seed: int) -> np.ndarray:
+    """``[n]`` split codes of the official test rows: sklearn's ``train_test_split(test_size=0.5, random_state=seed)``
+    puts ``permutation[:ceil(n / 2)]`` in its second half (test, 2), the rest in its first (val, 1)."""
+    codes = np.ones(n, dtype=np.int8)
+    codes[np.random.RandomState(seed).permutation(n)[: (n + 1) // 2]] = 2
+    return codes
+
+
 def test_aliccp_protocol(tmp_path: Path) -> None:
     src = aliccp.AliCCP(path=str(write_aliccp(tmp_path / "raw")), conversion=True, min_count=1, block_bytes=128)
     assert isinstance(src, Source) and src.dataset_id == "aliccp"
     src.prepare(tmp_path / "out", tmp_path / "unused")
     store = ColumnStore(tmp_path / "out")
     s, report = store.schema, store.report()
-    kept_train = [r for r in SKELETON_TRAIN if not (r[0] == 0 and r[1] == 1)]
-    kept_test = [r for r in SKELETON_TEST if not (r[0] == 0 and r[1] == 1)]
+    kept_train, kept_test = kept(SKELETON_TRAIN), kept(SKELETON_TEST)
     # rows in = rows out + rows reported dropped
-    assert report["raw"]["rows_read"] == {"train": 6, "test": 7}
-    assert report["raw"]["dropped"]["train"] == 1 and report["raw"]["dropped"]["test"] == 1
-    assert len(store) == 6 + 7 - 2 == len(kept_train) + len(kept_test)
+    assert report["raw"]["rows_read"] == {"train": len(SKELETON_TRAIN), "test": len(SKELETON_TEST)}
+    dropped = {"train": len(SKELETON_TRAIN) - len(kept_train), "test": len(SKELETON_TEST) - len(kept_test)}
+    assert dropped == {"train": 1, "test": 1} and {k: report["raw"]["dropped"][k] for k in dropped} == dropped
+    assert len(store) == len(kept_train) + len(kept_test)
     # the 22 standard sparse fields, D<field> dense values, 301 as the domain in order of first appearance
     assert s.sparse_names == list(aliccp.FIELDS) and len(s.sparse_names) == 22
     assert s.dense == tuple(f"D{f}" for f in aliccp.DENSE_FIELDS)
     assert s.domains == ("20", "10", "30") and s.labels == ("click", "conversion") and s.user_field == "101"
     rows = kept_train + kept_test
-    position = [dict((f, i) for f, i, _ in e)["301"] for *_, e in rows]
+    position = [entries_of(r)["301"] for r in rows]
     assert [s.domains[d] for d in store.column("domain")] == position
-    assert report["rows_per_domain"] == {"20": 5, "10": 4, "30": 2}
+    assert report["rows_per_domain"] == dict(Counter(position))
     assert store.column("click").tolist() == [r[0] for r in rows]
     assert store.column("conversion").tolist() == [r[1] for r in rows]
     # the join: user features from the common row, item features from the skeleton row
@@ -139,13 +158,11 @@ def test_aliccp_protocol(tmp_path: Path) -> None:
     np.testing.assert_allclose(store.column("D508")[:5], [1 / 3, 0, 0, 1, 0], rtol=1e-6)  # absent: 0
     # official train -> train; official test halved as sklearn's train_test_split(test_size=0.5, random_state=2022)
     split = store.column("split")
-    assert split[:5].tolist() == [0] * 5
-    p = np.random.RandomState(2022).permutation(6)
-    expected = np.ones(6, dtype=np.int8)
-    expected[p[:3]] = 2
-    assert split[5:].tolist() == expected.tolist()
-    assert report["rows_per_split"] == {"train": 5, "val": 3, "test": 3}
-    assert PredefinedSplit()(store)["val"].tolist() == (5 + np.flatnonzero(expected == 1)).tolist()
+    expected = official_test_halves(len(kept_test), src.split_seed)
+    assert split.tolist() == [0] * len(kept_train) + expected.tolist()
+    n_test = len(kept_test)
+    assert report["rows_per_split"] == {"train": len(kept_train), "val": n_test // 2, "test": n_test - n_test // 2}
+    assert PredefinedSplit()(store)["val"].tolist() == (len(kept_train) + np.flatnonzero(expected == 1)).tolist()
     assert report["fields"]["125"]["missing"] == 1.0  # a field no row has: all missing, reported
 
 
@@ -154,11 +171,15 @@ def test_aliccp_min_count_click_only_and_subdirs(tmp_path: Path) -> None:
     enc = src.encode()
     assert enc.schema.labels == ("click",) and enc.schema.dense == ("D508",)
     assert enc.vocabularies["205"] == ["500"]  # 501 and 503 are seen once in train: id 0
-    assert enc.columns["205"].tolist() == [1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1]
+    raw_205 = [entries_of(r)["205"] for r in kept(SKELETON_TRAIN) + kept(SKELETON_TEST)]
+    assert enc.columns["205"].tolist() == [int(v == "500") for v in raw_205]
     assert enc.vocabularies["101"] == ["11", "12"]
-    assert enc.report["fields"]["205"]["unseen_per_split"]["test"] > 0
-    signed = [path for path, _, _ in src.input_signature()]
-    assert len(signed) == 4 and any(p.endswith("train/sample_skeleton_train.csv") for p in signed)
+    test_205 = [v for v, code in zip(raw_205, enc.columns["split"], strict=True) if code == 2]
+    unseen = enc.report["fields"]["205"]["unseen_per_split"]["test"]
+    assert unseen == pytest.approx(np.mean([v != "500" for v in test_205])) and 0 < unseen < 1
+    stems = ("sample_skeleton", "common_features")
+    expected = sorted(str(tmp_path / "raw" / s / f"{stem}_{s}.csv") for s in ("train", "test") for stem in stems)
+    assert [path for path, _, _ in src.input_signature()] == expected
     assert fingerprint(src) != fingerprint(aliccp.AliCCP(path=src.path, min_count=2))
 
 
@@ -204,13 +225,20 @@ def csv_bytes(rows: list[list[str]]) -> bytes:
     return out.getvalue().encode()
 
 
+ITEMS_PER_PAGE = 3  # item rows of each search page
+
+
 def aliexpress_files(country: str, seed: int) -> dict[str, list[list[str]]]:
     """user/item rows of train and test; train has 2 item rows of a search without a user row."""
     rng = np.random.default_rng(seed)
     files: dict[str, list[list[str]]] = {}
     for split, searches in (("train", range(1, 11)), ("test", range(20, 24))):
         files[f"user_{split}"] = [user_row(s) for s in searches]
-        items = [item_row(s, 10 * s + j, int(rng.choice(3, p=[0.6, 0.3, 0.1]))) for s in searches for j in range(3)]
+        items = [
+            item_row(s, 10 * s + j, int(rng.choice(3, p=[0.6, 0.3, 0.1])))
+            for s in searches
+            for j in range(ITEMS_PER_PAGE)
+        ]
         if split == "train":
             items[4:4] = [item_row(99, 990, 1), item_row(99, 991, 0)]
         files[f"item_{split}"] = items
@@ -247,32 +275,51 @@ def test_aliexpress_protocol(tmp_path: Path) -> None:
     store = ColumnStore(tmp_path / "out")
     s, report = store.schema, store.report()
     assert s.domains == ("NL", "ES") and s.labels == ("click", "conversion")
-    assert len(s.sparse_names) == 16 and len(s.dense) == 63  # MTReclib's categorical_1..16, numerical_1..63
-    assert s.sparse_names[:9] == [*(f"user_{i}" for i in range(2, 9)), "user_32", "user_33"]
-    # rows in = rows out + item rows reported dropped (no user row for search 99)
-    items = {c: sum(len(d[f"item_{x}"]) for x in ("train", "test")) for c, d in data.items()}
-    raw_counts = report["raw"]["item_rows"]
-    assert raw_counts["NL/train"] == {"read": 32, "dropped": 2} and raw_counts["ES/test"] == {"read": 12, "dropped": 0}
-    assert len(store) == items["NL"] + items["ES"] - 4
-    assert report["rows_per_domain"] == {"NL": 42, "ES": 42}
+    categorical = (19, 34, 35, 36, 40, 41, 42)  # MTReclib's categorical_1..16 and numerical_1..63
+    assert s.sparse_names == [*(f"user_{i}" for i in (*range(2, 9), 32, 33)), *(f"item_{i}" for i in categorical)]
+    assert s.dense == (
+        *(f"user_{i}" for i in range(9, 32)),
+        *(f"item_{i}" for i in range(2, 49) if i not in categorical),
+    )
+    # rows in = rows out + item rows reported dropped (search 99 has no user row); the inner join, in file order
+    kept: list[tuple[str, str, dict[str, str]]] = []  # (country, official split, raw user and item columns)
+    read = 0
+    for country, files in data.items():
+        for x in ("train", "test"):
+            users = {u[0]: dict(zip(aliexpress.USER_COLUMNS, u, strict=True)) for u in files[f"user_{x}"]}
+            items = files[f"item_{x}"]
+            dropped = sum(r[0] not in users for r in items)
+            assert report["raw"]["item_rows"][f"{country}/{x}"] == {"read": len(items), "dropped": dropped}
+            joined = [users[r[0]] | dict(zip(aliexpress.ITEM_COLUMNS, r, strict=True)) for r in items if r[0] in users]
+            kept += [(country, x, row) for row in joined]
+            read += len(items)
+    assert len(store) == len(kept) == read - 2 * len(data)  # the 2 rows of search 99 in each country's train
+    assert report["rows_per_domain"] == dict(Counter(country for country, _, _ in kept))
     # labels: 0 impression, 1 click, 2 purchase -> click, conversion (CTCVR)
-    kept = [r for c in ("NL", "ES") for x in ("train", "test") for r in data[c][f"item_{x}"] if r[0] != "99"]
-    label = np.array([int(r[-1]) for r in kept])
+    label = np.array([int(row["item_49"]) for *_, row in kept])
     assert store.column("click").tolist() == (label >= 1).tolist()
     assert store.column("conversion").tolist() == (label == 2).tolist()
-    # the join on search_id: row 4 is the 5th kept NL train item row, of search 2
-    assert kept[4][0] == "2" and decode(store, "user_2")[4] == "22" and decode(store, "user_33")[4] == "2"
-    assert store.column("user_9")[4] == pytest.approx(0.2 + 0.009) and decode(store, "item_19")[4] == kept[4][18]
-    assert store.column("item_2")[4] == pytest.approx(float(kept[4][1]))  # dense_scaling none: raw values
-    # splits: official test -> test; val = whole training search pages
-    split = store.column("split")
-    domain = store.column(s.domain_field)
-    search = np.array([int(r[0]) for r in kept])
-    assert (split[search >= 20] == 2).all() and (split[search < 20] < 2).all()
-    for d in (0, 1):
-        for page in np.unique(search[(domain == d) & (search < 20)]):
-            assert len(set(split[(domain == d) & (search == page)])) == 1
-    assert 0 < report["rows_per_split"]["val"] < 60 and report["rows_per_split"]["test"] == 24
+    # splits: official test -> test; val = round(val_fraction x pages) whole training search pages per country
+    split, domain = store.column("split"), store.column(s.domain_field)
+    search = np.array([int(row["item_1"]) for *_, row in kept])
+    for d, country in enumerate(s.domains):
+        pages = sorted({int(u[0]) for u in data[country]["user_train"]})
+        val = {p for p in pages if split[(domain == d) & (search == p)][0] == 1}
+        assert len(val) == round(src.val_fraction * len(pages)) == 3
+        codes = [2 if x == "test" else int(int(row["item_1"]) in val) for c, x, row in kept if c == country]
+        assert split[domain == d].tolist() == codes
+    test_rows = sum(x == "test" for _, x, _ in kept)
+    val_rows = len(s.domains) * 3 * ITEMS_PER_PAGE
+    assert report["rows_per_split"] == {"train": len(kept) - val_rows - test_rows, "val": val_rows, "test": test_rows}
+    assert val_rows == 18 and test_rows == 24
+    # every row's ids map back to its raw values (vocabularies on the train split: other values are id 0), and its
+    # dense values are the raw ones (dense_scaling none)
+    for c in s.sparse_names:
+        raw = [row[c] for *_, row in kept]
+        known = {v for v, code in zip(raw, split, strict=True) if code == 0}
+        assert decode(store, c) == [v if v in known else None for v in raw], c
+    for c in s.dense:
+        np.testing.assert_allclose(store.column(c), [float(row[c]) for *_, row in kept], rtol=1e-6, err_msg=c)
     files = report["raw"]["files"]
     assert files["NL/user/train"].endswith("aliexpress_NL_datasets.zip:nl_user_train.zip:nl_user_train.csv")
     assert files["ES/item/test"].endswith("es_item_test.zip:es_item_test.csv")
@@ -389,7 +436,9 @@ def test_kuairand_protocol_from_archive(tmp_path: Path, release_1k: tuple[Path, 
     assert store.column("is_click").tolist() == [int(r["is_click"]) for r in expected]
     assert s.dense == kuairand.USER_DENSE and s.user_field == "user_id" and s.time_column == "time_ms"
     assert not {"play_time_ms", "duration_ms", "tag", "author_id", "music_id", "upload_dt"} & set(s.sparse_names)
-    assert len(s.sparse_names) == 2 + 26 + 4
+    user_sparse = [c for c in USER_HEADER[1:] if c not in s.dense]  # 26 user features
+    video_sparse = ["video_type", "visible_status", "server_width", "server_height"]
+    assert s.sparse_names == ["user_id", "video_id", *user_sparse, *video_sparse]
     # the joins: user and video features of each row
     assert decode(store, "user_id") == [r["user_id"] for r in expected]
     assert decode(store, "user_active_degree") == [DEGREES[int(r["user_id"]) % 4] for r in expected]
@@ -474,42 +523,80 @@ def test_kuairand_download_checks_md5_and_caches(
 
 
 # ---------------------------------------------------------------- configs ----------------------------------------
+HARNESS = ("data.batch_size", "trainer.max_epochs")  # set by the tests' compose_train (conftest.py)
+
+
+def leaves(node: DictConfig, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a config (a list is a leaf)."""
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            out |= leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @pytest.mark.parametrize(
-    ("experiment", "source", "batch", "embedding", "patience", "weight_decay"),
+    ("experiment", "source", "split"),
     [
-        ("aliccp", aliccp.AliCCP, 4096, 16, 5, 1e-5),
-        ("aliexpress", aliexpress.AliExpress, 2048, 128, 2, 1e-6),
-        ("kuairand1k", kuairand.KuaiRand, 4096, 16, 4, 1e-5),
+        ("aliccp", aliccp.AliCCP, PredefinedSplit),
+        ("aliexpress", aliexpress.AliExpress, PredefinedSplit),
+        ("kuairand1k", kuairand.KuaiRand, RandomSplit),
     ],
 )
-def test_experiments_compose(
-    train_cfg: TrainCfg, experiment: str, source: type, batch: int, embedding: int, patience: int, weight_decay: float
-) -> None:
+def test_experiments_compose(train_cfg: TrainCfg, experiment: str, source: type, split: type) -> None:
+    """The experiment selects its data source and split, and every value its file sets reaches the composed run
+    config (but those the test harness overrides); model selection is on validation AUC."""
     cfg = train_cfg([f"experiment={experiment}"])
     dm = hydra.utils.instantiate(cfg.data)
-    assert isinstance(dm, MultiDomainDataModule) and isinstance(dm.source, source)
-    assert OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").data.batch_size == batch  # tests force 512
-    assert cfg.backbone.embedding_dim == embedding
-    assert cfg.callbacks.early_stopping.patience == patience and cfg.callbacks.early_stopping.monitor == "val/auc"
-    assert cfg.model.optimizer.lr == 1e-3 and cfg.model.optimizer.weight_decay == weight_decay
-    assert isinstance(dm.split, RandomSplit if experiment == "kuairand1k" else PredefinedSplit)
+    assert isinstance(dm, MultiDomainDataModule) and isinstance(dm.source, source) and isinstance(dm.split, split)
+    settings = leaves(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    settings = {key: value for key, value in settings.items() if key != "defaults" and key not in HARNESS}
+    assert "backbone.embedding_dim" in settings and {key: OmegaConf.select(cfg, key) for key in settings} == settings
+    assert cfg.callbacks.early_stopping.monitor == "val/auc"
+
+
+def pairwise_auc(prob: np.ndarray, label: np.ndarray) -> float:
+    """AUC by its definition: the share of (positive, negative) pairs the scores order right, a tie counting half."""
+    pos, neg = prob[label == 1][:, None], prob[label == 0][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
 
 
 def test_kuairand_trains_one_epoch_from_the_data_config(tmp_path: Path, train_cfg: TrainCfg) -> None:
-    archive = kuairand_archive(tmp_path / "fixture.tar.gz", kuairand_files(rows_per_log=300))
-    with tarfile.open(archive) as tar:
+    """Trained and tested on the rows the fixture wrote: the test split's labels and per-domain rows are the
+    fixture's, and the test AUC is that of the saved predictions."""
+    files = kuairand_files(rows_per_log=300)
+    with tarfile.open(kuairand_archive(tmp_path / "fixture.tar.gz", files)) as tar:
         tar.extractall(tmp_path / "extracted", filter="data")
     cfg = train_cfg(["data=kuairand1k", f"data.source.path={tmp_path / 'extracted'}", "trainer.max_epochs=1"])
     metrics = train(cfg)
-    assert 0.0 <= metrics["test/auc"] <= 1.0 and {f"test/auc/tab{t}" for t in (0, 1, 2)} <= metrics.keys()
+    out = Path(cfg.paths.output_dir)
+    store = ColumnStore(json.loads((out / "data_report.json").read_text())["prepared_dir"])
+    expected = expected_kuairand(files)
+    assert len(store) == len(expected)
+    test = [expected[i] for i in hydra.utils.instantiate(cfg.data.split, _convert_="all")(store)["test"]]
+    predictions = np.load(out / "predictions.npz")
+    assert predictions["label"][:, 0].tolist() == [int(r["is_click"]) for r in test]
+    tabs = Counter(f"tab{r['tab']}" for r in test)
+    assert {d: metrics[f"test/rows/{d}"] for d in store.schema.domains} == {d: tabs[d] for d in store.schema.domains}
+    assert metrics["test/auc"] == pytest.approx(pairwise_auc(predictions["prob"][:, 0], predictions["label"][:, 0]))
 
 
 def test_aliexpress_experiment_trains_two_tasks(tmp_path: Path, train_cfg: TrainCfg) -> None:
-    write_aliexpress(tmp_path / "raw")
+    """Both tasks trained and tested on the official test rows the fixture wrote: labels, per-country rows and
+    both AUCs as the saved predictions give them."""
+    data = write_aliexpress(tmp_path / "raw")
     cfg = train_cfg(["experiment=aliexpress", f"data.source.path={tmp_path / 'raw'}", "data.source.countries=[NL,ES]"])
     cfg.trainer.max_epochs, cfg.data.batch_size = 1, 32
     metrics = train(cfg)
-    assert "test/conversion_auc" in metrics and 0.0 <= metrics["test/auc"] <= 1.0
+    predictions = np.load(Path(cfg.paths.output_dir) / "predictions.npz")
+    item_49 = np.array([int(r[-1]) for c in ("NL", "ES") for r in data[c]["item_test"]])  # every one has a user row
+    label = np.stack([item_49 >= 1, item_49 == 2], axis=1)
+    assert predictions["label"].tolist() == label.tolist()
+    assert {c: metrics[f"test/rows/{c}"] for c in ("NL", "ES")} == {c: len(data[c]["item_test"]) for c in ("NL", "ES")}
+    for t, key in enumerate(("test/auc", "test/conversion_auc")):
+        assert metrics[key] == pytest.approx(pairwise_auc(predictions["prob"][:, t], label[:, t])), key
 
 
 def test_public_data_configs_default_paths(train_cfg: TrainCfg) -> None:
