@@ -42,10 +42,17 @@ def vocab_sizes(num_fields: int) -> list[int]:
     return [max(2, 100_000 >> i) for i in range(num_fields)]
 
 
-def bench_datamodule(args: argparse.Namespace) -> MultiDomainDataModule:
-    """The benchmark's synthetic data set, prepared once under ``args.data_dir`` (cached by its settings)."""
-    source = SyntheticSource(num_rows=args.rows, vocab_sizes=vocab_sizes(args.fields), num_dense=args.dense)
-    dm = MultiDomainDataModule(source, RandomSplit(), data_dir=str(args.data_dir), batch_size=args.batch_size)
+def bench_source(args: argparse.Namespace) -> SyntheticSource:
+    """The benchmark's synthetic data set: ``--rows`` rows of ``--fields`` sparse and ``--dense`` dense fields."""
+    return SyntheticSource(num_rows=args.rows, vocab_sizes=vocab_sizes(args.fields), num_dense=args.dense)
+
+
+def bench_datamodule(args: argparse.Namespace, **options: object) -> MultiDomainDataModule:
+    """The benchmark's data set, prepared once under ``args.data_dir`` (cached by its settings); ``options`` go to
+    the MultiDomainDataModule (``mmap``, ``release_pages``, ...)."""
+    dm = MultiDomainDataModule(
+        bench_source(args), RandomSplit(), data_dir=str(args.data_dir), batch_size=args.batch_size, **options
+    )
     start = time.perf_counter()
     dm.prepare_data()
     print(f"data: {dm.prepared_dir} ({time.perf_counter() - start:.1f}s to prepare or find)")

@@ -138,7 +138,9 @@ class SyntheticSource:
     def click_logits(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray) -> np.ndarray:
         """True click logit of rows ``sparse [B, F]`` (ids 1..V), ``dense [B, N]`` scored as domain ``domain [B]``."""
         z = self._projection(sparse, dense, domain, 0)
-        wiggle = np.sin(np.multiply.outer(z, self._alpha) + self._beta).mean(axis=1)
+        phases = np.multiply.outer(z, self._alpha)  # [B, num_sines], then in place: one such array at a time
+        phases += self._beta
+        wiggle = np.sin(phases, out=phases).mean(axis=1)
         return self._click_bias[domain] + self.scale * (z + self.nonlinearity * wiggle)
 
     def cvr_logits(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray) -> np.ndarray:
@@ -161,8 +163,10 @@ class SyntheticSource:
     def _rows(self, rng: np.random.Generator, start: int, n: int) -> dict[str, np.ndarray]:
         """The columns of rows ``start .. start + n - 1``, every draw from ``rng``."""
         domain = rng.choice(self.num_domains, size=n, p=self._shares).astype(np.int64)
-        sparse = np.stack([np.searchsorted(cdf, rng.random(n)) + 1 for cdf in self._cdfs], axis=1)
-        sparse = np.minimum(sparse, np.asarray(self.vocab_sizes))  # guard the float edge of the last bucket
+        sparse = np.empty((n, len(self._cdfs)), dtype=np.int64)  # filled in place: one [n, F] array at a time
+        for f, cdf in enumerate(self._cdfs):
+            sparse[:, f] = np.searchsorted(cdf, rng.random(n)) + 1
+        np.minimum(sparse, np.asarray(self.vocab_sizes), out=sparse)  # guard the float edge of the last bucket
         dense = rng.standard_normal((n, self.num_dense))
         p_click = _sigmoid(self.click_logits(sparse, dense, domain))
         p_cvr = _sigmoid(self.cvr_logits(sparse, dense, domain))
@@ -201,6 +205,7 @@ class SyntheticSource:
             for chunk in self.generate_chunks():
                 counts += np.bincount(chunk["domain"], minlength=self.num_domains)
                 writer.write(chunk)
+                del chunk  # not held while the next one is drawn
             report = {
                 "rows": self.num_rows,
                 "rows_per_domain": dict(zip(schema.domains, counts.tolist(), strict=True)),
