@@ -152,9 +152,9 @@ def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
 
     One ``embedding_bag`` over ``weight`` read as a table of ``K * in`` rows of width ``out``: row i sums table rows
     ``domain[i] * in + j`` weighted by ``x[i, j]``. The weights are read in place (no ``[B, in, out]`` gather, no
-    per-domain call), so the cost is about twice a plain ``[B, in] @ [in, out]`` whatever K and the domain mix
-    (K = 100, B = 512, 128 -> 64, CPU, 1 thread: 0.22 ms; a grouped matmul over the sorted rows, one call per
-    domain, 0.33 ms). A one-column output is a dot product per row on the gathered columns (``[B, in]``, half the
+    per-domain call), so the cost is about that of a plain ``[B, in] @ [in, out]`` whatever K and the domain mix
+    (K = 100, B = 512, 128 -> 64, rows sorted by domain, CPU, 1 thread: 0.11 ms, the plain matmul 0.09 ms,
+    ``F.grouped_mm`` over the sorted rows 0.29 ms). A one-column output is a dot product per row on the gathered columns (``[B, in]``, half the
     time of a lookup per input). ``weight`` should be contiguous (it is copied per call otherwise).
     """
     k, n_in, n_out = weight.shape
