@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -230,3 +231,14 @@ def test_nan_metrics_and_seedless_runs() -> None:
     seedless = [Run(Path("s"), {"test/auc": 0.7}, {"m": "a"}), *runs[2:]]
     with pytest.raises(ValueError, match="records no seed"):
         sweep_report(seedless, [], ["test/auc"], [], labelled_groups(seedless, ["m"]), baseline="default")
+
+
+def test_a_metric_table_lists_only_the_groups_that_report_it() -> None:
+    adapted = [
+        dataclasses.replace(fake(f"z{s}", s, {"m": "x"}, 0.8), metrics={"zeroshot/test/auc": 0.6 + s / 100})
+        for s in range(2)
+    ]
+    runs = [fake("b0", 0, {}, 0.7), *adapted]
+    text = sweep_report(runs, [], ["zeroshot/test/auc"], [], labelled_groups(runs, ["m"]))
+    table = text.split("## zeroshot/test/auc")[1].strip().splitlines()
+    assert table[2:] == ["| m=x | 2 | 0.6050 ± 0.0071 |"]  # no n/a row for the runs without zero-shot figures

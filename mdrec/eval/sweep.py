@@ -18,6 +18,7 @@ from mdrec.eval.summary import (
     lower_is_better,
     mean_and_std,
     metric_key,
+    values_of,
 )
 
 SEED = "seed"
@@ -185,14 +186,15 @@ def sweep_report(
     baseline: str | None = None,
     title: str = "Sweep report",
 ) -> str:
-    """The markdown report: per metric a table (a row per group, overall and per-domain columns, mean ± std over
-    the group's runs, best in bold), the paired tests against ``baseline`` (a group's name), and the failed
-    runs."""
+    """The markdown report: per metric a table (a row per group that reports the metric, overall and per-domain
+    columns, mean ± std over the group's runs, best in bold), the paired tests against ``baseline`` (a group's
+    name), and the failed runs."""
     lines = [f"# {title}", "", f"{len(runs)} finished runs, {len(failures)} failed, {len(groups)} groups."]
     lines.append("Cells: mean ± sample std over the group's runs (seeds); best mean per column in bold.")
     for metric in metrics:
         keys = metric_keys(metric, domains)
-        table = comparison_table({(g,): r for g, r in groups.items()}, ["group"], keys, mark_best=True)
+        reporting = {(g,): r for g, r in groups.items() if any(values_of(r, k) for k in keys)}  # n/a rows left out
+        table = comparison_table(reporting, ["group"], keys, mark_best=True)
         lines += ["", f"## {metric}", "", table]
     if baseline is not None:
         lines += ["", f"## Paired against {baseline}", ""]
