@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mdrec.data.ingest import SequenceSpec, TableSpec, encode_sequence, encode_table, window
+from mdrec.data.ingest import SequenceSpec, TableSpec, encode_sequence, encode_table, first_uncastable, window
 from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
 from mdrec.data.store import ColumnStore
 
@@ -144,7 +144,7 @@ def test_written_store_round_trips(tmp_path) -> None:
             r"column 'region', row 1: value None is not one of",
         ),
         ({"ts": [1, 2, None, 3, 4, 5]}, {}, r"column 'ts', row 2: value None is missing"),
-        ({"price": ["1", "x", "1", "1", "1", "1"]}, {}, r"column 'price': cannot read type string"),
+        ({"price": ["1", "x", "1", "1", "1", "1"]}, {}, r"column 'price', row 1: value 'x' cannot be read as double"),
         (
             {},
             {"dense": ("price", "weight")},
@@ -188,3 +188,9 @@ def test_empty_input_raises() -> None:
 def test_bad_spec_raises(changes: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TableSpec(**{**SPEC.__dict__, **changes})
+
+
+def test_first_uncastable_finds_the_first_bad_value_across_chunks() -> None:
+    values = pa.chunked_array([["1", None, "2.5"], ["3", "oops", "x"]])
+    assert first_uncastable(values, pa.float64()) == 4
+    assert first_uncastable(pa.array(["z"]), pa.float64()) == 0

@@ -148,7 +148,7 @@ def test_csv_bad_values_name_column_and_row(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"column 'price', row 1: value None is not finite"):
         src.encode(tmp_path / "raw")
     (tmp_path / "e.csv").write_text(CSV.replace("u3,10001,fr,0.5,0", "u3,10001,fr,0.5,yes"))
-    with pytest.raises(ValueError, match=r"column 'click': cannot read type string as double .*'yes'"):
+    with pytest.raises(ValueError, match=r"column 'click', row 3: value 'yes' cannot be read as double"):
         TabularSource("shop", SPEC, data_files=str(tmp_path / "e.csv")).encode(tmp_path / "raw")
     spec = TableSpec(sparse=("user", "item"), domain="country", labels=("click",))
     with pytest.raises(

@@ -393,12 +393,28 @@ def _seq_name(spec: TableSpec) -> str | None:
     return None if spec.sequence is None else spec.sequence.column
 
 
+def first_uncastable(values: pa.Array | pa.ChunkedArray, dtype: pa.DataType) -> int:
+    """The index of the first value of ``values`` that does not cast to ``dtype``, for ``values`` that do not cast
+    as a whole: a bisection over slices (about 2 x len(values) values cast, no per-value Python)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            values.slice(lo, mid - lo).cast(dtype)
+            lo = mid
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            hi = mid
+    return lo
+
+
 def _cast(values: pa.ChunkedArray, dtype: pa.DataType, dataset_id: str, column: str) -> pa.ChunkedArray:
     try:
         return values.cast(dtype)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        row = first_uncastable(values, dtype)
         raise ValueError(
-            f"data set {dataset_id!r}, column {column!r}: cannot read type {values.type} as {dtype} ({e})"
+            f"data set {dataset_id!r}, column {column!r}, row {row}: value {values[row].as_py()!r} cannot be read "
+            f"as {dtype} (the column is {values.type}: {e})"
         ) from e
 
 

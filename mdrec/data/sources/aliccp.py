@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
+from mdrec.data.ingest import EncodedTable, TableSpec, encode_table, first_uncastable
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, find_files, found_signature, login_advice, stream_csv
@@ -158,20 +158,11 @@ def _cast(values: pa.Array, dtype: pa.DataType, what: str, field: str, kind: str
     try:
         return values.cast(dtype)
     except pa.ArrowInvalid as e:
-        valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
-        bad = next(i for i in np.flatnonzero(valid) if not _castable(values[int(i)], dtype))
+        bad = first_uncastable(values, dtype)
         raise ValueError(
-            f"{what}, row {first_row + int(bad)}, field {field}: {kind} {values[int(bad)].as_py()!r} is not "
+            f"{what}, row {first_row + bad}, field {field}: {kind} {values[bad].as_py()!r} is not "
             f"{'an integer' if dtype == pa.int64() else 'a number'} ({e}); the file is damaged"
         ) from e
-
-
-def _castable(value: pa.Scalar, dtype: pa.DataType) -> bool:
-    try:
-        value.cast(dtype)
-    except pa.ArrowInvalid:
-        return False
-    return True
 
 
 @dataclass
