@@ -37,7 +37,13 @@ def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], 
     if lows:
         span = max(highs) - min(lows)
         ax.set_ylim(min(lows) - 0.15 * span - 1e-4, max(highs) + 0.1 * span + 1e-4)
-    ax.set_xticks(np.arange(len(columns)), [c or "overall" for c in columns])
+    slanted = len(columns) > 6  # long domain names would overlap
+    ax.set_xticks(
+        np.arange(len(columns)),
+        [c or "overall" for c in columns],
+        rotation=35 if slanted else 0,
+        ha="right" if slanted else "center",
+    )
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean ± std over seeds")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
