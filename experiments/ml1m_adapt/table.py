@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from mdrec.eval.plots import bar_plot
-from mdrec.eval.summary import Run, cell, group_runs, load_runs
+from mdrec.eval.summary import Run, cell, group_runs, load_runs, mean_and_std, values_of
 
 ADAPTERS = {"iak": "IAK", "mlora": "MLoRA", "lora": "LoRA", "head": "W&D head"}
 MULTI_DOMAIN = ["ml1m_shared_bottom", "ml1m_mmoe", "ml1m_ple", "ml1m_star"]
 
 
 def mean(runs: list[Run], key: str) -> float:
-    return float(np.mean([r.metrics[key] for r in runs if key in r.metrics]))
+    return mean_and_std(values_of(runs, key))[0]
 
 
 def best_of(zoo: dict[str, list[Run]], names: list[str], key: str) -> str:
