@@ -3,7 +3,7 @@
 A per-domain layer holds every domain's parameters in one stacked tensor and applies to each row only its own
 domain's slice. Small per-domain tensors (biases, normalisation scales, embeddings) are gathered per row. Full
 weight matrices never are (``W[domain]`` of shape ``[B, in, out]``): the batch's rows are grouped by domain once
-per forward (:class:`DomainGroups`: a stable sort, the counts, and the inverse permutation) and every layer of a
+per forward (:class:`DomainGroups`: a stable sort and the counts) and every layer of a
 stack runs one matmul per domain PRESENT in the batch on its contiguous block of rows. A stack of layers stays in
 grouped row order between layers (``grouped``) and returns to the batch's order once at the end.
 
@@ -63,7 +63,6 @@ class DomainGroups:
         domain: ``[B]`` the domain ids in grouped order.
         present: ``[P]`` the domains that have rows, ascending (static: all K).
         sizes: the row count of each present domain (Python ints; static: None).
-        inverse: ``[B]`` the inverse permutation of ``order`` (or None).
 
     Example:
         >>> g = DomainGroups(torch.tensor([1, 0, 1]), num_domains=3)
@@ -77,7 +76,6 @@ class DomainGroups:
         self.num_domains, self.static = num_domains, static
         self.sizes: list[int] | None = None
         self.order: Tensor | None = None
-        self.inverse: Tensor | None = None
         self.domain = domain
         if static:  # no data-dependent Python: the traced graph holds for every batch
             self.present = torch.arange(num_domains, device=domain.device)  # [K]
@@ -90,8 +88,6 @@ class DomainGroups:
             if len(self.sizes) <= 1:  # one domain: grouped order is the batch order
                 return
         self.domain, self.order = torch.sort(domain, stable=True)  # [B] grouped order, [B] its rows
-        self.inverse = torch.empty_like(self.order)
-        self.inverse[self.order] = torch.arange(domain.shape[0], device=domain.device)  # [B]
 
     @property
     def single(self) -> bool:
@@ -103,8 +99,8 @@ class DomainGroups:
         return x if self.order is None else x.index_select(0, self.order)
 
     def ungroup(self, y: Tensor) -> Tensor:
-        """Rows of ``y [B, ...]`` (grouped order) back in the batch's order."""
-        return y if self.inverse is None else y.index_select(0, self.inverse)
+        """Rows of ``y [B, ...]`` (grouped order) back in the batch's order: row i goes to row ``order[i]``."""
+        return y if self.order is None else torch.empty_like(y).index_copy_(0, self.order, y)
 
     def take(self, param: Tensor) -> Tensor:
         """The present domains' slices of a stacked ``[K, ...]`` parameter: ``[P, ...]`` (no copy if all present)."""
