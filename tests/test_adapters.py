@@ -4,8 +4,10 @@ mixed batches equal single-domain batches, LoRA merges, adapters save and load o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,11 +18,13 @@ from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema
+from mdrec.data.schema import Schema, SequenceField
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.wide_deep import WideDeepBackbone
 from mdrec.nn.domain import per_domain_parameters
+from mdrec.serve.export import export, max_difference
+from mdrec.serve.parallel import ParallelModel
 from tests.test_baselines import SCHEMA, K, make_batch, rows_of
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
@@ -220,3 +224,38 @@ def test_batch_rows() -> None:
     picked = batch.rows(torch.tensor([4, 0]))
     assert isinstance(picked, Batch) and picked.domain.tolist() == batch.domain[[4, 0]].tolist()
     assert picked.seq is None and picked.sparse.shape == (2, 2)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "iak_layers_learned_prior"])
+def test_adapters_inside_a_sequence_module_train_and_serve(adapter: str, tmp_path: Path) -> None:
+    """LoRA's default targets and IAK's layer targets reach DIN's attention MLP, whose input is ``[B, L, 4D]``: the
+    per-domain products run on every item of a row with the row's domain, in training and in the serving graph."""
+    schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 5))
+    torch.manual_seed(0)
+    backbone = DNNBackbone(schema, 8, [16, 8], sequence_pooling="din").eval()
+    make = ADAPTERS[adapter]
+    net = perturb(AdaptedNet(schema, backbone, make(schema, backbone)))
+    assert any(site.startswith("input.pooling.") for site in net.adapter.sites)
+    g = torch.Generator().manual_seed(1)
+    rows = 48
+    base = make_batch(rows, seed=1)
+    batch = Batch(
+        base.sparse, base.dense, base.domain, base.labels,
+        torch.randint(0, 11, (rows, 5), generator=g), torch.randint(0, 6, (rows,), generator=g),
+    )  # fmt: skip
+    out = net.train()(batch)
+    out.logits.sum().add(out.aux_loss).backward()
+    assert torch.isfinite(out.aux_loss) and bool(out.aux_loss > 0) == adapter.startswith("iak")  # IAK's KL term
+    serving = ParallelModel(net.eval(), schema, make)
+    assert max_difference(serving, net, batch) < 1e-5
+    served = export(serving, batch, tmp_path / "serving.pt")
+    assert max_difference(served, net, batch) < 1e-5
+    # every index tensor of the graph is built on its inputs' device: none is fixed to the example's (CPU)
+    code = "\n".join(m.code for m in served.modules() if hasattr(m, "code"))
+    assert "torch.device(" not in code and "arange" in code
+
+
+def test_an_empty_batch_passes_through_an_adapted_net() -> None:
+    net = perturb(adapted("dnn", "lora")).eval()
+    assert net(make_batch(0)).logits.shape == (0, 1)
+    assert max_difference(ParallelModel(net, SCHEMA, ADAPTERS["lora"]), net, make_batch(0)) == 0.0

@@ -34,7 +34,8 @@ class Kernel(nn.Module):
         residual: add f to r (False: replace r with f).
         logvar_init: initial bias of log var (small early noise).
 
-    Shapes: ``forward(rs [B, H], groups)`` (grouped order) -> ``(r' [B, H], kl [B])``.
+    Shapes: ``forward(rs [B, ..., H], groups)`` (grouped order) -> ``(r' [B, ..., H], kl [B, ...])`` (the middle
+    sizes: a site inside a sequence module, e.g. DIN's attention MLP on ``[B, L, 4D]``).
     """
 
     def __init__(
@@ -67,19 +68,20 @@ class Kernel(nn.Module):
 
     def forward(self, rs: Tensor, groups: DomainGroups) -> tuple[Tensor, Tensor]:
         stats = self.enc2.grouped(torch.relu(self.enc1.grouped(rs, groups)), groups)  # [B, 2k]
-        mu, logvar = stats[:, : self.bottleneck], stats[:, self.bottleneck :]
+        mu, logvar = stats[..., : self.bottleneck], stats[..., self.bottleneck :]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.kl and self.training else mu
         for i, layer in enumerate(self.decoder):
             z = layer.grouped(torch.relu(z) if i else z, groups)
         out = rs + z if self.residual else z
         if not self.kl:
-            return out, rs.new_zeros(rs.shape[0])
+            return out, rs.new_zeros(rs.shape[:-1])
         if hasattr(self, "prior_mean"):
-            m, lv = self.prior_mean[groups.domain], self.prior_logvar[groups.domain]  # [B, k]
+            rows = (-1, *[1] * (mu.dim() - 2), self.bottleneck)  # [B, 1.., k]: a row's items share its domain's prior
+            m, lv = self.prior_mean[groups.domain].view(rows), self.prior_logvar[groups.domain].view(rows)
             kl = 0.5 * (lv - logvar + (logvar.exp() + (mu - m) ** 2) / lv.exp() - 1)
         else:
             kl = 0.5 * (mu**2 + logvar.exp() - 1 - logvar)
-        return out, kl.sum(1)  # [B]
+        return out, kl.sum(-1)  # [B, ...]
 
 
 class ServingKernel(nn.Module):

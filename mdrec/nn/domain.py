@@ -84,6 +84,8 @@ class DomainGroups:
             if counts.shape[0] != num_domains:
                 raise ValueError(f"domain holds ids >= num_domains ({num_domains}): max id {counts.shape[0] - 1}")
             self.present = torch.nonzero(counts).squeeze(1)  # [P]
+            if self.present.numel() == 0:  # an empty batch: domain 0 with no rows, so every layer keeps its shapes
+                self.present = counts.new_zeros(1)
             self.sizes = counts[self.present].tolist()  # the one host sync per forward
             if len(self.sizes) <= 1:  # one domain: grouped order is the batch order
                 return
@@ -106,6 +108,14 @@ class DomainGroups:
         """The present domains' slices of a stacked ``[K, ...]`` parameter: ``[P, ...]`` (no copy if all present)."""
         return param if self.static or len(self.sizes) == self.num_domains else param[self.present]
 
+    def flat_rows(self, xs: Tensor) -> tuple[Tensor, Tensor]:
+        """``xs [B, ..., in]`` (grouped order) as rows ``[R, in]`` and each row's domain ``[R]`` (R = B times the
+        middle sizes: a sequence's items go with their batch row's domain)."""
+        if xs.dim() == 2:
+            return xs, self.domain
+        domain = self.domain.view(-1, *[1] * (xs.dim() - 2)).expand(xs.shape[:-1])
+        return xs.reshape(-1, xs.shape[-1]), domain.reshape(-1)
+
     def map(self, fn: Callable[..., Tensor], xs: Tensor, *params: Tensor) -> Tensor:
         """``fn(rows, *param slices)`` on each present domain's block of ``xs`` (grouped order), concatenated.
 
@@ -122,18 +132,22 @@ class DomainGroups:
         return torch.cat([fn(rows, *ps) for rows, *ps in zip(xs.split(self.sizes), *per_domain, strict=True)])
 
     def linear(self, xs: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """Each domain's ``F.linear``: ``xs [B, in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
-        (see ``take``) -> ``[B, out]``."""
+        """Each domain's ``F.linear``: ``xs [B, ..., in]`` (grouped order), ``weight [P, out, in]``, ``bias [P, out]``
+        (see ``take``) -> ``[B, ..., out]``."""
         if self.static:
-            return rows_matmul(xs, weight.mT, self.domain) + bias.index_select(0, self.domain)
+            rows, domain = self.flat_rows(xs)
+            out = rows_matmul(rows, weight.mT, domain) + bias.index_select(0, domain)
+            return out.reshape(*xs.shape[:-1], out.shape[-1])
         return self.map(F.linear, xs, weight, bias)
 
     def matmul(self, xs: Tensor, *weights: Tensor) -> Tensor:
-        """Each domain's product ``xs W1_d W2_d ...``: ``xs [B, in]`` (grouped order), weights ``[P, in, out]``."""
+        """Each domain's product ``xs W1_d W2_d ...``: ``xs [B, ..., in]`` (grouped order), weights
+        ``[P, in, out]``."""
         if self.static:
+            rows, domain = self.flat_rows(xs)
             for w in weights:
-                xs = rows_matmul(xs, w, self.domain)
-            return xs
+                rows = rows_matmul(rows, w, domain)
+            return rows.reshape(*xs.shape[:-1], rows.shape[-1])
 
         def chain(rows: Tensor, *ws: Tensor) -> Tensor:
             for w in ws:
@@ -150,15 +164,20 @@ def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
     ``domain[i] * in + j`` weighted by ``x[i, j]``. The weights are read in place (no ``[B, in, out]`` gather, no
     per-domain call), so the cost is about that of a plain ``[B, in] @ [in, out]`` whatever K and the domain mix
     (K = 100, B = 512, 128 -> 64, rows sorted by domain, CPU, 1 thread: 0.11 ms, the plain matmul 0.09 ms,
-    ``F.grouped_mm`` over the sorted rows 0.29 ms). A one-column output is a dot product per row on the gathered columns (``[B, in]``, half the
-    time of a lookup per input). ``weight`` should be contiguous (it is copied per call otherwise).
+    ``F.grouped_mm`` over the sorted rows 0.29 ms). A one-column output is a dot product per row on the gathered
+    columns (``[B, in]``, half the time of a lookup per input). ``weight`` should be contiguous (it is copied per call
+    otherwise).
     """
     k, n_in, n_out = weight.shape
     if n_out == 1:
         return torch.bmm(x[:, None], weight.index_select(0, domain)).squeeze(1)  # [B, 1, in] @ [B, in, 1]
-    domain = domain.to(torch.int32)  # int32 ids: half the bytes to write and read
-    ids = torch.add(torch.arange(n_in, dtype=torch.int32, device=domain.device), domain[:, None], alpha=n_in)  # [B, in]
-    return F.embedding_bag(ids, weight.reshape(k * n_in, n_out), per_sample_weights=x, mode="sum")  # a bag per row
+    # int32 ids (half the bytes of int64): row i's bag is table rows domain[i] * in + j; arange into new_empty, so
+    # that a traced graph builds them on its inputs' device (``device=`` would fix the example's in the graph)
+    cols = torch.arange(n_in, out=domain.new_empty(n_in, dtype=torch.int32))
+    ids = torch.add(cols, domain.to(torch.int32)[:, None], alpha=n_in).reshape(-1)  # [B * in]
+    offsets = torch.arange(0, ids.shape[0], n_in, out=domain.new_empty(0, dtype=torch.int32))  # [B]
+    table = weight.reshape(k * n_in, n_out)
+    return F.embedding_bag(ids, table, offsets, mode="sum", per_sample_weights=x.reshape(-1))  # a bag per row
 
 
 def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:

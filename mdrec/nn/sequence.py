@@ -16,8 +16,9 @@ from mdrec.nn.mlp import MLP
 
 
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """``lengths`` int64 ``[B]`` -> bool ``[B, max_len]``, True at the positions ``< length``."""
-    return torch.arange(max_len, device=lengths.device) < lengths[:, None]
+    """``lengths`` int64 ``[B]`` -> bool ``[B, max_len]``, True at the positions ``< length``. (``arange`` into
+    ``new_empty``: a traced serving graph then builds it on its inputs' device, not on the example's.)"""
+    return torch.arange(max_len, out=lengths.new_empty(max_len)) < lengths[:, None]
 
 
 class MeanPooling(nn.Module):

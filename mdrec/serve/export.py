@@ -44,4 +44,5 @@ def max_difference(served: torch.nn.Module, net: AdaptedNet, batch: Batch) -> fl
     adapted = torch.sigmoid(net.eval()(safe).logits)
     plain = torch.sigmoid(net.backbone(safe).logits)
     reference = torch.where(known[:, None], adapted, plain)
-    return float((served(*serving_inputs(batch)) - reference).abs().max())
+    difference = (served(*serving_inputs(batch)) - reference).abs()
+    return float(difference.max()) if difference.numel() else 0.0
