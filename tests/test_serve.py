@@ -3,7 +3,9 @@ the exported TorchScript file equals the model as trained, for every adapter on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,16 +15,18 @@ import torch
 from omegaconf import DictConfig
 
 from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema, SequenceField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.nn.domain import DomainGroups, DomainLinear
 from mdrec.serve.cli import main as export_main
 from mdrec.serve.cli import trim as trim_main
-from mdrec.serve.export import export, max_difference
+from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import ParallelModel
 from mdrec.train.run import train
-from tests.test_adapters import ADAPTERS, CASES, adapted, perturb
+from tests.test_adapters import ADAPTERS, CASES, adapted, perturb, pretrained
 from tests.test_baselines import SCHEMA, K, make_batch
 
 TrainCfg = Callable[[list[str]], DictConfig]
@@ -88,7 +92,7 @@ def test_parallel_model_and_its_export_equal_the_trained_model(backbone: str, ad
     served = export(model, make_batch(32, seed=2), tmp_path / "serving.pt")
     for batch in (
         unknown,
-        make_batch(257, seed=3),
+        make_batch(255, seed=3),  # an odd size; "row" ids run 1..B, within its 257 ids
         with_domains(make_batch(1, seed=4), [2]),
         with_domains(mixed, [1] * 64),
     ):
@@ -147,3 +151,121 @@ def test_parallel_model_refuses_a_backbone_that_embeds_the_domain() -> None:
     net = AdaptedNet(SCHEMA, backbone, ADAPTERS["lora"](SCHEMA, backbone))
     with pytest.raises(ValueError, match="embeds the domain id"):
         ParallelModel(net, SCHEMA, ADAPTERS["lora"])
+
+
+def test_wide_deep_head_whose_every_domain_overrides_wide_fields_serves_unknown_domains(tmp_path: Path) -> None:
+    """``wide_fields`` names a field no trained domain uses: the fallback slot must not bring it in (it would change
+    the wide tables' layout); unknown rows get the plain backbone."""
+
+    def make(schema: Schema, backbone: torch.nn.Module) -> WideDeepHead:
+        own = {"a": ["item"], "b": ["item"], "c": ["item"]}
+        return WideDeepHead(schema, backbone, hidden_sizes=[4], wide_fields=["row"], domain_wide_fields=own)
+
+    backbone = pretrained("dnn")
+    net = perturb(AdaptedNet(SCHEMA, backbone, make(SCHEMA, backbone))).eval()
+    served = export(ParallelModel(net, SCHEMA, make), make_batch(16, seed=1), tmp_path / "serving.pt")
+    batch = make_batch(32, seed=2)
+    plain = torch.sigmoid(net.backbone(batch).logits)
+    unknown = served(*serving_inputs(with_domains(batch, [-1, K] * 16)))
+    torch.testing.assert_close(unknown, plain, rtol=0, atol=1e-5)
+    mixed = with_domains(batch, torch.where(torch.arange(32) % 4 == 0, K, batch.domain))
+    assert max_difference(served, net, mixed) < 1e-5
+    assert (served(*serving_inputs(batch)) - plain).abs().max() > 1e-3  # known domains do get their adapters
+
+
+def test_parallel_model_leaves_the_callers_network_as_it_is() -> None:
+    backbone = pretrained("dnn")
+    net = perturb(AdaptedNet(SCHEMA, backbone, ADAPTERS["lora"](SCHEMA, backbone), freeze=[])).train()
+
+    def flags() -> tuple[list[bool], list[bool]]:
+        return [p.requires_grad for p in net.parameters()], [m.training for m in net.modules()]
+
+    before = flags()
+    assert all(before[0]) and all(before[1])  # adapted with the backbone trainable, in training mode
+    model = ParallelModel(net, SCHEMA, ADAPTERS["lora"])
+    assert flags() == before
+    assert not any(p.requires_grad for p in model.parameters()) and not model.net.training
+    assert max_difference(model, net, make_batch(64, seed=1)) < 1e-5  # the serving copy equals the network
+
+
+def test_parallel_model_refuses_an_adapter_whose_fresh_slot_is_not_the_backbone() -> None:
+    def make(schema: Schema, backbone: torch.nn.Module) -> IAK:
+        return IAK(schema, backbone, bottleneck=5, hidden=6, residual=False)  # r' = f: no identity slot
+
+    backbone = pretrained("dnn")
+    net = perturb(AdaptedNet(SCHEMA, backbone, make(SCHEMA, backbone))).eval()
+    with pytest.raises(ValueError, match="a fresh IAK slot is not the identity"):
+        ParallelModel(net, SCHEMA, make)
+
+
+def test_parallel_model_and_its_export_refuse_inputs_that_do_not_fit(tmp_path: Path) -> None:
+    net = perturb(adapted("dnn", "lora")).eval()
+    model = ParallelModel(net, SCHEMA, ADAPTERS["lora"])
+    served = export(model, make_batch(16, seed=1), tmp_path / "serving.pt")
+    b = make_batch(10, seed=3)
+    sparse = "sparse must be int64 (or int32) [B, F=2] ids, got "
+    dense = "dense must be float32 [B, N=1] (convert with .float()), got "
+    bad = [
+        ("same number of rows B, got 10, 10 and 8", (b.sparse, b.dense, b.domain[:8])),
+        ("same number of rows B, got 10, 8 and 10", (b.sparse, b.dense[:8], b.domain)),
+        (sparse + "int64 [10, 1]", (b.sparse[:, :1], b.dense, b.domain)),
+        (sparse + "float32 [10, 2]", (b.sparse.float(), b.dense, b.domain)),
+        (dense + "float64 [10, 1]", (b.sparse, b.dense.double(), b.domain)),
+        (dense + "float32 [10, 2]", (b.sparse, b.dense.repeat(1, 2), b.domain)),
+        ("domain must be int64 (or int32) [B] domain ids, got int64 [10, 1]", (b.sparse, b.dense, b.domain[:, None])),
+    ]
+    for message, inputs in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            model(*inputs)
+        with pytest.raises(torch.jit.Error, match=re.escape(message)):
+            served(*inputs)
+    expected = model(b.sparse, b.dense, b.domain)
+    for m in (model, served):  # int32 ids serve as int64 ones
+        torch.testing.assert_close(m(b.sparse.int(), b.dense, b.domain.int()), expected, rtol=0, atol=0)
+    assert int(model.unknown_rows) == int(served.unknown_rows) == 0
+
+
+def test_out_of_vocabulary_ids_are_served_as_the_unknown_id(tmp_path: Path) -> None:
+    """An id outside its field's vocabulary reads neither another field's embedding nor another domain's wide
+    table row (the head's wide arm on "item"): it is id 0, in the eager model and in the exported file."""
+    net = perturb(adapted("dnn", "head")).eval()
+    model = ParallelModel(net, SCHEMA, ADAPTERS["head"])
+    served = export(model, make_batch(16, seed=1), tmp_path / "serving.pt")
+    b = make_batch(12, seed=3)
+    oov, unknown = b.sparse.clone(), b.sparse.clone()
+    oov[0::4, 0] = 257 + 3  # "row" has 257 ids: ids + offsets read "item" id 3
+    oov[1::4, 1] = 11  # "item" has 11 ids: past the table's end
+    oov[2::4, 1] = -1  # reads "row"'s last id
+    oov[3::4, 0] = 10**9
+    unknown[0::4, 0], unknown[1::4, 1], unknown[2::4, 1], unknown[3::4, 0] = 0, 0, 0, 0
+    for m in (model, served):
+        torch.testing.assert_close(m(oov, b.dense, b.domain), m(unknown, b.dense, b.domain), rtol=0, atol=0)
+        assert (m(oov, b.dense, b.domain) - m(b.sparse, b.dense, b.domain)).abs().max() > 1e-4
+
+
+def test_out_of_vocabulary_sequence_ids_are_served_as_the_unknown_id(tmp_path: Path) -> None:
+    schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 3))
+    torch.manual_seed(0)
+    backbone = DNNBackbone(schema, 8, [16, 8]).eval()  # mean pooling over the history, "item"'s embeddings
+    net = perturb(AdaptedNet(schema, backbone, ADAPTERS["lora"](schema, backbone))).eval()
+    model = ParallelModel(net, schema, ADAPTERS["lora"])
+    b = make_batch(6, seed=3)
+    lengths = torch.tensor([3, 3, 2, 1, 3, 0])
+    seq = torch.tensor([[1, 2, 3], [4, 11, 5], [-1, 6, 0], [10**9, 0, 0], [7, 8, 9], [0, 0, 0]])
+    unknown = seq.masked_fill((seq < 0) | (seq >= 11), 0)
+    inputs = (b.sparse, b.dense, b.domain)
+    served = export(model, Batch(*inputs, b.labels, unknown, lengths), tmp_path / "serving.pt")
+    for m in (model, served):
+        torch.testing.assert_close(m(*inputs, seq, lengths), m(*inputs, unknown, lengths), rtol=0, atol=0)
+    message = "seq must be int64 (or int32) [B=6, L] ids, got int64 [4, 3]"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model(*inputs, seq[:4], lengths)
+    with pytest.raises(torch.jit.Error, match=re.escape(message)):
+        served(*inputs, seq[:4], lengths)
+
+
+def test_export_cli_refuses_no_batches(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["no/such/run", "--batches", "0"])
+    assert exit_info.value.code == 2  # argparse's usage error, before the run is loaded
+    assert "--batches must be at least 1" in capsys.readouterr().err

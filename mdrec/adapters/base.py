@@ -24,6 +24,10 @@ from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups
 
 SITE_PLACES = ("input", "output")
+# the domain slot a serving graph adds after the K trained ones for domain ids it does not know
+# (:mod:`mdrec.serve.parallel`): a freshly built adapter slice must be the identity there and must not change the
+# adapter's stacked layout (an adapter with per-domain options gives this name none of them)
+FALLBACK_DOMAIN = "<unknown>"
 
 
 @dataclass

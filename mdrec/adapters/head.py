@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mdrec.adapters.base import Adapter, Route
+from mdrec.adapters.base import FALLBACK_DOMAIN, Adapter, Route
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear, DomainMLP
 
@@ -38,8 +38,9 @@ class WideDeepHead(Adapter):
 
     The deep arm is a per-domain MLP on the representation h the backbone's head reads (``hidden_sizes`` empty:
     a per-domain linear layer); the wide arm a per-domain linear model on the raw ids of ``wide_fields`` (domain
-    names in ``domain_wide_fields`` get their own list instead). Both arms' output layers start at zero: the
-    adapted model starts as the backbone.
+    names in ``domain_wide_fields`` get their own list instead; the serving graph's fallback domain,
+    :data:`~mdrec.adapters.base.FALLBACK_DOMAIN`, gets none). Both arms' output layers start at zero: the adapted
+    model starts as the backbone.
 
     Args:
         schema: the data's schema.
@@ -68,7 +69,11 @@ class WideDeepHead(Adapter):
         unknown = sorted(set(domain_wide_fields) - set(schema.domains))
         if unknown:
             raise ValueError(f"domain_wide_fields names unknown domain(s) {unknown}; domains: {list(schema.domains)}")
-        per_domain = [list(domain_wide_fields.get(d, wide_fields)) for d in schema.domains]
+        # the serving graph's slot for unknown domains gets no wide fields: it adds nothing to the backbone and does
+        # not change the tables' layout (wide_fields may name fields that every trained domain overrides)
+        per_domain = [
+            [] if d == FALLBACK_DOMAIN else list(domain_wide_fields.get(d, wide_fields)) for d in schema.domains
+        ]
         fields = {f for fs in per_domain for f in fs}
         bad = sorted(f for f in fields if f not in schema.sparse_names)
         if bad:

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the TorchScript file (default: <run>/serving.pt)")
     parser.add_argument("--batches", type=int, default=4, help="validation batches to check (default 4)")
     args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error(f"--batches must be at least 1 (the export is checked on that many batches), got {args.batches}")
     run = load_run(args.run, "mdrec-export")
     schema, net, model = run.schema, run.net, run.serving_model()
     batches = run.batches("val", args.batches)

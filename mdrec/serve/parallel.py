@@ -4,18 +4,20 @@ the plain backbone."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from mdrec.adapters.base import AdaptedNet, Adapter
+from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, Adapter
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear
 
-FALLBACK = "<unknown>"
+FALLBACK = FALLBACK_DOMAIN
+IDENTITY_TOLERANCE = 1e-5  # largest |fallback slot - backbone| probability on the probe rows
 # builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
 # config node instantiates with ``_partial_``)
 AdapterFactory = Callable[[Schema, nn.Module], Adapter]
@@ -25,10 +27,12 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
     """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
     adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
     first K slots of a K + 1 adapter that ``make_adapter`` builds, then put in its serving form
-    (:meth:`~mdrec.adapters.base.Adapter.for_serving`). (An adapter that does not start as the identity,
-    IAK with ``residual=False``, has no such slot: ``mdrec-export``'s check of unknown-domain rows fails on it.)"""
+    (:meth:`~mdrec.adapters.base.Adapter.for_serving`). The result runs on a copy of ``net``'s backbone, frozen
+    and in eval mode: ``net`` itself is left as it is. (An adapter that does not start as the identity, IAK with
+    ``residual=False``, has no such slot: :class:`ParallelModel` refuses it.)"""
     extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK))
-    adapter = make_adapter(extended, net.backbone)
+    backbone = copy.deepcopy(net.backbone)  # freezing it below must not freeze the caller's
+    adapter = make_adapter(extended, backbone)
     own, trained = adapter.state_dict(), net.adapter.state_dict()
     k = schema.num_domains
     for key, value in trained.items():
@@ -39,12 +43,106 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
         else:
             raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
     adapter.load_state_dict(own)
-    adapter = adapter.for_serving(net.backbone)
+    adapter = adapter.for_serving(backbone)
     for module in adapter.modules():
         if isinstance(module, DomainLinear):  # same values and shape, each [out, in] slice stored transposed:
             w = module.weight.data  # the per-row product reads weight.mT ([K, in, out]) without a copy per call
             module.weight.data = w.mT.contiguous().mT
-    return AdaptedNet(extended, net.backbone, adapter, freeze=["*"]).eval()
+    return AdaptedNet(extended, backbone, adapter, freeze=["*"]).eval()
+
+
+def probe_batch(schema: Schema, rows: int, domain: int, seed: int = 0) -> Batch:
+    """``rows`` random rows of ``schema`` (ids within each field's vocabulary, standard normal dense features, full
+    sequences), all of domain id ``domain``."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = torch.tensor(schema.vocab_sizes, dtype=torch.float64)  # [F]
+    sparse = (torch.rand(rows, len(schema.sparse), generator=g, dtype=torch.float64) * vocab).long()  # [rows, F]
+    dense = torch.randn(rows, len(schema.dense), generator=g)  # [rows, N]
+    seq = seq_lengths = None
+    if schema.sequence is not None:
+        size = schema.vocab_sizes[schema.sparse_index(schema.sequence.vocab_field)]
+        seq = torch.randint(0, size, (rows, schema.sequence.max_len), generator=g)  # [rows, L]
+        seq_lengths = torch.full((rows,), schema.sequence.max_len)  # [rows]
+    return Batch.unlabelled(sparse, dense, torch.full((rows,), domain), seq, seq_lengths)
+
+
+def fallback_difference(net: AdaptedNet, schema: Schema, rows: int = 16) -> float:
+    """The largest ``|fallback slot - plain backbone|`` probability over ``rows`` random rows of ``schema`` routed to
+    ``net``'s last slot (K of a :func:`with_fallback_slot` network): 0 up to rounding when that slot is the
+    identity."""
+    batch = probe_batch(schema, rows, net.num_domains - 1).to(next(net.backbone.parameters()).device)
+    with torch.no_grad():
+        served = torch.sigmoid(net(batch, static=True).logits)
+        plain = torch.sigmoid(net.backbone(batch).logits)
+    return float((served - plain).abs().max())
+
+
+def dtype_name(t: Tensor) -> str:
+    """``t``'s dtype without the ``torch.`` prefix (TorchScript holds a dtype as a number)."""
+    names = {
+        torch.bool: "bool",
+        torch.uint8: "uint8",
+        torch.int8: "int8",
+        torch.int16: "int16",
+        torch.int32: "int32",
+        torch.int64: "int64",
+        torch.float16: "float16",
+        torch.bfloat16: "bfloat16",
+        torch.float32: "float32",
+        torch.float64: "float64",
+    }
+    return names.get(t.dtype, "dtype " + str(t.dtype))
+
+
+def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int, num_dense: int) -> Tensor:
+    """``domain``, after raising ``ValueError`` unless ``sparse`` is int64 (or int32) ``[B, F]``, ``dense`` float32
+    ``[B, N]`` and ``domain`` int64 (or int32) ``[B]``, with the same B; ``num_sparse`` F, ``num_dense`` N. (It
+    returns a tensor that the caller goes on with: a traced graph keeps the call.)"""
+    integer = (torch.int64, torch.int32)
+    if sparse.dim() != 2 or sparse.shape[1] != num_sparse or sparse.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
+            f"{list(sparse.shape)}"
+        )
+    if dense.dim() != 2 or dense.shape[1] != num_dense or dense.dtype != torch.float32:
+        raise ValueError(
+            f"ParallelModel input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
+            f"{dtype_name(dense)} {list(dense.shape)}"
+        )
+    if domain.dim() != 1 or domain.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
+            f"{list(domain.shape)}"
+        )
+    if sparse.shape[0] != domain.shape[0] or dense.shape[0] != domain.shape[0]:
+        raise ValueError(
+            f"ParallelModel inputs sparse, dense and domain must have the same number of rows B, got "
+            f"{sparse.shape[0]}, {dense.shape[0]} and {domain.shape[0]}"
+        )
+    return domain
+
+
+def check_sequence(seq: Tensor, seq_lengths: Tensor, rows: int) -> Tensor:
+    """``seq``, after raising ``ValueError`` unless ``seq`` is int64 (or int32) ``[B, L]`` and ``seq_lengths`` int64
+    (or int32) ``[B]``, B = ``rows``."""
+    integer = (torch.int64, torch.int32)
+    if seq.dim() != 2 or seq.shape[0] != rows or seq.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
+            f"{list(seq.shape)}"
+        )
+    if seq_lengths.dim() != 1 or seq_lengths.shape[0] != rows or seq_lengths.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
+            f"{list(seq_lengths.shape)}"
+        )
+    return seq
+
+
+# the same checks compiled: a traced graph keeps a call to a scripted function, its branches and raises included,
+# so the exported file refuses what the eager model refuses (eager calls the Python functions: a plain ValueError)
+scripted_check_inputs = torch.jit.script(check_inputs)
+scripted_check_sequence = torch.jit.script(check_sequence)
 
 
 class ParallelModel(nn.Module):
@@ -57,8 +155,15 @@ class ParallelModel(nn.Module):
     data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces into
     one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
 
+    The fallback is one more slot of the adapter, freshly built. The constructor runs a few random rows through it
+    and refuses the adapter unless they equal the backbone's (IAK with ``residual=False`` does not start as the
+    backbone): a check of what is served, for any adapter, that needs no property declared by each. Inputs of the
+    wrong shape, dtype or row count raise a ``ValueError`` that names them, in the exported file too (there a
+    ``torch.jit.Error``). An id outside its field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its
+    vocabulary field's) is read as 0, the unknown id, as the data pipeline maps unseen values.
+
     Args:
-        net: the adapted network as trained (K domains).
+        net: the adapted network as trained (K domains); left as it is (the model serves a frozen copy).
         schema: its data's schema.
         make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
         drop: per-domain feature trimming (:mod:`mdrec.eval.trim`), bool ``[K, F + N]`` (sparse fields, then dense
@@ -85,6 +190,19 @@ class ParallelModel(nn.Module):
             )
         self.num_domains = schema.num_domains
         self.net = with_fallback_slot(net, schema, make_adapter)
+        difference = fallback_difference(self.net, schema)
+        if difference > IDENTITY_TOLERANCE:
+            raise ValueError(
+                f"ParallelModel serves unknown domain ids with the plain backbone through a fresh slot of the "
+                f"adapter, but a fresh {type(net.adapter).__name__} slot is not the identity (random rows differ "
+                f"from the backbone by {difference:.2e} > {IDENTITY_TOLERANCE:g}): the adapter does not start as the "
+                "backbone (IAK with residual=false does not). Serve an adapter that does (e.g. IAK residual=true), or "
+                "serve only known domain ids, with the adapted network itself"
+            )
+        self.num_sparse, self.num_dense = len(schema.sparse), len(schema.dense)
+        self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
+        seq = schema.sequence  # its ids share its vocabulary field's
+        self.seq_vocab = schema.vocab_sizes[schema.sparse_index(seq.vocab_field)] if seq is not None else 0
         width = len(schema.sparse) + len(schema.dense)
         if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (self.num_domains, width)):
             raise ValueError(
@@ -105,6 +223,16 @@ class ParallelModel(nn.Module):
         seq: Tensor | None = None,
         seq_lengths: Tensor | None = None,
     ) -> Tensor:
+        tracing = torch.jit.is_tracing()  # the traced graph keeps the scripted checks, raises included
+        domain = (scripted_check_inputs if tracing else check_inputs)(
+            sparse, dense, domain, self.num_sparse, self.num_dense
+        )
+        if (seq is None) != (seq_lengths is None):
+            raise ValueError("ParallelModel inputs seq and seq_lengths go together: give both or neither")
+        if seq is not None and seq_lengths is not None:
+            seq = (scripted_check_sequence if tracing else check_sequence)(seq, seq_lengths, domain.shape[0])
+            seq = seq.masked_fill((seq < 0) | (seq >= self.seq_vocab), 0)  # out of vocabulary: 0, the unknown id
+        sparse = sparse.masked_fill((sparse < 0) | (sparse >= self.vocab_sizes), 0)  # [B, F]: as the data maps them
         known = (domain >= 0) & (domain < self.num_domains)
         self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
