@@ -16,7 +16,6 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear
 
-FALLBACK = FALLBACK_DOMAIN
 IDENTITY_TOLERANCE = 1e-5  # largest |fallback slot - backbone| probability on the probe rows
 # builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
 # config node instantiates with ``_partial_``)
@@ -30,7 +29,7 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
     (:meth:`~mdrec.adapters.base.Adapter.for_serving`). The result runs on a copy of ``net``'s backbone, frozen
     and in eval mode: ``net`` itself is left as it is. (An adapter that does not start as the identity, IAK with
     ``residual=False``, has no such slot: :class:`ParallelModel` refuses it.)"""
-    extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK))
+    extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK_DOMAIN))
     backbone = copy.deepcopy(net.backbone)  # freezing it below must not freeze the caller's
     adapter = make_adapter(extended, backbone)
     own, trained = adapter.state_dict(), net.adapter.state_dict()
