@@ -89,7 +89,7 @@ def test_parallel_model_and_its_export_equal_the_trained_model(backbone: str, ad
         mixed, torch.where(torch.arange(64) % 5 == 0, torch.tensor([-1, K, 99])[torch.arange(64) % 3], mixed.domain)
     )
     assert max_difference(model, net, unknown) < 1e-5
-    served = export(model, make_batch(32, seed=2), tmp_path / "serving.pt")
+    served = export(model, make_batch(32, seed=2), tmp_path / "new" / "serving.pt")  # the folder is made
     for batch in (
         unknown,
         make_batch(255, seed=3),  # an odd size; "row" ids run 1..B, within its 257 ids

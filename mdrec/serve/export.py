@@ -20,7 +20,8 @@ def serving_inputs(batch: Batch) -> tuple[Tensor, ...]:
 
 def export(model: ParallelModel, example: Batch, path: Path) -> torch.jit.ScriptModule:
     """Trace ``model`` on ``example`` (any batch: the graph holds for every size and domain mix), save it to ``path``
-    and return the file loaded back (``torch.jit.load``; serving needs neither mdrec nor Python objects)."""
+    (its folder made if missing) and return the file loaded back (``torch.jit.load``; serving needs neither mdrec
+    nor Python objects)."""
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # rows_matmul branches on a layer's width: a constant of the model, rightly a constant of the graph
@@ -28,6 +29,7 @@ def export(model: ParallelModel, example: Batch, path: Path) -> torch.jit.Script
         traced = torch.jit.trace(model, serving_inputs(example), check_trace=False)
     traced.unknown_rows.zero_()  # the trace itself ran a batch
     model.unknown_rows.zero_()
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(path))
     return torch.jit.load(str(path))
 
