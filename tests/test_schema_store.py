@@ -68,8 +68,9 @@ def test_store_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("column", "values", "message"),
     [
-        ("age", [0.1, np.nan, 0.3, 0.4, 0.5], r"column 'age', row 1: value nan is not finite"),
-        ("age", [0.1, 0.2, np.inf, 0.4, 0.5], r"column 'age', row 2: value inf is not finite"),
+        ("age", [0.1, np.nan, 0.3, 0.4, 0.5], r"column 'age', row 1: value nan is not a finite float32"),
+        ("age", [0.1, 0.2, np.inf, 0.4, 0.5], r"column 'age', row 2: value inf is not a finite float32"),
+        ("age", [0.1, 0.2, 0.3, -1e39, 0.5], r"column 'age', row 3: value -1e\+39 is not a finite float32"),
         ("click", [0, 1, 2, 0, 1], r"column 'click', row 2: value 2.0 is not a binary label"),
         ("user", [1, -3, 3, 4, 0], r"column 'user', row 1: value -3 is not an id in 0..4"),
         ("item", [1, 2, 9, 1, 2], r"column 'item', row 2: value 9 is not an id in 0..3"),
@@ -82,6 +83,20 @@ def test_bad_values_are_named(tmp_path: Path, column: str, values: list, message
     with pytest.raises(ValueError, match=message):
         write_store(tmp_path / "s", toy_schema(), cols)
     assert not (tmp_path / "s").exists()  # nothing half-written
+
+
+def test_time_stamps_must_be_integers(tmp_path: Path) -> None:
+    """A float time column (NaN included) would be truncated to int64 when stored, the NaN row sorted first."""
+    cols = {**toy_columns(), "ts": np.array([1.5, np.nan, 3.0, 4.0, 5.0])}
+    with pytest.raises(ValueError, match=r"column 'ts' has dtype float64, expected integers"):
+        write_store(tmp_path / "s", toy_schema(time_column="ts"), cols)
+    write_store(tmp_path / "s", toy_schema(time_column="ts"), {**cols, "ts": np.arange(5) * 10})
+    assert ColumnStore(tmp_path / "s").column("ts").tolist() == [0, 10, 20, 30, 40]
+
+
+def test_vocabularies_beyond_int32_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"sparse field 'user' has vocab_size 4294967296; .*int32"):
+        toy_schema(sparse=(SparseField("user", 2**32), SparseField("item", 4)))
 
 
 def test_missing_column_is_named(tmp_path: Path) -> None:

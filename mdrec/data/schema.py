@@ -12,6 +12,7 @@ from pathlib import Path
 
 SCHEMA_FILE = "schema.json"
 SCHEMA_VERSION = 1
+MAX_VOCAB = 2**31 - 1  # ids are stored as int32
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,11 @@ class Schema:
                 "A label used as a feature would leak the answer into the model."
             )
         for f in self.sparse:
-            if f.vocab_size < 1:
-                raise ValueError(f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}")
+            if not 1 <= f.vocab_size <= MAX_VOCAB:
+                raise ValueError(
+                    f"schema {self.dataset_id!r}: sparse field {f.name!r} has vocab_size {f.vocab_size}; it must be in "
+                    f"1..{MAX_VOCAB} (ids are stored as int32: hash or bucket larger id spaces)"
+                )
         if self.sequence is not None and self.sequence.vocab_field not in self.sparse_names:
             raise ValueError(
                 f"schema {self.dataset_id!r}: sequence {self.sequence.name!r} shares the vocabulary of "

@@ -100,6 +100,10 @@ def _row_count(schema: Schema, columns: Mapping[str, np.ndarray]) -> int:
     return n
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_RANGE = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
+
+
 def _check_values(
     schema: Schema,
     columns: Mapping[str, np.ndarray],
@@ -121,6 +125,8 @@ def _check_values(
         int_ranges[seq_length_column(seq.name)] = (0, seq.max_len, "a sequence length")
     if schema.has_split_column:
         int_ranges[SPLIT_COLUMN] = (0, len(SPLIT_NAMES) - 1, f"a split code (0..2 = {SPLIT_NAMES})")
+    if schema.time_column is not None:  # integers: a float time (NaN included) would be truncated when stored
+        int_ranges[schema.time_column] = (*_INT64_RANGE, "an integer time stamp")
     for start in range(0, n, _CHECK_CHUNK):
         stop = min(n, start + _CHECK_CHUNK)
         row = offset + start  # the data set's row of the chunk's first row
@@ -128,7 +134,7 @@ def _check_values(
             _check_range(schema, name, np.asarray(columns[name][start:stop]), row, lo, hi, what)
         for name in [*schema.dense, *schema.oracle_columns.values()]:
             chunk = np.asarray(columns[name][start:stop])
-            bad = ~np.isfinite(chunk)
+            bad = ~np.isfinite(chunk) | (np.abs(chunk) > _FLOAT32_MAX)  # stored as float32: beyond its range is inf
             if bad.any():
                 _raise_at(
                     schema,
@@ -136,7 +142,7 @@ def _check_values(
                     chunk,
                     bad,
                     row,
-                    "is not finite; fill or drop missing values before preparing",
+                    "is not a finite float32; fill or drop missing values (or rescale) before preparing",
                 )
         for name in schema.labels:
             chunk = np.asarray(columns[name][start:stop])
