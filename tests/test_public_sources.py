@@ -348,6 +348,25 @@ def test_aliexpress_errors(tmp_path: Path) -> None:
         aliexpress.AliExpress(path="x", val_fraction=0.0)
 
 
+def test_aliexpress_item_file_matching_no_user_row_is_refused(tmp_path: Path) -> None:
+    files = aliexpress_files("ES", 1)
+    files["user_test"] = [user_row(s) for s in range(500, 504)]  # a test user file of other search pages
+    for stem, rows in files.items():
+        (tmp_path / f"es_{stem}.csv").write_bytes(csv_bytes(rows))
+    src = aliexpress.AliExpress(path=str(tmp_path), countries=["ES"])
+    match = (
+        r"es_item_test\.csv: all 12 item rows would be dropped: .* is in .*es_user_test\.csv \(user_1\).*same country"
+    )
+    with pytest.raises(ValueError, match=match):
+        src.encode()
+    # a partial drop (train: 2 of 32 rows lack a user row) is kept and reported, not refused
+    files["user_test"] = [user_row(s) for s in range(20, 23)]  # page 23 (3 item rows) has no user row
+    (tmp_path / "es_user_test.csv").write_bytes(csv_bytes(files["user_test"]))
+    report = src.encode().report
+    assert report["raw"]["item_rows"] == {"ES/train": {"read": 32, "dropped": 2}, "ES/test": {"read": 12, "dropped": 3}}
+    assert report["rows_per_split"]["test"] == 9
+
+
 # ---------------------------------------------------------------- KuaiRand ---------------------------------------
 LOG_HEADER = (
     "user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,is_hate,long_view,"

@@ -187,3 +187,40 @@ def test_bad_file_config(files: dict, error: type, match: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TabularSource("shop", SPEC, data_files=str(tmp_path / "nope.csv")).encode(tmp_path / "raw")
+
+
+def test_glob_overlapping_other_splits_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    for name, rows in (
+        ("train", CSV.splitlines()[1:3]),
+        ("val", CSV.splitlines()[3:4]),
+        ("test", CSV.splitlines()[4:]),
+    ):
+        (tmp_path / "d" / f"{name}.csv").write_text("\n".join([CSV.splitlines()[0], *rows]) + "\n")
+    d = tmp_path / "d"
+    src = TabularSource(
+        "shop", SPEC, train_files=str(d / "*.csv"), val_files=str(d / "val.csv"), test_files=str(d / "test.csv")
+    )
+    with pytest.raises(ValueError, match=r"listed more than once") as info:
+        src.encode(tmp_path / "raw")
+    message = str(info.value)
+    assert f"{str(d.resolve() / 'val.csv')!r} (2 times, by train_files and val_files)" in message
+    assert f"{str(d.resolve() / 'test.csv')!r} (2 times, by train_files and test_files)" in message
+    assert "train.csv" not in message and "narrow the glob pattern" in message
+    # the narrowed pattern reads each file once: 2 + 1 + 1 rows
+    src = TabularSource(
+        "shop", SPEC, train_files=str(d / "tr*.csv"), val_files=str(d / "val.csv"), test_files=str(d / "test.csv")
+    )
+    enc = src.encode(tmp_path / "raw")
+    assert enc.columns[SPLIT_COLUMN].tolist() == [0, 0, 1, 2]
+    assert sum(enc.report["input_rows"].values()) == 4
+
+
+def test_file_listed_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(CSV)
+    same = [str(tmp_path / "d.csv"), str(tmp_path / "sub" / ".." / "d.csv")]  # one file, two spellings
+    (tmp_path / "sub").mkdir()
+    src = TabularSource("shop", SPEC, data_files=same)
+    with pytest.raises(ValueError, match=r"'.*d\.csv' \(2 times, by data_files\)\. List each file once"):
+        src.encode(tmp_path / "raw")
+    assert len(TabularSource("shop", SPEC, data_files=same[:1]).encode(tmp_path / "raw").columns["click"]) == 4

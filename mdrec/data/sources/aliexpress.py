@@ -12,7 +12,8 @@ Raw format (DATASETS.md 1.2; MTReclib ``data/preprocess.py``): headerless CSVs. 
 ``user_1`` = search_id) describes one search result page, an item row (49 columns, ``item_1`` = search_id) one
 item shown on it, with ``item_49`` = 0 impression, 1 click, 2 purchase. Each item row is joined to the user row
 of its search_id (an inner join, as MTReclib's ``merge``: item rows without a user row are dropped and counted
-in ``report.json``; a search_id repeated in a user file is an error).
+in ``report.json``; a search_id repeated in a user file is an error, and so is an item file none of whose rows
+has a user row: the two files do not belong together).
 
 Features as MTReclib: 16 categorical columns, ``user_2..8, user_32, user_33, item_19, item_34, item_35,
 item_36, item_40, item_41, item_42`` (its ``categorical_1..16``), and 63 numerical ones, ``user_9..31`` and the
@@ -193,6 +194,9 @@ class AliExpress:
         Returns:
             ``(table, counts)``: search_id, the categorical and numerical columns and the labels, and
             ``{"read": item rows in the file, "dropped": item rows without a user row}``.
+
+        Raises:
+            ValueError: when every item row lacks a user row (the files do not belong together).
         """
         user = self._users(users)
         index = KeyIndex(user[SEARCH["user"]], f"{users}, column {SEARCH['user']!r} (search_id)")
@@ -222,6 +226,12 @@ class AliExpress:
                 columns["click"] = pa.array(label >= 1, pa.int8())
                 columns["conversion"] = pa.array(label == 2, pa.int8())
                 parts.append(pa.table(columns))
+        if read and dropped == read:
+            raise ValueError(
+                f"{items}: all {read} item rows would be dropped: none of their search_ids ({SEARCH['item']}) is in "
+                f"{users} ({SEARCH['user']}); the two files do not belong together. Check that both are of the same "
+                "country and split (user_train with item_train, user_test with item_test), from the same release"
+            )
         return pa.concat_tables(parts), {"read": read, "dropped": dropped}
 
     def _validation(self, search: pa.ChunkedArray, country: str) -> np.ndarray:

@@ -11,7 +11,8 @@ lines are skipped. Every file is cast to the column types of the first (parquet 
 Every file is checked as it is parsed, and the errors name the file: an empty or unreadable file, a truncated
 parquet file, a CSV row with more or fewer fields than the header (a truncated file, a value holding the
 delimiter unquoted, the wrong ``delimiter``), a CSV file that ends inside a quoted value (a truncated file), a
-spec column missing from a header or named there twice. Nothing is dropped: ``report.json`` lists
+spec column missing from a header or named there twice, a file listed more than once (within or across
+splits, after glob patterns are expanded). Nothing is dropped: ``report.json`` lists
 ``input_rows`` per file, and their sum is the prepared ``rows``.
 
 Give either ``data_files`` (one pool of rows; the training stage splits it) or ``train_files`` with
@@ -272,6 +273,25 @@ class TabularSource:
         if twice:
             raise ValueError(f"{where}: the header names column(s) {twice} more than once; rename or drop the copies")
 
+    def _check_distinct(self, files: list[tuple[str, str]]) -> None:
+        """Raise if a file (compared by resolved path) comes more than once from the expanded file lists."""
+        options = {"train": "train_files", "validation": "val_files", "test": "test_files"}
+        seen: dict[Path, list[str]] = {}
+        for split, path in files:
+            option = "data_files" if self.data_files is not None else options[split]
+            seen.setdefault(Path(path).resolve(), []).append(option)
+        twice = [
+            f"{str(path)!r} ({len(listed)} times, by {' and '.join(dict.fromkeys(listed))})"
+            for path, listed in seen.items()
+            if len(listed) > 1
+        ]
+        if twice:
+            raise ValueError(
+                f"data set {self.name!r}: file(s) listed more than once, so their rows would be read more than once: "
+                f"{'; '.join(twice)}. List each file once: remove the repeat, or narrow the glob pattern that also "
+                "matches it (e.g. `train/*.csv`, not `*.csv`, when the val/test files lie beside the train files)"
+            )
+
     def _cast(self, part: datasets.Dataset, path: str, features: datasets.Features, first: str) -> datasets.Dataset:
         """``part``, read from ``path``, with the column types of the first file, ``first`` (``features``)."""
         if part.features == features:
@@ -288,6 +308,7 @@ class TabularSource:
         """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
+        self._check_distinct(files)
         first = files[0][1]
         delimiter = self._delimiter(first)
         parts = [self._read(p, delimiter, Path(raw_dir) / "hf") for _, p in files]
