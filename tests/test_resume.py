@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
 
 from mdrec.train.checkpoint import resume_path
 from mdrec.train.selection import DomainSelection
@@ -113,9 +115,36 @@ def test_a_missing_checkpoint_is_an_error_naming_its_path(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="callbacks.model_checkpoint"):
         resume_path("last", None)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").touch()
+    torch.save({"epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path("last", checkpointing) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path(None, checkpointing) is None
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], index: int) -> torch.Tensor:
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_checkpoint_saved_inside_an_epoch_is_refused(tmp_path: Path) -> None:
+    """The loader cannot go on from the middle of an epoch: Lightning would skip the epoch's other batches."""
+    inside = ModelCheckpoint(dirpath=tmp_path / "inside", every_n_train_steps=3, save_top_k=-1, filename="{step}")
+    at_end = ModelCheckpoint(dirpath=tmp_path / "end", save_top_k=-1, filename="{epoch}")  # at each epoch end
+    data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=4)  # 10 steps an epoch
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[inside, at_end], logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(Tiny(), data)
+    with pytest.raises(ValueError, match=r"step=6.ckpt was saved inside epoch 0, after 6 of its batches"):
+        resume_path(str(tmp_path / "inside" / "step=6.ckpt"), inside)
+    for name in ("epoch=0.ckpt", "epoch=1.ckpt"):
+        assert resume_path(str(tmp_path / "end" / name), at_end) == str(tmp_path / "end" / name)
 
 
 def test_per_domain_selection_survives_a_resume() -> None:
