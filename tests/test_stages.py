@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mdrec.adapters.saved import load_state_strict
 from mdrec.models.dnn import DNNBackbone
 from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
+from mdrec.train.stages import check_adapt_config
 from tests.test_baselines import SCHEMA
 
 TrainCfg = Callable[[list[str]], DictConfig]
@@ -56,6 +57,8 @@ def test_adapt_from_a_pretrain_run_directory(train_cfg: TrainCfg, tmp_path: Path
     metrics = train(cfg)
     assert not (tmp_path / "pretrained").exists()  # nothing pre-trained: the named run was used
     assert metrics["test/auc"] > 0.6
+    # config.yaml records the backbone adapted: the pooled one, though this config's default is not pooled
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").backbone.domain_as_feature is True
 
 
 def test_full_fine_tune_has_no_adapter_and_selects_overall(train_cfg: TrainCfg) -> None:
@@ -72,6 +75,33 @@ def test_stage_errors(train_cfg: TrainCfg, tmp_path: Path) -> None:
         train(train_cfg(["stage=adapt", f"stage.pretrained={tmp_path}"]))
     with pytest.raises(ValueError, match=r"per-domain selection needs every trainable parameter .* shared"):
         train(train_cfg(["stage=adapt", "stage.freeze=[input]", "trainer.max_epochs=1"]))
+
+
+def test_adapt_refuses_a_multi_domain_model(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    for pretrained in ([], [f"stage.pretrained={tmp_path / 'pre'}"]):  # pre-training it or loading it
+        with pytest.raises(ValueError, match=r"stage=adapt adapts a pre-trained backbone .* model.net is .*MMoE"):
+            train(train_cfg(["stage=adapt", "model=mmoe", *pretrained]))
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before recording a config it would not run
+
+
+def test_adapt_refuses_a_backbone_other_than_the_pretrained_one(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    saved = tmp_path / "pre"  # a pretrain run's backbone.yaml: a pooled DNN with layer_sizes [32]
+    saved.mkdir()
+    pre = train_cfg(["backbone.layer_sizes=[32]", "model=pooled"]).backbone
+    (saved / "backbone.yaml").write_text(OmegaConf.to_yaml(pre))
+    adapt = ["stage=adapt", f"stage.pretrained={saved}"]
+
+    with pytest.raises(ValueError, match=r"a mdrec.models.dnn.DNNBackbone .* backbone is .*WideDeepBackbone"):
+        train(train_cfg([*adapt, "backbone=wide_deep"]))
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    override = ["backbone.layer_sizes=[8]"]
+    with pytest.raises(ValueError, match=r"backbone.layer_sizes=\[32\] .* overridden to \[8\] here: drop the override"):
+        check_adapt_config(train_cfg([*adapt, *override]), override)
+
+    # an override the saved run agrees with passes; the fields not overridden are the saved run's
+    cfg = train_cfg([*adapt, "backbone.layer_sizes=[32]"])
+    check_adapt_config(cfg, ["backbone.layer_sizes=[32]"])
+    assert cfg.backbone == pre and cfg.backbone.domain_as_feature is True
 
 
 def test_strict_load_lists_missing_unexpected_and_shapes() -> None:
@@ -101,3 +131,18 @@ def test_adapt_validates_as_often_as_its_stage_says(train_cfg: TrainCfg, tmp_pat
     final = [r for r in rows if r.get("time/fit_seconds")]  # the run's final figures, logged once at the end
     validations = [r for r in rows if r.get("val/auc") and r not in final]
     assert len(final) == 1 and len(validations) == 1 + 2 + 1  # zero-shot, two during the epoch, the selected model
+
+
+def test_adapt_with_wandb_pretrains_and_adapts_in_runs_of_their_own(
+    train_cfg: TrainCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    metrics = train(train_cfg(["stage=adapt", "adapter=head", "logger=wandb", "debug=limit", "trainer.max_epochs=1"]))
+    assert "test/auc" in metrics and (tmp_path / "run" / "metrics.json").exists()
+    (stored,) = (tmp_path / "pretrained").iterdir()
+    pretrain_runs = list((stored / "wandb").glob("offline-run-*"))
+    adapt_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(pretrain_runs) == len(adapt_runs) == 1
+    run_id = lambda path: path.name.rsplit("-", 1)[1]  # noqa: E731
+    assert run_id(pretrain_runs[0]) != run_id(adapt_runs[0])  # two W&B runs, not the adapt run taken over

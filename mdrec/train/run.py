@@ -16,6 +16,7 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -32,7 +33,7 @@ from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
 from mdrec.train.selection import DomainSelection
-from mdrec.train.stages import build_adapted, domain_name, keep_other_domains, other_domains_change
+from mdrec.train.stages import build_adapted, check_adapt_config, domain_name, keep_other_domains, other_domains_change
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"stage=pretrain trains a backbone, but model.net is {cfg.model.net._target_}; use model=backbone or "
             "model=pooled (a multi-domain network is not a backbone adapters can attach to)"
         )
+    if stage == "adapt":  # before config.yaml is written: it records the model and backbone adapted
+        check_adapt_config(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else ())
     if stage == "onboard":  # the adapter is the adapted run's: record it, so this run rebuilds on its own
         with open_dict(cfg):
             cfg.adapter = OmegaConf.load(Path(cfg.stage.adapted) / RUN_CONFIG).adapter
@@ -131,12 +134,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (out_dir / "provenance.json").write_text(json.dumps(provenance(int(cfg.seed)), indent=2))
-    for logger in loggers:  # the resolved config: W&B's run config, the CSV logger's hparams.yaml (process 0)
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if adapting:
+    if adapting:  # may pre-train the backbone first: a run of its own, with its own loggers (and W&B run)
         module, source = build_adapted(cfg, schema, train, trainer.strategy)
     else:
         module, source = build_module(cfg, schema), None
+    # the resolved config: W&B's run config, the CSV logger's hparams.yaml (process 0). Only now: this starts the
+    # W&B run, which a nested pre-training above would otherwise have taken over and finished
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if stage == "onboard":
         before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
     ckpt_path = resume_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)  # a missing one fails before fitting

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -17,7 +17,7 @@ from pytorch_lightning.strategies import Strategy
 from torch import nn
 
 from mdrec.adapters.base import AdaptedNet
-from mdrec.adapters.saved import WEIGHTS, build_adapter, load_adapted, load_backbone
+from mdrec.adapters.saved import CONFIG, WEIGHTS, build_adapter, load_adapted, load_backbone
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
@@ -26,6 +26,58 @@ from mdrec.train.pretrained import pretrain_key
 log = logging.getLogger(__name__)
 
 Run = Callable[[DictConfig], object]
+
+
+def check_adapt_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Refuse a stage=adapt config whose ``model`` or ``backbone`` the run would silently ignore; with
+    ``stage.pretrained``, set ``cfg.backbone`` to the pre-trained run's (its ``backbone.yaml``), so the run's
+    config.yaml records the backbone it adapts.
+
+    ``model`` must not name a multi-domain network (stage=adapt adapts a backbone). The pre-trained backbone's class
+    must be the configured one, and so must every ``backbone.<field>`` that ``overrides`` (the command line's
+    Hydra overrides) set. Other fields (defaults, ``model=pooled``, experiment files) are taken from the saved run.
+    """
+    if cfg.model.net is not None:
+        raise ValueError(
+            f"stage=adapt adapts a pre-trained backbone with per-domain adapters, but model.net is "
+            f"{cfg.model.net._target_}, a multi-domain network stage=adapt does not build. Use model=backbone (or "
+            "model=pooled) and choose the adaptation with adapter= (iak, lora, mlora, head, none); to train that "
+            "network itself, use stage=train (the default) with the same model="
+        )
+    if not cfg.stage.pretrained or not (Path(cfg.stage.pretrained) / CONFIG).exists():
+        return  # no run named (the backbone is this config's), or none there: loading says what is missing
+    saved_path = Path(cfg.stage.pretrained) / CONFIG
+    saved = OmegaConf.load(saved_path)
+    if cfg.backbone._target_ != saved._target_:
+        raise ValueError(
+            f"stage=adapt adapts the backbone of stage.pretrained={cfg.stage.pretrained}, a {saved._target_} "
+            f"({saved_path}), but this config's backbone is {cfg.backbone._target_}: drop the backbone override "
+            f"(or choose the backbone= that builds {saved._target_}), or point stage.pretrained at a run "
+            f"pre-trained with {cfg.backbone._target_}"
+        )
+    for field in sorted(overridden_fields(overrides, "backbone")):
+        ours, theirs = _plain(cfg.backbone.get(field)), _plain(saved.get(field))
+        if ours != theirs:
+            raise ValueError(
+                f"stage=adapt adapts the backbone of stage.pretrained={cfg.stage.pretrained} as it was pre-trained, "
+                f"with backbone.{field}={theirs!r} ({saved_path}), but backbone.{field} is overridden to {ours!r} "
+                f"here: drop the override backbone.{field}, or point stage.pretrained at a run pre-trained with it"
+            )
+    taken = sorted(k for k in set(cfg.backbone) | set(saved) if _plain(cfg.backbone.get(k)) != _plain(saved.get(k)))
+    if taken:
+        log.info("stage.pretrained: backbone fields %s are the pre-trained run's (%s)", taken, saved_path)
+    with open_dict(cfg):
+        cfg.backbone = saved
+
+
+def overridden_fields(overrides: Sequence[str], node: str) -> set[str]:
+    """The fields of config node ``node`` that Hydra ``overrides`` (``node.field=...``, ``+``/``++``/``~`` too) set."""
+    keys = (o.lstrip("+~").split("=", 1)[0] for o in overrides)
+    return {k.split(".")[1] for k in keys if k.startswith(f"{node}.")}
+
+
+def _plain(value: object) -> object:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def build_adapted(cfg: DictConfig, schema: Schema, run: Run, strategy: Strategy) -> tuple[RankingModule, Path]:
