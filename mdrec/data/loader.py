@@ -93,6 +93,8 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.sampler = EpochPermutation(indices, shuffle, seed)
+        self.served = 0  # batches of the current epoch handed out so far
+        self._resume: dict[str, int] | None = None  # from load_state_dict, for the next iteration
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``(start [M], stop [M])``: this process's M batches as slices of the epoch's order.
@@ -123,10 +125,26 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.bounds()[0])
 
+    def state_dict(self) -> dict[str, int]:
+        """Where the epoch stands: its number and the batches handed out. Lightning saves it in every checkpoint
+        (a loader with ``state_dict`` / ``load_state_dict`` is resumable) after a step, when the batches handed out
+        are the batches trained."""
+        return {"epoch": self.sampler.epoch, "batches": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume from a checkpoint saved inside an epoch: the next iteration over epoch ``state["epoch"]`` goes on
+        after its first ``state["batches"]`` batches, in the same order (another epoch starts at its beginning)."""
+        self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
     def __iter__(self) -> Iterator[Batch]:
         order = self.sampler.order()
-        for start, stop in zip(*self.bounds(), strict=True):
+        resume, self._resume = self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
+        starts, stops = self.bounds()
+        self.served = skip
+        for start, stop in zip(starts[skip:], stops[skip:], strict=True):
             batch = self.store.take(np.sort(order[start:stop]))
             if self.validate:
                 batch.validate(self.store.schema.num_domains, self.store.schema.vocab_sizes)
+            self.served += 1
             yield batch

@@ -101,21 +101,4 @@ def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) ->
             f"ckpt_path: no checkpoint at {ckpt_path}; resume a run in its own directory with "
             "hydra.run.dir=<run dir> ckpt_path=last, or give the path of an existing .ckpt file"
         )
-    refuse_mid_epoch(ckpt_path)
     return ckpt_path
-
-
-def refuse_mid_epoch(ckpt_path: str) -> None:
-    """Raise if the checkpoint was saved inside an epoch (a validation inside it: ``stage.val_check_interval`` < 1,
-    or ``every_n_train_steps``). The loader cannot go on from the middle of an epoch's order, and Lightning would
-    then skip or repeat batches: the resumed run would not end where an uninterrupted one ends."""
-    with get_filesystem(ckpt_path).open(ckpt_path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=False)
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
-    if progress is not None and progress["current"]["processed"] > 0 and not progress["is_last_batch"]:
-        raise ValueError(
-            f"ckpt_path: {ckpt_path} was saved inside epoch {checkpoint['epoch']}, after "
-            f"{progress['current']['processed']} of its batches (a validation inside the epoch: "
-            "stage.val_check_interval < 1); a resume from there would not train the epoch's other batches as an "
-            "uninterrupted run does. Resume from a checkpoint saved at the end of an epoch, or start the run again"
-        )

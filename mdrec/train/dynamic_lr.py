@@ -24,8 +24,8 @@ class DynamicDomainLR(pl.Callback):
     With several processes (DDP) ``n_d`` and ``B`` count the step's rows on all processes (summed every step) and
     the gradients are the averaged ones: every replica scales by the same factors, those of one process training
     on the whole step's batch, so the replicas stay identical. The sum (an all-reduce of K integers) counts the rows
-    actually trained on; deriving it from the shared epoch order would tie the callback to BatchLoader and to the
-    batch index, which a mid-epoch resume shifts against the data (Lightning goes on counting, the loader restarts).
+    actually trained on; deriving it from the shared epoch order would tie the callback to BatchLoader's slicing
+    (and plain DataLoaders have no shared order).
 
     Args:
         gamma: exponent of the batch-share ratio ``n_d K / B`` (0: no batch-share term).
