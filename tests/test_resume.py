@@ -161,7 +161,7 @@ def test_a_checkpoint_saved_inside_an_epoch_resumes_exactly(tmp_path: Path) -> N
         val = BatchLoader(store, np.arange(n), batch_size=20, shuffle=False)
         trainer = pl.Trainer(
             max_epochs=2, val_check_interval=0.5, num_sanity_val_steps=0, callbacks=callbacks or [], logger=False,
-            enable_progress_bar=False, enable_model_summary=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path / "fits",
         )  # fmt: skip
         trainer.fit(model, train, val, ckpt_path=ckpt_path)
         return model
