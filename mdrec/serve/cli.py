@@ -36,10 +36,8 @@ from mdrec.eval.trim import (
     trim_table,
 )
 from mdrec.serve.export import export, max_difference, serving_inputs
-from mdrec.serve.parallel import AdapterFactory, ParallelModel
+from mdrec.serve.parallel import TOLERANCE, AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls
-
-TOLERANCE = 1e-5
 
 
 def with_unknown_domains(batch: Batch, num_domains: int, every: int = 10) -> Batch:

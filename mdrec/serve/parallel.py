@@ -16,7 +16,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear
 
-IDENTITY_TOLERANCE = 1e-5  # largest |fallback slot - backbone| probability on the probe rows
+TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, the fallback slot's probe
 # builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
 # config node instantiates with ``_partial_``)
 AdapterFactory = Callable[[Schema, nn.Module], Adapter]
@@ -190,11 +190,11 @@ class ParallelModel(nn.Module):
         self.num_domains = schema.num_domains
         self.net = with_fallback_slot(net, schema, make_adapter)
         difference = fallback_difference(self.net, schema)
-        if difference > IDENTITY_TOLERANCE:
+        if difference > TOLERANCE:
             raise ValueError(
                 f"ParallelModel serves unknown domain ids with the plain backbone through a fresh slot of the "
                 f"adapter, but a fresh {type(net.adapter).__name__} slot is not the identity (random rows differ "
-                f"from the backbone by {difference:.2e} > {IDENTITY_TOLERANCE:g}): the adapter does not start as the "
+                f"from the backbone by {difference:.2e} > {TOLERANCE:g}): the adapter does not start as the "
                 "backbone (IAK with residual=false does not). Serve an adapter that does (e.g. IAK residual=true), or "
                 "serve only known domain ids, with the adapted network itself"
             )

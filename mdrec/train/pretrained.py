@@ -29,9 +29,10 @@ def pretrain_key(cfg: DictConfig) -> str:
     with open_dict(cfg):
         for name in cfg.get("paths") or {}:
             cfg.paths[name] = f"<paths.{name}>"
-    parts = {node: _plain(OmegaConf.select(cfg, node)) for node in KEY_NODES}
+    parts = {node: plain_value(OmegaConf.select(cfg, node)) for node in KEY_NODES}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _plain(value: object) -> object:
+def plain_value(value: object) -> object:
+    """A config value as plain Python (containers resolved), for comparing and hashing."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

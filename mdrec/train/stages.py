@@ -21,7 +21,7 @@ from mdrec.adapters.saved import CONFIG, WEIGHTS, build_adapter, load_adapted, l
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.train.module import RankingModule
-from mdrec.train.pretrained import pretrain_key
+from mdrec.train.pretrained import plain_value, pretrain_key
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,15 @@ def check_adapt_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
             f"pre-trained with {cfg.backbone._target_}"
         )
     for field in sorted(overridden_fields(overrides, "backbone")):
-        ours, theirs = _plain(cfg.backbone.get(field)), _plain(saved.get(field))
+        ours, theirs = plain_value(cfg.backbone.get(field)), plain_value(saved.get(field))
         if ours != theirs:
             raise ValueError(
                 f"stage=adapt adapts the backbone of stage.pretrained={cfg.stage.pretrained} as it was pre-trained, "
                 f"with backbone.{field}={theirs!r} ({saved_path}), but backbone.{field} is overridden to {ours!r} "
                 f"here: drop the override backbone.{field}, or point stage.pretrained at a run pre-trained with it"
             )
-    taken = sorted(k for k in set(cfg.backbone) | set(saved) if _plain(cfg.backbone.get(k)) != _plain(saved.get(k)))
+    keys = set(cfg.backbone) | set(saved)
+    taken = sorted(k for k in keys if plain_value(cfg.backbone.get(k)) != plain_value(saved.get(k)))
     if taken:
         log.info("stage.pretrained: backbone fields %s are the pre-trained run's (%s)", taken, saved_path)
     with open_dict(cfg):
@@ -74,10 +75,6 @@ def overridden_fields(overrides: Sequence[str], node: str) -> set[str]:
     """The fields of config node ``node`` that Hydra ``overrides`` (``node.field=...``, ``+``/``++``/``~`` too) set."""
     keys = (o.lstrip("+~").split("=", 1)[0] for o in overrides)
     return {k.split(".")[1] for k in keys if k.startswith(f"{node}.")}
-
-
-def _plain(value: object) -> object:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def build_adapted(cfg: DictConfig, schema: Schema, run: Run, strategy: Strategy) -> tuple[RankingModule, Path]:
