@@ -11,7 +11,7 @@ backbone outside the pass; the adapter's state dict holds only the adapter (it s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
@@ -20,6 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups
 
@@ -69,7 +70,7 @@ class Adapter(nn.Module):
     """Base of the per-domain adapters.
 
     A subclass fills ``sites`` (backbone module name -> ``"input"`` or ``"output"``) and implements ``apply``.
-    Every parameter it owns is stacked per domain (first dimension K, listed in its modules' ``per_domain_params``)
+    Every parameter it owns is a :class:`~mdrec.nn.domain.DomainParameter` (stacked per domain, first dimension K)
     and starts so that the adapted model equals the backbone.
     """
 
@@ -85,10 +86,14 @@ class Adapter(nn.Module):
         """
         raise NotImplementedError
 
-    def for_serving(self, backbone: nn.Module) -> Adapter:
+    def for_serving(self, backbone: Backbone) -> Adapter:
         """An adapter that computes what this one computes in eval mode, in the form serving runs (IAK folds its
         linear maps); the default is the adapter itself."""
         return self
+
+
+# an adapter class with its options bound (the `adapter` config node): ``factory(schema, backbone)``
+AdapterFactory = Callable[[Schema, Backbone], Adapter]
 
 
 class AdaptedNet(nn.Module):
@@ -109,7 +114,7 @@ class AdaptedNet(nn.Module):
         >>> net = AdaptedNet(schema, backbone, LoRA(schema, backbone, rank=4))   # doctest: +SKIP
     """
 
-    def __init__(self, schema: Schema, backbone: nn.Module, adapter: Adapter | None, freeze: Sequence[str] = ("*",)):
+    def __init__(self, schema: Schema, backbone: Backbone, adapter: Adapter | None, freeze: Sequence[str] = ("*",)):
         super().__init__()
         self.num_domains = schema.num_domains
         self.backbone = backbone

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from mdrec.adapters.base import FALLBACK_DOMAIN, Adapter, Route
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone
 from mdrec.nn.domain import DomainLinear, DomainMLP
+from mdrec.nn.parameter import DomainParameter
 
 
 class WideTables(nn.Module):
@@ -19,8 +21,7 @@ class WideTables(nn.Module):
 
     def __init__(self, num_domains: int, vocab_sizes: Sequence[int], mask: Tensor, num_tasks: int) -> None:
         super().__init__()
-        self.tables = nn.ParameterList(nn.Parameter(torch.zeros(num_domains, v, num_tasks)) for v in vocab_sizes)
-        self.per_domain_params = tuple(f"tables.{i}" for i in range(len(vocab_sizes)))
+        self.tables = nn.ParameterList(DomainParameter(torch.zeros(num_domains, v, num_tasks)) for v in vocab_sizes)
         self.register_buffer("mask", mask)  # [K, F_w] float
 
     def forward(self, ids: Tensor, domain: Tensor) -> Tensor:
@@ -44,7 +45,7 @@ class WideDeepHead(Adapter):
 
     Args:
         schema: the data's schema.
-        backbone: the backbone (its ``head_name`` names the layer that maps h to the logits).
+        backbone: the backbone (the head adds to the output of its ``head``).
         hidden_sizes: hidden widths of the deep arm.
         wide_fields: sparse fields of the wide arm for every domain.
         domain_wide_fields: per domain name, its own wide fields (overrides ``wide_fields`` for that domain).
@@ -57,14 +58,14 @@ class WideDeepHead(Adapter):
     def __init__(
         self,
         schema: Schema,
-        backbone: nn.Module,
+        backbone: Backbone,
         hidden_sizes: Sequence[int] = (),
         wide_fields: Sequence[str] = (),
         domain_wide_fields: dict[str, Sequence[str]] | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__(schema.num_domains)
-        head = dict(backbone.named_modules())[backbone.head_name]
+        head = backbone.head
         domain_wide_fields = domain_wide_fields or {}
         unknown = sorted(set(domain_wide_fields) - set(schema.domains))
         if unknown:
@@ -92,7 +93,7 @@ class WideDeepHead(Adapter):
         )
         nn.init.zeros_(self.deep.weight)
         nn.init.zeros_(self.deep.bias)
-        self.sites[backbone.head_name] = "output"
+        self.sites[backbone.head_site()] = "output"
 
     def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
         groups = route.groups

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from mdrec.adapters.base import Adapter, Route, select_modules, site_key
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone
 from mdrec.nn.domain import DomainGroups, DomainLinear
+from mdrec.nn.parameter import DomainParameter
 
 PLACEMENTS = ("head", "layers")
 PRIORS = ("standard", "learned")
@@ -62,9 +64,8 @@ class Kernel(nn.Module):
         nn.init.zeros_(decoder[-1].bias)
         self.decoder = nn.ModuleList(decoder)
         if prior == "learned":
-            self.prior_mean = nn.Parameter(torch.zeros(num_domains, bottleneck))
-            self.prior_logvar = nn.Parameter(torch.zeros(num_domains, bottleneck))
-            self.per_domain_params = ("prior_mean", "prior_logvar")
+            self.prior_mean = DomainParameter(torch.zeros(num_domains, bottleneck))
+            self.prior_logvar = DomainParameter(torch.zeros(num_domains, bottleneck))
 
     def forward(self, rs: Tensor, groups: DomainGroups) -> tuple[Tensor, Tensor]:
         stats = self.enc2.grouped(torch.relu(self.enc1.grouped(rs, groups)), groups)  # [B, 2k]
@@ -122,7 +123,7 @@ class ServingIAK(Adapter):
     """IAK as served (:meth:`IAK.for_serving`): the same outputs in eval mode from fewer, smaller per-domain
     products (:class:`ServingKernel`); a kernel on a linear head's input acts on that head's output instead."""
 
-    def __init__(self, iak: IAK, backbone: nn.Module) -> None:
+    def __init__(self, iak: IAK, backbone: Backbone) -> None:
         super().__init__(iak.num_domains)
         modules = dict(backbone.named_modules())
         self.kernels = nn.ModuleDict()
@@ -144,7 +145,7 @@ class IAK(Adapter):
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
-        backbone: the backbone (its ``head_name`` names the layer that maps h to the logits).
+        backbone: the backbone (``placement="head"`` hooks the input of its ``head``).
         bottleneck: k, the size of the Gaussian bottleneck (the paper's best point: 50).
         hidden: width of the encoder's and decoder's hidden layers.
         beta: weight of the KL term.
@@ -164,7 +165,7 @@ class IAK(Adapter):
     def __init__(
         self,
         schema: Schema,
-        backbone: nn.Module,
+        backbone: Backbone,
         bottleneck: int = 50,
         hidden: int = 64,
         beta: float = 1e-3,
@@ -183,8 +184,7 @@ class IAK(Adapter):
             raise ValueError(f"bottleneck ({bottleneck}) and hidden ({hidden}) must be >= 1, beta ({beta}) >= 0")
         self.beta = beta
         if placement == "head":
-            head = dict(backbone.named_modules())[backbone.head_name]
-            widths, place = {backbone.head_name: head.in_features}, "input"
+            widths, place = {backbone.head_site(): backbone.hidden_size}, "input"
         else:
             linears = select_modules(backbone, layer_targets, nn.Linear)
             widths, place = {name: m.out_features for name, m in linears.items()}, "output"
@@ -200,7 +200,7 @@ class IAK(Adapter):
         route.aux.append(self.beta * kl.mean())
         return out
 
-    def for_serving(self, backbone: nn.Module) -> ServingIAK:
+    def for_serving(self, backbone: Backbone) -> ServingIAK:
         """The kernels folded for serving (:class:`ServingKernel`): at K = 100 domains, k = 50, hidden 64 on a
         128-wide h before a one-logit head, 12.4k instead of 26.2k multiply-adds per row (head included)."""
         return ServingIAK(self, backbone)

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from mdrec.adapters.base import Adapter, Route, select_modules, site_key
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone
+from mdrec.nn.parameter import DomainParameter
 
 VARIANTS = ("lora", "mlora")
 
@@ -24,11 +26,10 @@ class LowRankDelta(nn.Module):
 
     def __init__(self, num_domains: int, in_features: int, out_features: int, rank: int, bias: bool) -> None:
         super().__init__()
-        self.a = nn.Parameter(torch.empty(num_domains, in_features, rank))
+        self.a = DomainParameter(torch.empty(num_domains, in_features, rank))
         nn.init.kaiming_uniform_(self.a.view(-1, rank).T, a=math.sqrt(5))  # N(0, ~1/in)-scaled like nn.Linear
-        self.b = nn.Parameter(torch.zeros(num_domains, rank, out_features))
-        self.bias = nn.Parameter(torch.zeros(num_domains, out_features)) if bias else None
-        self.per_domain_params = ("a", "b", "bias") if bias else ("a", "b")
+        self.b = DomainParameter(torch.zeros(num_domains, rank, out_features))
+        self.bias = DomainParameter(torch.zeros(num_domains, out_features)) if bias else None
 
     def delta(self, xs: Tensor, route: Route) -> Tensor:
         """``xs [B, in]`` in grouped order -> ``[B, out]`` (no scale), one low-rank product per present domain."""
@@ -66,7 +67,7 @@ class LoRA(Adapter):
     def __init__(
         self,
         schema: Schema,
-        backbone: nn.Module,
+        backbone: Backbone,
         targets: Sequence[str] = ("*",),
         variant: str = "lora",
         rank: int = 8,
@@ -91,7 +92,7 @@ class LoRA(Adapter):
         return y + self.scales[name] * self.deltas[site_key(name)].delta(x, route)
 
     @torch.no_grad()
-    def merged(self, backbone: nn.Module, domain: int) -> nn.Module:
+    def merged(self, backbone: Backbone, domain: int) -> nn.Module:
         """A copy of ``backbone`` with domain ``domain``'s deltas merged into its weights (a plain backbone)."""
         merged = copy.deepcopy(backbone)
         modules = dict(merged.named_modules())

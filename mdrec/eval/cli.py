@@ -14,14 +14,15 @@ from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.eval.plots import bar_plot, curve_plot, numeric
 from mdrec.eval.summary import Failure, Run, load_failures, load_runs
 from mdrec.eval.sweep import labelled_groups, run_domains, sweep_report, varying_keys
+from mdrec.rundir import RunDir
 
 
 def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:
     """A run's ``predictions.npz`` (written after its test)."""
-    path = run_dir / "predictions.npz"
-    if not path.exists():
-        sys.exit(f"mdrec-gate: {path} does not exist; give the directory of a finished run that was tested")
-    return dict(np.load(path))
+    try:
+        return RunDir(run_dir).read_predictions()
+    except FileNotFoundError as error:
+        sys.exit(f"mdrec-gate: {error}; give the directory of a finished run that was tested")
 
 
 def gate(argv: list[str] | None = None) -> int:

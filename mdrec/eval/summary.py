@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-METRICS = "metrics.json"  # a finished run's figures (mdrec.train.run)
-FAILURE = "failure.json"  # why a run failed (mdrec-train writes it before re-raising)
+from mdrec.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -58,19 +56,19 @@ def _natural(path: Path) -> list[tuple[int, str]]:
 def load_runs(root: str | Path) -> list[Run]:
     """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories) that wrote
     ``metrics.json``."""
-    dirs = run_dirs(root, METRICS)
+    dirs = run_dirs(root, RunDir.METRICS)
     if not dirs:
         raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    return [Run(d, json.loads((d / METRICS).read_text()), overrides_of(d)) for d in dirs]
+    return [Run(d, RunDir(d).read_metrics(), overrides_of(d)) for d in dirs]
 
 
 def load_failures(root: str | Path) -> list[Failure]:
     """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``) and did not finish later
     (a resumed run's ``metrics.json`` wins)."""
     return [
-        Failure(d, json.loads((d / FAILURE).read_text())["error"], overrides_of(d))
-        for d in run_dirs(root, FAILURE)
-        if not (d / METRICS).exists()
+        Failure(d, RunDir(d).read_json(RunDir.FAILURE)["error"], overrides_of(d))
+        for d in run_dirs(root, RunDir.FAILURE)
+        if not RunDir(d).exists(RunDir.METRICS)
     ]
 
 

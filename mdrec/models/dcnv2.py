@@ -9,6 +9,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone, InputFactory
 from mdrec.models.inputs import EmbeddedInput, check_num_tasks
 from mdrec.models.output import ModelOutput
 from mdrec.nn.cross import CrossNetwork
@@ -17,7 +18,7 @@ from mdrec.nn.mlp import MLP
 STRUCTURES = ("stacked", "parallel")
 
 
-class DCNv2Backbone(nn.Module):
+class DCNv2Backbone(Backbone):
     """A cross network and an MLP on the embedded input; ``h`` is what the output layer reads.
 
     ``"stacked"``: ``h = MLP(Cross(x0))``, H = ``layer_sizes[-1]``. ``"parallel"``: ``h = [Cross(x0), MLP(x0)]``,
@@ -26,7 +27,7 @@ class DCNv2Backbone(nn.Module):
 
     Args:
         schema: the data's schema.
-        embedding_dim: D, per sparse field.
+        input: the input layer's factory (``EmbeddedInput`` with its options bound; the ``input`` config node).
         num_cross_layers: number of cross layers.
         cross_rank: R for low-rank cross layers; None for full rank.
         layer_sizes: hidden widths of the MLP.
@@ -34,11 +35,6 @@ class DCNv2Backbone(nn.Module):
         dropout: dropout after each hidden activation of the MLP.
         batch_norm: batch normalisation in the MLP's hidden layers.
         num_tasks: T, logits per row (1: CTR).
-        embedding_init_std: standard deviation of the initial embedding weights.
-        sequence_pooling: ``"mean"`` or ``"din"`` (target attention), see ``EmbeddedInput``.
-        attention_layer_sizes: hidden widths of DIN's attention MLP.
-        attention_softmax: softmax-normalise DIN's attention scores.
-        domain_as_feature: embed the domain id as an ordinary field (the "pooled" baseline).
 
     Example:
         >>> net = DCNv2Backbone(schema, num_cross_layers=3, cross_rank=8, structure="parallel")   # doctest: +SKIP
@@ -46,13 +42,10 @@ class DCNv2Backbone(nn.Module):
         (torch.Size([4096, 1]), torch.Size([4096, 244]), 244)
     """
 
-    # the linear layer that maps h to the logits (adapters that act "before the heads" attach to its input)
-    head_name = "output"
-
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int = 16,
+        input: InputFactory = EmbeddedInput,
         num_cross_layers: int = 3,
         cross_rank: int | None = None,
         layer_sizes: Sequence[int] = (256, 128),
@@ -60,36 +53,21 @@ class DCNv2Backbone(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = True,
         num_tasks: int = 1,
-        embedding_init_std: float = 1e-2,
-        sequence_pooling: str = "mean",
-        attention_layer_sizes: Sequence[int] = (80, 40),
-        attention_softmax: bool = False,
-        domain_as_feature: bool = False,
     ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {list(STRUCTURES)}, got {structure!r}")
         self.num_tasks = check_num_tasks(schema, num_tasks)
         self.structure = structure
-        self.input = EmbeddedInput(
-            schema,
-            embedding_dim,
-            embedding_init_std,
-            sequence_pooling,
-            attention_layer_sizes,
-            attention_softmax,
-            domain_as_feature,
-        )
+        self.input = input(schema)
         self.cross = CrossNetwork(self.input.out_features, num_cross_layers, cross_rank)
         self.mlp = MLP(self.input.out_features, list(layer_sizes), dropout, batch_norm)
-        self.output = nn.Linear(self.hidden_size, num_tasks)
+        hidden = self.mlp.out_features + (self.cross.out_features if structure == "parallel" else 0)
+        self.output = nn.Linear(hidden, num_tasks)
 
     @property
-    def hidden_size(self) -> int:
-        """H, the width of the representation ``h``."""
-        if self.structure == "stacked":
-            return self.mlp.out_features
-        return self.cross.out_features + self.mlp.out_features
+    def head(self) -> nn.Linear:
+        return self.output
 
     def forward(self, batch: Batch) -> ModelOutput:
         x0 = self.input(batch)  # [B, d]

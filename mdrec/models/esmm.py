@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import BackboneFactory
 from mdrec.models.output import ModelOutput
 from mdrec.nn.mlp import MLP
 
@@ -36,7 +37,7 @@ class ESMM(nn.Module):
 
     Args:
         schema: the data's schema; it needs two labels, click then the impression-level conversion.
-        backbone: any backbone; its ``h`` (``hidden_size`` wide) is the shared representation.
+        backbone: the backbone's factory (the ``backbone`` config node); its ``h`` is the shared representation.
         tower_sizes: hidden widths of each tower.
         dropout: dropout in the towers.
 
@@ -47,7 +48,7 @@ class ESMM(nn.Module):
     """
 
     def __init__(
-        self, schema: Schema, backbone: nn.Module, tower_sizes: Sequence[int] = (64,), dropout: float = 0.0
+        self, schema: Schema, backbone: BackboneFactory, tower_sizes: Sequence[int] = (64,), dropout: float = 0.0
     ) -> None:
         super().__init__()
         if len(schema.labels) < 2:
@@ -55,10 +56,11 @@ class ESMM(nn.Module):
                 f"ESMM needs a click and a conversion label; data set {schema.dataset_id!r} has only "
                 f"{list(schema.labels)}"
             )
-        self.backbone = backbone
+        self.backbone = backbone(schema)
+        width = self.backbone.hidden_size
 
         def tower() -> nn.Module:  # h [B, H] -> logit [B, 1]
-            return nn.Sequential(MLP(backbone.hidden_size, list(tower_sizes), dropout), nn.Linear(tower_sizes[-1], 1))
+            return nn.Sequential(MLP(width, list(tower_sizes), dropout), nn.Linear(tower_sizes[-1], 1))
 
         self.ctr_tower, self.cvr_tower = tower(), tower()
         self.num_tasks = 2

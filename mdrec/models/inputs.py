@@ -54,7 +54,7 @@ class EmbeddedInput(nn.Module):
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int,
+        embedding_dim: int = 16,
         init_std: float = 1e-2,
         sequence_pooling: str = "mean",
         attention_layer_sizes: Sequence[int] = (80, 40),
@@ -68,7 +68,7 @@ class EmbeddedInput(nn.Module):
             raise ValueError(
                 f"sequence_pooling 'din' attends over a sequence field, but schema {schema.dataset_id!r} has none"
             )
-        self.domain_as_feature = domain_as_feature
+        self.embedding_dim, self.init_std, self.domain_as_feature = embedding_dim, init_std, domain_as_feature
         self.field_names = [*schema.sparse_names, *([schema.domain_field] if domain_as_feature else [])]
         self.vocab_sizes = [*schema.vocab_sizes, *([schema.num_domains] if domain_as_feature else [])]
         # a data set of dense features only (and no domain feature) has nothing to embed

@@ -8,6 +8,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
@@ -22,12 +23,11 @@ class MMoE(nn.Module):
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
-        embedding_dim: D, per sparse field.
+        input: the input layer's factory (``EmbeddedInput`` with its options bound; the ``input`` config node).
         num_experts: shared experts.
         expert_sizes: hidden widths of every expert.
         tower_sizes: hidden widths of each domain's tower.
         dropout: dropout after each expert and tower activation.
-        embedding_init_std: standard deviation of the initial embedding weights.
 
     Example:
         >>> net = MMoE(schema, embedding_dim=16, num_experts=4, expert_sizes=[16], tower_sizes=[8])  # doctest: +SKIP
@@ -38,16 +38,15 @@ class MMoE(nn.Module):
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int = 16,
+        input: InputFactory = EmbeddedInput,
         num_experts: int = 4,
         expert_sizes: Sequence[int] = (16,),
         tower_sizes: Sequence[int] = (8,),
         dropout: float = 0.0,
-        embedding_init_std: float = 1e-2,
     ) -> None:
         super().__init__()
         self.num_domains = schema.num_domains
-        self.input = EmbeddedInput(schema, embedding_dim, init_std=embedding_init_std)
+        self.input = input(schema)
         self.experts = CGCLayer(
             self.num_domains, self.input.out_features, 0, num_experts, list(expert_sizes), dropout, shared_gate=False
         )

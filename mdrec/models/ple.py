@@ -8,6 +8,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
@@ -26,14 +27,13 @@ class PLE(nn.Module):
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
-        embedding_dim: D, per sparse field.
+        input: the input layer's factory (``EmbeddedInput`` with its options bound; the ``input`` config node).
         num_levels: J, stacked CGC levels.
         num_domain_experts: experts per domain and level.
         num_shared_experts: shared experts per level.
         expert_sizes: hidden widths of every expert (the same at every level).
         tower_sizes: hidden widths of each domain's tower.
         dropout: dropout after each expert and tower activation.
-        embedding_init_std: standard deviation of the initial embedding weights.
 
     Example:
         >>> net = PLE(schema, num_levels=2, num_domain_experts=2, num_shared_experts=1)  # doctest: +SKIP
@@ -44,20 +44,19 @@ class PLE(nn.Module):
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int = 16,
+        input: InputFactory = EmbeddedInput,
         num_levels: int = 1,
         num_domain_experts: int = 2,
         num_shared_experts: int = 1,
         expert_sizes: Sequence[int] = (16,),
         tower_sizes: Sequence[int] = (8,),
         dropout: float = 0.0,
-        embedding_init_std: float = 1e-2,
     ) -> None:
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"num_levels must be positive, got {num_levels}")
         self.num_domains = schema.num_domains
-        self.input = EmbeddedInput(schema, embedding_dim, init_std=embedding_init_std)
+        self.input = input(schema)
         sizes = list(expert_sizes)
         widths = [self.input.out_features] + [sizes[-1]] * (num_levels - 1)
         self.levels = nn.ModuleList(

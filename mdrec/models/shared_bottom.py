@@ -8,6 +8,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import BackboneFactory
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
 
@@ -20,7 +21,7 @@ class SharedBottom(nn.Module):
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
-        backbone: any backbone whose output carries ``h [B, H]`` and which exposes ``hidden_size`` (H).
+        backbone: the bottom's factory (a backbone class with its options bound; the ``backbone`` config node).
         tower_sizes: hidden widths of each domain's tower (empty: a per-domain linear output on ``h``).
         dropout: dropout after each tower activation.
         batch_norm: per-domain batch normalisation in the towers.
@@ -34,20 +35,18 @@ class SharedBottom(nn.Module):
     def __init__(
         self,
         schema: Schema,
-        backbone: nn.Module,
+        backbone: BackboneFactory,
         tower_sizes: Sequence[int] = (8,),
         dropout: float = 0.0,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_domains = schema.num_domains
-        self.backbone = backbone
-        self.tower = DomainTower(self.num_domains, backbone.hidden_size, list(tower_sizes), dropout, batch_norm)
+        self.backbone = backbone(schema)
+        self.tower = DomainTower(self.num_domains, self.backbone.hidden_size, list(tower_sizes), dropout, batch_norm)
 
     def forward(self, batch: Batch) -> ModelOutput:
         out = self.backbone(batch)
-        if out.h is None:
-            raise ValueError(f"the backbone {type(self.backbone).__name__} returned no representation `h`")
         groups = DomainGroups(batch.domain, self.num_domains)
         _, logits = self.tower.grouped(groups.group(out.h), groups)  # [B, 1] grouped order
         return ModelOutput(logits=groups.ungroup(logits), aux_loss=out.aux_loss, h=out.h)

@@ -11,6 +11,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
+from mdrec.nn.parameter import DomainParameter
 
 
 class SingleDomain(nn.Module):
@@ -36,8 +37,6 @@ class SingleDomain(nn.Module):
         torch.Size([4096, 1])
     """
 
-    per_domain_params = ("embedding",)
-
     def __init__(
         self,
         schema: Schema,
@@ -56,7 +55,7 @@ class SingleDomain(nn.Module):
         self.num_domains = schema.num_domains
         offsets = torch.tensor([0, *schema.vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # [F]
-        self.embedding = nn.Parameter(
+        self.embedding = DomainParameter(
             torch.randn(self.num_domains, sum(schema.vocab_sizes), embedding_dim) * embedding_init_std
         )  # [K, sum(V), D]
         in_features = len(schema.sparse) * embedding_dim + len(schema.dense)

@@ -9,11 +9,13 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
 from mdrec.nn.mlp import MLP
 from mdrec.nn.norm import PartitionedNorm
+from mdrec.nn.parameter import DomainParameter
 
 
 class STAR(nn.Module):
@@ -27,12 +29,11 @@ class STAR(nn.Module):
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
-        embedding_dim: D, per sparse field and for the domain id.
+        input: the input layer's factory (``EmbeddedInput`` with its options bound; the ``input`` config node).
         layer_sizes: hidden widths of the star-topology network.
         aux_sizes: hidden widths of the auxiliary network.
         dropout: dropout after each hidden activation.
         batch_norm: partitioned normalisation in the hidden layers too (the input is always normalised).
-        embedding_init_std: standard deviation of the initial embedding weights (fields and domain id).
 
     Example:
         >>> net = STAR(schema, embedding_dim=16, layer_sizes=[128, 64, 32], aux_sizes=[32])  # doctest: +SKIP
@@ -40,29 +41,27 @@ class STAR(nn.Module):
         (torch.Size([4096, 1]), torch.Size([4096, 32]))
     """
 
-    per_domain_params = ("domain_embedding",)
-
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int = 16,
+        input: InputFactory = EmbeddedInput,
         layer_sizes: Sequence[int] = (128, 64, 32),
         aux_sizes: Sequence[int] = (32,),
         dropout: float = 0.0,
         batch_norm: bool = False,
-        embedding_init_std: float = 1e-2,
     ) -> None:
         super().__init__()
         if not layer_sizes:
             raise ValueError(f"layer_sizes must name at least one hidden layer, got {list(layer_sizes)}")
         self.num_domains = schema.num_domains
-        self.input = EmbeddedInput(schema, embedding_dim, init_std=embedding_init_std)
+        self.input = input(schema)
         self.input_norm = PartitionedNorm(self.num_domains, self.input.out_features)
         self.fcn = DomainTower(
             self.num_domains, self.input.out_features, list(layer_sizes), dropout, batch_norm, star=True
         )
-        self.domain_embedding = nn.Parameter(torch.randn(self.num_domains, embedding_dim) * embedding_init_std)
-        self.aux = nn.Sequential(MLP(embedding_dim, list(aux_sizes), dropout), nn.Linear(aux_sizes[-1], 1))
+        dim, std = self.input.embedding_dim, self.input.init_std  # the domain id's embedding is like the fields'
+        self.domain_embedding = DomainParameter(torch.randn(self.num_domains, dim) * std)
+        self.aux = nn.Sequential(MLP(dim, list(aux_sizes), dropout), nn.Linear(aux_sizes[-1], 1))
 
     def forward(self, batch: Batch) -> ModelOutput:
         groups = DomainGroups(batch.domain, self.num_domains)

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone, InputFactory
 from mdrec.models.dnn import DNNBackbone
+from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.embedding import FieldEmbedding
 
@@ -97,7 +99,7 @@ class WideArm(nn.Module):
         return self.weights(all_ids).sum(1)  # [B, F + C, T] -> [B, T]
 
 
-class WideDeepBackbone(nn.Module):
+class WideDeepBackbone(Backbone):
     """Wide&Deep: ``logits = wide(ids, crosses) + deep(batch)``, trained jointly; ``h`` is the deep arm's.
 
     The deep arm is a ``DNNBackbone`` (embeddings, pooled sequence and dense features -> MLP -> output layer);
@@ -106,18 +108,14 @@ class WideDeepBackbone(nn.Module):
 
     Args:
         schema: the data's schema.
-        embedding_dim: D, per sparse field (deep arm).
+        input: the deep arm's input layer's factory (the ``input`` config node); its fields (the domain id too with
+            ``domain_as_feature``) are the wide arm's.
         layer_sizes: hidden widths of the deep arm.
         crosses: field-name tuples crossed in the wide arm, e.g. ``[["user_id", "genre"]]``.
         cross_buckets: hash buckets per cross.
         dropout: dropout after each hidden activation of the deep arm.
         batch_norm: batch normalisation in the deep arm's hidden layers.
         num_tasks: T, logits per row (1: CTR).
-        embedding_init_std: standard deviation of the initial embedding weights.
-        sequence_pooling: ``"mean"`` or ``"din"`` (target attention), see ``EmbeddedInput``.
-        attention_layer_sizes: hidden widths of DIN's attention MLP.
-        attention_softmax: softmax-normalise DIN's attention scores.
-        domain_as_feature: the domain id as an ordinary field of both arms (the "pooled" baseline).
 
     Example:
         >>> net = WideDeepBackbone(schema, crosses=[["user_id", "movie_id"]])      # doctest: +SKIP
@@ -125,48 +123,33 @@ class WideDeepBackbone(nn.Module):
         (torch.Size([4096, 1]), torch.Size([4096, 128]))
     """
 
-    # the linear layer that maps h to the logits (adapters that act "before the heads" attach to its input)
-    head_name = "deep.output"
-
     def __init__(
         self,
         schema: Schema,
-        embedding_dim: int = 16,
+        input: InputFactory = EmbeddedInput,
         layer_sizes: Sequence[int] = (256, 128),
         crosses: Sequence[Sequence[str]] = (),
         cross_buckets: int = 100_000,
         dropout: float = 0.0,
         batch_norm: bool = True,
         num_tasks: int = 1,
-        embedding_init_std: float = 1e-2,
-        sequence_pooling: str = "mean",
-        attention_layer_sizes: Sequence[int] = (80, 40),
-        attention_softmax: bool = False,
-        domain_as_feature: bool = False,
     ) -> None:
         super().__init__()
-        self.deep = DNNBackbone(
-            schema,
-            embedding_dim,
-            layer_sizes,
-            dropout,
-            batch_norm,
-            num_tasks,
-            embedding_init_std,
-            sequence_pooling,
-            attention_layer_sizes,
-            attention_softmax,
-            domain_as_feature,
-        )
+        self.deep = DNNBackbone(schema, input, layer_sizes, dropout, batch_norm, num_tasks)
         if not self.deep.input.field_names:
             raise ValueError(f"the wide arm needs id fields, but schema {schema.dataset_id!r} has only dense ones")
         self.num_tasks = num_tasks
         self.wide = WideArm(self.deep.input.field_names, self.deep.input.vocab_sizes, num_tasks, crosses, cross_buckets)
 
     @property
-    def hidden_size(self) -> int:
-        """H, the width of the representation ``h`` (the deep arm's last hidden layer)."""
-        return self.deep.hidden_size
+    def input(self) -> EmbeddedInput:  # type: ignore[override]
+        """The deep arm's input layer."""
+        return self.deep.input
+
+    @property
+    def head(self) -> nn.Linear:
+        """The deep arm's output layer (the wide arm's logits are added after it)."""
+        return self.deep.output
 
     def forward(self, batch: Batch) -> ModelOutput:
         deep = self.deep(batch)

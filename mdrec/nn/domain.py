@@ -31,13 +31,14 @@ costs one host synchronisation per forward (the per-domain row counts), shared b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mdrec.nn.norm import PartitionedNorm
+from mdrec.nn.parameter import DomainParameter
 
 
 class DomainGroups:
@@ -198,16 +199,6 @@ def init_like_linear(weight: Tensor, bias: Tensor) -> None:
             nn.init.uniform_(b, -bound, bound)
 
 
-def per_domain_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` of every stacked per-domain parameter (first dimension K) below ``module``.
-
-    A module declares the names of its stacked parameters in an attribute ``per_domain_params``.
-    """
-    for prefix, m in module.named_modules():
-        for name in getattr(m, "per_domain_params", ()):
-            yield (f"{prefix}.{name}" if prefix else name), m.get_parameter(name)
-
-
 class DomainLinear(nn.Module):
     """One ``nn.Linear`` per domain, stacked: row i gets ``x_i W[d_i]^T + b[d_i]``.
 
@@ -225,8 +216,6 @@ class DomainLinear(nn.Module):
         torch.Size([5, 2])
     """
 
-    per_domain_params = ("weight", "bias")
-
     def __init__(self, num_domains: int, in_features: int, out_features: int) -> None:
         super().__init__()
         for name, value in (("num_domains", num_domains), ("in_features", in_features), ("out_features", out_features)):
@@ -235,8 +224,8 @@ class DomainLinear(nn.Module):
         self.num_domains = num_domains
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(num_domains, out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(num_domains, out_features))
+        self.weight = DomainParameter(torch.empty(num_domains, out_features, in_features))
+        self.bias = DomainParameter(torch.empty(num_domains, out_features))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

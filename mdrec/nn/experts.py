@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mdrec.nn.domain import DomainGroups, DomainLinear, init_like_linear
+from mdrec.nn.parameter import DomainParameter
 
 
 def experts_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -85,12 +86,9 @@ class Experts(nn.Module):
         for i, o in zip(widths[:-1], widths[1:], strict=True):
             weight, bias = torch.empty(*prefix, o, i), torch.empty(*prefix, o)
             init_like_linear(weight, bias)
-            self.weights.append(nn.Parameter(weight.transpose(-1, -2).contiguous()))  # [..., in, out]
-            self.biases.append(nn.Parameter(bias))
-        if num_domains is not None:
-            self.per_domain_params = tuple(f"weights.{i}" for i in range(len(layer_sizes))) + tuple(
-                f"biases.{i}" for i in range(len(layer_sizes))
-            )
+            stacked = nn.Parameter if num_domains is None else DomainParameter
+            self.weights.append(stacked(weight.transpose(-1, -2).contiguous()))  # [..., in, out]
+            self.biases.append(stacked(bias))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_features = layer_sizes[-1]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mdrec.nn.parameter import DomainParameter
+
 
 class PartitionedNorm(nn.Module):
     """``z' = (γ · γ_d)(z - E_d) / sqrt(Var_d + ε) + (β + β_d)`` (METHODS.md section 8).
@@ -33,8 +35,6 @@ class PartitionedNorm(nn.Module):
         True
     """
 
-    per_domain_params = ("weight", "bias")
-
     def __init__(
         self,
         num_domains: int,
@@ -53,8 +53,8 @@ class PartitionedNorm(nn.Module):
         self.num_domains = num_domains
         self.eps = eps
         self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(num_domains, num_features))
-        self.bias = nn.Parameter(torch.zeros(num_domains, num_features))
+        self.weight = DomainParameter(torch.ones(num_domains, num_features))
+        self.bias = DomainParameter(torch.zeros(num_domains, num_features))
         self.shared_weight = nn.Parameter(torch.ones(num_features)) if shared_affine else None
         self.shared_bias = nn.Parameter(torch.zeros(num_features)) if shared_affine else None
         self.register_buffer("running_mean", torch.zeros(num_domains, num_features))

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import OmegaConf
 
 from mdrec.adapters.base import AdaptedNet
-from mdrec.adapters.saved import ADAPTER, RUN_CONFIG, adapter_factory, load_adapted
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
@@ -35,6 +33,7 @@ from mdrec.eval.trim import (
     plan_trimming,
     trim_table,
 )
+from mdrec.rundir import RunDir
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import TOLERANCE, AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls
@@ -77,15 +76,15 @@ class AdaptRun:
 
 def load_run(directory: Path, tool: str) -> AdaptRun:
     """The adapt run in ``directory``: its data (prepared as configured), adapted network and adapter factory."""
-    missing = [name for name in (RUN_CONFIG, ADAPTER) if not (directory / name).exists()]
+    run_dir = RunDir(directory)
+    missing = [name for name in (RunDir.CONFIG, RunDir.ADAPTER) if not run_dir.exists(name)]
     if missing:
         sys.exit(f"{tool}: {directory} lacks {missing}; give the directory of a finished stage=adapt run")
-    cfg = OmegaConf.load(directory / RUN_CONFIG)
-    datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: MultiDomainDataModule = hydra.utils.instantiate(run_dir.read_config().data)
     datamodule.prepare_data()
     datamodule.setup()
-    net = load_adapted(directory, datamodule.schema).eval()
-    return AdaptRun(directory, datamodule, net, adapter_factory(cfg.adapter))
+    net = run_dir.load_adapted(datamodule.schema).eval()
+    return AdaptRun(directory, datamodule, net, run_dir.adapter_factory())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     run = load_run(args.run, "mdrec-export")
     schema, net, model = run.schema, run.net, run.serving_model()
     batches = run.batches("val", args.batches)
-    out = args.out or args.run / "serving.pt"
+    out = args.out or RunDir(args.run).file(RunDir.SERVING)
     served = export(model, batches[0], out)
     checked = [with_unknown_domains(b, schema.num_domains) for b in batches]
     difference = max(max_difference(served, net, b) for b in [*batches, *checked])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mdrec.data.batch import Batch
-from mdrec.nn.domain import per_domain_parameters
+from mdrec.nn.parameter import per_domain_parameters
 
 
 class DynamicDomainLR(pl.Callback):

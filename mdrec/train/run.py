@@ -1,14 +1,11 @@
-"""One run from a composed config: train (or pretrain) a network, or adapt a pre-trained backbone per domain;
-then validate, test the selected model and write metrics.json."""
+"""One run from a composed config: the stage (``cfg.stage``, :mod:`mdrec.train.stages`) decides what is trained
+and how it is selected; the run validates, tests the selected model and writes its run directory."""
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,46 +13,22 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
-from mdrec.adapters.saved import ADAPTER, CONFIG, RUN_CONFIG, save_backbone
 from mdrec.data.datamodule import MultiDomainDataModule
-from mdrec.data.schema import Schema
 from mdrec.eval.metrics import domain_metrics
 from mdrec.eval.report import domain_rows, domain_table
-from mdrec.eval.summary import FAILURE, METRICS
-from mdrec.nn.domain import per_domain_parameters
+from mdrec.nn.parameter import per_domain_parameters
+from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
-from mdrec.train.selection import DomainSelection
-from mdrec.train.stages import build_adapted, check_adapt_config, domain_name, keep_other_domains, other_domains_change
+from mdrec.train.stages import Stage
 
 log = logging.getLogger(__name__)
-
-
-def build_module(cfg: DictConfig, schema: Schema) -> RankingModule:
-    """Instantiate the network with the data's schema, then the LightningModule around it.
-
-    ``model.net: null`` makes the backbone itself the network; otherwise ``model.net`` names a network class,
-    which receives the schema and, if its constructor has a ``backbone`` argument, the instantiated backbone
-    (shared-bottom, ESMM, ... build on a backbone; MMoE, PLE, STAR are whole networks of their own).
-    Runtime objects are passed to partially instantiated constructors, never merged into the config (Hydra
-    would turn a dataclass argument into a config node).
-    """
-    make_backbone = lambda: hydra.utils.instantiate(cfg.backbone, _partial_=True)(schema=schema)  # noqa: E731
-    if cfg.model.net is None:
-        net = make_backbone()
-    else:
-        make_net = hydra.utils.instantiate(cfg.model.net, _partial_=True)
-        wants_backbone = "backbone" in inspect.signature(make_net.func).parameters
-        net = make_net(schema=schema, backbone=make_backbone()) if wants_backbone else make_net(schema=schema)
-    model_cfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k != "net"])
-    return hydra.utils.instantiate(model_cfg, _partial_=True)(net=net, schema=schema)
 
 
 def instantiate_group(node: DictConfig | None) -> list:
@@ -82,165 +55,97 @@ def oracle_metrics(datamodule: MultiDomainDataModule, split: str) -> dict[str, f
     return out
 
 
-STAGES = ("train", "pretrain", "adapt", "onboard")
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Run ``stage.name``: train (or pretrain) a network, or adapt a pre-trained backbone; validate; test the
-    selected model; write ``metrics.json``, the test ``predictions.npz`` (and ``backbone.pt`` / ``adapter.pt``);
-    return the metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the
-    metrics and predictions cover every process's rows, and process 0 alone writes files."""
-    stage = cfg.stage.name
-    if stage not in STAGES:
-        raise ValueError(f"stage.name {stage!r} is not one of {STAGES}")
-    if stage == "pretrain" and cfg.model.net is not None:
-        raise ValueError(
-            f"stage=pretrain trains a backbone, but model.net is {cfg.model.net._target_}; use model=backbone or "
-            "model=pooled (a multi-domain network is not a backbone adapters can attach to)"
-        )
-    if stage == "adapt":  # before config.yaml is written: it records the model and backbone adapted
-        check_adapt_config(cfg, HydraConfig.get().overrides.task if HydraConfig.initialized() else ())
-    if stage == "onboard":  # the adapter is the adapted run's: record it, so this run rebuilds on its own
-        with open_dict(cfg):
-            cfg.adapter = OmegaConf.load(Path(cfg.stage.adapted) / RUN_CONFIG).adapter
-    out_dir = Path(cfg.paths.output_dir)
+    """Run ``cfg.stage`` on ``cfg``: prepare (an adapt stage pre-trains its backbone first, as a run of its own),
+    build the module, fit, select, test; write the run directory (:class:`~mdrec.rundir.RunDir`) and return the
+    metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the metrics and
+    predictions cover every process's rows, and process 0 alone writes files."""
+    stage: Stage = hydra.utils.instantiate(cfg.stage)
+    run_dir = RunDir(Path(cfg.paths.output_dir))
     pl.seed_everything(cfg.seed, workers=True)
-
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
     schema = datamodule.schema
-    adapting = stage in ("adapt", "onboard")
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    selection = None
-    if stage == "onboard":
-        selection = DomainSelection(schema.domains, only=[domain_name(cfg, schema)], patience=cfg.stage.patience)
-    elif stage == "adapt" and cfg.stage.select_per_domain:
-        selection = DomainSelection(schema.domains, patience=cfg.stage.patience)
-    if selection is not None:  # it stops when no domain improves; overall early stopping would stop too soon
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.EarlyStopping)]
+    cfg = stage.prepare(cfg, schema, train)
+    module = stage.build(cfg, schema)
     loggers = instantiate_group(cfg.get("logger"))
-    # adapters over-fit within an epoch on large data: their stage may validate (and select) more often
-    interval = cfg.stage.get("val_check_interval") if adapting else None
-    validate_every = {"val_check_interval": interval} if interval is not None else {}
+    callbacks = stage.callbacks(instantiate_group(cfg.get("callbacks")), module)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=[*callbacks, *([selection] if selection else [])],
-        logger=loggers or False,
-        **validate_every,
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **stage.trainer_options()
     )
-    rank_zero = trainer.is_global_zero  # the process that writes files
-    if rank_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RUN_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (out_dir / "provenance.json").write_text(json.dumps(provenance(int(cfg.seed)), indent=2))
-    if adapting:  # may pre-train the backbone first: a run of its own, with its own loggers (and W&B run)
-        module, source = build_adapted(cfg, schema, train, trainer.strategy)
-    else:
-        module, source = build_module(cfg, schema), None
-    # the resolved config: W&B's run config, the CSV logger's hparams.yaml (process 0). Only now: this starts the
-    # W&B run, which a nested pre-training above would otherwise have taken over and finished
-    for logger in loggers:
+    if trainer.is_global_zero:
+        run_dir.write_config(cfg)
+        run_dir.write_json(RunDir.PROVENANCE, provenance(int(cfg.seed)))
+    for logger in loggers:  # the resolved config: W&B's run config, the CSV logger's hparams.yaml
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if stage == "onboard":
-        before = {k: v.detach().clone() for k, v in module.net.adapter.state_dict().items()}
     ckpt_path = resume_path(cfg.get("ckpt_path"), trainer.checkpoint_callback)  # a missing one fails before fitting
 
     metrics: dict[str, float] = {}
     predictions: dict[str, np.ndarray] = {}
-    if adapting and cfg.get("test", True):  # the model before adapting: zero-shot, and the step-0 candidate
-        metrics.update(evaluate(trainer, module, datamodule, "zeroshot/"))
-        predictions["zeroshot_prob"] = module.test_predictions()["prob"]
+    if stage.step0_candidate:  # the model before fitting: zero-shot, and a candidate of the selection
+        metrics.update(evaluate(trainer, module, datamodule, "zeroshot/", test=cfg.test))
+        if cfg.test:
+            predictions["zeroshot_prob"] = module.test_predictions()["prob"]
     start = time.perf_counter()
     # a run's own checkpoints hold more than tensors (the optimiser factory among the hyper-parameters)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     fit_seconds = time.perf_counter() - start
-
     metrics["val/auc_best"] = float(trainer.callback_metrics.get("val/auc_best", float("nan")))
-    # the selected model: per-domain selection keeps its choice in memory, else the best validation checkpoint
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and not selection else ""
-    if best:
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-    if stage == "onboard":  # every other domain's adapter as loaded, bit for bit, whatever the optimiser did
-        keep_other_domains(module.net.adapter, before, schema.domains.index(cfg.stage.domain))
-    if cfg.get("test", True):
-        metrics.update(evaluate(trainer, module, datamodule, ""))
+    stage.after_fit(trainer, module)
+    if cfg.test:
+        metrics.update(evaluate(trainer, module, datamodule, "", test=True))
         metrics.update(oracle_metrics(datamodule, "test"))
         predictions.update(module.test_predictions(), domains=np.asarray(schema.domains))
     metrics.update(parameter_counts(module.net))
     metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     metrics["seed"] = float(cfg.seed)
-    if stage == "onboard" and "prob" in predictions:
-        metrics["onboard/other_domains_max_abs_change"] = other_domains_change(cfg, schema, predictions)
-    if selection is not None:
-        metrics.update({f"selection/epoch/{d}": float(e) for d, e in selection.best_epoch.items()})
-    if rank_zero:
-        write_run_files(cfg, module, datamodule, source, metrics, predictions)
-        publish(loggers, metrics, schema.domains, trainer.global_step, out_dir)
+    metrics.update(stage.metrics(predictions))
+    if trainer.is_global_zero:
+        stage.save(run_dir, module)
+        write_run_files(run_dir, datamodule, metrics, predictions)
+        publish(loggers, metrics, schema.domains, trainer.global_step, run_dir.path)
         if "test/auc" in metrics:
-            log.info("per-domain test metrics (%s):\n%s", out_dir, domain_table(metrics, schema.domains))
+            log.info("per-domain test metrics (%s):\n%s", run_dir.path, domain_table(metrics, schema.domains))
     return metrics
 
 
 def write_run_files(
-    cfg: DictConfig,
-    module: RankingModule,
-    datamodule: MultiDomainDataModule,
-    source: Path | None,
-    metrics: dict[str, float],
-    predictions: dict[str, np.ndarray],
+    run_dir: RunDir, datamodule: MultiDomainDataModule, metrics: dict[str, float], predictions: dict[str, np.ndarray]
 ) -> None:
-    """Write a finished run's files into ``paths.output_dir``: ``metrics.json``, ``predictions.npz`` (when tested),
-    ``data_report.json``, and the trained weights (``backbone.pt`` of a pretrain run; an adapt run's backbone from
-    ``source`` and its ``adapter.pt``)."""
-    out_dir, stage, schema = Path(cfg.paths.output_dir), cfg.stage.name, datamodule.schema
+    """Write a finished run's ``metrics.json``, ``predictions.npz`` (when tested) and ``data_report.json``."""
     if predictions:
-        np.savez_compressed(out_dir / "predictions.npz", **predictions)
-    if stage == "pretrain":
-        save_backbone(out_dir, module.net, cfg.backbone)
-    if source is not None:  # the run directory is self-contained: the backbone it adapted and the adapter
-        save_backbone(out_dir, module.net.backbone, OmegaConf.load(source / CONFIG))
-        if module.net.adapter is not None:
-            torch.save(module.net.adapter.state_dict(), out_dir / ADAPTER)
-    (out_dir / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (out_dir / FAILURE).unlink(missing_ok=True)  # a resumed run that finishes is no longer a failure
-    (out_dir / "data_report.json").write_text(
-        json.dumps(
-            {
-                "domains": list(schema.domains),
-                "prepared_dir": str(datamodule.prepared_dir),
-                "preparation": datamodule.store.report(),
-                "unseen_share": {s: datamodule.unseen_shares(s) for s in datamodule.splits},
-            },
-            indent=2,
-        )
-    )
+        run_dir.write_predictions(predictions)
+    run_dir.write_metrics(metrics)
+    report = {
+        "domains": list(datamodule.schema.domains),
+        "prepared_dir": str(datamodule.prepared_dir),
+        "preparation": datamodule.store.report(),
+        "unseen_share": {s: datamodule.unseen_shares(s) for s in datamodule.splits},
+    }
+    run_dir.write_json(RunDir.DATA_REPORT, report)
 
 
 def evaluate(
-    trainer: pl.Trainer, module: RankingModule, datamodule: MultiDomainDataModule, prefix: str
+    trainer: pl.Trainer, module: RankingModule, datamodule: MultiDomainDataModule, prefix: str, test: bool
 ) -> dict[str, float]:
-    """Validation and test metrics of ``module`` as it is, keys ``<prefix>val/...`` and ``<prefix>test/...``."""
+    """Validation (and with ``test`` test) metrics of ``module`` as it is, keys ``<prefix>val/...`` and
+    ``<prefix>test/...``."""
     out: dict[str, float] = {}
-    for split, run in (("val", trainer.validate), ("test", trainer.test)):
+    runs = (("val", trainer.validate), ("test", trainer.test))
+    for split, run in runs if test else runs[:1]:
         run(module, datamodule=datamodule, verbose=False)
         out.update({prefix + k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{split}/")})
     return out
 
 
 def record_failure(out_dir: Path, error: BaseException) -> None:
-    """Record why a run failed: ``<out_dir>/failure.json`` with the error and its traceback; a W&B run still
+    """Record why a run failed: ``failure.json`` in ``out_dir`` (the error and its traceback); a W&B run still
     open is finished as failed (the next job of a sweep starts its own). In a multi-process run only process 0
     records (as it alone writes the run's files)."""
     if rank_zero_only.rank != 0:
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": "".join(traceback.format_exception(error)),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out_dir / FAILURE).write_text(json.dumps(record, indent=2))
+    RunDir(out_dir).write_failure(error)
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.run.finish(exit_code=1)
@@ -248,7 +153,7 @@ def record_failure(out_dir: Path, error: BaseException) -> None:
 
 # the run files a W&B run carries along (offline too; its own config.yaml holds the config): `mdrec-report <W&B
 # dir>` reads them there
-WANDB_FILES = (METRICS, ".hydra/overrides.yaml")
+WANDB_FILES = (RunDir.METRICS, ".hydra/overrides.yaml")
 
 
 def publish(
