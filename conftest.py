@@ -13,6 +13,8 @@ Every example (every doctest item) gets:
   domain ``[8]`` (``0, 1, 2, 0, ...``), labels ``[8, 1]``;
 - ``seq_schema``, ``seq_batch``: the same with a sequence field ``history`` (``movie_id``'s vocabulary,
   ``max_len`` 4): seq ``[8, 4]``, row i holding ``i % 5`` ids;
+- ``ctcvr_schema``, ``ctcvr_batch``: the same with a second label, ``conversion`` (click and an odd row): labels
+  ``[8, 2]``, as ESMM needs;
 - ``DNNBackbone`` and ``backbone``: ``DNNBackbone(schema)``, freshly initialised (``torch.manual_seed(0)``);
 - ``tmp_dir``: an empty temporary directory (``pathlib.Path``) of the example's own.
 
@@ -77,6 +79,7 @@ def _doctest_names(request: pytest.FixtureRequest, doctest_namespace: dict) -> N
     lengths = torch.arange(BATCH_ROWS) % 5  # [8]
     ids = 1 + (torch.arange(BATCH_ROWS)[:, None] + torch.arange(4)) % 19  # [8, 4]
     seq = ids.masked_fill(torch.arange(4) >= lengths[:, None], 0)  # left-aligned, 0-padded
+    conversion = batch.labels * (torch.arange(BATCH_ROWS)[:, None] % 2)  # [8, 1]: a conversion implies a click
     doctest_namespace.update(
         functools=functools,
         pl=pl,
@@ -86,6 +89,8 @@ def _doctest_names(request: pytest.FixtureRequest, doctest_namespace: dict) -> N
         batch=batch,
         seq_schema=seq_schema,
         seq_batch=dataclasses.replace(batch, seq=seq, seq_lengths=lengths),
+        ctcvr_schema=dataclasses.replace(schema, dataset_id="toy_ctcvr", labels=("click", "conversion")),
+        ctcvr_batch=dataclasses.replace(batch, labels=torch.cat([batch.labels, conversion], dim=1)),
         DNNBackbone=DNNBackbone,
         backbone=DNNBackbone(schema),
         tmp_dir=request.getfixturevalue("tmp_path"),
