@@ -43,8 +43,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
         release_pages: with memory-mapped columns, drop each column's pages from the process's mapping as soon as a
             batch has read them (``ColumnStore``): the process's resident memory then stays near the anonymous
             memory in use instead of growing to the data's size with pages the kernel could reclaim anyway (they
-            stay in its page cache). Costs time per batch, as every batch maps its columns' pages again: about
-            1.2 ms per column per batch of 4096 rows of a 20M-row set here (``scripts/bench_out_of_core.py``).
+            stay in its page cache). Costs time per batch, as every batch maps its columns' pages again
+            (``scripts/bench_out_of_core.py`` measures both).
         validate_batches: check every batch's dtypes and id ranges (``Batch.validate``; the debug configs
             turn it on, training runs leave it off).
         domain_fractions: per domain name, the share of its training rows to keep (a random subset drawn with
@@ -55,9 +55,14 @@ class MultiDomainDataModule(pl.LightningDataModule):
             vocabulary) in every batch. None: all training rows.
 
     Example:
-        >>> dm = MultiDomainDataModule(SyntheticSource(), RandomSplit(), data_dir="data")   # doctest: +SKIP
-        >>> dm.prepare_data(); dm.setup("fit"); dm.schema.domains                         # doctest: +SKIP
+        >>> from mdrec.data.synthetic import SyntheticSource
+        >>> dm = MultiDomainDataModule(SyntheticSource(num_rows=1000), RandomSplit(), data_dir=tmp_dir, batch_size=64)
+        >>> dm.prepare_data(); dm.setup("fit"); dm.schema.domains
         ('d0', 'd1', 'd2', 'd3')
+        >>> {name: len(rows) for name, rows in dm.splits.items()}
+        {'train': 800, 'val': 100, 'test': 100}
+        >>> next(iter(dm.train_dataloader())).sparse.shape
+        torch.Size([64, 8])
     """
 
     def __init__(

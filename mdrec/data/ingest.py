@@ -172,8 +172,15 @@ class EncodedTable:
         report: what the preparation did (rows, per-domain counts and positive rates, unseen/missing shares).
 
     Example:
-        >>> enc = encode_table(ds, spec, "toy")        # doctest: +SKIP
-        >>> enc.write("data/toy-1a2b")                  # doctest: +SKIP
+        >>> ds = datasets.Dataset.from_dict(
+        ...     {"user": ["u1", "u2", "u1"], "item": [7, 8, 9], "region": ["n", "s", "n"], "click": [1, 0, 0]}
+        ... )
+        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",))
+        >>> enc = encode_table(ds, spec, "toy")
+        >>> enc.schema.vocab_sizes, enc.schema.domains, enc.columns["user"].tolist(), enc.vocabularies["user"]
+        ([3, 4], ('n', 's'), [1, 2, 1], ['u1', 'u2'])
+        >>> enc.write(tmp_dir / "toy").name
+        'toy'
     """
 
     schema: Schema

@@ -57,8 +57,10 @@ class BatchLoader:
         world_size: the number of processes sharing the split (trainer.world_size); 1: all rows.
 
     Example:
-        >>> loader = BatchLoader(store, splits["train"], batch_size=4096, shuffle=True, seed=0)  # doctest: +SKIP
-        >>> batch = next(iter(loader))                                                          # doctest: +SKIP
+        >>> loader = BatchLoader(store, np.arange(len(store)), batch_size=8, shuffle=True, seed=0)
+        >>> batch = next(iter(loader))
+        >>> len(loader), batch.sparse.shape, batch.labels.shape
+        (4, torch.Size([8, 3]), torch.Size([8, 1]))
     """
 
     # Lightning treats the loader like a DataLoader: it calls ``sampler.set_epoch(epoch)`` every epoch and reads

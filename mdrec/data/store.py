@@ -188,10 +188,12 @@ class StoreWriter:
         num_rows: rows of the whole data set.
 
     Example:
-        >>> with StoreWriter("data/big", schema, num_rows=10**8) as writer:    # doctest: +SKIP
-        ...     for chunk in chunks:                                        # dicts of [rows] arrays, in row order
-        ...         writer.write(chunk)
-        ...     writer.commit(report={"rows": 10**8})
+        >>> with StoreWriter(tmp_dir / "toy", schema, num_rows=32) as writer:
+        ...     for start in (0, 16):  # chunks: one [16] array per column, in row order
+        ...         writer.write({name: column[start : start + 16] for name, column in columns.items()})
+        ...     path = writer.commit(report={"rows": 32})
+        >>> len(ColumnStore(path)), sorted(p.name for p in path.iterdir())
+        (32, ['columns', 'report.json', 'schema.json'])
     """
 
     def __init__(self, directory: str | Path, schema: Schema, num_rows: int) -> None:
@@ -306,8 +308,10 @@ class ColumnStore:
             next read of one is a minor fault, no disk read) and RSS stays near the anonymous memory in use.
 
     Example:
-        >>> store = ColumnStore("data/synthetic-1a2b")          # doctest: +SKIP
-        >>> batch = store.take(np.arange(4096))                  # doctest: +SKIP
+        >>> store = ColumnStore(write_store(tmp_dir / "toy", schema, columns))
+        >>> batch = store.take(np.array([0, 5, 9]))
+        >>> len(store), batch.sparse.shape, batch.domain.tolist()
+        (32, torch.Size([3, 3]), [0, 2, 0])
     """
 
     def __init__(
@@ -347,7 +351,7 @@ class ColumnStore:
         self._dense = [self.columns[n] for n in s.dense]
         self._labels = [self.columns[n] for n in s.labels]
         # In RAM, fields of one kind are also kept row-major ([rows, F]): a batch then reads each row's ids from
-        # one place instead of F scattered ones (2.5x faster gathers). Memory-mapped stores gather per column.
+        # one place instead of F scattered ones. Memory-mapped stores gather per column.
         kinds = (self._sparse, self._dense, self._labels)
         self._blocks = None if mmap else tuple(_row_major(cols, self.num_rows) for cols in kinds)
 

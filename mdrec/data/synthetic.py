@@ -29,7 +29,7 @@ from mdrec.data.store import StoreWriter
 LABELS = ("click", "conversion")
 ORACLE = {"click": "oracle_click", "conversion": "oracle_conversion"}
 # Rows generated (and written) at a time. Chunk i draws from the generator seeded (seed, 1) for i = 0, else
-# (seed, 1, i), so a data set of at most CHUNK_ROWS rows is exactly what one in-RAM draw gave before chunking.
+# (seed, 1, i), so a data set of at most CHUNK_ROWS rows is one draw from (seed, 1).
 # Not a dataclass field: the fields fingerprint the prepared directory. Changing it changes every larger data set.
 CHUNK_ROWS = 1 << 21
 

@@ -7,25 +7,12 @@ per forward (:class:`DomainGroups`: a stable sort and the counts) and every laye
 domain PRESENT in the batch on its contiguous block of rows. A stack of layers stays in grouped row order between
 layers (``grouped``) and returns to the batch's order once at the end.
 
-Why a loop over the present domains (measured on this project's 2-core CPU machine, 1 thread, B = 4096, one
-layer forward + backward, uniform domain shares; Zipf shares in brackets):
-
-=============================================  ===========  ============  ==============
-scheme                                         256->128     256->128      gate 144->4
-                                               K = 1        K = 100       K = 100
-=============================================  ===========  ============  ==============
-loop over present domains (``unbind`` slices)  14 ms        33 (56) ms    7 ms
-padded bmm ``[P, max rows, in]``               14 ms        45 (345) ms
-tiles of 128 rows of one domain, one bmm       21 ms        56 (123) ms
-per-row gather ``W[domain]``                   1162 ms      1250 ms       16 ms
-all K outputs on all rows, then gather         13 ms        1816 ms       29 ms
-=============================================  ===========  ============  ==============
-
-The vectorised alternatives pay for padding (ruinous under skewed shares), for index-put/gather backward passes,
-or for K times the compute; the loop does only the useful matmuls and its overhead (about 0.2 ms per present
-domain per layer, forward + backward) is flat in B. Slicing a parameter with ``param[d]`` inside the loop would
-make autograd build a full ``[K, ...]`` zero gradient per domain (178 ms above); ``unbind`` builds one. Grouping
-costs one host synchronisation per forward (the per-domain row counts), shared by every layer that reuses it.
+Why a loop over the present domains rather than one batched kernel: the batched alternatives pay for padding
+(ruinous under skewed domain shares), for gather / index-put backward passes, or for K times the compute; the loop
+runs only the useful matmuls, and its overhead per present domain does not grow with B (the comparison is in
+``scripts/README.md``). The loop takes each domain's slice of a parameter with one ``unbind``: ``param[d]`` would
+make autograd build a full ``[K, ...]`` zero gradient per domain. Grouping costs one host synchronisation per
+forward (the per-domain row counts), shared by every layer that reuses it.
 """
 
 from __future__ import annotations
@@ -47,10 +34,9 @@ class DomainGroups:
     Training runs one matmul per present domain (``map``; the module docstring says why). A *static* grouping
     (``static=True``) is for serving graphs that are traced once and must hold for any batch (TorchScript): no
     host synchronisation, every domain counts as present (P = K), and every per-domain product runs row by row on
-    the stacked weights in place (:func:`rows_matmul`), at about the same cost for any K and any domain mix. The
-    rows are still sorted by domain: each domain's weights are then read once per layer while they are in cache
-    (K = 100, B = 512, after a backbone pass: about 0.3 ms less than in the batch's order). Per-domain layers go
-    through ``linear`` and ``matmul``, which serve both.
+    the stacked weights in place (:func:`rows_matmul`), whatever K and the domain mix. The rows are still sorted by
+    domain, so each domain's weights are read once per layer, while they are in cache. Per-domain layers go through
+    ``linear`` and ``matmul``, which serve both.
 
     Args:
         domain: int64 ``[B]`` domain ids in ``0..num_domains-1``.
@@ -163,11 +149,15 @@ def rows_matmul(x: Tensor, weight: Tensor, domain: Tensor) -> Tensor:
 
     One ``embedding_bag`` over ``weight`` read as a table of ``K * in`` rows of width ``out``: row i sums table rows
     ``domain[i] * in + j`` weighted by ``x[i, j]``. The weights are read in place (no ``[B, in, out]`` gather, no
-    per-domain call), so the cost is about that of a plain ``[B, in] @ [in, out]`` whatever K and the domain mix
-    (K = 100, B = 512, 128 -> 64, rows sorted by domain, CPU, 1 thread: 0.11 ms, the plain matmul 0.09 ms,
-    ``F.grouped_mm`` over the sorted rows 0.29 ms). A one-column output is a dot product per row on the gathered
-    columns (``[B, in]``, half the time of a lookup per input). ``weight`` should be contiguous (it is copied per call
-    otherwise).
+    per-domain call), so the work is that of a plain ``[B, in] @ [in, out]`` whatever K and the domain mix. A
+    one-column output is instead a dot product per row with its gathered column (``[B, in]``), cheaper than a lookup
+    per input. ``weight`` should be contiguous (it is copied per call otherwise).
+
+    Example:
+        >>> x, weight, domain = torch.randn(4, 3), torch.randn(2, 3, 5), torch.tensor([1, 0, 1, 1])
+        >>> out = rows_matmul(x, weight, domain)
+        >>> out.shape, torch.allclose(out[0], x[0] @ weight[1], atol=1e-6)
+        (torch.Size([4, 5]), True)
     """
     k, n_in, n_out = weight.shape
     if n_out == 1:

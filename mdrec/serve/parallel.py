@@ -170,9 +170,14 @@ class ParallelModel(nn.Module):
             domains keep every feature.
 
     Example:
-        >>> model = ParallelModel(adapted_net, schema, partial(LoRA, rank=4))                # doctest: +SKIP
-        >>> model(batch.sparse, batch.dense, batch.domain).shape                            # doctest: +SKIP
-        torch.Size([4096, 1])
+        >>> from mdrec.adapters.lora import LoRA
+        >>> net = AdaptedNet(schema, backbone, LoRA(schema, backbone, rank=4))
+        >>> model = ParallelModel(net, schema, functools.partial(LoRA, rank=4))
+        >>> model(batch.sparse, batch.dense, batch.domain).shape
+        torch.Size([8, 1])
+        >>> unknown = torch.tensor([0, 1, 7, 2, 0, 1, 2, 9])  # ids 7 and 9: no such domain, the plain backbone
+        >>> model(batch.sparse, batch.dense, unknown).shape, int(model.unknown_rows)
+        (torch.Size([8, 1]), 2)
     """
 
     def __init__(

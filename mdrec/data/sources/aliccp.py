@@ -31,13 +31,12 @@ The defaults reproduce the preprocessing of AITM -> torch-rechub / HAMUR / Scena
   ``train_test_split(test, test_size=0.5, random_state=2022)`` halves it: with
   ``p = numpy.random.RandomState(split_seed).permutation(n)``, rows ``p[:ceil(n / 2)]`` are test, the rest val.
 
-Speed and memory: files are streamed in blocks of ``block_bytes`` and each block is parsed column-wise by Arrow
-kernels (split, regex extraction, hash lookups) and numpy, never per row in Python. The parsed common features
-(one row per user) and the compact parsed impressions (~220 bytes each) stay in memory, and ``encode_table``
-holds the whole table while it encodes. Measured on synthetic files of the real layout (6M impressions, 2 CPU
-cores): about 500 bytes of peak memory and 13 s per million impressions, so the ~85M impressions of the full
-data set need roughly 45 GB of RAM and 20 minutes. Prepare it once on a machine with that much memory; the
-prepared store is memory-mapped and trains anywhere.
+Memory: files are streamed in blocks of ``block_bytes`` and each block is parsed column-wise by Arrow kernels
+(split, regex extraction, hash lookups) and numpy, never per row in Python. The parsed common features (one row
+per user) and the compact parsed impressions stay in memory, and ``encode_table`` holds the whole table while it
+encodes, so peak memory grows with the number of impressions (scripts/README.md has a measured figure per
+impression). Prepare it once on a machine with that much memory; the prepared store is memory-mapped and trains
+anywhere.
 """
 
 from __future__ import annotations
@@ -179,9 +178,10 @@ class AliCCP:
         split_seed: seed of the val/test halving of the official test file.
         block_bytes: bytes of CSV parsed per block (the parse's working memory is a few times this).
 
-    Example:
-        >>> src = AliCCP(path="/data/aliccp", conversion=True)
-        >>> src.prepare(Path("data/aliccp"), Path("data/raw"))       # doctest: +SKIP
+    Example (reads the official files under ``/data/aliccp``, some 85M impressions)::
+
+        src = AliCCP(path="/data/aliccp", conversion=True)
+        src.prepare(Path("data/aliccp"), Path("data/raw"))
     """
 
     path: str

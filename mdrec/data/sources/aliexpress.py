@@ -27,9 +27,9 @@ mdrec selects models on validation data only, so ``val_fraction`` of each countr
 (rounded; all items of a page together, drawn with ``split_seed``) become the validation split.
 
 Memory: item files are streamed in blocks of ``block_bytes``; user files and the parsed rows stay in memory,
-and ``encode_table`` holds the whole table while it encodes (63 float32 values per row, in and out). Measured
-on synthetic files of the real layout (2M item rows, 2 CPU cores): about 1.2 KB of peak memory and 7 s per
-million item rows, so budget some 25 GB of RAM per 20M item rows; prepare fewer countries on smaller machines.
+and ``encode_table`` holds the whole table while it encodes (63 float32 values per row, in and out), so peak
+memory grows with the item rows of the countries prepared (scripts/README.md has a measured figure per row);
+prepare fewer countries on smaller machines.
 """
 
 from __future__ import annotations
@@ -137,9 +137,10 @@ class AliExpress:
         dense_scaling: ``none`` (MTReclib: the raw values are normalised already), ``minmax`` or ``standard``.
         block_bytes: bytes of item CSV parsed per block.
 
-    Example:
-        >>> src = AliExpress(path="/data/aliexpress", countries=["NL"])
-        >>> src.prepare(Path("data/aliexpress"), Path("data/raw"))      # doctest: +SKIP
+    Example (reads the official NL files under ``/data/aliexpress``)::
+
+        src = AliExpress(path="/data/aliexpress", countries=["NL"])
+        src.prepare(Path("data/aliexpress"), Path("data/raw"))
     """
 
     path: str

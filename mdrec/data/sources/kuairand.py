@@ -31,9 +31,8 @@ yet its published domain sizes (2,407,352 / 7,760,237 / 895,385 / 402,366 / 183,
 standard logs together (11.71M interactions before the tab filter). Both logs are the default here; set
 ``logs`` to the second one alone to follow the loader, and compare row counts before comparing numbers.
 
-Memory: the logs and feature files are parsed whole. Measured on synthetic files of the 1K layout (3M log rows,
-2 CPU cores): about 800 bytes of peak memory and 5 s per million kept rows, so KuaiRand-1K (11.7M log rows)
-needs about 10 GB of RAM.
+Memory: the logs and feature files are parsed whole, so peak memory grows with the log rows (scripts/README.md
+has a measured figure per row).
 """
 
 from __future__ import annotations

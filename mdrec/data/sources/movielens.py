@@ -563,9 +563,10 @@ class MovieLens1M(MovieLens):
 
     Args: see ``MovieLens``.
 
-    Example:
-        >>> src = MovieLens1M(domain_by="age3", sequence_length=20)
-        >>> src.prepare(Path("data/ml1m"), Path("data/raw"))     # doctest: +SKIP
+    Example (downloads ML-1M into ``data/raw`` unless it is cached there)::
+
+        src = MovieLens1M(domain_by="age3", sequence_length=20)
+        src.prepare(Path("data/ml1m"), Path("data/raw"))
     """
 
     release_name: ClassVar[str] = "ml-1m"

@@ -120,9 +120,13 @@ class TabularSource:
         delimiter: CSV separator; None: tab for ``.tsv``, comma otherwise. Ignored for parquet.
 
     Example:
+        >>> csv = tmp_dir / "shop.csv"
+        >>> _ = csv.write_text("user,item,region,click\\nu1,7,north,1\\nu2,8,south,0\\nu1,9,north,0\\n")
         >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",))
-        >>> src = TabularSource("shop", spec, data_files="shop.csv")
-        >>> src.prepare(Path("data/shop"), Path("data/raw"))        # doctest: +SKIP
+        >>> src = TabularSource("shop", spec, data_files=str(csv))
+        >>> src.prepare(tmp_dir / "shop", tmp_dir / "raw")
+        >>> json.loads((tmp_dir / "shop" / "report.json").read_text())["rows_per_domain"]
+        {'north': 2, 'south': 1}
     """
 
     name: str
