@@ -111,7 +111,10 @@ class AdaptedNet(nn.Module):
     Shapes: ``forward(batch)`` -> ``ModelOutput`` with logits ``[B, T]`` and h ``[B, H]`` in the batch's order.
 
     Example:
-        >>> net = AdaptedNet(schema, backbone, LoRA(schema, backbone, rank=4))   # doctest: +SKIP
+        >>> from mdrec.adapters.lora import LoRA
+        >>> net = AdaptedNet(schema, backbone, LoRA(schema, backbone, rank=4))
+        >>> net(batch).logits.shape
+        torch.Size([8, 1])
     """
 
     def __init__(self, schema: Schema, backbone: Backbone, adapter: Adapter | None, freeze: Sequence[str] = ("*",)):

@@ -52,7 +52,9 @@ class WideDeepHead(Adapter):
         dropout: dropout after each hidden activation of the deep arm.
 
     Example:
-        >>> head = WideDeepHead(schema, backbone, hidden_sizes=[32], wide_fields=["user_id"])   # doctest: +SKIP
+        >>> head = WideDeepHead(schema, backbone, hidden_sizes=[32], wide_fields=["user_id"])
+        >>> head.sites
+        {'output': 'output'}
     """
 
     def __init__(

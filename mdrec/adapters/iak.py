@@ -159,7 +159,10 @@ class IAK(Adapter):
         logvar_init: initial log-variance bias.
 
     Example:
-        >>> net = AdaptedNet(schema, backbone, IAK(schema, backbone, bottleneck=50))   # doctest: +SKIP
+        >>> from mdrec.adapters.base import AdaptedNet
+        >>> net = AdaptedNet(schema, backbone, IAK(schema, backbone, bottleneck=50)).eval()
+        >>> torch.allclose(net(batch).logits, backbone.eval()(batch).logits)  # the residual starts at the identity
+        True
     """
 
     def __init__(

@@ -37,9 +37,9 @@ class DCNv2Backbone(Backbone):
         num_tasks: T, logits per row (1: CTR).
 
     Example:
-        >>> net = DCNv2Backbone(schema, num_cross_layers=3, cross_rank=8, structure="parallel")   # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape, net.hidden_size                      # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 244]), 244)
+        >>> net = DCNv2Backbone(schema, num_cross_layers=3, cross_rank=8, structure="parallel")
+        >>> out = net(batch); out.logits.shape, out.h.shape, net.hidden_size  # d = 3 * 16 + 1 = 49, plus 128
+        (torch.Size([8, 1]), torch.Size([8, 177]), 177)
     """
 
     def __init__(

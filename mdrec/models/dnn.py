@@ -26,9 +26,9 @@ class DNNBackbone(Backbone):
         num_tasks: T, logits per row (1: CTR).
 
     Example:
-        >>> net = DNNBackbone(schema, embedding_dim=16, layer_sizes=[256, 128])   # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape                      # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 128]))
+        >>> net = DNNBackbone(schema, functools.partial(EmbeddedInput, embedding_dim=8), layer_sizes=[256, 128])
+        >>> out = net(batch); out.logits.shape, out.h.shape, net.head_site()
+        (torch.Size([8, 1]), torch.Size([8, 128]), 'output')
     """
 
     def __init__(

@@ -42,9 +42,9 @@ class ESMM(nn.Module):
         dropout: dropout in the towers.
 
     Example:
-        >>> net = ESMM(schema, DNNBackbone(schema), tower_sizes=[64])   # doctest: +SKIP
-        >>> net(batch).logits.shape                                     # doctest: +SKIP
-        torch.Size([4096, 2])
+        >>> net = ESMM(ctcvr_schema, DNNBackbone, tower_sizes=[64])
+        >>> net(ctcvr_batch).logits.shape
+        torch.Size([8, 2])
     """
 
     def __init__(

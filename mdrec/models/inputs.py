@@ -46,9 +46,9 @@ class EmbeddedInput(nn.Module):
     domain_as_feature)``; ``out_features`` holds the width, ``field_names`` and ``vocab_sizes`` the F' fields.
 
     Example:
-        >>> inp = EmbeddedInput(schema, embedding_dim=16, sequence_pooling="din")    # doctest: +SKIP
-        >>> inp(batch).shape                                                        # doctest: +SKIP
-        torch.Size([4096, 132])
+        >>> inp = EmbeddedInput(seq_schema, embedding_dim=16, sequence_pooling="din")
+        >>> inp(seq_batch).shape  # 3 fields and the pooled history of 16 each, 1 dense feature
+        torch.Size([8, 65])
     """
 
     def __init__(

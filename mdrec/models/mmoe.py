@@ -30,9 +30,9 @@ class MMoE(nn.Module):
         dropout: dropout after each expert and tower activation.
 
     Example:
-        >>> net = MMoE(schema, embedding_dim=16, num_experts=4, expert_sizes=[16], tower_sizes=[8])  # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape                                          # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 16]))
+        >>> net = MMoE(schema, num_experts=4, expert_sizes=[16], tower_sizes=[8])
+        >>> out = net(batch); out.logits.shape, out.h.shape
+        (torch.Size([8, 1]), torch.Size([8, 16]))
     """
 
     def __init__(

@@ -27,9 +27,10 @@ class SharedBottom(nn.Module):
         batch_norm: per-domain batch normalisation in the towers.
 
     Example:
-        >>> net = SharedBottom(schema, DNNBackbone(schema, layer_sizes=[128]), tower_sizes=[8])  # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape                                     # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 128]))
+        >>> bottom = functools.partial(DNNBackbone, layer_sizes=[128])
+        >>> net = SharedBottom(schema, bottom, tower_sizes=[8])
+        >>> out = net(batch); out.logits.shape, out.h.shape
+        (torch.Size([8, 1]), torch.Size([8, 128]))
     """
 
     def __init__(

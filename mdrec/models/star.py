@@ -36,9 +36,9 @@ class STAR(nn.Module):
         batch_norm: partitioned normalisation in the hidden layers too (the input is always normalised).
 
     Example:
-        >>> net = STAR(schema, embedding_dim=16, layer_sizes=[128, 64, 32], aux_sizes=[32])  # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape                                 # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 32]))
+        >>> net = STAR(schema, layer_sizes=[128, 64, 32], aux_sizes=[32])
+        >>> out = net(batch); out.logits.shape, out.h.shape
+        (torch.Size([8, 1]), torch.Size([8, 32]))
     """
 
     def __init__(

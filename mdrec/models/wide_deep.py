@@ -118,9 +118,9 @@ class WideDeepBackbone(Backbone):
         num_tasks: T, logits per row (1: CTR).
 
     Example:
-        >>> net = WideDeepBackbone(schema, crosses=[["user_id", "movie_id"]])      # doctest: +SKIP
-        >>> out = net(batch); out.logits.shape, out.h.shape                         # doctest: +SKIP
-        (torch.Size([4096, 1]), torch.Size([4096, 128]))
+        >>> net = WideDeepBackbone(schema, crosses=[["user_id", "movie_id"]])
+        >>> out = net(batch); out.logits.shape, out.h.shape, net.head_site()
+        (torch.Size([8, 1]), torch.Size([8, 128]), 'deep.output')
     """
 
     def __init__(

@@ -27,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths keep Lightning's writer.
 
     Example:
-        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()])  # doctest: +SKIP
+        >>> trainer = pl.Trainer(plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False)
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:

@@ -51,8 +51,10 @@ class RankingModule(pl.LightningModule):
         domain_weights: loss weight per domain name (missing domains weigh 1); None: all 1.
 
     Example:
-        >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)  # doctest: +SKIP
-        >>> module = RankingModule(DNNBackbone(schema), schema, adam, loss_normalization="domain")  # doctest: +SKIP
+        >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
+        >>> module = RankingModule(DNNBackbone(schema), schema, adam, loss_normalization="domain")
+        >>> module.loss(module(batch), batch).shape
+        torch.Size([])
     """
 
     def __init__(
