@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from mdrec.data.batch import Batch
@@ -19,8 +18,7 @@ from mdrec.models.wide_deep import HASH_MASK, HASH_MIX, HASH_MULTIPLIER, WideArm
 from mdrec.nn.cross import CrossLayer, CrossNetwork
 from mdrec.nn.sequence import MeanPooling, TargetAttentionPooling
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
+from tests.helpers import TrainCfg
 
 SCHEMA = Schema(
     "tiny",

@@ -7,11 +7,9 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SparseField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.mmoe import MMoE
 from mdrec.models.ple import PLE
@@ -21,12 +19,8 @@ from mdrec.models.star import STAR
 from mdrec.nn.domain import DomainGroups, DomainLinear, DomainMLP, StarLinear, per_domain_parameters
 from mdrec.nn.norm import PartitionedNorm
 from mdrec.train.run import train
+from tests.helpers import SCHEMA, K, TrainCfg, make_batch, rows_of
 
-TrainCfg = Callable[[list[str]], DictConfig]
-K = 3
-SCHEMA = Schema(
-    "tiny", (SparseField("row", 257), SparseField("item", 11)), ("age",), "domain", ("a", "b", "c"), ("click",)
-)
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "shared_bottom": lambda: SharedBottom(SCHEMA, DNNBackbone(SCHEMA, 8, [16]), tower_sizes=[8], batch_norm=True),
     "mmoe": lambda: MMoE(SCHEMA, 8, num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
@@ -34,20 +28,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "star": lambda: STAR(SCHEMA, 8, layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
 }
-
-
-def make_batch(rows: int = 64, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        sparse=torch.stack([torch.arange(1, rows + 1), torch.randint(0, 11, (rows,), generator=g)], dim=1),
-        dense=torch.rand(rows, 1, generator=g),
-        domain=torch.randint(0, K, (rows,), generator=g),
-        labels=torch.randint(0, 2, (rows, 1), generator=g).float(),
-    )
-
-
-def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
-    return Batch(batch.sparse[mask], batch.dense[mask], batch.domain[mask], batch.labels[mask])
 
 
 def test_domain_groups_and_bad_ids() -> None:

@@ -3,13 +3,12 @@ negative-transfer gate with its bootstrap."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.splits import RandomSplit
@@ -19,8 +18,7 @@ from mdrec.eval.gate import bootstrap_auc, negative_transfer, weighted_auc
 from mdrec.eval.metrics import domain_metrics
 from mdrec.serve.cli import main as export_main
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
+from tests.helpers import TrainCfg
 
 
 def datamodule(tmp_path: Path, **options: object) -> MultiDomainDataModule:
