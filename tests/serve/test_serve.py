@@ -6,13 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from mdrec.adapters.base import AdaptedNet
 from mdrec.adapters.head import WideDeepHead
@@ -26,10 +24,7 @@ from mdrec.serve.cli import trim as trim_main
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import ParallelModel
 from mdrec.train.run import train
-from tests.test_adapters import ADAPTERS, CASES, adapted, perturb, pretrained
-from tests.test_baselines import SCHEMA, K, make_batch
-
-TrainCfg = Callable[[list[str]], DictConfig]
+from tests.helpers import ADAPTERS, CASES, SCHEMA, K, TrainCfg, adapted, make_batch, perturb, pretrained
 
 
 def with_domains(batch: Batch, domain: list[int] | torch.Tensor) -> Batch:

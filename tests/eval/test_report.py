@@ -46,6 +46,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
     return root / "sweep", done
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_recorded_and_the_others_finish(sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, done = sweep
     assert done.returncode != 0  # the sweep reports the failure ...
@@ -62,6 +63,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(sweep: tuple[Path, subp
     assert "Traceback" in json.loads((failures[0].path / "failure.json").read_text())["traceback"]
 
 
+@pytest.mark.slow
 def test_every_run_logs_config_per_domain_metrics_params_and_time(
     sweep: tuple[Path, subprocess.CompletedProcess],
 ) -> None:
@@ -77,6 +79,7 @@ def test_every_run_logs_config_per_domain_metrics_params_and_time(
         assert len(per_epoch) >= 2  # one row per validation epoch (2 epochs), plus the final figures
 
 
+@pytest.mark.slow
 def test_wandb_offline_runs_hold_the_per_domain_metrics(sweep: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, _ = sweep
     finished = [run.path for run in load_runs(root)]
@@ -98,6 +101,7 @@ def test_wandb_offline_runs_hold_the_per_domain_metrics(sweep: tuple[Path, subpr
     assert from_wandb == [json.loads((root / "0" / "metrics.json").read_text())["test/auc"]]
 
 
+@pytest.mark.slow
 def test_report_tables_and_plots(sweep: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     root, _ = sweep
     out = tmp_path / "report"
@@ -180,6 +184,7 @@ def test_curve_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         report([str(tmp_path / "out"), "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_optuna_search_maximises_validation_mean_auc(tmp_path: Path) -> None:
     command = [
         sys.executable,

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
+from tests.helpers import TrainCfg
 
 
 def test_fast_dev_run(tmp_path: Path, train_cfg: TrainCfg) -> None:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mdrec.adapters.saved import load_state_strict
 from mdrec.models.dnn import DNNBackbone
 from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
 from mdrec.train.stages import check_adapt_config
-from tests.test_baselines import SCHEMA
+from tests.helpers import SCHEMA, TrainCfg
 
-TrainCfg = Callable[[list[str]], DictConfig]
 DOMAINS = ("d0", "d1", "d2", "d3")
 
 

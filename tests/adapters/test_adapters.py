@@ -6,65 +6,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from mdrec.adapters.base import AdaptedNet, Adapter, select_modules
+from mdrec.adapters.base import AdaptedNet, select_modules
 from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SequenceField
-from mdrec.models.dcnv2 import DCNv2Backbone
+from mdrec.data.schema import SequenceField
 from mdrec.models.dnn import DNNBackbone
-from mdrec.models.wide_deep import WideDeepBackbone
 from mdrec.nn.domain import per_domain_parameters
 from mdrec.serve.export import export, max_difference
 from mdrec.serve.parallel import ParallelModel
-from tests.test_baselines import SCHEMA, K, make_batch, rows_of
-
-BACKBONES: dict[str, Callable[[], nn.Module]] = {
-    "dnn": lambda: DNNBackbone(SCHEMA, 8, [16, 8], dropout=0.2),
-    "wide_deep": lambda: WideDeepBackbone(SCHEMA, 8, [16, 8], crosses=[["row", "item"]], cross_buckets=50),
-    "dcnv2": lambda: DCNv2Backbone(SCHEMA, 8, num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
-}
-ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
-    "lora": lambda s, b: LoRA(s, b, rank=4),
-    "mlora": lambda s, b: LoRA(s, b, targets=["*mlp.*"], variant="mlora", alpha=4),
-    "iak": lambda s, b: IAK(s, b, bottleneck=5, hidden=6),
-    "iak_layers_learned_prior": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
-    "iak_encoder_only": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
-    "head": lambda s, b: WideDeepHead(s, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
-}
-CASES = [(b, a) for b in BACKBONES for a in ADAPTERS]
-
-
-def pretrained(backbone: str) -> nn.Module:
-    """A backbone with non-trivial weights and batch-norm statistics, as after pre-training."""
-    torch.manual_seed(0)
-    net = BACKBONES[backbone]()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        net.train()(make_batch(256, seed=7))  # moves the running statistics away from their initial values
-    return net.eval()
-
-
-def adapted(backbone: str, adapter: str) -> AdaptedNet:
-    net = pretrained(backbone)
-    return AdaptedNet(SCHEMA, net, ADAPTERS[adapter](SCHEMA, net))
-
-
-def perturb(net: AdaptedNet) -> AdaptedNet:
-    """Random adapter weights: an adapter away from the identity."""
-    with torch.no_grad():
-        for p in net.adapter.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net
+from tests.helpers import ADAPTERS, BACKBONES, CASES, SCHEMA, K, adapted, make_batch, perturb, pretrained, rows_of
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), CASES)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
@@ -16,6 +14,7 @@ from mdrec.models.esmm import ESMM, product_logit
 from mdrec.models.output import ModelOutput
 from mdrec.train.module import RankingModule
 from mdrec.train.run import train
+from tests.helpers import TrainCfg
 
 SCHEMA = Schema("toy", (SparseField("user", 9),), ("x",), "domain", ("a", "b"), ("click", "conversion"))
 
@@ -76,7 +75,7 @@ def test_esmm_predicts_the_product_and_trains_cvr_through_ctcvr_only() -> None:
         ESMM(one, DNNBackbone(one))
 
 
-def test_esmm_trains_end_to_end_with_ctcvr_metrics(train_cfg: Callable[[list[str]], DictConfig]) -> None:
+def test_esmm_trains_end_to_end_with_ctcvr_metrics(train_cfg: TrainCfg) -> None:
     metrics = train(train_cfg(["model=esmm", "debug=limit"]))
     for key in ("test/auc", "test/conversion_auc", "test/conversion_auc/d0", "oracle/conversion_auc/d0"):
         assert key in metrics and 0.0 <= metrics[key] <= 1.0, key

@@ -30,9 +30,7 @@ from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.splits import PredefinedSplit, RandomSplit
 from mdrec.data.store import ColumnStore
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.helpers import CONF_DIR, TrainCfg
 
 
 def decode(store: ColumnStore, field: str) -> list[str | None]:
@@ -542,7 +540,7 @@ def test_kuairand_download_checks_md5_and_caches(
 
 
 # ---------------------------------------------------------------- configs ----------------------------------------
-HARNESS = ("data.batch_size", "trainer.max_epochs")  # set by the tests' compose_train (conftest.py)
+HARNESS = ("data.batch_size", "trainer.max_epochs")  # set by the tests' compose_train (helpers.py)
 
 
 def leaves(node: DictConfig, prefix: str = "") -> dict[str, object]:
@@ -570,7 +568,7 @@ def test_experiments_compose(train_cfg: TrainCfg, experiment: str, source: type,
     cfg = train_cfg([f"experiment={experiment}"])
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, MultiDomainDataModule) and isinstance(dm.source, source) and isinstance(dm.split, split)
-    settings = leaves(OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml"))
+    settings = leaves(OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml"))
     settings = {key: value for key, value in settings.items() if key != "defaults" and key not in HARNESS}
     assert "backbone.embedding_dim" in settings and {key: OmegaConf.select(cfg, key) for key in settings} == settings
     assert cfg.callbacks.early_stopping.monitor == "val/auc"

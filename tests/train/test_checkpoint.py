@@ -14,9 +14,9 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from mdrec.train.checkpoint import AtomicCheckpointIO, rng_states, set_rng_states
+from tests.helpers import TrainCfg
 
 CHECKPOINT = {"state_dict": {"w": torch.arange(100_000, dtype=torch.float32)}, "epoch": 0}
 
@@ -73,7 +73,7 @@ AtomicCheckpointIO().save_checkpoint({{**checkpoint, "epoch": 1}}, {str(path)!r}
     assert partial.name.startswith(".last.ckpt.") and partial.suffix == ".tmp"
 
 
-def test_every_run_writes_checkpoints_atomically(train_cfg: Callable[[list[str]], DictConfig]) -> None:
+def test_every_run_writes_checkpoints_atomically(train_cfg: TrainCfg) -> None:
     for trainer_cfg in ("cpu", "gpu"):
         cfg = train_cfg([f"trainer={trainer_cfg}", "trainer.accelerator=cpu"])
         trainer = hydra.utils.instantiate(cfg.trainer, logger=False)

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 import numpy as np
 import pytest
-from omegaconf import DictConfig
 
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from tests.helpers import CONF_DIR, TrainCfg
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", [d for d in options("data") if d != "tabular"])

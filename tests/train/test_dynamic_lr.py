@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -20,8 +18,8 @@ from mdrec.models.output import ModelOutput
 from mdrec.train.dynamic_lr import DynamicDomainLR
 from mdrec.train.module import RankingModule
 from mdrec.train.run import train
+from tests.helpers import TrainCfg
 
-TrainCfg = Callable[[list[str]], DictConfig]
 DOMAINS = ("d0", "d1", "d2", "d3")
 
 SCHEMA = Schema("toy", (SparseField("user", 9),), ("x",), "domain", ("a", "b"), ("click",))

@@ -1,4 +1,5 @@
-"""Multi-domain baselines (shared-bottom, MMoE, PLE, STAR, single-domain) and their per-domain layers, tiny."""
+"""Multi-domain baselines (shared-bottom, MMoE, PLE, STAR, single-domain), tiny (their per-domain layers alone:
+tests/nn/)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,19 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SparseField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.mmoe import MMoE
 from mdrec.models.ple import PLE
 from mdrec.models.shared_bottom import SharedBottom
 from mdrec.models.single_domain import SingleDomain
 from mdrec.models.star import STAR
-from mdrec.nn.domain import DomainGroups, DomainLinear, DomainMLP, StarLinear, per_domain_parameters
-from mdrec.nn.norm import PartitionedNorm
+from mdrec.nn.domain import StarLinear, per_domain_parameters
 from mdrec.train.run import train
+from tests.helpers import SCHEMA, K, TrainCfg, make_batch, rows_of
 
-TrainCfg = Callable[[list[str]], DictConfig]
-K = 3
-SCHEMA = Schema(
-    "tiny", (SparseField("row", 257), SparseField("item", 11)), ("age",), "domain", ("a", "b", "c"), ("click",)
-)
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "shared_bottom": lambda: SharedBottom(SCHEMA, DNNBackbone(SCHEMA, 8, [16]), tower_sizes=[8], batch_norm=True),
     "mmoe": lambda: MMoE(SCHEMA, 8, num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
@@ -34,78 +28,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "star": lambda: STAR(SCHEMA, 8, layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
 }
-
-
-def make_batch(rows: int = 64, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        sparse=torch.stack([torch.arange(1, rows + 1), torch.randint(0, 11, (rows,), generator=g)], dim=1),
-        dense=torch.rand(rows, 1, generator=g),
-        domain=torch.randint(0, K, (rows,), generator=g),
-        labels=torch.randint(0, 2, (rows, 1), generator=g).float(),
-    )
-
-
-def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
-    return Batch(batch.sparse[mask], batch.dense[mask], batch.domain[mask], batch.labels[mask])
-
-
-def test_domain_groups_and_bad_ids() -> None:
-    domain = torch.tensor([2, 0, 2, 2, 0])
-    g = DomainGroups(domain, num_domains=4)
-    assert g.present.tolist() == [0, 2] and g.sizes == [2, 3]
-    assert g.domain.tolist() == [0, 0, 2, 2, 2] and g.order.tolist() == [1, 4, 0, 2, 3]
-    x = torch.arange(5)
-    assert torch.equal(g.ungroup(g.group(x)), x)
-    with pytest.raises(ValueError, match="ids >= num_domains"):
-        DomainGroups(torch.tensor([0, 4]), num_domains=4)
-
-
-def test_domain_linear_equals_a_loop_of_linears() -> None:
-    torch.manual_seed(0)
-    layer = DomainLinear(K, 5, 4)
-    bound = 1 / 5**0.5  # nn.Linear's init range for fan_in 5, per domain slice
-    assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
-    assert not torch.equal(layer.weight[0], layer.weight[1])
-    x, domain = torch.randn(40, 5), torch.randint(0, K, (40,))
-    expected = torch.empty(40, 4)
-    for d in range(K):
-        ref = nn.Linear(5, 4)
-        ref.load_state_dict({"weight": layer.weight[d], "bias": layer.bias[d]})
-        expected[domain == d] = ref(x[domain == d])
-    torch.testing.assert_close(layer(x, domain), expected)
-    # the same grouping serves a whole stack; a batch missing a domain works too
-    mlp = DomainMLP(K, 5, [6, 3], batch_norm=True)
-    present = domain != 1
-    full = mlp.eval()(x, domain)
-    torch.testing.assert_close(full[present], mlp(x[present], domain[present]))
-
-
-def test_partitioned_norm_uses_each_domains_own_statistics() -> None:
-    torch.manual_seed(0)
-    norm = PartitionedNorm(K, 4, momentum=0.5)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.normal_()
-        norm.shared_weight.uniform_(0.5, 1.5)
-        norm.shared_bias.normal_()
-    z = torch.randn(30, 4) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + 5.0
-    domain = torch.tensor([0] * 10 + [2] * 20)[torch.randperm(30)]  # domain 1 absent
-    out = norm.train()(z, domain)
-    for d in (0, 2):
-        rows = z[domain == d]
-        mean, var = rows.mean(0), rows.var(0, unbiased=False)
-        expected = norm.shared_weight * norm.weight[d] * (rows - mean) / (var + norm.eps).sqrt()
-        torch.testing.assert_close(out[domain == d], expected + norm.shared_bias + norm.bias[d])
-        # running statistics: halfway from (0, 1) to the batch's (mean, unbiased var), per domain
-        torch.testing.assert_close(norm.running_mean[d], 0.5 * mean)
-        torch.testing.assert_close(norm.running_var[d], 0.5 + 0.5 * rows.var(0, unbiased=True))
-    assert torch.equal(norm.running_mean[1], torch.zeros(4)) and torch.equal(norm.running_var[1], torch.ones(4))
-    # eval: every row normalised with its own domain's running statistics
-    out = norm.eval()(z, domain)
-    scale = norm.shared_weight * norm.weight[domain] / (norm.running_var[domain] + norm.eps).sqrt()
-    expected = (z - norm.running_mean[domain]) * scale + norm.shared_bias + norm.bias[domain]
-    torch.testing.assert_close(out, expected)
 
 
 def test_star_starts_at_the_shared_weights() -> None:

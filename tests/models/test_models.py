@@ -1,4 +1,4 @@
-"""Embeddings, the shared input layer and the DNN backbone at tiny sizes."""
+"""The shared input layer and the DNN backbone at tiny sizes (the embedding table alone: tests/nn/)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SequenceField, SparseField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
-from mdrec.nn.embedding import FieldEmbedding
 
 SCHEMA = Schema(
     "tiny",
@@ -31,16 +30,6 @@ def tiny_batch() -> Batch:
         seq=torch.tensor([[1, 2, 0], [3, 4, 4], [0, 0, 0]]),
         seq_lengths=torch.tensor([2, 3, 0]),
     )
-
-
-def test_field_embedding_offsets_separate_fields() -> None:
-    emb = FieldEmbedding([3, 4], embedding_dim=2, init_std=0.01)
-    assert emb.table.weight.shape == (7, 2) and emb.table.weight.std() < 0.05
-    out = emb(torch.tensor([[1, 1]]))  # field 0 owns rows 0..2, field 1 rows 3..6: its id 1 is row 4
-    assert torch.equal(out[0, 0], emb.table.weight[1]) and torch.equal(out[0, 1], emb.table.weight[4])
-    assert torch.equal(emb.lookup(torch.tensor([[2]]), field=1)[0, 0], emb.table.weight[5])
-    with pytest.raises(ValueError, match="embedding_dim must be positive"):
-        FieldEmbedding([3], embedding_dim=0)
 
 
 def test_sequence_is_mean_pooled_over_its_true_length() -> None:

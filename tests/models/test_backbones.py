@@ -1,4 +1,5 @@
-"""Backbones (DNN, Wide&Deep, DCNv2), cross layers, sequence pooling and the domain-as-feature input."""
+"""Backbones (DNN, Wide&Deep, DCNv2), sequence pooling in the input layer and the domain-as-feature input (the
+cross and pooling layers alone: tests/nn/)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from mdrec.data.batch import Batch
@@ -16,11 +16,9 @@ from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.wide_deep import HASH_MASK, HASH_MIX, HASH_MULTIPLIER, WideArm, WideDeepBackbone
-from mdrec.nn.cross import CrossLayer, CrossNetwork
-from mdrec.nn.sequence import MeanPooling, TargetAttentionPooling
+from mdrec.nn.cross import CrossLayer
 from mdrec.train.run import train
-
-TrainCfg = Callable[[list[str]], DictConfig]
+from tests.helpers import TrainCfg
 
 SCHEMA = Schema(
     "tiny",
@@ -100,32 +98,6 @@ def test_backbone_overfits_a_tiny_batch(name: str, options: dict) -> None:
 # ---- DCNv2 -----------------------------------------------------------------------------------------------------
 
 
-def test_cross_layers_match_a_hand_computation() -> None:
-    net = CrossNetwork(2, num_layers=2, rank=None)
-    with torch.no_grad():
-        net.layers[0].up.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
-        net.layers[0].up.bias.copy_(torch.tensor([0.5, -1.0]))
-        net.layers[1].up.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
-        net.layers[1].up.bias.zero_()
-    x0 = torch.tensor([[1.0, 2.0]])
-    # x1 = x0 * (W0 x0 + b0) + x0 = [1, 2] * [5.5, 1] + [1, 2] = [6.5, 4]
-    torch.testing.assert_close(net.layers[0](x0, x0), torch.tensor([[6.5, 4.0]]))
-    # x2 = x0 * (W1 x1) + x1 = [1, 2] * [4, 6.5] + [6.5, 4] = [10.5, 17]
-    torch.testing.assert_close(net(x0), torch.tensor([[10.5, 17.0]]))
-
-
-def test_low_rank_cross_equals_full_rank_with_w_equal_u_v_transposed() -> None:
-    torch.manual_seed(0)
-    low, full = CrossLayer(5, rank=2), CrossLayer(5, rank=None)
-    with torch.no_grad():
-        full.up.weight.copy_(low.up.weight @ low.down.weight)  # [5, 2] @ [2, 5]: W = U V^T
-        full.up.bias.copy_(low.up.bias)
-    x0, x = torch.randn(4, 5), torch.randn(4, 5)
-    torch.testing.assert_close(low(x0, x), full(x0, x))
-    torch.testing.assert_close(low.weight, full.weight)
-    assert sum(p.numel() for p in low.parameters()) == 2 * 5 * 2 + 5 < sum(p.numel() for p in full.parameters())
-
-
 def test_dcnv2_argument_checks() -> None:
     with pytest.raises(ValueError, match="structure must be one of \\['stacked', 'parallel'\\], got 'mixed'"):
         DCNv2Backbone(SCHEMA, structure="mixed")
@@ -186,30 +158,6 @@ def test_wide_arm_starts_at_zero_and_trains_jointly() -> None:
 
 
 # ---- sequence pooling ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("softmax", [False, True])
-def test_din_attention_ignores_padding_and_pools_empty_rows_to_zero(softmax: bool) -> None:
-    torch.manual_seed(0)
-    pool = TargetAttentionPooling(embedding_dim=4, layer_sizes=[8], softmax=softmax)
-    target, items, lengths = torch.randn(3, 4), torch.randn(3, 5, 4), torch.tensor([2, 5, 0])
-    weights = pool.weights(target, items, lengths)
-    assert torch.equal(weights[0, 2:], torch.zeros(3)) and torch.equal(weights[2], torch.zeros(5))
-    if softmax:
-        torch.testing.assert_close(weights[:2].sum(1), torch.ones(2))
-    pooled = pool(target, items, lengths)
-    changed = items.clone()
-    changed[0, 2:], changed[2] = 100.0, -7.0  # padding only
-    assert torch.equal(pool(target, changed, lengths), pooled)
-    assert torch.equal(pooled[2], torch.zeros(4)) and torch.isfinite(pooled).all()
-    pooled.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in pool.parameters())
-
-
-def test_mean_pooling_ignores_the_target() -> None:
-    items, lengths = torch.randn(2, 3, 4), torch.tensor([3, 1])
-    pooled = MeanPooling()(torch.randn(2, 4), items, lengths)
-    torch.testing.assert_close(pooled, torch.stack([items[0].mean(0), items[1, 0]]))
 
 
 def test_din_input_attends_with_the_rows_own_item() -> None:

@@ -1,0 +1,113 @@
+"""What several test files share: the composed training config, the tiny schema with its batch builders, and the
+backbones and adapters every adapter test runs on. Test files import shared things from here only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import nn
+
+from mdrec.adapters.base import AdaptedNet, Adapter
+from mdrec.adapters.head import WideDeepHead
+from mdrec.adapters.iak import IAK
+from mdrec.adapters.lora import LoRA
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema, SparseField
+from mdrec.models.dcnv2 import DCNv2Backbone
+from mdrec.models.dnn import DNNBackbone
+from mdrec.models.wide_deep import WideDeepBackbone
+
+# ---- composed training configs -----------------------------------------------------------------------------------
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+TrainCfg = Callable[[list[str]], DictConfig]  # the ``train_cfg`` fixture (conftest.py)
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``.
+
+    Synthetic data shrinks to 20,000 rows unless the overrides set ``data.source.num_rows`` themselves.
+    """
+    base = [
+        "data.batch_size=512",
+        "trainer.max_epochs=2",
+        f"paths.root_dir={tmp_path}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=base + overrides)
+    synthetic = cfg.data.source._target_.endswith("SyntheticSource")
+    if synthetic and not any(o.startswith("data.source.num_rows=") for o in overrides):
+        cfg.data.source.num_rows = 20_000
+    return cfg
+
+
+# ---- the tiny schema: 3 domains, two sparse fields, one dense feature --------------------------------------------
+
+K = 3
+SCHEMA = Schema(
+    "tiny", (SparseField("row", 257), SparseField("item", 11)), ("age",), "domain", ("a", "b", "c"), ("click",)
+)
+
+
+def make_batch(rows: int = 64, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        sparse=torch.stack([torch.arange(1, rows + 1), torch.randint(0, 11, (rows,), generator=g)], dim=1),
+        dense=torch.rand(rows, 1, generator=g),
+        domain=torch.randint(0, K, (rows,), generator=g),
+        labels=torch.randint(0, 2, (rows, 1), generator=g).float(),
+    )
+
+
+def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
+    return Batch(batch.sparse[mask], batch.dense[mask], batch.domain[mask], batch.labels[mask])
+
+
+# ---- every adapter on every backbone, on the tiny schema ----------------------------------------------------------
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "dnn": lambda: DNNBackbone(SCHEMA, 8, [16, 8], dropout=0.2),
+    "wide_deep": lambda: WideDeepBackbone(SCHEMA, 8, [16, 8], crosses=[["row", "item"]], cross_buckets=50),
+    "dcnv2": lambda: DCNv2Backbone(SCHEMA, 8, num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
+}
+ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
+    "lora": lambda s, b: LoRA(s, b, rank=4),
+    "mlora": lambda s, b: LoRA(s, b, targets=["*mlp.*"], variant="mlora", alpha=4),
+    "iak": lambda s, b: IAK(s, b, bottleneck=5, hidden=6),
+    "iak_layers_learned_prior": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
+    "iak_encoder_only": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
+    "head": lambda s, b: WideDeepHead(s, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
+}
+CASES = [(b, a) for b in BACKBONES for a in ADAPTERS]
+
+
+def pretrained(backbone: str) -> nn.Module:
+    """A backbone with non-trivial weights and batch-norm statistics, as after pre-training."""
+    torch.manual_seed(0)
+    net = BACKBONES[backbone]()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        net.train()(make_batch(256, seed=7))  # moves the running statistics away from their initial values
+    return net.eval()
+
+
+def adapted(backbone: str, adapter: str) -> AdaptedNet:
+    net = pretrained(backbone)
+    return AdaptedNet(SCHEMA, net, ADAPTERS[adapter](SCHEMA, net))
+
+
+def perturb(net: AdaptedNet) -> AdaptedNet:
+    """Random adapter weights: an adapter away from the identity."""
+    with torch.no_grad():
+        for p in net.adapter.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net
