@@ -143,7 +143,8 @@ class RunDir:
         return hydra.utils.instantiate(adapter_cfg, _partial_=True)
 
     def load_adapted(self, schema: Schema) -> AdaptedNet:
-        """The adapted network of an adapt (or onboard) run, rebuilt for ``schema``, loaded strictly, frozen."""
+        """The adapted network of an adapt (or onboard) run, rebuilt for ``schema``, loaded strictly, its backbone
+        frozen."""
         backbone = self.load_backbone(schema)
         if self.adapter_config() is None or not self.exists(self.ADAPTER):
             raise FileNotFoundError(

@@ -55,6 +55,7 @@ from mdrec.adapters.iak import IAK
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
+from mdrec.models.inputs import EmbeddedInput
 from mdrec.serve.export import export, serving_inputs
 from mdrec.serve.parallel import ParallelModel
 from mdrec.serve.timing import percentile, time_calls
@@ -132,7 +133,7 @@ def main() -> None:
     for k in args.domains:
         torch.manual_seed(0)
         schema = make_schema(k, args.sparse, args.vocab, args.dense)
-        backbone = DNNBackbone(schema, 16, [256, 128], dropout=0.2).eval()
+        backbone = DNNBackbone(schema, EmbeddedInput, [256, 128], dropout=0.2).eval()
         net = AdaptedNet(schema, backbone, IAK(schema, backbone)).eval()
         with torch.no_grad():
             for p in net.adapter.parameters():

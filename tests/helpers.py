@@ -3,6 +3,7 @@ backbones and adapters every adapter test runs on. Test files import shared thin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
+from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.wide_deep import WideDeepBackbone
 
 # ---- composed training configs -----------------------------------------------------------------------------------
@@ -57,6 +59,11 @@ SCHEMA = Schema(
 )
 
 
+def embedded(embedding_dim: int, **options: object) -> Callable[[Schema], EmbeddedInput]:
+    """An input-layer factory: ``EmbeddedInput`` with ``embedding_dim`` and ``options`` bound."""
+    return functools.partial(EmbeddedInput, embedding_dim=embedding_dim, **options)
+
+
 def make_batch(rows: int = 64, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     return Batch(
@@ -74,9 +81,9 @@ def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
 # ---- every adapter on every backbone, on the tiny schema ----------------------------------------------------------
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
-    "dnn": lambda: DNNBackbone(SCHEMA, 8, [16, 8], dropout=0.2),
-    "wide_deep": lambda: WideDeepBackbone(SCHEMA, 8, [16, 8], crosses=[["row", "item"]], cross_buckets=50),
-    "dcnv2": lambda: DCNv2Backbone(SCHEMA, 8, num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
+    "dnn": lambda: DNNBackbone(SCHEMA, embedded(8), [16, 8], dropout=0.2),
+    "wide_deep": lambda: WideDeepBackbone(SCHEMA, embedded(8), [16, 8], crosses=[["row", "item"]], cross_buckets=50),
+    "dcnv2": lambda: DCNv2Backbone(SCHEMA, embedded(8), num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
 }
 ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
     "lora": lambda s, b: LoRA(s, b, rank=4),

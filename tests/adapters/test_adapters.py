@@ -19,10 +19,22 @@ from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import SequenceField
 from mdrec.models.dnn import DNNBackbone
-from mdrec.nn.domain import per_domain_parameters
+from mdrec.nn.parameter import per_domain_parameters
 from mdrec.serve.export import export, max_difference
 from mdrec.serve.parallel import ParallelModel
-from tests.helpers import ADAPTERS, BACKBONES, CASES, SCHEMA, K, adapted, make_batch, perturb, pretrained, rows_of
+from tests.helpers import (
+    ADAPTERS,
+    BACKBONES,
+    CASES,
+    SCHEMA,
+    K,
+    adapted,
+    embedded,
+    make_batch,
+    perturb,
+    pretrained,
+    rows_of,
+)
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), CASES)
@@ -190,7 +202,7 @@ def test_adapters_inside_a_sequence_module_train_and_serve(adapter: str, tmp_pat
     per-domain products run on every item of a row with the row's domain, in training and in the serving graph."""
     schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 5))
     torch.manual_seed(0)
-    backbone = DNNBackbone(schema, 8, [16, 8], sequence_pooling="din").eval()
+    backbone = DNNBackbone(schema, embedded(8, sequence_pooling="din"), [16, 8]).eval()
     make = ADAPTERS[adapter]
     net = perturb(AdaptedNet(schema, backbone, make(schema, backbone)))
     assert any(site.startswith("input.pooling.") for site in net.adapter.sites)

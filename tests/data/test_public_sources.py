@@ -570,7 +570,7 @@ def test_experiments_compose(train_cfg: TrainCfg, experiment: str, source: type,
     assert isinstance(dm, MultiDomainDataModule) and isinstance(dm.source, source) and isinstance(dm.split, split)
     settings = leaves(OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml"))
     settings = {key: value for key, value in settings.items() if key != "defaults" and key not in HARNESS}
-    assert "backbone.embedding_dim" in settings and {key: OmegaConf.select(cfg, key) for key in settings} == settings
+    assert "input.embedding_dim" in settings and {key: OmegaConf.select(cfg, key) for key in settings} == settings
     assert cfg.callbacks.early_stopping.monitor == "val/auc"
 
 

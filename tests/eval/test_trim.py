@@ -15,6 +15,7 @@ from mdrec.eval.trim import (
     trim_table,
 )
 from mdrec.models.dnn import DNNBackbone
+from tests.helpers import embedded
 
 SCHEMA = Schema(
     "trim", tuple(SparseField(f, 21) for f in ("signal", "local", "noise")), ("x",), "domain", ("a", "b"), ("click",)
@@ -35,7 +36,7 @@ def world(rows: int, seed: int) -> Batch:
 
 def trained() -> DNNBackbone:
     torch.manual_seed(0)
-    net = DNNBackbone(SCHEMA, 8, [32], domain_as_feature=True)
+    net = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=True), [32])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     data = world(20_000, seed=0)
     for step in range(300):

@@ -18,7 +18,7 @@ from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.wide_deep import HASH_MASK, HASH_MIX, HASH_MULTIPLIER, WideArm, WideDeepBackbone
 from mdrec.nn.cross import CrossLayer
 from mdrec.train.run import train
-from tests.helpers import TrainCfg
+from tests.helpers import TrainCfg, embedded
 
 SCHEMA = Schema(
     "tiny",
@@ -31,15 +31,20 @@ SCHEMA = Schema(
 )
 D, INPUT_WIDTH = 4, 2 * 4 + 4 + 2  # two fields, the pooled sequence, two dense features
 
+
+def dcnv2(cross_rank: int | None, structure: str, **input_options: object) -> DCNv2Backbone:
+    return DCNv2Backbone(SCHEMA, embedded(D, **input_options), 2, cross_rank, [8, 6], structure, num_tasks=2)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "dnn": lambda **kw: DNNBackbone(SCHEMA, embedding_dim=D, layer_sizes=[8, 6], num_tasks=2, **kw),
+    "dnn": lambda **kw: DNNBackbone(SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], num_tasks=2),
     "wide_deep": lambda **kw: WideDeepBackbone(
-        SCHEMA, embedding_dim=D, layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2, **kw
+        SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2
     ),
-    "dcnv2_stacked_full": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, None, [8, 6], "stacked", num_tasks=2, **kw),
-    "dcnv2_stacked_low": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, 3, [8, 6], "stacked", num_tasks=2, **kw),
-    "dcnv2_parallel_full": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, None, [8, 6], "parallel", num_tasks=2, **kw),
-    "dcnv2_parallel_low": lambda **kw: DCNv2Backbone(SCHEMA, D, 2, 3, [8, 6], "parallel", num_tasks=2, **kw),
+    "dcnv2_stacked_full": lambda **kw: dcnv2(None, "stacked", **kw),
+    "dcnv2_stacked_low": lambda **kw: dcnv2(3, "stacked", **kw),
+    "dcnv2_parallel_full": lambda **kw: dcnv2(None, "parallel", **kw),
+    "dcnv2_parallel_low": lambda **kw: dcnv2(3, "parallel", **kw),
 }
 HIDDEN = {name: INPUT_WIDTH + 6 if "parallel" in name else 6 for name in BACKBONES}
 
@@ -82,7 +87,7 @@ def test_backbone_shapes_and_finite_outputs(name: str) -> None:
 )
 def test_backbone_overfits_a_tiny_batch(name: str, options: dict) -> None:
     torch.manual_seed(0)
-    net = BACKBONES[name](dropout=0.0, **options)
+    net = BACKBONES[name](**options)  # dropout 0 by default
     batch = random_batch(32, seed=1)
     opt = torch.optim.Adam(net.parameters(), lr=0.02)
     losses = []
@@ -142,7 +147,7 @@ def test_wide_arm_rejects_bad_crosses() -> None:
     with pytest.raises(ValueError, match="at least two fields"):
         WideArm(["user"], [3], 1, [["user"]])
     # the domain is a field only when it is a feature
-    WideDeepBackbone(SCHEMA, crosses=[["item", "domain"]], domain_as_feature=True)
+    WideDeepBackbone(SCHEMA, embedded(16, domain_as_feature=True), crosses=[["item", "domain"]])
     with pytest.raises(ValueError, match="'domain' is not a field"):
         WideDeepBackbone(SCHEMA, crosses=[["item", "domain"]])
 
@@ -193,7 +198,7 @@ def test_sequence_pooling_checks() -> None:
         EmbeddedInput(SCHEMA, embedding_dim=D, sequence_pooling="max")
     no_seq = Schema("flat", (SparseField("user", 7),), (), "domain", ("a",), ("click",))
     with pytest.raises(ValueError, match="sequence_pooling 'din' attends over a sequence field"):
-        DNNBackbone(no_seq, sequence_pooling="din")
+        DNNBackbone(no_seq, embedded(16, sequence_pooling="din"))
 
 
 # ---- the domain as a feature -----------------------------------------------------------------------------------
@@ -231,7 +236,7 @@ def test_domain_as_feature_changes_outputs_only_through_the_domain_embedding(nam
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["backbone=dnn", "backbone.domain_as_feature=true"],
+        ["backbone=dnn", "input.domain_as_feature=true"],
         ["backbone=wide_deep", "backbone.crosses=[[user_id,cat_1],[cat_2,cat_3,cat_4]]", "backbone.cross_buckets=997"],
         ["backbone=dcnv2"],
         ["backbone=dcnv2", "backbone.structure=parallel", "backbone.cross_rank=4"],

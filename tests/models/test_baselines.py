@@ -3,6 +3,7 @@ tests/nn/)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -17,22 +18,25 @@ from mdrec.models.ple import PLE
 from mdrec.models.shared_bottom import SharedBottom
 from mdrec.models.single_domain import SingleDomain
 from mdrec.models.star import STAR
-from mdrec.nn.domain import StarLinear, per_domain_parameters
+from mdrec.nn.domain import StarLinear
+from mdrec.nn.parameter import per_domain_parameters
 from mdrec.train.run import train
-from tests.helpers import SCHEMA, K, TrainCfg, make_batch, rows_of
+from tests.helpers import SCHEMA, K, TrainCfg, embedded, make_batch, rows_of
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
-    "shared_bottom": lambda: SharedBottom(SCHEMA, DNNBackbone(SCHEMA, 8, [16]), tower_sizes=[8], batch_norm=True),
-    "mmoe": lambda: MMoE(SCHEMA, 8, num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
-    "ple": lambda: PLE(SCHEMA, 8, num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
-    "star": lambda: STAR(SCHEMA, 8, layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
+    "shared_bottom": lambda: SharedBottom(
+        SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), tower_sizes=[8], batch_norm=True
+    ),
+    "mmoe": lambda: MMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
+    "ple": lambda: PLE(SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
+    "star": lambda: STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
 }
 
 
 def test_star_starts_at_the_shared_weights() -> None:
     torch.manual_seed(0)
-    net = STAR(SCHEMA, 8, layer_sizes=[16, 8], aux_sizes=[4])
+    net = STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4])
     stars = [m for m in net.modules() if isinstance(m, StarLinear)]
     assert len(stars) == 3  # two hidden layers and the output layer
     for layer in stars:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -58,7 +59,7 @@ def test_loss_option_errors() -> None:
 
 def test_esmm_predicts_the_product_and_trains_cvr_through_ctcvr_only() -> None:
     torch.manual_seed(0)
-    net = ESMM(SCHEMA, DNNBackbone(SCHEMA, layer_sizes=[8]), tower_sizes=[4]).eval()
+    net = ESMM(SCHEMA, functools.partial(DNNBackbone, layer_sizes=[8]), tower_sizes=[4]).eval()
     batch = batch_of([0, 1, 0], [[1, 1], [1, 0], [0, 0]])
     out = net(batch)
     ctr = net.ctr_tower(net.backbone(batch).h)
@@ -72,7 +73,7 @@ def test_esmm_predicts_the_product_and_trains_cvr_through_ctcvr_only() -> None:
     assert torch.sigmoid(product_logit(torch.tensor([30.0]), torch.tensor([30.0]))) > 0.999  # no overflow
     with pytest.raises(ValueError, match="ESMM needs a click and a conversion label"):
         one = Schema("one", (SparseField("user", 9),), ("x",), "domain", ("a",), ("click",))
-        ESMM(one, DNNBackbone(one))
+        ESMM(one, DNNBackbone)
 
 
 def test_esmm_trains_end_to_end_with_ctcvr_metrics(train_cfg: TrainCfg) -> None:

@@ -9,6 +9,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SequenceField, SparseField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
+from tests.helpers import embedded
 
 SCHEMA = Schema(
     "tiny",
@@ -48,7 +49,7 @@ def test_sequence_is_mean_pooled_over_its_true_length() -> None:
 
 def test_dnn_backbone_shapes_and_task_check() -> None:
     torch.manual_seed(0)
-    net = DNNBackbone(SCHEMA, embedding_dim=4, layer_sizes=[8, 6], num_tasks=2).eval()
+    net = DNNBackbone(SCHEMA, embedded(4), layer_sizes=[8, 6], num_tasks=2).eval()
     out = net(tiny_batch())
     assert out.logits.shape == (3, 2) and out.h.shape == (3, 6) and net.hidden_size == 6
     assert float(out.aux_loss) == 0.0 and torch.isfinite(out.logits).all()

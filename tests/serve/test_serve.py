@@ -24,7 +24,7 @@ from mdrec.serve.cli import trim as trim_main
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import ParallelModel
 from mdrec.train.run import train
-from tests.helpers import ADAPTERS, CASES, SCHEMA, K, TrainCfg, adapted, make_batch, perturb, pretrained
+from tests.helpers import ADAPTERS, CASES, SCHEMA, K, TrainCfg, adapted, embedded, make_batch, perturb, pretrained
 
 
 def with_domains(batch: Batch, domain: list[int] | torch.Tensor) -> Batch:
@@ -63,7 +63,7 @@ def test_iak_serving_form_equals_iak(
 ) -> None:
     """The folded kernels compute what IAK computes in eval, with narrower per-domain products."""
     torch.manual_seed(0)
-    backbone = DNNBackbone(SCHEMA, embedding_dim=4, layer_sizes=[16, 8]).eval()
+    backbone = DNNBackbone(SCHEMA, embedded(4), layer_sizes=[16, 8]).eval()
     net = perturb(AdaptedNet(SCHEMA, backbone, IAK(SCHEMA, backbone, bottleneck=5, hidden=6, **variant))).eval()
     serving = AdaptedNet(SCHEMA, backbone, net.adapter.for_serving(backbone)).eval()
     batch = make_batch(64, seed=1)
@@ -142,7 +142,7 @@ def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
 
 
 def test_parallel_model_refuses_a_backbone_that_embeds_the_domain() -> None:
-    backbone = DNNBackbone(SCHEMA, 8, [16], domain_as_feature=True)
+    backbone = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=True), [16])
     net = AdaptedNet(SCHEMA, backbone, ADAPTERS["lora"](SCHEMA, backbone))
     with pytest.raises(ValueError, match="embeds the domain id"):
         ParallelModel(net, SCHEMA, ADAPTERS["lora"])
@@ -241,7 +241,7 @@ def test_out_of_vocabulary_ids_are_served_as_the_unknown_id(tmp_path: Path) -> N
 def test_out_of_vocabulary_sequence_ids_are_served_as_the_unknown_id(tmp_path: Path) -> None:
     schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 3))
     torch.manual_seed(0)
-    backbone = DNNBackbone(schema, 8, [16, 8]).eval()  # mean pooling over the history, "item"'s embeddings
+    backbone = DNNBackbone(schema, embedded(8), [16, 8]).eval()  # mean pooling over the history, "item"'s embeddings
     net = perturb(AdaptedNet(schema, backbone, ADAPTERS["lora"](schema, backbone))).eval()
     model = ParallelModel(net, schema, ADAPTERS["lora"])
     b = make_batch(6, seed=3)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.models.output import ModelOutput
+from mdrec.nn.parameter import DomainParameter
 from mdrec.train.dynamic_lr import DynamicDomainLR
 from mdrec.train.module import RankingModule
 from mdrec.train.run import train
@@ -28,11 +29,9 @@ SCHEMA = Schema("toy", (SparseField("user", 9),), ("x",), "domain", ("a", "b"), 
 class DomainBias(nn.Module):
     """logit = bias[domain] + w * x: one per-domain parameter [K, 1] and one shared scalar."""
 
-    per_domain_params = ("bias",)
-
     def __init__(self) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(2, 1))
+        self.bias = DomainParameter(torch.zeros(2, 1))
         self.w = nn.Parameter(torch.zeros(()))
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -7,16 +7,18 @@ import csv
 import json
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException, InstantiationException
 from omegaconf import OmegaConf
 
-from mdrec.adapters.saved import load_state_strict
 from mdrec.models.dnn import DNNBackbone
+from mdrec.rundir import load_state_strict
 from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
-from mdrec.train.stages import check_adapt_config
-from tests.helpers import SCHEMA, TrainCfg
+from mdrec.train.stages import Adapt, Onboard, Pretrain, Train
+from tests.helpers import SCHEMA, TrainCfg, embedded
 
 DOMAINS = ("d0", "d1", "d2", "d3")
 
@@ -51,12 +53,18 @@ def test_adapt_from_a_pretrain_run_directory(train_cfg: TrainCfg, tmp_path: Path
     pre = train_cfg(["stage=pretrain", "model=pooled", "trainer.max_epochs=1"])
     pre.paths.output_dir = str(tmp_path / "pre")
     train(pre)
-    cfg = train_cfg(["stage=adapt", "adapter=head", f"stage.pretrained={tmp_path / 'pre'}", "trainer.max_epochs=1"])
-    metrics = train(cfg)
+    adapt = ["stage=adapt", "adapter=head", f"stage.pretrained={tmp_path / 'pre'}", "trainer.max_epochs=1"]
+    # the backbone is compared by its resolved values: the default input does not embed the domain, the saved one does
+    with pytest.raises(ValueError, match=r"backbone.input: .*'domain_as_feature': False.* here, .*True.* there"):
+        train(train_cfg(adapt))
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    metrics = train(train_cfg([*adapt, "model=pooled"]))
     assert not (tmp_path / "pretrained").exists()  # nothing pre-trained: the named run was used
     assert metrics["test/auc"] > 0.6
-    # config.yaml records the backbone adapted: the pooled one, though this config's default is not pooled
-    assert OmegaConf.load(tmp_path / "run" / "config.yaml").backbone.domain_as_feature is True
+    # config.yaml records the backbone adapted, the one of backbone.yaml
+    recorded = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert recorded.backbone == OmegaConf.load(tmp_path / "pre" / "backbone.yaml")
+    assert recorded.backbone.input.domain_as_feature is True
 
 
 def test_full_fine_tune_has_no_adapter_and_selects_overall(train_cfg: TrainCfg) -> None:
@@ -66,13 +74,33 @@ def test_full_fine_tune_has_no_adapter_and_selects_overall(train_cfg: TrainCfg) 
     assert not any(k.startswith("selection/") for k in metrics)
 
 
+def test_top_layer_fine_tune_runs_as_documented(train_cfg: TrainCfg) -> None:
+    # adapter=none with the lower layers frozen: shared trainable weights, so selection is overall by default
+    metrics = train(train_cfg(["stage=adapt", "adapter=none", "stage.freeze=[input,mlp]", "trainer.max_epochs=1"]))
+    assert metrics["params/trainable"] == 128 + 1  # the output layer of the default DNN (h of 128 -> 1 logit)
+    assert not any(k.startswith("selection/") for k in metrics)
+
+
 def test_stage_errors(train_cfg: TrainCfg, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="stage=pretrain trains a backbone, but model.net is mdrec.models.mmoe.MMoE"):
         train(train_cfg(["stage=pretrain", "model=mmoe"]))
     with pytest.raises(FileNotFoundError, match="holds no pre-trained backbone"):
         train(train_cfg(["stage=adapt", f"stage.pretrained={tmp_path}"]))
     with pytest.raises(ValueError, match=r"per-domain selection needs every trainable parameter .* shared"):
-        train(train_cfg(["stage=adapt", "stage.freeze=[input]", "trainer.max_epochs=1"]))
+        train(
+            train_cfg(["stage=adapt", "stage.freeze=[input]", "stage.select_per_domain=true", "trainer.max_epochs=1"])
+        )
+
+
+def test_every_stage_is_a_class_and_a_misspelt_key_fails_naming_it(train_cfg: TrainCfg) -> None:
+    stages = {"train": Train, "pretrain": Pretrain, "adapt": Adapt, "onboard": Onboard}
+    for name, kind in stages.items():
+        extra = ["stage.adapted=x", "stage.domain=d0"] if name == "onboard" else []
+        assert type(hydra.utils.instantiate(train_cfg([f"stage={name}", *extra]).stage)) is kind
+    with pytest.raises(ConfigCompositionException, match="patiance"):
+        train_cfg(["stage=adapt", "stage.patiance=3"])
+    with pytest.raises(InstantiationException, match="unexpected keyword argument 'patiance'"):
+        train(train_cfg(["stage=adapt", "+stage.patiance=3"]))
 
 
 def test_adapt_refuses_a_multi_domain_model(train_cfg: TrainCfg, tmp_path: Path) -> None:
@@ -84,30 +112,28 @@ def test_adapt_refuses_a_multi_domain_model(train_cfg: TrainCfg, tmp_path: Path)
 
 def test_adapt_refuses_a_backbone_other_than_the_pretrained_one(train_cfg: TrainCfg, tmp_path: Path) -> None:
     saved = tmp_path / "pre"  # a pretrain run's backbone.yaml: a pooled DNN with layer_sizes [32]
+    pre = train_cfg(["backbone.layer_sizes=[32]", "model=pooled"])
     saved.mkdir()
-    pre = train_cfg(["backbone.layer_sizes=[32]", "model=pooled"]).backbone
-    (saved / "backbone.yaml").write_text(OmegaConf.to_yaml(pre))
-    adapt = ["stage=adapt", f"stage.pretrained={saved}"]
+    (saved / "backbone.yaml").write_text(OmegaConf.to_yaml(pre.backbone, resolve=True))
+    (saved / "backbone.pt").write_bytes(b"")  # never read: the check comes first
+    adapt = ["stage=adapt", f"stage.pretrained={saved}", "model=pooled"]
 
-    with pytest.raises(ValueError, match=r"a mdrec.models.dnn.DNNBackbone .* backbone is .*WideDeepBackbone"):
+    with pytest.raises(ValueError, match=r"backbone._target_: 'mdrec.models.wide_deep.WideDeepBackbone' here, 'mdrec"):
         train(train_cfg([*adapt, "backbone=wide_deep"]))
-    assert not (tmp_path / "run" / "config.yaml").exists()
-    override = ["backbone.layer_sizes=[8]"]
-    with pytest.raises(ValueError, match=r"backbone.layer_sizes=\[32\] .* overridden to \[8\] here: drop the override"):
-        check_adapt_config(train_cfg([*adapt, *override]), override)
-
-    # an override the saved run agrees with passes; the fields not overridden are the saved run's
-    cfg = train_cfg([*adapt, "backbone.layer_sizes=[32]"])
-    check_adapt_config(cfg, ["backbone.layer_sizes=[32]"])
-    assert cfg.backbone == pre and cfg.backbone.domain_as_feature is True
+    with pytest.raises(ValueError, match=r"backbone.layer_sizes: \[8\] here, \[32\] there"):
+        train(train_cfg([*adapt, "backbone.layer_sizes=[8]"]))
+    # a value set in an experiment file or a default is compared too, not only the command line's overrides
+    with pytest.raises(ValueError, match=r"backbone.layer_sizes: \[256, 128\] here, \[32\] there"):
+        train(train_cfg(adapt))
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before recording a config it would not run
 
 
 def test_strict_load_lists_missing_unexpected_and_shapes() -> None:
-    saved = DNNBackbone(SCHEMA, 8, [16]).state_dict()
+    saved = DNNBackbone(SCHEMA, embedded(8), [16]).state_dict()
     saved["extra.weight"] = torch.zeros(1)
     del saved["output.bias"]
     with pytest.raises(ValueError) as err:
-        load_state_strict(DNNBackbone(SCHEMA, 8, [32]), saved, "run/backbone.pt")
+        load_state_strict(DNNBackbone(SCHEMA, embedded(8), [32]), saved, "run/backbone.pt")
     message = str(err.value)
     assert "missing keys ['output.bias']" in message and "unexpected keys ['extra.weight']" in message
     assert "'mlp.layers.0.weight': ((16, 17), (32, 17))" in message
