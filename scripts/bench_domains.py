@@ -43,7 +43,7 @@ import mdrec.models.star
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.nn.domain import DomainGroups
-from mdrec.train.run import build_module
+from mdrec.train.stages import Train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = {
@@ -129,7 +129,7 @@ def build(model: str, schema: Schema, seed: int) -> tuple[nn.Module, torch.optim
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={model}"])
     torch.manual_seed(seed)
-    module = build_module(cfg, schema)
+    module = Train().build(cfg, schema)
     return module.net, module.configure_optimizers()
 
 

@@ -17,7 +17,7 @@ from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SparseField
+from mdrec.data.schema import Schema, SequenceField, SparseField
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
@@ -56,6 +56,18 @@ def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
 K = 3
 SCHEMA = Schema(
     "tiny", (SparseField("row", 257), SparseField("item", 11)), ("age",), "domain", ("a", "b", "c"), ("click",)
+)
+
+
+# two fields, two dense features, a history of up to 3 items and two labels (click, conversion)
+SEQ_SCHEMA = Schema(
+    "tiny",
+    (SparseField("user", 7), SparseField("item", 5)),
+    ("age", "price"),
+    "domain",
+    ("a", "b"),
+    ("click", "conversion"),
+    sequence=SequenceField("history", "item", 3),
 )
 
 

@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, Adapter
+from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, AdapterFactory
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear
 
 TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, the fallback slot's probe
-# builds an adapter for a schema on a backbone: the adapter class with its options bound (what the ``adapter``
-# config node instantiates with ``_partial_``)
-AdapterFactory = Callable[[Schema, nn.Module], Adapter]
 
 
 def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
@@ -186,10 +182,10 @@ class ParallelModel(nn.Module):
         super().__init__()
         if net.adapter is None:
             raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
-        if getattr(getattr(net.backbone, "input", None), "domain_as_feature", False):
+        if net.backbone.input.domain_as_feature:
             raise ValueError(
                 "ParallelModel falls back to the plain backbone for unknown domains, but this backbone embeds the "
-                "domain id (backbone.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
+                "domain id (input.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
                 "domain-agnostic backbone (pre-train with model=backbone)"
             )
         self.num_domains = schema.num_domains

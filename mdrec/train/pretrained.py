@@ -1,10 +1,10 @@
-"""The store of pre-trained backbones, keyed by config (the files of a run: ``mdrec.adapters.saved``).
+"""The store of pre-trained backbones, keyed by config (the files of a run: :class:`mdrec.rundir.RunDir`).
 
 A pretrain run directory holds ``backbone.pt`` (the backbone's state dict, from the best validation checkpoint)
 and ``backbone.yaml`` (the backbone's config, so an adapt run rebuilds the same architecture). The store under
 ``paths.pretrained_dir`` keeps one such directory per key: the hash of everything that determines the backbone
-(data, backbone, model and optimiser, trainer, early stopping, seed). An adapt sweep finds its backbone there and
-pre-trains it only once.
+(data, backbone with its input layer, model and optimiser, trainer, early stopping, seed). An adapt sweep finds its
+backbone there and pre-trains it only once.
 """
 
 from __future__ import annotations

@@ -11,35 +11,26 @@ import torch
 from torch import nn
 
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SequenceField, SparseField
+from mdrec.data.schema import Schema, SparseField
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.wide_deep import HASH_MASK, HASH_MIX, HASH_MULTIPLIER, WideArm, WideDeepBackbone
 from mdrec.nn.cross import CrossLayer
 from mdrec.train.run import train
-from tests.helpers import TrainCfg, embedded
+from tests.helpers import SEQ_SCHEMA, TrainCfg, embedded
 
-SCHEMA = Schema(
-    "tiny",
-    (SparseField("user", 7), SparseField("item", 5)),
-    ("age", "price"),
-    "domain",
-    ("a", "b"),
-    ("click", "conversion"),
-    sequence=SequenceField("history", "item", 3),
-)
 D, INPUT_WIDTH = 4, 2 * 4 + 4 + 2  # two fields, the pooled sequence, two dense features
 
 
 def dcnv2(cross_rank: int | None, structure: str, **input_options: object) -> DCNv2Backbone:
-    return DCNv2Backbone(SCHEMA, embedded(D, **input_options), 2, cross_rank, [8, 6], structure, num_tasks=2)
+    return DCNv2Backbone(SEQ_SCHEMA, embedded(D, **input_options), 2, cross_rank, [8, 6], structure, num_tasks=2)
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "dnn": lambda **kw: DNNBackbone(SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], num_tasks=2),
+    "dnn": lambda **kw: DNNBackbone(SEQ_SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], num_tasks=2),
     "wide_deep": lambda **kw: WideDeepBackbone(
-        SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2
+        SEQ_SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2
     ),
     "dcnv2_stacked_full": lambda **kw: dcnv2(None, "stacked", **kw),
     "dcnv2_stacked_low": lambda **kw: dcnv2(3, "stacked", **kw),
@@ -105,11 +96,11 @@ def test_backbone_overfits_a_tiny_batch(name: str, options: dict) -> None:
 
 def test_dcnv2_argument_checks() -> None:
     with pytest.raises(ValueError, match="structure must be one of \\['stacked', 'parallel'\\], got 'mixed'"):
-        DCNv2Backbone(SCHEMA, structure="mixed")
+        DCNv2Backbone(SEQ_SCHEMA, structure="mixed")
     with pytest.raises(ValueError, match="rank must be a positive integer or None"):
         CrossLayer(4, rank=0)
     with pytest.raises(ValueError, match="num_tasks 3 must be in 1..2"):
-        DCNv2Backbone(SCHEMA, num_tasks=3)
+        DCNv2Backbone(SEQ_SCHEMA, num_tasks=3)
 
 
 # ---- Wide&Deep -------------------------------------------------------------------------------------------------
@@ -143,13 +134,13 @@ def test_wide_crosses_hash_deterministically() -> None:
 
 def test_wide_arm_rejects_bad_crosses() -> None:
     with pytest.raises(ValueError, match=r"crosses: 'colour' is not a field; fields: \['user', 'item'\]"):
-        WideDeepBackbone(SCHEMA, crosses=[["user", "colour"]])
+        WideDeepBackbone(SEQ_SCHEMA, crosses=[["user", "colour"]])
     with pytest.raises(ValueError, match="at least two fields"):
         WideArm(["user"], [3], 1, [["user"]])
     # the domain is a field only when it is a feature
-    WideDeepBackbone(SCHEMA, embedded(16, domain_as_feature=True), crosses=[["item", "domain"]])
+    WideDeepBackbone(SEQ_SCHEMA, embedded(16, domain_as_feature=True), crosses=[["item", "domain"]])
     with pytest.raises(ValueError, match="'domain' is not a field"):
-        WideDeepBackbone(SCHEMA, crosses=[["item", "domain"]])
+        WideDeepBackbone(SEQ_SCHEMA, crosses=[["item", "domain"]])
 
 
 def test_wide_arm_starts_at_zero_and_trains_jointly() -> None:
@@ -168,7 +159,7 @@ def test_wide_arm_starts_at_zero_and_trains_jointly() -> None:
 def test_din_input_attends_with_the_rows_own_item() -> None:
     torch.manual_seed(0)
     # unit-scale embeddings: at the default 0.01 the attention scores barely depend on the target
-    inp = EmbeddedInput(SCHEMA, embedding_dim=D, init_std=1.0, sequence_pooling="din", attention_softmax=True)
+    inp = EmbeddedInput(SEQ_SCHEMA, embedding_dim=D, init_std=1.0, sequence_pooling="din", attention_softmax=True)
     batch = Batch(
         sparse=torch.tensor([[1, 2], [1, 2], [3, 4]]),
         dense=torch.zeros(3, 2),
@@ -195,7 +186,7 @@ def test_din_input_attends_with_the_rows_own_item() -> None:
 
 def test_sequence_pooling_checks() -> None:
     with pytest.raises(ValueError, match=r"sequence_pooling must be one of \['mean', 'din'\], got 'max'"):
-        EmbeddedInput(SCHEMA, embedding_dim=D, sequence_pooling="max")
+        EmbeddedInput(SEQ_SCHEMA, embedding_dim=D, sequence_pooling="max")
     no_seq = Schema("flat", (SparseField("user", 7),), (), "domain", ("a",), ("click",))
     with pytest.raises(ValueError, match="sequence_pooling 'din' attends over a sequence field"):
         DNNBackbone(no_seq, embedded(16, sequence_pooling="din"))

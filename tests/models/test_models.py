@@ -6,20 +6,10 @@ import pytest
 import torch
 
 from mdrec.data.batch import Batch
-from mdrec.data.schema import Schema, SequenceField, SparseField
+from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
-from tests.helpers import embedded
-
-SCHEMA = Schema(
-    "tiny",
-    (SparseField("user", 7), SparseField("item", 5)),
-    ("age", "price"),
-    "domain",
-    ("a", "b"),
-    ("click", "conversion"),
-    sequence=SequenceField("history", "item", 3),
-)
+from tests.helpers import SEQ_SCHEMA, embedded
 
 
 def tiny_batch() -> Batch:
@@ -34,7 +24,7 @@ def tiny_batch() -> Batch:
 
 
 def test_sequence_is_mean_pooled_over_its_true_length() -> None:
-    inp = EmbeddedInput(SCHEMA, embedding_dim=4)
+    inp = EmbeddedInput(SEQ_SCHEMA, embedding_dim=4)
     batch = tiny_batch()
     x = inp(batch)
     assert x.shape == (3, 2 * 4 + 4 + 2) == (3, inp.out_features)
@@ -49,12 +39,12 @@ def test_sequence_is_mean_pooled_over_its_true_length() -> None:
 
 def test_dnn_backbone_shapes_and_task_check() -> None:
     torch.manual_seed(0)
-    net = DNNBackbone(SCHEMA, embedded(4), layer_sizes=[8, 6], num_tasks=2).eval()
+    net = DNNBackbone(SEQ_SCHEMA, embedded(4), layer_sizes=[8, 6], num_tasks=2).eval()
     out = net(tiny_batch())
     assert out.logits.shape == (3, 2) and out.h.shape == (3, 6) and net.hidden_size == 6
     assert float(out.aux_loss) == 0.0 and torch.isfinite(out.logits).all()
     with pytest.raises(ValueError, match=r"num_tasks 3 must be in 1..2"):
-        DNNBackbone(SCHEMA, num_tasks=3)
+        DNNBackbone(SEQ_SCHEMA, num_tasks=3)
 
 
 def test_dense_only_schema() -> None:
