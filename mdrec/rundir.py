@@ -26,6 +26,39 @@ from mdrec.adapters.base import AdaptedNet, Adapter, AdapterFactory
 from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
 
+# what a config read back from a file may instantiate: mdrec's own classes and the optimisers configs name
+SAFE_TARGET_PREFIXES = ("mdrec.",)
+SAFE_TARGETS = frozenset(f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "Adagrad", "RMSprop"))
+
+
+def check_targets(value: Any, source: Path, key: str) -> None:
+    """Refuse a config value (resolved, plain containers) that names a ``_target_`` outside the allow-list, at any
+    nesting level: instantiating it could run any code. The error names the file, the key and the target."""
+    if isinstance(value, dict):
+        target = value.get("_target_")
+        if target is not None and not (
+            isinstance(target, str) and (target.startswith(SAFE_TARGET_PREFIXES) or target in SAFE_TARGETS)
+        ):
+            where = f"{key}._target_" if key else "_target_"
+            raise ValueError(
+                f"{source}: {where} is {target!r}, which mdrec does not instantiate from a file (only mdrec.* "
+                f"classes and {sorted(SAFE_TARGETS)}): the file was not written by mdrec or was edited; delete it, or "
+                "rebuild the run from a config you trust"
+            )
+        for k, v in value.items():
+            check_targets(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_targets(v, source, f"{key}[{i}]")
+
+
+def safe_instantiate(node: DictConfig, source: Path, key: str, partial: bool = False) -> Any:
+    """``hydra.utils.instantiate`` of a config node read from ``source``, its targets checked first (resolved, at
+    every level: :func:`check_targets`)."""
+    value = OmegaConf.to_container(node, resolve=True)
+    check_targets(value, source, key)
+    return hydra.utils.instantiate(OmegaConf.create(value), _partial_=partial)
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -123,12 +156,17 @@ class RunDir:
 
     def load_backbone(self, schema: Schema) -> Backbone:
         """The backbone of ``backbone.pt`` + ``backbone.yaml``, rebuilt for ``schema`` and loaded strictly."""
-        backbone = hydra.utils.instantiate(self.backbone_config(), _partial_=True)(schema)
+        config = self.file(self.BACKBONE_CONFIG)
+        backbone = safe_instantiate(self.backbone_config(), config, "", partial=True)(schema)
         load_state_strict(backbone, self._load_tensors(self.BACKBONE), str(self.file(self.BACKBONE)))
         return backbone
 
     def save_adapter(self, adapter: Adapter) -> None:
         torch.save(adapter.state_dict(), self.file(self.ADAPTER))
+
+    def instantiate(self, key: str) -> Any:
+        """The object of ``config.yaml``'s node ``key`` (e.g. ``data``), its targets checked first."""
+        return safe_instantiate(self.read_config()[key], self.file(self.CONFIG), key)
 
     def adapter_config(self) -> DictConfig | None:
         """The ``adapter`` node of ``config.yaml`` (None: the run had no adapter)."""
@@ -140,7 +178,7 @@ class RunDir:
         adapter_cfg = self.adapter_config()
         if adapter_cfg is None:
             raise FileNotFoundError(f"{self.file(self.CONFIG)} has no adapter: point at a run made with stage=adapt")
-        return hydra.utils.instantiate(adapter_cfg, _partial_=True)
+        return safe_instantiate(adapter_cfg, self.file(self.CONFIG), "adapter", partial=True)
 
     def load_adapted(self, schema: Schema) -> AdaptedNet:
         """The adapted network of an adapt (or onboard) run, rebuilt for ``schema``, loaded strictly, its backbone

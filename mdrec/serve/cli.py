@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 
 from mdrec.adapters.base import AdaptedNet
@@ -80,7 +79,7 @@ def load_run(directory: Path, tool: str) -> AdaptRun:
     missing = [name for name in (RunDir.CONFIG, RunDir.ADAPTER) if not run_dir.exists(name)]
     if missing:
         sys.exit(f"{tool}: {directory} lacks {missing}; give the directory of a finished stage=adapt run")
-    datamodule: MultiDomainDataModule = hydra.utils.instantiate(run_dir.read_config().data)
+    datamodule: MultiDomainDataModule = run_dir.instantiate("data")
     datamodule.prepare_data()
     datamodule.setup()
     net = run_dir.load_adapted(datamodule.schema).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import uuid
 from pathlib import Path
@@ -80,12 +81,35 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+    crafted file cannot run code; anything else is an error naming the file.
+
+    Raises:
+        ValueError: the file is not a checkpoint of plain values (crafted, corrupted, or from another program).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"checkpoint {path} does not load as plain tensors and values ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}); mdrec never unpickles objects from a file. Resume from a checkpoint "
+            "an mdrec run wrote (its checkpoints/ folder), or start afresh without ckpt_path"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(
+            f"checkpoint {path} is not a Lightning checkpoint (no state_dict); give a .ckpt an mdrec run wrote"
+        )
+    return checkpoint
+
+
 def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) -> str | None:
     """The checkpoint ``trainer.fit`` resumes from: ``ckpt_path`` itself, or for ``last`` the ModelCheckpoint's
     ``<dirpath>/last.ckpt`` (``<output_dir>/checkpoints/last.ckpt``); None starts fresh.
 
     Raises:
         FileNotFoundError: the checkpoint is not there (Lightning would warn and train from scratch).
+        ValueError: the file does not load as plain tensors and values (:func:`load_checkpoint`).
     """
     if ckpt_path is None:
         return None
@@ -101,4 +125,5 @@ def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) ->
             f"ckpt_path: no checkpoint at {ckpt_path}; resume a run in its own directory with "
             "hydra.run.dir=<run dir> ckpt_path=last, or give the path of an existing .ckpt file"
         )
+    load_checkpoint(ckpt_path)  # refused here, naming the file, before Lightning reads it
     return ckpt_path

@@ -66,7 +66,9 @@ class RankingModule(pl.LightningModule):
         domain_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "schema"], logger=False)
+        # plain values only: a checkpoint loads with torch.load(weights_only=True) (the run's config.yaml has the rest)
+        weights = {str(d): float(w) for d, w in (domain_weights or {}).items()} or None
+        self.save_hyperparameters({"loss_normalization": loss_normalization, "domain_weights": weights}, logger=False)
         if loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"loss_normalization {loss_normalization!r} is not one of {LOSS_NORMALIZATIONS}")
         unknown = sorted(set(domain_weights or {}) - set(schema.domains))

@@ -88,8 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.test:
             predictions["zeroshot_prob"] = module.test_predictions()["prob"]
     start = time.perf_counter()
-    # a run's own checkpoints hold more than tensors (the optimiser factory among the hyper-parameters)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - start
     metrics["val/auc_best"] = float(trainer.callback_metrics.get("val/auc_best", float("nan")))
     stage.after_fit(trainer, module)

@@ -8,10 +8,11 @@ files a run writes. A new stage is a new class here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
@@ -29,6 +31,7 @@ from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir
+from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.pretrained import plain_value, pretrain_key
 from mdrec.train.selection import DomainSelection, shared_trainable
@@ -74,7 +77,7 @@ class Stage:
         """Put the selected model into ``module``: the best validation checkpoint, if one was kept."""
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+            module.load_state_dict(load_checkpoint(best)["state_dict"])
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         """Metrics of this stage's own, given the test ``predictions`` (empty when not tested)."""
@@ -339,24 +342,42 @@ def find_or_pretrain(sub: DictConfig, run: Runner) -> Path:
     """The store's backbone for the pretrain config ``sub`` (under ``paths.pretrained_dir``, keyed by
     :func:`pretrain_key`), pre-trained now with ``run`` if it is missing.
 
-    The pre-training writes into ``<key>.partial`` and is renamed when complete: a killed one never looks finished.
-    In a multi-process run every process pre-trains (they train together); process 0 alone clears and renames the
-    directory while the others wait.
+    Jobs that need the same backbone take turns through a file lock per key (released by the operating system when
+    a job dies): exactly one pre-trains, the others wait and then find it. The pre-training writes into
+    ``<key>.partial`` and is renamed when complete: a killed one never looks finished. In a multi-process run every
+    process pre-trains (they train together); process 0 alone holds the lock, clears and renames the directory.
     """
     directory = Path(sub.paths.pretrained_dir) / pretrain_key(sub)
-    if RunDir(directory).has_backbone():
-        log.info("pre-trained backbone found: %s", directory)
-        return directory
-    log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
-    partial_dir = directory.with_name(directory.name + ".partial")
+    directory.parent.mkdir(parents=True, exist_ok=True)
     rank_zero = rank_zero_only.rank == 0
-    if rank_zero:
-        shutil.rmtree(partial_dir, ignore_errors=True)
-    with open_dict(sub):
-        sub.paths.output_dir = str(partial_dir)
-    run(sub)
-    if rank_zero:
-        partial_dir.rename(directory)
+    with store_lock(directory) if rank_zero else contextlib.nullcontext():
+        if RunDir(directory).has_backbone():
+            log.info("pre-trained backbone found: %s", directory)
+            return directory
+        log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
+        partial_dir = directory.with_name(directory.name + ".partial")
+        if rank_zero:
+            shutil.rmtree(partial_dir, ignore_errors=True)
+        with open_dict(sub):
+            sub.paths.output_dir = str(partial_dir)
+        run(sub)
+        if rank_zero:
+            partial_dir.rename(directory)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the others wait for the rename
     return directory
+
+
+@contextlib.contextmanager
+def store_lock(directory: Path) -> Iterator[None]:
+    """Hold ``<directory>.lock`` (waiting, with a message, while another job holds it)."""
+    lock = FileLock(str(directory.with_name(directory.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another job is pre-training %s: waiting for it", directory)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
