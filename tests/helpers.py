@@ -71,6 +71,11 @@ SEQ_SCHEMA = Schema(
 )
 
 
+def stored_backbones(root: Path) -> list[Path]:
+    """The backbone directories of a store (``paths.pretrained_dir``), without its lock files, in name order."""
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
 def embedded(embedding_dim: int, **options: object) -> Callable[[Schema], EmbeddedInput]:
     """An input-layer factory: ``EmbeddedInput`` with ``embedding_dim`` and ``options`` bound."""
     return functools.partial(EmbeddedInput, embedding_dim=embedding_dim, **options)

@@ -15,7 +15,7 @@ from mdrec.eval.gate import bootstrap_auc, negative_transfer, weighted_auc
 from mdrec.eval.metrics import domain_metrics
 from mdrec.serve.cli import main as export_main
 from mdrec.train.run import train
-from tests.helpers import TrainCfg
+from tests.helpers import TrainCfg, stored_backbones
 
 
 def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
@@ -33,7 +33,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     )
     adapt.paths.output_dir = str(tmp_path / "adapt")
     adapted = train(adapt)
-    (pretrained,) = (tmp_path / "pretrained").iterdir()
+    (pretrained,) = stored_backbones(tmp_path / "pretrained")
     pre_cfg = OmegaConf.load(pretrained / "config.yaml")
     pre_cfg_path = tmp_path / "adapt" / "config.yaml"
     assert pre_cfg.data.domain_fractions == {"d3": 0.0} and pre_cfg.data.vocab_domains is None

@@ -119,7 +119,7 @@ def test_a_missing_checkpoint_is_an_error_naming_its_path(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="callbacks.model_checkpoint"):
         resume_path("last", None)
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
+    torch.save({"epoch": 0, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path("last", checkpointing) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path(None, checkpointing) is None
 

@@ -18,14 +18,14 @@ from mdrec.rundir import load_state_strict
 from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
 from mdrec.train.stages import Adapt, Onboard, Pretrain, Train
-from tests.helpers import SCHEMA, TrainCfg, embedded
+from tests.helpers import SCHEMA, TrainCfg, embedded, stored_backbones
 
 DOMAINS = ("d0", "d1", "d2", "d3")
 
 
 def test_adapt_builds_the_backbone_once_and_keeps_step_0_per_domain(train_cfg: TrainCfg, tmp_path: Path) -> None:
     metrics = train(train_cfg(["stage=adapt", "adapter=iak", "trainer.max_epochs=2"]))
-    stored = [p for p in (tmp_path / "pretrained").iterdir()]
+    stored = stored_backbones(tmp_path / "pretrained")
     assert len(stored) == 1 and (stored[0] / "backbone.pt").exists() and (stored[0] / "backbone.yaml").exists()
     pretrain_metrics = json.loads((stored[0] / "metrics.json").read_text())
     run = tmp_path / "run"
@@ -45,7 +45,7 @@ def test_adapt_builds_the_backbone_once_and_keeps_step_0_per_domain(train_cfg: T
 
     # a second adapt run of the same config with another adapter reuses the stored backbone
     lora = train(train_cfg(["stage=adapt", "adapter=lora", "adapter.rank=2", "trainer.max_epochs=2"]))
-    assert [p for p in (tmp_path / "pretrained").iterdir()] == stored
+    assert stored_backbones(tmp_path / "pretrained") == stored
     assert lora["zeroshot/test/auc"] == metrics["zeroshot/test/auc"]
 
 
@@ -164,7 +164,7 @@ def test_adapt_with_wandb_pretrains_and_adapts_in_runs_of_their_own(
     monkeypatch.setenv("WANDB_SILENT", "true")
     metrics = train(train_cfg(["stage=adapt", "adapter=head", "logger=wandb", "debug=limit", "trainer.max_epochs=1"]))
     assert "test/auc" in metrics and (tmp_path / "run" / "metrics.json").exists()
-    (stored,) = (tmp_path / "pretrained").iterdir()
+    (stored,) = stored_backbones(tmp_path / "pretrained")
     pretrain_runs = list((stored / "wandb").glob("offline-run-*"))
     adapt_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(pretrain_runs) == len(adapt_runs) == 1
