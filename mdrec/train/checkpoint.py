@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -45,14 +46,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
+            if disk_full(error):  # torch's writer reports it as "unexpected pos": say what happened
+                raise OSError(
+                    errno.ENOSPC,
+                    f"no space left on the device while writing checkpoint {target}: the previous one is intact; "
+                    "free space, then resume the run (its command with hydra.run.dir=<run dir> ckpt_path=last)",
+                ) from error
             raise
         directory = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or an error it was raised from is "no space left on device"."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def rng_states() -> dict[str, Any]:
