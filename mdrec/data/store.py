@@ -14,7 +14,6 @@ import json
 import mmap as _mmap
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from mdrec.data.batch import Batch
+from mdrec.data.files import PLAIN_FILE_NAME, is_plain_file_name, remove_stale_temporaries, temporary_path
 from mdrec.data.schema import SCHEMA_FILE, SPLIT_COLUMN, SPLIT_NAMES, Schema, seq_length_column
 
 COLUMNS_DIR = "columns"
@@ -179,8 +179,10 @@ class StoreWriter:
     the rows written before, with plain file writes (nothing is mapped into this process, so its resident memory
     does not grow with the data). ``commit`` checks that all ``num_rows`` rows were written, adds vocabularies,
     report and schema and renames the directory into place. Leaving the ``with`` block without committing (an
-    error) removes the temporary directory: a crash never leaves a half-written store behind. A column name that
-    cannot name its file (``/``, ``\\``, NUL, ``.``, ``..``, over 250 bytes) is refused before anything is written.
+    error) removes the temporary directory: a crash never leaves a half-written store behind. A killed process
+    does leave its temporary (``mdrec.data.files.temporary_path``: its pid is in the name); the next writer in the
+    same parent directory removes those of processes that are gone. A column name that cannot name its file
+    (``mdrec.data.files.PLAIN_FILE_NAME``) is refused before anything is written.
 
     Args:
         directory: the prepared directory to write (replaced if it exists, on commit).
@@ -199,18 +201,19 @@ class StoreWriter:
     def __init__(self, directory: str | Path, schema: Schema, num_rows: int) -> None:
         self.directory = Path(directory)
         self.schema = schema
-        unsafe = [c for c in schema.columns() if c in (".", "..") or set(c) & set("/\\\0") or len(c.encode()) > 250]
+        unsafe = [c for c in schema.columns() if not is_plain_file_name(c)]
         if unsafe:
             raise ValueError(
                 f"data set {schema.dataset_id!r}: column name(s) {unsafe} cannot name a file (columns/<name>.npy); "
-                "rename them: no '/', '\\' or NUL, not '.' or '..', at most 250 bytes"
+                f"rename them: each must be {PLAIN_FILE_NAME}"
             )
         if num_rows < 1:
             raise ValueError(f"data set {schema.dataset_id!r} has no rows")
         self.num_rows = num_rows
         self.rows_written = 0
         self._dtypes = column_dtypes(schema)
-        self._tmp = self.directory.with_name(f".{self.directory.name}.tmp-{uuid.uuid4().hex[:8]}")
+        remove_stale_temporaries(self.directory.parent)  # of earlier writers that were killed
+        self._tmp = temporary_path(self.directory)
         (self._tmp / COLUMNS_DIR).mkdir(parents=True)
         self._offsets: dict[str, int] = {}  # column -> byte offset of its data (the header's length)
         try:

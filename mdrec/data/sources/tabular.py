@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mdrec.data.files import check_dataset_id, remove_stale_temporaries, temporary_path
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
 from mdrec.data.sources.raw import file_signature
 
@@ -138,6 +139,7 @@ class TabularSource:
     delimiter: str | None = None
 
     def __post_init__(self) -> None:
+        check_dataset_id(self.name, "data.source.name")
         for attr in ("data_files", "train_files", "val_files", "test_files"):
             setattr(self, attr, _file_list(getattr(self, attr)))
         if (self.data_files is None) == (self.train_files is None):
@@ -209,7 +211,7 @@ class TabularSource:
         arrow = cache_dir / f"{Path(path).name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
         if not arrow.exists():
             cache_dir.mkdir(parents=True, exist_ok=True)
-            part = arrow.with_name(arrow.name + ".part")
+            part = temporary_path(arrow)
             try:
                 with self._errors(path, delimiter):
                     batches = self._batches(path, delimiter)
@@ -310,6 +312,7 @@ class TabularSource:
 
     def encode(self, raw_dir: Path) -> EncodedTable:
         """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
+        remove_stale_temporaries(Path(raw_dir) / "hf")  # parses of earlier runs that were killed
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
         self._check_distinct(files)
