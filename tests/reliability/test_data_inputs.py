@@ -7,6 +7,7 @@ import bz2
 import gzip
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,15 @@ SPEC = TableSpec(sparse=("user", "item"), domain="region", labels=("click",), de
 HEADER = "user,item,region,price,click,ts\n"
 
 
-def rows_csv(start: int, n: int, price: list[str] | None = None, region: list[str] | None = None) -> str:
-    """``n`` distinct rows (time stamps ``start`` ..), two regions, prices 1 .. n unless given."""
+def rows_csv(
+    start: int, n: int, price: list[str] | None = None, region: list[str] | None = None, flip: bool = False
+) -> str:
+    """``n`` distinct rows (time stamps ``start`` ..): regions ``de``/``fr`` and prices 1 .. 100 unless given;
+    ``flip``: the other label."""
     i = np.arange(start, start + n)
     price = price or [str(k % 100 + 1) for k in i]
     region = region or ["de" if k % 3 else "fr" for k in i]
-    return "".join(f"u{k % 17},{k % 11},{region[j]},{price[j]},{k % 2},{k}\n" for j, k in enumerate(i))
+    return "".join(f"u{k % 17},{k % 11},{region[j]},{price[j]},{(k + flip) % 2},{k}\n" for j, k in enumerate(i))
 
 
 def write(path: Path, body: str) -> str:
@@ -60,7 +64,7 @@ def test_a_dense_outlier_that_would_collapse_the_column_is_refused(tmp_path: Pat
     price = [str(k % 100 + 1) for k in range(300)]
     price[157] = outlier
     path = write(tmp_path / "shop.csv", rows_csv(0, 300, price))
-    source = TabularSource("shop", TableSpec(**{**vars(SPEC), "dense_scaling": scaling}), data_files=path)
+    source = TabularSource("shop", replace(SPEC, dense_scaling=scaling), data_files=path)
     with pytest.raises(ValueError) as info:
         source.encode(tmp_path / "raw")
     message = str(info.value)
@@ -108,11 +112,7 @@ def test_shared_rows_are_reported_warned_about_and_refused_above_the_threshold(
     # test: 30 rows copied from train, 10 rows equal to a train row but for the label (not shared: whole rows are
     # compared), 60 new rows; val: 1 of 50 rows copied (2 %, also warned about)
     train = rows_csv(0, 200)
-    relabelled = "".join(
-        line.rsplit(",", 2)[0] + f",{1 - int(line.rsplit(',', 2)[1])},{line.rsplit(',', 1)[1]}\n"
-        for line in rows_csv(100, 10).splitlines()
-    )
-    test = rows_csv(0, 30) + relabelled + rows_csv(1000, 60)
+    test = rows_csv(0, 30) + rows_csv(100, 10, flip=True) + rows_csv(1000, 60)
     val = rows_csv(150, 1) + rows_csv(2000, 49)
     source = split_source(tmp_path, train, val, test)
     with caplog.at_level(logging.WARNING):
@@ -156,7 +156,7 @@ def test_a_domain_seen_only_in_test_is_refused_naming_it_and_its_file(tmp_path: 
     assert f"row 41 is row 1 of file {test_path!r}" in message
     assert "list every domain in `domains`" in message
     # listed, the domain is prepared (with no training rows)
-    spec = TableSpec(**{**vars(SPEC), "domains": ("de", "fr", "it")})
+    spec = replace(SPEC, domains=("de", "fr", "it"))
     listed = TabularSource("shop", spec, **{k: getattr(source, k) for k in ("train_files", "val_files", "test_files")})
     enc = listed.encode(tmp_path / "raw")
     assert enc.schema.domains == ("de", "fr", "it")

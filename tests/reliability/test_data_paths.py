@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.ingest import TableSpec
 from mdrec.data.sources.tabular import TabularSource
 from mdrec.data.splits import PredefinedSplit, RandomSplit
+from mdrec.data.store import StoreWriter
 from mdrec.data.synthetic import SyntheticSource
 
 CSV = "user,region,click\nu1,de,1\nu2,fr,0\nu1,de,0\nu3,fr,1\n"
@@ -103,3 +105,14 @@ def test_a_killed_parse_of_a_csv_file_is_removed_by_the_next_preparation(tmp_pat
     MultiDomainDataModule(source, PredefinedSplit(), data_dir=str(tmp_path / "data")).prepare_data()
     assert not stale.exists() and live.exists()
     assert len([p for p in hf.iterdir() if p.suffix == ".arrow"]) == 3  # the three parsed files, cached
+
+
+def test_a_store_being_written_is_a_temporary_named_with_its_pid_and_host(tmp_path: Path) -> None:
+    """What a kill would leave is what the next preparation recognises: the writer's own temporary."""
+    source = SyntheticSource(num_rows=100)
+    with StoreWriter(tmp_path / "synthetic-0a1b", source.schema(), num_rows=100) as writer:
+        (temp,) = [p.name for p in tmp_path.iterdir()]
+        assert re.fullmatch(rf"\.synthetic-0a1b\.tmp-{os.getpid()}-{HOST}-[0-9a-f]{{8}}", temp)
+        writer.write(source.generate())
+        writer.commit()
+    assert [p.name for p in tmp_path.iterdir()] == ["synthetic-0a1b"]
