@@ -13,6 +13,7 @@ import torch
 from filelock import FileLock
 
 from mdrec.data.batch import Batch
+from mdrec.data.files import check_dataset_id
 from mdrec.data.loader import BatchLoader
 from mdrec.data.schema import SCHEMA_FILE, SPLIT_NAMES, Schema
 from mdrec.data.sources.base import Source, fingerprint
@@ -85,6 +86,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         bad = {d: f for d, f in (domain_fractions or {}).items() if not 0.0 <= f <= 1.0}
         if bad:
             raise ValueError(f"data.domain_fractions must be shares in [0, 1], got {bad}")
+        check_dataset_id(source.dataset_id, "data.source's dataset_id")
         self.source = source
         self.split = split
         self.data_dir = Path(data_dir)

@@ -12,12 +12,19 @@ Every source ends here, so every data set gets the same vocabulary rules, the sa
 - **Nothing is dropped silently**: rows in == rows out. Values outside the vocabulary become 0 and their
   share is reported per field, per domain and per split (the taxonomy-alignment coverage of DESIGN.md),
   next to the share of missing values.
-- **Bad input fails loudly**, naming the column, the row and the value: missing columns, NaN/inf/null in a
-  dense feature (or a value float32 cannot hold once scaled), labels outside {0, 1} (NaN and null included),
-  a missing timestamp, a domain value outside the configured domains (or missing), a column in two roles (a
-  label used as a feature) or named like a column the store adds (``split``, ``<sequence>__length``), no
-  rows. A column whose type cannot be read in its role (text in a numeric column, a list as an id) fails
-  naming the column.
+- **Bad input fails loudly**, naming the column, the row (and its file, when the source names the files) and
+  the value: missing columns, NaN/inf/null in a dense feature (or a value float32 cannot hold once scaled),
+  a dense value so far from the others that scaling would collapse them (below), labels outside {0, 1} (NaN
+  and null included), a missing timestamp, a domain value outside the configured domains (or missing; with
+  ``domains=None`` the domains are those of the vocabulary rows, so a domain only val/test rows show is
+  refused), a column in two roles (a label used as a feature) or named like a column the store adds
+  (``split``, ``<sequence>__length``), no rows. A column whose type cannot be read in its role (text in a
+  numeric column, a list as an id) fails naming the column.
+- **Dense scaling never collapses a column**: ``minmax`` and ``standard`` divide by a scale fitted on the
+  vocabulary rows; when one value (say 1e300 among prices of 1 to 100) makes that scale so large that the rows
+  between the 1st and 99th percentiles would differ by less than float32 resolution once scaled (their spread
+  below ``eps`` = 2**-23 of the scale), they would all train as one value, so the most extreme value is refused,
+  naming its row: clip the column or log-transform it before preparing.
 
 Encoding is one batched ``datasets`` ``map`` in Arrow format: ``pyarrow.compute.index_in`` against the
 vocabulary, +1, null -> 0. No Python runs per value.
@@ -25,7 +32,8 @@ vocabulary, +1, null -> 0. No Python runs per value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +46,8 @@ from mdrec.data.schema import SPLIT_COLUMN, SPLIT_NAMES, Schema, SequenceField, 
 from mdrec.data.store import write_store
 
 DENSE_SCALINGS = ("minmax", "standard", "none")
+COLLAPSE_TAIL = 0.01  # share of the fitted rows at each end left out of the bulk whose scaled spread is checked
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23: float32 resolution relative to a value
 _MAP_BATCH_ROWS = 1 << 17  # rows per batch of the encoding map
 
 
@@ -81,7 +91,8 @@ class TableSpec:
         domain: the column whose value names a row's domain.
         labels: binary label columns (values 0/1, bool or numeric), click first.
         dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``.
-        domains: domain values in id order; None: the sorted unique values of ``domain`` (as strings).
+        domains: domain values in id order; None: the sorted unique values (as strings) of ``domain`` in the
+            vocabulary rows (the train rows, when the data come with their own split).
         user: sparse column that identifies a user (GAUC groups by it), or None.
         time: integer timestamp column kept for temporal splits, or None.
         sequence: an id-list feature sharing a sparse field's vocabulary, or None.
@@ -294,6 +305,7 @@ def encode_table(
     dataset_id: str,
     vocab_mask: np.ndarray | None = None,
     split: np.ndarray | None = None,
+    input_rows: Mapping[str, int] | None = None,
 ) -> EncodedTable:
     """Validate a raw table, build vocabularies and scalers on the vocabulary rows, and encode every row.
 
@@ -304,6 +316,8 @@ def encode_table(
         vocab_mask: ``[rows]`` bool, the rows vocabularies and dense scalers are fitted on; None: all rows.
         split: ``[rows]`` int8 split codes (0 train, 1 val, 2 test) when the data come with their own split;
             the schema then has ``has_split_column=True``.
+        input_rows: the file each stretch of rows came from, ``{path: rows}`` in row order, so that errors name the
+            file and its row too; None: errors name the row of ``ds`` only.
 
     Returns:
         The encoded columns (rows in == rows out), schema, vocabularies and report.
@@ -333,11 +347,12 @@ def encode_table(
     if not mask.any():
         raise ValueError(f"data set {dataset_id!r}: the vocabulary rows (vocab_mask) are empty")
 
-    domains = _domains(raw, spec, dataset_id)
+    domains = _domains(raw, spec, dataset_id, mask, input_rows)
     for c in spec.labels:
         y = _to_numpy(raw[c], pa.float64(), dataset_id, c)
-        _raise_where(dataset_id, c, raw[c], (y != 0) & (y != 1), "is not a binary label (0 or 1); map it to 0/1 first")
-    scalers = {c: _fit_scaler(raw, c, mask, spec.dense_scaling, dataset_id) for c in spec.dense}
+        bad = (y != 0) & (y != 1)
+        _raise_where(dataset_id, c, raw[c], bad, "is not a binary label (0 or 1); map it to 0/1 first", input_rows)
+    scalers = {c: _fit_scaler(raw, c, mask, spec.dense_scaling, dataset_id, input_rows) for c in spec.dense}
     if spec.time is not None:
         t = raw[spec.time]
         _raise_where(
@@ -346,6 +361,7 @@ def encode_table(
             t,
             pc.is_null(t).to_numpy(zero_copy_only=False),
             "is missing; every row needs a timestamp",
+            input_rows,
         )
         _cast(t, pa.int64(), dataset_id, spec.time)
     if spec.sequence is not None:
@@ -396,6 +412,61 @@ def encode_table(
     return EncodedTable(schema, columns, vocabularies, report)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads consecutive integers over 64 bits
+
+
+def row_hashes(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each row's raw values in ``columns``: rows equal in every one of them hash equal.
+
+    Values are compared exactly as stored (``7`` and ``7.0`` of a float column are one value, the strings ``"7"``
+    and ``"7.0"`` two); a null is a value of its own, list columns are compared element by element. Vectorised:
+    each column's values are numbered once (a hash table in Arrow), then mixed row-wise in numpy. Two different
+    rows collide with probability about 2**-64.
+
+    Args:
+        table: the rows.
+        columns: the columns that make a row.
+
+    Returns:
+        ``[rows]`` uint64.
+
+    Example:
+        >>> t = pa.table({"user": ["a", "b", "a"], "click": [1, 0, 1]})
+        >>> h = row_hashes(t, ["user", "click"])
+        >>> bool(h[0] == h[2]), bool(h[0] == h[1])
+        (True, False)
+    """
+    hashes = np.zeros(table.num_rows, dtype=np.uint64)
+    for column in columns:
+        hashes = _mix(hashes * _GOLDEN + _value_hashes(table[column]))
+    return hashes
+
+
+def _value_hashes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """``[n]`` uint64, equal for equal values (nulls included): a list is hashed from its elements and positions."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        lengths = pc.fill_null(pc.list_value_length(values), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        parents = pc.list_parent_indices(values).to_numpy().astype(np.int64)  # [M] the row of each element
+        position = np.arange(len(parents)) - np.searchsorted(parents, parents)  # [M] index within its row
+        element = _mix(_value_hashes(pc.list_flatten(values)) + _mix(position.astype(np.uint64) + np.uint64(1)))
+        sums = np.zeros(len(values), dtype=np.uint64)
+        np.add.at(sums, parents, element)  # wraps modulo 2**64: an order-free sum of (element, position) hashes
+        return _mix(sums + _mix(lengths.astype(np.uint64) + np.uint64(2)))  # null: length -1, empty: 0
+    codes = pc.index_in(values, value_set=pc.unique(values), skip_nulls=False)  # null matches the null entry
+    return _mix(codes.to_numpy(zero_copy_only=False).astype(np.uint64) + np.uint64(1))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: each input bit flips about half of the output bits (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def _seq_name(spec: TableSpec) -> str | None:
     return None if spec.sequence is None else spec.sequence.column
 
@@ -439,15 +510,33 @@ def _to_numpy(
     return _cast(values, dtype, dataset_id, column).to_numpy(zero_copy_only=False)
 
 
-def _raise_where(dataset_id: str, column: str, values: pa.ChunkedArray, bad: np.ndarray, problem: str) -> None:
-    """Raise naming the first row where ``bad`` holds, its raw value and how many rows are bad."""
+def _raise_where(
+    dataset_id: str,
+    column: str,
+    values: pa.ChunkedArray,
+    bad: np.ndarray,
+    problem: str,
+    input_rows: Mapping[str, int] | None = None,
+) -> None:
+    """Raise naming the first row where ``bad`` holds (and its file, ``input_rows`` as in ``encode_table``), its
+    raw value and how many rows are bad."""
     rows = np.flatnonzero(bad)
     if len(rows):
         row = int(rows[0])
         raise ValueError(
             f"data set {dataset_id!r}, column {column!r}, row {row}: value {values[row].as_py()!r} {problem} "
-            f"({len(rows)} such row(s) of {len(bad)})"
+            f"({len(rows)} such row(s) of {len(bad)}{_in_file(row, input_rows)})"
         )
+
+
+def _in_file(row: int, input_rows: Mapping[str, int] | None) -> str:
+    """``; row <row> is row r of file 'f'`` for the file holding ``row`` of the concatenated files (``input_rows``),
+    else ''."""
+    if not input_rows:
+        return ""
+    ends = np.cumsum(list(input_rows.values()))
+    i = int(np.searchsorted(ends, row, side="right"))
+    return f"; row {row} is row {row - (int(ends[i - 1]) if i else 0)} of file {list(input_rows)[i]!r}"
 
 
 def _check_sequence_type(dtype: pa.DataType, spec: SequenceSpec, dataset_id: str) -> None:
@@ -467,27 +556,38 @@ def _check_sequence_type(dtype: pa.DataType, spec: SequenceSpec, dataset_id: str
         _id_strings(pa.array([], dtype.value_type), dataset_id, spec.column)
 
 
-def _domains(raw: pa.Table, spec: TableSpec, dataset_id: str) -> list[str]:
-    """The domain names in id order; raises on a row whose domain is missing or not configured."""
+def _domains(
+    raw: pa.Table, spec: TableSpec, dataset_id: str, mask: np.ndarray, input_rows: Mapping[str, int] | None
+) -> list[str]:
+    """The domain names in id order: ``spec.domains``, or those of the vocabulary rows (``mask``); raises on a row
+    whose domain is missing or not among them."""
     values = _id_strings(raw[spec.domain], dataset_id, spec.domain)
     if spec.domains is None:
-        domains = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
+        domains = sorted(v for v in pc.unique(values.filter(pa.array(mask))).to_pylist() if v is not None)
+        rows = "the rows" if mask.all() else "the training rows"
+        problem = (
+            f"is not one of the domains of {rows} {domains} (`domains: null` takes them from {rows}); list every "
+            "domain in `domains` (a domain without training rows is then evaluated as the model stands) or drop "
+            "those rows"
+        )
     else:
         domains = list(spec.domains)
+        problem = f"is not one of the configured domains {domains}; add it to `domains` or drop those rows"
     unknown = pc.is_null(pc.index_in(values, value_set=pa.array(domains, pa.string())))
-    _raise_where(
-        dataset_id,
-        spec.domain,
-        raw[spec.domain],
-        unknown.to_numpy(zero_copy_only=False),
-        f"is not one of the configured domains {domains}; add it to `domains` or drop those rows",
-    )
+    _raise_where(dataset_id, spec.domain, raw[spec.domain], unknown.to_numpy(zero_copy_only=False), problem, input_rows)
     return domains
 
 
-def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, dataset_id: str) -> tuple[float, float]:
-    """Check a dense column is finite everywhere, also once scaled to float32; return (shift, scale) fitted on
-    the masked rows."""
+def _fit_scaler(
+    raw: pa.Table,
+    column: str,
+    mask: np.ndarray,
+    method: str,
+    dataset_id: str,
+    input_rows: Mapping[str, int] | None,
+) -> tuple[float, float]:
+    """Check a dense column is finite everywhere, also once scaled to float32, and that scaling does not collapse
+    it (``_check_collapse``); return (shift, scale) fitted on the masked rows."""
     x = _to_numpy(raw[column], pa.float64(), dataset_id, column)
     _raise_where(
         dataset_id,
@@ -495,7 +595,24 @@ def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, datas
         raw[column],
         ~np.isfinite(x),
         "is not finite (NaN, inf or missing); fill or drop missing values before preparing",
+        input_rows,
     )
+    shift, scale = _fit(x, mask, method, dataset_id, column, raw, input_rows)
+    if method != "none":
+        _check_collapse(x, mask, method, scale, dataset_id, column, raw, input_rows)
+    return shift, scale
+
+
+def _fit(
+    x: np.ndarray,
+    mask: np.ndarray,
+    method: str,
+    dataset_id: str,
+    column: str,
+    raw: pa.Table,
+    input_rows: Mapping[str, int] | None,
+) -> tuple[float, float]:
+    """(shift, scale) of ``method`` fitted on ``x[mask]``; raises naming the first row that overflows float32."""
     fit = x[mask]
     with np.errstate(over="ignore", invalid="ignore"):  # huge values: caught below, naming the row
         if method == "minmax":
@@ -508,7 +625,8 @@ def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, datas
         if fitted and max(abs(x.min() - shift), abs(x.max() - shift)) / scale <= np.finfo(np.float32).max:
             return shift, scale  # the extremes fit, so every row does (no scaled copy of the column)
         scaled = ((x - shift) / scale).astype(np.float32)
-    overflow = ~np.isfinite(scaled) if fitted else np.ones(len(x), dtype=bool)
+    # a scale that overflows comes from the largest magnitudes (the square of 1e300 in the standard deviation)
+    overflow = ~np.isfinite(scaled) if fitted else np.abs(x) == np.abs(x[mask]).max()
     _raise_where(
         dataset_id,
         column,
@@ -516,8 +634,48 @@ def _fit_scaler(raw: pa.Table, column: str, mask: np.ndarray, method: str, datas
         overflow,
         f"does not fit a float32 once scaled ({method} fitted on the vocabulary rows: shift {shift}, scale "
         f"{scale}); rescale the column before preparing (e.g. log) or choose another `dense_scaling`",
+        input_rows,
     )
     return shift, scale
+
+
+def _check_collapse(
+    x: np.ndarray,
+    mask: np.ndarray,
+    method: str,
+    scale: float,
+    dataset_id: str,
+    column: str,
+    raw: pa.Table,
+    input_rows: Mapping[str, int] | None,
+) -> None:
+    """Raise, naming the most extreme fitted value, when ``scale`` leaves the bulk of the fitted rows (between the
+    ``COLLAPSE_TAIL`` and 1 - ``COLLAPSE_TAIL`` quantiles, at least one row cut at each end) a spread below float32
+    resolution, ``eps`` = 2**-23 of the scale: they would all train as one value. A bulk without spread (a
+    constant or mostly constant column) is not collapsed by scaling and passes."""
+    rows = np.flatnonzero(mask)
+    fit = x[rows]
+    cut = max(1, math.ceil(COLLAPSE_TAIL * len(fit)))
+    if len(fit) <= 2 * cut:
+        return
+    lo, hi = np.partition(fit, [cut, len(fit) - 1 - cut])[[cut, len(fit) - 1 - cut]]
+    spread = float(hi - lo)
+    if spread == 0 or spread / scale >= _FLOAT32_EPS:
+        return
+    distance = np.maximum(fit - hi, lo - fit)  # [fitted rows] how far beyond the bulk
+    extreme = np.zeros(len(x), dtype=bool)
+    extreme[rows[distance == distance.max()]] = True
+    _raise_where(
+        dataset_id,
+        column,
+        raw[column],
+        extreme,
+        f"makes the {method} scale {scale:.6g}, so the other rows (the 1st to 99th percentile of the rows it is "
+        f"fitted on: {lo:.6g} .. {hi:.6g}) would differ by less than float32 resolution once scaled "
+        f"({spread / scale:.3g} of the scale) and train as one value; clip the column (e.g. at its 1st and 99th "
+        "percentiles) or log-transform it before preparing",
+        input_rows,
+    )
 
 
 def _vocabulary(values: pa.ChunkedArray, min_count: int, dataset_id: str, column: str) -> pa.Array:

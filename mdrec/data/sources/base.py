@@ -13,7 +13,7 @@ import datasets
 import pyarrow as pa
 
 # Bump when the prepared format or any source's preparation changes, so stale caches are rebuilt.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 
 @runtime_checkable

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mdrec.data.files import remove_stale_temporaries, temporary_path
+
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 10.0  # seconds a download may wait for data (per read, not for the whole transfer)
@@ -56,14 +58,16 @@ def is_cached(target: Path, md5: str) -> bool:
 def download(url: str, target: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Stream ``url`` into ``target`` and check its md5; nothing is left at ``target`` unless it matches.
 
-    The bytes go to ``<target>.part`` first, which is renamed on success and deleted on any failure.
+    The bytes go to ``mdrec.data.files.temporary_path(target)`` first, which is renamed on success and deleted on any
+    failure; those a killed download left beside ``target`` are removed first.
 
     Raises:
         OSError: the download failed (``URLError`` and timeouts are ``OSError``\\ s).
         ValueError: the md5 of the downloaded bytes is not ``md5``.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    remove_stale_temporaries(target.parent)
+    part = temporary_path(target)
     digest = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:

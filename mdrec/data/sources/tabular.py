@@ -6,10 +6,12 @@ modification time are unchanged), memory-mapped as a ``datasets.Dataset`` and en
 cast by the ingest step, so ids keep their leading zeros and a bad value is reported with its column. In CSV/TSV
 an empty field (quoted or not) is missing (id 0, a NaN dense value); every other text is a value: ``NA``,
 ``null`` and ``nan`` are ids like any other. Files are UTF-8 (a leading byte order mark is skipped); blank
-lines are skipped. Every file is cast to the column types of the first (parquet files may differ).
+lines are skipped. Every file is cast to the column types of the first (parquet files may differ). A CSV/TSV/TXT
+file may be compressed whole, named by its extension: ``.csv.gz``, ``.tsv.bz2``, ``.txt.zst`` (gzip, bzip2,
+zstandard), read as a stream.
 
 Every file is checked as it is parsed, and the errors name the file: an empty or unreadable file, a truncated
-parquet file, a CSV row with more or fewer fields than the header (a truncated file, a value holding the
+parquet or compressed file, a CSV row with more or fewer fields than the header (a truncated file, a value holding the
 delimiter unquoted, the wrong ``delimiter``), a CSV file that ends inside a quoted value (a truncated file), a
 spec column missing from a header or named there twice, a file listed more than once (within or across
 splits, after glob patterns are expanded). Nothing is dropped: ``report.json`` lists
@@ -42,6 +44,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,11 +57,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
+from mdrec.data.files import check_dataset_id, remove_stale_temporaries, temporary_path
+from mdrec.data.ingest import EncodedTable, TableSpec, encode_table, row_hashes
 from mdrec.data.sources.raw import file_signature
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # a CSV/TSV file compressed whole: data.csv.gz
 SPLITS = ("train", "validation", "test")  # split codes 0, 1, 2 (mdrec.data.schema.SPLIT_NAMES)
+WARN_TRAIN_OVERLAP = 0.01  # above this share of val or test rows also in the train files, preparing warns
+
+log = logging.getLogger(__name__)
 
 
 def _file_list(files: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -70,11 +78,19 @@ def _file_list(files: str | Sequence[str] | None) -> tuple[str, ...] | None:
 _GUARD = "\x00"  # the value of every field of the guard row appended to a CSV file (see _unguarded)
 
 
-class _Appended(io.RawIOBase):
-    """The bytes of the file ``path``, then ``tail``."""
+def _suffixes(path: str) -> tuple[str, str | None]:
+    """The format suffix of ``path`` in lower case and its compression (None: none), e.g. ``('.csv', 'gzip')`` for
+    ``x.CSV.gz``."""
+    name = Path(path).name.lower()
+    compression = COMPRESSIONS.get(Path(name).suffix)
+    return Path(Path(name).stem if compression else name).suffix, compression
 
-    def __init__(self, path: str, tail: bytes) -> None:
-        self._parts: list[BinaryIO] = [open(path, "rb"), io.BytesIO(tail)]  # each closed when read to its end
+
+class _Appended(io.RawIOBase):
+    """The bytes of the stream ``head``, then ``tail``."""
+
+    def __init__(self, head: BinaryIO, tail: bytes) -> None:
+        self._parts: list[BinaryIO] = [head, io.BytesIO(tail)]  # each closed when read to its end
 
     def readable(self) -> bool:
         return True
@@ -85,6 +101,11 @@ class _Appended(io.RawIOBase):
                 return n
             self._parts.pop(0).close()
         return 0
+
+
+def _open(path: str) -> pa.NativeFile:
+    """The bytes of the file ``path``, decompressed when its extension names a compression (``COMPRESSIONS``)."""
+    return pa.input_stream(path, compression=_suffixes(path)[1])
 
 
 def _unguarded(batches: Iterable[pa.RecordBatch], columns: list[str], where: str) -> Iterator[pa.RecordBatch]:
@@ -117,7 +138,11 @@ class TabularSource:
         train_files: training files; with them the data keep their own split.
         val_files: validation files (required with ``train_files``: model selection uses validation data).
         test_files: test files (required with ``train_files``).
-        delimiter: CSV separator; None: tab for ``.tsv``, comma otherwise. Ignored for parquet.
+        delimiter: CSV separator; None: tab for ``.tsv`` (``.tsv.gz``, ...), comma otherwise. Ignored for parquet.
+        max_train_overlap: with ``train_files``, the largest share of the val rows, and of the test rows, that may
+            also appear whole (every spec column equal) in the train files; above it preparing is refused, naming
+            the files and the share (above 1 % it warns). The shares are in ``report.json``
+            (``rows_also_in_train``). 1.0 accepts any.
 
     Example:
         >>> csv = tmp_dir / "shop.csv"
@@ -136,8 +161,10 @@ class TabularSource:
     val_files: str | Sequence[str] | None = None
     test_files: str | Sequence[str] | None = None
     delimiter: str | None = None
+    max_train_overlap: float = 0.5
 
     def __post_init__(self) -> None:
+        check_dataset_id(self.name, "data.source.name")
         for attr in ("data_files", "train_files", "val_files", "test_files"):
             setattr(self, attr, _file_list(getattr(self, attr)))
         if (self.data_files is None) == (self.train_files is None):
@@ -150,6 +177,10 @@ class TabularSource:
                 f"data set {self.name!r}: with `train_files`, give `val_files` and `test_files` too (model "
                 "selection uses validation rows only); or give all rows as `data_files` and split them with "
                 "RandomSplit, StratifiedSplit or TemporalSplit"
+            )
+        if not 0.0 <= self.max_train_overlap <= 1.0:
+            raise ValueError(
+                f"data set {self.name!r}: max_train_overlap {self.max_train_overlap!r} must be a share in [0, 1]"
             )
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
             raise ValueError(f"data set {self.name!r}: delimiter {self.delimiter!r} must be one character, not a quote")
@@ -183,16 +214,17 @@ class TabularSource:
         return file_signature([Path(p) for p in paths])
 
     def _format(self, path: str) -> str:
-        suffix = Path(path).suffix.lower()
-        if suffix not in FORMATS:
+        suffix, compression = _suffixes(path)
+        if FORMATS.get(suffix) is None or (compression is not None and FORMATS[suffix] == "parquet"):
             raise ValueError(
-                f"data set {self.name!r}: cannot tell the format of {path!r} from its extension; "
-                f"use one of {sorted(FORMATS)}"
+                f"data set {self.name!r}: cannot tell the format of {path!r} from its extension; use one of "
+                f"{sorted(FORMATS)}, CSV/TSV/TXT optionally compressed as {sorted(COMPRESSIONS)} (e.g. data.csv.gz; "
+                "parquet compresses its own columns)"
             )
         return FORMATS[suffix]
 
     def _delimiter(self, path: str) -> str:
-        return self.delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
+        return self.delimiter or ("\t" if _suffixes(path)[0] == ".tsv" else ",")
 
     def _paths(self, pattern: str) -> list[str]:
         """The files a path or glob pattern names; raises if there are none."""
@@ -209,7 +241,7 @@ class TabularSource:
         arrow = cache_dir / f"{Path(path).name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
         if not arrow.exists():
             cache_dir.mkdir(parents=True, exist_ok=True)
-            part = arrow.with_name(arrow.name + ".part")
+            part = temporary_path(arrow)
             try:
                 with self._errors(path, delimiter):
                     batches = self._batches(path, delimiter)
@@ -240,13 +272,14 @@ class TabularSource:
             "parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             "read_options": pacsv.ReadOptions(use_threads=False),
         }
-        header = pacsv.open_csv(path, **options).schema.names  # parses the first block only
+        with _open(path) as stream:
+            header = pacsv.open_csv(stream, **options).schema.names  # parses the first block only
         self._check_header(where, header, delimiter)
         text = pacsv.ConvertOptions(
             column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True, null_values=[""]
         )
         guard = "\n" + delimiter.join([_GUARD] * len(header)) + "\n"
-        reader = pacsv.open_csv(_Appended(path, guard.encode()), convert_options=text, **options)
+        reader = pacsv.open_csv(_Appended(_open(path), guard.encode()), convert_options=text, **options)
         schema = pa.schema([(c, pa.string()) for c in columns])
         return pa.RecordBatchReader.from_batches(schema, _unguarded(reader, columns, where))
 
@@ -259,10 +292,12 @@ class TabularSource:
             where = f"data set {self.name!r}, file {path!r}"
             if self._format(path) == "parquet":
                 raise ValueError(f"{where}: cannot read it as parquet ({e}); is it complete? Export it again") from e
+            compression = _suffixes(path)[1]
+            compressed = f", {compression}-compressed as its extension says (is it complete?)" if compression else ""
             raise ValueError(
-                f"{where}: cannot read it as CSV ({e}). It must be UTF-8 text, a header row, then rows of as many "
-                f"fields separated by {delimiter!r} (set `delimiter` for another separator); a row with too many or "
-                "too few fields comes from a truncated file or a value holding the separator without quotes"
+                f"{where}: cannot read it as CSV ({e}). It must be UTF-8 text{compressed}, a header row, then rows of "
+                f"as many fields separated by {delimiter!r} (set `delimiter` for another separator); a row with too "
+                "many or too few fields comes from a truncated file or a value holding the separator without quotes"
             ) from e
 
     def _check_header(self, where: str, names: list[str], delimiter: str) -> None:
@@ -310,6 +345,7 @@ class TabularSource:
 
     def encode(self, raw_dir: Path) -> EncodedTable:
         """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
+        remove_stale_temporaries(Path(raw_dir) / "hf")  # parses of earlier runs that were killed
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
         self._check_distinct(files)
@@ -322,14 +358,55 @@ class TabularSource:
                 raise ValueError(f"data set {self.name!r}: the {split} file(s) {group} hold no rows, a header only")
         parts = [self._cast(part, path, parts[0].features, first) for (_, path), part in zip(files, parts, strict=True)]
         ds = datasets.concatenate_datasets(parts)
+        input_rows = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
         if self.data_files is not None:
-            encoded = encode_table(ds, self.spec, self.dataset_id)
+            encoded = encode_table(ds, self.spec, self.dataset_id, input_rows=input_rows)
         else:
             codes = [SPLITS.index(s) for s, _ in files]
             split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
-            encoded = encode_table(ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split)
-        encoded.report["input_rows"] = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
+            encoded = encode_table(
+                ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
+            )
+            encoded.report["rows_also_in_train"] = self._check_overlap(ds, codes, input_rows)
+        encoded.report["input_rows"] = input_rows
         return encoded
+
+    def _check_overlap(self, ds: datasets.Dataset, codes: list[int], input_rows: dict[str, int]) -> dict:
+        """The share of the validation and of the test rows (and of each of their files) that also appear whole in
+        the train files (``row_hashes``); warns above ``WARN_TRAIN_OVERLAP``, raises above ``max_train_overlap``.
+
+        Args:
+            ds: the rows of every file, in file order.
+            codes: the split code of each file (0 train, 1 validation, 2 test).
+            input_rows: the rows of each file, ``{path: rows}`` in file order.
+        """
+        split = np.repeat(np.array(codes, dtype=np.int8), list(input_rows.values()))
+        hashes = row_hashes(ds.with_format("arrow")[:], self.spec.columns())
+        in_train = np.isin(hashes, hashes[split == 0])
+        file_of_row = np.repeat(np.arange(len(codes)), list(input_rows.values()))
+        per_file = np.bincount(file_of_row, weights=in_train, minlength=len(codes)) / list(input_rows.values())
+        files = list(zip(input_rows, codes, per_file.tolist(), strict=True))  # (path, split code, share)
+        shares = {name: float(in_train[split == code].mean()) for code, name in ((1, "val"), (2, "test"))}
+        report = {**shares, "files": {path: share for path, code, share in files if code != 0}}
+        for code, name in ((1, "val"), (2, "test")):
+            if shares[name] <= WARN_TRAIN_OVERLAP:
+                continue
+            shared, rows = int(in_train[split == code].sum()), int((split == code).sum())
+            listed = ", ".join(f"{path!r} ({share:.1%})" for path, c, share in files if c == code)
+            what = (
+                f"data set {self.name!r}: {shares[name]:.1%} of the {name} rows ({shared} of {rows}; per file: "
+                f"{listed}) also appear, every spec column equal, in the train file(s) "
+                f"{[path for path, c, _ in files if c == 0]}"
+            )
+            if shares[name] > self.max_train_overlap:
+                raise ValueError(
+                    f"{what}: above max_train_overlap = {self.max_train_overlap}, so {name} metrics would measure "
+                    f"memorised rows. Give {name} files that do not repeat the training rows (is one a copy of a "
+                    "train file?), or raise `max_train_overlap` (1.0 accepts any) if the repeats are genuine (few "
+                    "low-cardinality columns, no time column)"
+                )
+            log.warning("%s: its metrics partly measure memorised rows", what)
+        return report
 
     def prepare(self, directory: Path, raw_dir: Path) -> None:
         """Write the prepared store to ``directory``; parsed files are cached under ``raw_dir/hf``."""
