@@ -33,7 +33,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     )
     adapt.paths.output_dir = str(tmp_path / "adapt")
     adapted = train(adapt)
-    (pretrained,) = (tmp_path / "pretrained").iterdir()
+    (pretrained,) = (p for p in (tmp_path / "pretrained").iterdir() if p.is_dir())  # beside it: its lock file
     pre_cfg = OmegaConf.load(pretrained / "config.yaml")
     pre_cfg_path = tmp_path / "adapt" / "config.yaml"
     assert pre_cfg.data.domain_fractions == {"d3": 0.0} and pre_cfg.data.vocab_domains is None
