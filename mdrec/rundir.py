@@ -251,7 +251,25 @@ class RunDir:
         self.file(name).write_text(json.dumps(value, indent=2, sort_keys=name == self.METRICS))
 
     def read_json(self, name: str) -> dict[str, Any]:
-        return json.loads(self.file(name).read_text())
+        """The mapping JSON file ``name`` holds.
+
+        Raises:
+            ValueError: the file is not JSON, or not a mapping; the error names it.
+        """
+        path = self.file(name)
+        try:
+            value = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not valid JSON ({error}): it was cut short or edited; re-run the job that wrote it, or "
+                "move its run directory out of the way"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{path} holds a JSON {type(value).__name__}, not a mapping of names to values: it was edited or "
+                "written by another program; re-run the job that wrote it, or move its run directory out of the way"
+            )
+        return value
 
     def write_metrics(self, metrics: Mapping[str, float]) -> None:
         """``metrics.json``; a run that finishes is no longer a failure (``failure.json`` goes)."""
@@ -259,7 +277,20 @@ class RunDir:
         self.file(self.FAILURE).unlink(missing_ok=True)
 
     def read_metrics(self) -> dict[str, float]:
-        return self.read_json(self.METRICS)
+        """``metrics.json``: metric names to numbers (NaN included).
+
+        Raises:
+            ValueError: the file is not a JSON mapping, or a value is not a number; the error names the file, the
+                key and the value.
+        """
+        metrics = self.read_json(self.METRICS)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(
+                    f"{self.file(self.METRICS)}: {key!r} is {value!r}, not a number (mdrec writes numbers only): the "
+                    "file was edited or written by another program; fix the value, or re-run the job"
+                )
+        return metrics
 
     def write_failure(self, error: BaseException) -> None:
         """``failure.json``: the error, its traceback and the time."""
