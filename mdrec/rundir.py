@@ -4,17 +4,27 @@ A run writes ``config.yaml`` (the resolved config), ``provenance.json``, ``metri
 tested), ``data_report.json`` and, by stage, ``backbone.pt`` + ``backbone.yaml`` (the backbone and the config that
 rebuilds it) and ``adapter.pt``; a failed run leaves ``failure.json``; Lightning writes ``checkpoints/``; the serving
 tools add ``serving.pt``. Loading is strict: a mismatch names the missing and unexpected keys and the shapes.
+
+Every binary file mdrec writes for later loading (checkpoints, ``backbone.pt``, ``adapter.pt``, ``serving.pt``,
+``predictions.npz``) is written by :func:`save_checked`: atomically, with its sha256 beside it (``<file>.sha256``,
+the format of ``sha256sum``), and read back by :func:`load_checked`, which compares the two first: a corrupted file
+is refused, naming it, before anything unpickles or unzips it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+import re
 import time
 import traceback
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import hydra
 import numpy as np
@@ -23,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mdrec.adapters.base import AdaptedNet, Adapter, AdapterFactory
+from mdrec.data.files import remove_stale_temporaries, temporary_path
 from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
 
@@ -58,6 +69,161 @@ def safe_instantiate(node: DictConfig, source: Path, key: str, partial: bool = F
     value = OmegaConf.to_container(node, resolve=True)
     check_targets(value, source, key)
     return hydra.utils.instantiate(OmegaConf.create(value), _partial_=partial)
+
+
+# --- files that carry their checksum ----------------------------------------------------------------------------------
+CHECKSUM_SUFFIX = ".sha256"
+T = TypeVar("T")
+
+
+class UncheckedFileWarning(UserWarning):
+    """A file loaded without a recorded checksum (written by an mdrec older than checksums, or copied without it)."""
+
+
+def checksum_file(path: Path) -> Path:
+    """Where the checksum of ``path`` is recorded: ``<path>.sha256``."""
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of the file ``path``, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temporary(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """A hidden temporary file beside ``path`` (:func:`~mdrec.data.files.temporary_path`: not ``*.ckpt``, so
+    Lightning's search for ``last*.ckpt`` never sees it) holding what ``write`` writes into it, flushed and fsynced
+    (removed if writing fails; a full disk is an ``OSError`` naming ``path``)."""
+    tmp = temporary_path(path)
+    try:
+        with tmp.open("xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if disk_full(error):  # torch's writer reports it as "unexpected pos": say what happened
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the device while writing {path}: the previous file is intact; free space, then "
+                "run again (a training run resumes with its command plus hydra.run.dir=<run dir> ckpt_path=last)",
+            ) from error
+        raise
+    return tmp
+
+
+def disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or an error it was raised from is "no space left on device"."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def save_checked(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write the file ``path`` as ``write(file)`` writes it, and its sha256 beside it (:func:`checksum_file`).
+
+    Both are written to temporary files beside their targets (fsynced) and renamed onto them (``os.replace``); the
+    old checksum is removed just before the renames. A crash at any point leaves the previous file with its
+    checksum, or one of the two files without a checksum (which :func:`load_checked` loads with a warning), never
+    a file with a checksum that does not match it. The folder is made if missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)  # what a killed writer left
+    record = checksum_file(path)
+    tmp = _temporary(path, write)
+    try:
+        line = f"{sha256(tmp)}  {path.name}\n".encode()
+        tmp_record = _temporary(record, lambda f: f.write(line))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    record.unlink(missing_ok=True)
+    os.replace(tmp, path)
+    os.replace(tmp_record, record)
+    directory = os.open(path.parent, os.O_RDONLY)  # make the renames themselves durable
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def verify_checksum(path: Path, remedy: str) -> None:
+    """Compare the file ``path`` with the sha256 recorded beside it (:func:`save_checked`); without a record (a
+    file written by an mdrec older than checksums, or copied without it) warn and go on.
+
+    Raises:
+        ValueError: the record is not a sha256, or the file's sha256 differs from it; the error names the file and
+            ends with ``remedy`` (what to do).
+    """
+    record = checksum_file(path)
+    if not record.exists():
+        warnings.warn(
+            f"{path} has no checksum ({record.name}): written by an mdrec older than checksums, or copied without "
+            "it; loaded without an integrity check (save it again to add one)",
+            UncheckedFileWarning,
+            stacklevel=3,
+        )
+        return
+    text = record.read_text(errors="replace")
+    expected = text.split()[0] if text.split() else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise ValueError(
+            f"{record} does not hold a sha256 (it reads {text[:80]!r}): it was damaged or edited. {remedy}"
+        )
+    actual = sha256(path)
+    if actual != expected:
+        raise ValueError(
+            f"{path} is corrupted: its sha256 is {actual} ({path.stat().st_size} bytes), not the {expected} recorded "
+            f"in {record.name} when it was written; it was cut short, damaged (disk, copy, transfer) or edited. "
+            f"{remedy}"
+        )
+
+
+def load_checked(path: str | Path, load: Callable[[Path], T], form: str, remedy: str) -> T:
+    """``load(path)`` of a file written by :func:`save_checked`, its checksum verified first
+    (:func:`verify_checksum`: a file without one loads with a warning).
+
+    Args:
+        path: the file.
+        load: reads it, e.g. ``torch.load`` with ``weights_only=True``.
+        form: what it holds, for the error (``"plain tensors and values"``).
+        remedy: what to do about a corrupted file, for the errors (delete it and re-run ...).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the checksum does not match, or the file does not load (truncated, garbage, crafted, from
+            another program): the error names the file, the cause and ``remedy``; never a bare ``EOFError`` or
+            ``failed finding central directory``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    verify_checksum(path, remedy)
+    try:
+        return load(path)
+    except PermissionError:
+        raise
+    except Exception as error:  # bytes that are not what was written raise anything: EOFError, OSError, KeyError, ...
+        first = (str(error).split(". ")[0].strip().splitlines() or [""])[0][:200]  # torch's messages run long
+        raise ValueError(
+            f"{path} does not load as {form} ({type(error).__name__}: {first}): it is truncated or corrupted, or it "
+            f"is not a file mdrec wrote (mdrec never unpickles objects from a file). {remedy}"
+        ) from None
+
+
+def load_weights(path: str | Path, remedy: str) -> Any:
+    """The tensors and plain values of a ``torch.save`` file written by :func:`save_checked`, read with
+    ``torch.load(weights_only=True)`` on the CPU (:func:`load_checked`: checked, errors name the file)."""
+    return load_checked(
+        path, lambda p: torch.load(p, map_location="cpu", weights_only=True), "plain tensors and values", remedy
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +269,25 @@ class RunDir:
         self.file(name).write_text(json.dumps(value, indent=2, sort_keys=name == self.METRICS))
 
     def read_json(self, name: str) -> dict[str, Any]:
-        return json.loads(self.file(name).read_text())
+        """The mapping JSON file ``name`` holds.
+
+        Raises:
+            ValueError: the file is not JSON, or not a mapping; the error names it.
+        """
+        path = self.file(name)
+        try:
+            value = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not valid JSON ({error}): it was cut short or edited; re-run the job that wrote it, or "
+                "move its run directory out of the way"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{path} holds a JSON {type(value).__name__}, not a mapping of names to values: it was edited or "
+                "written by another program; re-run the job that wrote it, or move its run directory out of the way"
+            )
+        return value
 
     def write_metrics(self, metrics: Mapping[str, float]) -> None:
         """``metrics.json``; a run that finishes is no longer a failure (``failure.json`` goes)."""
@@ -111,7 +295,20 @@ class RunDir:
         self.file(self.FAILURE).unlink(missing_ok=True)
 
     def read_metrics(self) -> dict[str, float]:
-        return self.read_json(self.METRICS)
+        """``metrics.json``: metric names to numbers (NaN included).
+
+        Raises:
+            ValueError: the file is not a JSON mapping, or a value is not a number; the error names the file, the
+                key and the value.
+        """
+        metrics = self.read_json(self.METRICS)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(
+                    f"{self.file(self.METRICS)}: {key!r} is {value!r}, not a number (mdrec writes numbers only): the "
+                    "file was edited or written by another program; fix the value, or re-run the job"
+                )
+        return metrics
 
     def write_failure(self, error: BaseException) -> None:
         """``failure.json``: the error, its traceback and the time."""
@@ -126,20 +323,22 @@ class RunDir:
     def write_predictions(self, predictions: Mapping[str, np.ndarray]) -> None:
         """``predictions.npz``: ``prob [n, T]``, ``label [n, T_all]``, ``domain [n]`` of the test rows, ``domains``
         (names in id order) and optionally ``zeroshot_prob [n, T]``."""
-        np.savez_compressed(self.file(self.PREDICTIONS), **predictions)
+        save_checked(self.file(self.PREDICTIONS), lambda f: np.savez_compressed(f, **predictions))
 
     def read_predictions(self) -> dict[str, np.ndarray]:
-        """``predictions.npz`` (arrays only: no pickled objects are loaded)."""
+        """``predictions.npz`` (arrays only: no pickled objects are loaded), checked against its checksum."""
         path = self.file(self.PREDICTIONS)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the run was not tested (test=false) or did not finish")
-        with np.load(path, allow_pickle=False) as data:
-            return dict(data)
+        remedy = f"Delete it and re-run the job that wrote {self.path} (its test writes it)"
+        return load_checked(path, _read_arrays, "numpy arrays", remedy)
 
     # --- backbone and adapter ---------------------------------------------------------------------------------------
     def save_backbone(self, backbone: nn.Module, backbone_cfg: DictConfig) -> None:
-        """``backbone.pt`` (the state dict) and ``backbone.yaml`` (the config node that rebuilds it)."""
-        torch.save(backbone.state_dict(), self.file(self.BACKBONE))
+        """``backbone.pt`` (the state dict, with its checksum: :func:`save_checked`) and ``backbone.yaml`` (the config
+        node that rebuilds it)."""
+        state = backbone.state_dict()
+        save_checked(self.file(self.BACKBONE), lambda f: torch.save(state, f))
         self.file(self.BACKBONE_CONFIG).write_text(OmegaConf.to_yaml(backbone_cfg, resolve=True))
 
     def has_backbone(self) -> bool:
@@ -162,7 +361,9 @@ class RunDir:
         return backbone
 
     def save_adapter(self, adapter: Adapter) -> None:
-        torch.save(adapter.state_dict(), self.file(self.ADAPTER))
+        """``adapter.pt``: the adapter's state dict (with its checksum: :func:`save_checked`)."""
+        state = adapter.state_dict()
+        save_checked(self.file(self.ADAPTER), lambda f: torch.save(state, f))
 
     def instantiate(self, key: str) -> Any:
         """The object of ``config.yaml``'s node ``key`` (e.g. ``data``), its targets checked first."""
@@ -203,7 +404,18 @@ class RunDir:
         return value
 
     def _load_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return torch.load(self.file(name), map_location="cpu", weights_only=True)
+        """The state dict in file ``name``, checked against its checksum (:func:`load_weights`)."""
+        remedy = (
+            f"Delete it and re-run the job that wrote {self.path} (a backbone store entry, pretrained/<key>/, is "
+            "pre-trained again once deleted), or copy the run directory again from its source"
+        )
+        return load_weights(self.file(name), remedy)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file (``allow_pickle=False``: no pickled objects)."""
+    with np.load(path, allow_pickle=False) as data:
+        return dict(data)
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -112,17 +112,22 @@ def report(argv: list[str] | None = None) -> int:
     for root in args.roots:
         if not root.is_dir():
             sys.exit(f"mdrec-report: {root} is not a directory; give a sweep, run or W&B directory")
-        failures += load_failures(root)
         try:
+            failures += load_failures(root)
             runs += load_runs(root)
         except FileNotFoundError:
             continue
+        except ValueError as error:  # a malformed .hydra/overrides.yaml: the groups would be wrong
+            sys.exit(f"mdrec-report: {error}")
     if not runs:
         detail = f"; {len(failures)} failed runs" if failures else ""
         sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")
     reported = lambda m: any(m in r.metrics for r in runs)  # noqa: E731
     args.metrics = args.metrics or [m for m in ("test/auc", "test/logloss") if reported(m)] or ["test/auc"]
-    domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
+    try:
+        domains = args.domains if args.domains is not None else run_domains(runs, args.metrics[0])
+    except ValueError as error:  # a malformed data_report.json
+        sys.exit(f"mdrec-report: {error}")
     if args.x is not None and "=" in args.x:  # KEY=DEFAULT: the value of the runs that leave KEY at its default
         args.x, default = args.x.split("=", 1)
         runs = [dataclasses.replace(r, overrides={args.x: default, **r.overrides}) for r in runs]

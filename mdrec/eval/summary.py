@@ -31,10 +31,28 @@ class Failure:
 
 
 def overrides_of(run_dir: Path) -> dict[str, str]:
-    """The ``key=value`` overrides of ``run_dir/.hydra/overrides.yaml`` (none for a run Hydra did not launch)."""
+    """The ``key=value`` overrides of ``run_dir/.hydra/overrides.yaml`` (none for a run Hydra did not launch;
+    items without ``=``, such as ``~key`` deletions, are left out).
+
+    Raises:
+        ValueError: the file is not YAML, or not a list of strings (Hydra writes one); the error names the file.
+    """
     path = run_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.exists() else []
-    return dict(item.split("=", 1) for item in items or [] if "=" in item)
+    if not path.exists():
+        return {}
+    remedy = "Hydra writes a list of key=value strings: fix the file, or delete it (the run then has no overrides)"
+    try:
+        items = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path} is not valid YAML ({reason}). {remedy}") from None
+    items = items if items is not None else []
+    if not isinstance(items, list):
+        raise ValueError(f"{path} holds a {type(items).__name__}, not a list of overrides. {remedy}")
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ValueError(f"{path}: item {i} is {item!r}, not a key=value string. {remedy}")
+    return dict(item.split("=", 1) for item in items if "=" in item)
 
 
 def run_dirs(root: str | Path, marker: str) -> list[Path]:
@@ -53,23 +71,59 @@ def _natural(path: Path) -> list[tuple[int, str]]:
     return [(0, f"{int(part):012d}") if part.isdigit() else (1, part) for part in path.parts]
 
 
+def read_run(run_dir: Path) -> Run | Failure:
+    """The finished run in ``run_dir`` (it holds ``metrics.json``), or, when its ``metrics.json`` is malformed (not
+    JSON, not a mapping, a value not a number), a :class:`Failure` whose error says why, naming the file, the key
+    and the value.
+
+    Raises:
+        ValueError: its ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
+    """
+    overrides = overrides_of(run_dir)
+    try:
+        return Run(run_dir, RunDir(run_dir).read_metrics(), overrides)
+    except ValueError as error:
+        return Failure(run_dir, str(error), overrides)
+
+
 def load_runs(root: str | Path) -> list[Run]:
     """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories) that wrote
-    ``metrics.json``."""
+    a well-formed ``metrics.json`` (:func:`load_failures` lists those with a malformed one).
+
+    Raises:
+        FileNotFoundError: no ``metrics.json`` below ``root``.
+        ValueError: a run's ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
+    """
     dirs = run_dirs(root, RunDir.METRICS)
     if not dirs:
         raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    return [Run(d, RunDir(d).read_metrics(), overrides_of(d)) for d in dirs]
+    return [run for run in map(read_run, dirs) if isinstance(run, Run)]
 
 
 def load_failures(root: str | Path) -> list[Failure]:
-    """Every run below ``root`` that raised (``failure.json``, written by ``mdrec-train``) and did not finish later
-    (a resumed run's ``metrics.json`` wins)."""
-    return [
-        Failure(d, RunDir(d).read_json(RunDir.FAILURE)["error"], overrides_of(d))
+    """Every run below ``root`` that did not give metrics, in path order: those that raised (``failure.json``,
+    written by ``mdrec-train``) and did not finish later (a resumed run's ``metrics.json`` wins), and those whose
+    ``metrics.json`` is malformed (:func:`read_run`). A malformed ``failure.json`` is listed with the reason.
+
+    Raises:
+        ValueError: a run's ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
+    """
+    raised = [
+        Failure(d, failure_error(RunDir(d)), overrides_of(d))
         for d in run_dirs(root, RunDir.FAILURE)
         if not RunDir(d).exists(RunDir.METRICS)
     ]
+    malformed = [run for run in map(read_run, run_dirs(root, RunDir.METRICS)) if isinstance(run, Failure)]
+    return sorted([*raised, *malformed], key=lambda failure: _natural(failure.path))
+
+
+def failure_error(run_dir: RunDir) -> str:
+    """The error line of ``run_dir``'s ``failure.json``, or why it cannot be read."""
+    try:
+        error = run_dir.read_json(RunDir.FAILURE).get("error")
+    except ValueError as malformed:
+        return str(malformed)
+    return error if isinstance(error, str) else f"{run_dir.file(RunDir.FAILURE)} records no error line"
 
 
 def metric_key(metric: str, column: str) -> str:

@@ -3,7 +3,6 @@ the best marked, and paired tests against a baseline group."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from mdrec.eval.summary import (
     metric_key,
     values_of,
 )
+from mdrec.rundir import RunDir
 
 SEED = "seed"
 # overrides that say how a run ran, not what it is: never a group of their own (nor are hydra.* and paths.*)
@@ -80,12 +80,16 @@ def _as_number(value: str) -> tuple[int, float | str]:
 
 def run_domains(runs: Sequence[Run], metric: str) -> list[str]:
     """The domains of the runs: those of every run's ``data_report.json`` in id order, merged in first-seen order
-    (runs with different domain sets give the union); without reports, every ``<metric>/<name>`` key, sorted."""
+    (runs with different domain sets give the union); without reports, every ``<metric>/<name>`` key, sorted.
+
+    Raises:
+        ValueError: a ``data_report.json`` is not a JSON mapping (the error names it).
+    """
     domains: dict[str, None] = {}
     for run in runs:
-        report = run.path / "data_report.json"
-        if report.exists():
-            domains.update(dict.fromkeys(json.loads(report.read_text()).get("domains") or []))
+        run_dir = RunDir(run.path)
+        if run_dir.exists(RunDir.DATA_REPORT):  # a malformed one is an error naming it (RunDir.read_json)
+            domains.update(dict.fromkeys(run_dir.read_json(RunDir.DATA_REPORT).get("domains") or []))
     if domains:
         return list(domains)
     return sorted({k[len(metric) + 1 :] for r in runs for k in r.metrics if k.startswith(f"{metric}/")})

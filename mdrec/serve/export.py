@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mdrec.adapters.base import AdaptedNet
 from mdrec.data.batch import Batch
+from mdrec.rundir import load_checked, save_checked
 from mdrec.serve.parallel import ParallelModel
 
 
@@ -20,8 +21,8 @@ def serving_inputs(batch: Batch) -> tuple[Tensor, ...]:
 
 def export(model: ParallelModel, example: Batch, path: Path) -> torch.jit.ScriptModule:
     """Trace ``model`` on ``example`` (any batch: the graph holds for every size and domain mix), save it to ``path``
-    (its folder made if missing) and return the file loaded back (``torch.jit.load``; serving needs neither mdrec
-    nor Python objects)."""
+    (its folder made if missing) with its sha256 beside it (:func:`mdrec.rundir.save_checked`), and return the file
+    loaded back (:func:`load_serving`; serving needs neither mdrec nor Python objects)."""
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # rows_matmul branches on a layer's width: a constant of the model, rightly a constant of the graph
@@ -29,9 +30,19 @@ def export(model: ParallelModel, example: Batch, path: Path) -> torch.jit.Script
         traced = torch.jit.trace(model, serving_inputs(example), check_trace=False)
     traced.unknown_rows.zero_()  # the trace itself ran a batch
     model.unknown_rows.zero_()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
-    return torch.jit.load(str(path))
+    save_checked(path, lambda f: torch.jit.save(traced, f))
+    return load_serving(path)
+
+
+def load_serving(path: str | Path) -> torch.jit.ScriptModule:
+    """The serving graph in ``path`` (written by :func:`export`), checked against its sha256 first
+    (:func:`mdrec.rundir.load_checked`; a file without one loads with a warning).
+
+    Raises:
+        ValueError: the file is corrupted (truncated, flipped bytes, garbage); the error names it and says what to do.
+    """
+    remedy = "Delete it and export it again (mdrec-export <run dir>, or mdrec-trim for serving_trimmed.pt)"
+    return load_checked(path, lambda p: torch.jit.load(str(p)), "a TorchScript module", remedy)
 
 
 @torch.no_grad()

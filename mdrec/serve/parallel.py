@@ -89,11 +89,14 @@ def dtype_name(t: Tensor) -> str:
     return names.get(t.dtype, "dtype " + str(t.dtype))
 
 
-def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int, num_dense: int) -> Tensor:
+def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int, dense_names: list[str]) -> Tensor:
     """``domain``, after raising ``ValueError`` unless ``sparse`` is int64 (or int32) ``[B, F]``, ``dense`` float32
-    ``[B, N]`` and ``domain`` int64 (or int32) ``[B]``, with the same B; ``num_sparse`` F, ``num_dense`` N. (It
-    returns a tensor that the caller goes on with: a traced graph keeps the call.)"""
+    ``[B, N]`` and finite, and ``domain`` int64 (or int32) ``[B]``, with the same B; ``num_sparse`` F,
+    ``dense_names`` the N dense features. A NaN or inf would give NaN probabilities: refused naming its row, feature
+    and value, as the data pipeline refuses them before training (one pass over ``dense``). (It returns a tensor
+    that the caller goes on with: a traced graph keeps the call.)"""
     integer = (torch.int64, torch.int32)
+    num_dense = len(dense_names)
     if sparse.dim() != 2 or sparse.shape[1] != num_sparse or sparse.dtype not in integer:
         raise ValueError(
             f"ParallelModel input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
@@ -103,6 +106,16 @@ def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int,
         raise ValueError(
             f"ParallelModel input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
             f"{dtype_name(dense)} {list(dense.shape)}"
+        )
+    finite = torch.isfinite(dense)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()  # [bad values, 2]: (row, feature)
+        row, column = int(bad[0, 0]), int(bad[0, 1])
+        rows = int((~finite).any(dim=1).sum())
+        raise ValueError(
+            f"ParallelModel input dense row {row} holds {float(dense[row, column])} in feature "
+            f"'{dense_names[column]}' (column {column}; rows with NaN or inf: {rows}): it would be served a NaN "
+            "probability; fill or drop missing values before serving, as before training"
         )
     if domain.dim() != 1 or domain.dtype not in integer:
         raise ValueError(
@@ -153,9 +166,10 @@ class ParallelModel(nn.Module):
     The fallback is one more slot of the adapter, freshly built. The constructor runs a few random rows through it
     and refuses the adapter unless they equal the backbone's (IAK with ``residual=False`` does not start as the
     backbone): a check of what is served, for any adapter, that needs no property declared by each. Inputs of the
-    wrong shape, dtype or row count raise a ``ValueError`` that names them, in the exported file too (there a
-    ``torch.jit.Error``). An id outside its field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its
-    vocabulary field's) is read as 0, the unknown id, as the data pipeline maps unseen values.
+    wrong shape, dtype or row count, and NaN or inf dense values, raise a ``ValueError`` that names them (for a
+    value: its row, feature and value), in the exported file too (there a ``torch.jit.Error``). An id outside its
+    field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its vocabulary field's) is read as 0, the unknown
+    id, as the data pipeline maps unseen values.
 
     Args:
         net: the adapted network as trained (K domains); left as it is (the model serves a frozen copy).
@@ -199,7 +213,7 @@ class ParallelModel(nn.Module):
                 "backbone (IAK with residual=false does not). Serve an adapter that does (e.g. IAK residual=true), or "
                 "serve only known domain ids, with the adapted network itself"
             )
-        self.num_sparse, self.num_dense = len(schema.sparse), len(schema.dense)
+        self.num_sparse, self.dense_names = len(schema.sparse), list(schema.dense)
         self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
         seq = schema.sequence  # its ids share its vocabulary field's
         self.seq_vocab = schema.vocab_sizes[schema.sparse_index(seq.vocab_field)] if seq is not None else 0
@@ -225,7 +239,7 @@ class ParallelModel(nn.Module):
     ) -> Tensor:
         tracing = torch.jit.is_tracing()  # the traced graph keeps the scripted checks, raises included
         domain = (scripted_check_inputs if tracing else check_inputs)(
-            sparse, dense, domain, self.num_sparse, self.num_dense
+            sparse, dense, domain, self.num_sparse, self.dense_names
         )
         if (seq is None) != (seq_lengths is None):
             raise ValueError("ParallelModel inputs seq and seq_lengths go together: give both or neither")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import pickle
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +13,14 @@ from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from mdrec.rundir import checksum_file, load_weights, save_checked
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each local checkpoint to a temporary file beside its target, flushed and fsynced, then renames it
     onto the target (``os.replace``, atomic on POSIX): a crash while writing leaves the previous file as it was.
+    Its sha256 goes beside it (``<file>.ckpt.sha256``, :func:`mdrec.rundir.save_checked`), for
+    :func:`load_checkpoint` to check.
 
     Lightning's own writer stages the file in the system temp directory and moves it without fsync, which
     turns into a plain copy when that directory is on another file system. Every checkpoint the trainer writes
@@ -36,39 +36,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # hidden, and not *.ckpt: ModelCheckpoint's search for last checkpoints never sees it
-        tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with tmp.open("xb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException as error:
-            tmp.unlink(missing_ok=True)
-            if disk_full(error):  # torch's writer reports it as "unexpected pos": say what happened
-                raise OSError(
-                    errno.ENOSPC,
-                    f"no space left on the device while writing checkpoint {target}: the previous one is intact; "
-                    "free space, then resume the run (its command with hydra.run.dir=<run dir> ckpt_path=last)",
-                ) from error
-            raise
-        directory = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        save_checked(path, lambda f: torch.save(checkpoint, f))
 
-
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error`` or an error it was raised from is "no space left on device"."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    def remove_checkpoint(self, path: str | Path) -> None:
+        """Remove the checkpoint (a top-k checkpoint pushed out, the previous ``last.ckpt``) and its checksum."""
+        super().remove_checkpoint(path)
+        if isinstance(get_filesystem(path), LocalFileSystem):
+            checksum_file(Path(path)).unlink(missing_ok=True)
 
 
 def rng_states() -> dict[str, Any]:
@@ -98,20 +72,20 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
-    crafted file cannot run code; anything else is an error naming the file.
+    """A Lightning checkpoint, checked against the sha256 recorded when it was written (a checkpoint without one,
+    from an mdrec older than checksums, loads with a warning), then read with ``torch.load(weights_only=True)``:
+    tensors and plain containers only, so a crafted file cannot run code.
 
     Raises:
-        ValueError: the file is not a checkpoint of plain values (crafted, corrupted, or from another program).
+        ValueError: the file is corrupted (its checksum differs: truncated, flipped bytes), does not load as plain
+            values (garbage, crafted, from another program), or is not a Lightning checkpoint; the error names the
+            file and says what to do.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(
-            f"checkpoint {path} does not load as plain tensors and values ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:300]}); mdrec never unpickles objects from a file. Resume from a checkpoint "
-            "an mdrec run wrote (its checkpoints/ folder), or start afresh without ckpt_path"
-        ) from None
+    remedy = (
+        "Delete it (and its .sha256) and resume from an earlier checkpoint (ckpt_path=<another file of its "
+        "checkpoints/ folder>), or re-run without ckpt_path to start afresh"
+    )
+    checkpoint = load_weights(path, remedy)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(
             f"checkpoint {path} is not a Lightning checkpoint (no state_dict); give a .ckpt an mdrec run wrote"
@@ -125,7 +99,7 @@ def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) ->
 
     Raises:
         FileNotFoundError: the checkpoint is not there (Lightning would warn and train from scratch).
-        ValueError: the file does not load as plain tensors and values (:func:`load_checkpoint`).
+        ValueError: the file is corrupted or does not load as plain tensors and values (:func:`load_checkpoint`).
     """
     if ckpt_path is None:
         return None

@@ -23,7 +23,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.loader import BatchLoader
 from mdrec.data.schema import Schema, SparseField
 from mdrec.data.store import ColumnStore, write_store
-from mdrec.train.checkpoint import resume_path
+from mdrec.train.checkpoint import AtomicCheckpointIO, resume_path
 from mdrec.train.selection import DomainSelection
 
 # ~310 steps of a small network per epoch (about a second, so the kill lands inside the second epoch); at this
@@ -118,8 +118,7 @@ def test_a_missing_checkpoint_is_an_error_naming_its_path(tmp_path: Path) -> Non
         resume_path(str(tmp_path / "other.ckpt"), checkpointing)
     with pytest.raises(ValueError, match="callbacks.model_checkpoint"):
         resume_path("last", None)
-    (tmp_path / "checkpoints").mkdir()
-    torch.save({"epoch": 0, "state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {}, "epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path("last", checkpointing) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert resume_path(None, checkpointing) is None
 
