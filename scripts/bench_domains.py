@@ -1,7 +1,7 @@
 """Training step time of the multi-domain baselines as the number of domains K grows, beside peer references.
 
-For STAR, MMoE, PLE and shared-bottom (the networks and sizes of ``conf/model/<name>.yaml``; shared-bottom on the
-``conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
+For STAR, MMoE, PLE and shared-bottom (the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom on the
+``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
 configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
 ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
 networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
@@ -45,7 +45,7 @@ from mdrec.data.schema import Schema, SparseField
 from mdrec.nn.domain import DomainGroups
 from mdrec.train.stages import Train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
 MODELS = {
     "star": mdrec.models.star,
     "mmoe": mdrec.models.mmoe,
@@ -125,7 +125,8 @@ def make_batch(schema: Schema, batch_size: int, seed: int) -> Batch:
 
 
 def build(model: str, schema: Schema, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The network and optimiser of ``model=<model>`` in ``conf/train.yaml`` (shared-bottom on the DNN backbone)."""
+    """The network and optimiser of ``model=<model>`` in ``mdrec/conf/train.yaml`` (shared-bottom on the DNN
+    backbone)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={model}"])
     torch.manual_seed(seed)

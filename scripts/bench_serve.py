@@ -11,8 +11,8 @@ For K domains and a batch of B rows with uniform domain ids, inference (``torch.
 - ``backbone``: the backbone alone, no adaptation, probabilities out (the reference), eager;
 - ``backbone-ts``: the same traced to TorchScript (the reference for ``parallel-ts``).
 
-The backbone is the ``conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256, 128]) on ``--sparse`` fields with
-``--vocab`` ids each and ``--dense`` dense features; the kernels are ``conf/adapter/iak.yaml``'s (k = 50, hidden
+The backbone is the ``mdrec/conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256, 128]) on ``--sparse`` fields with
+``--vocab`` ids each and ``--dense`` dense features; the kernels are ``mdrec/conf/adapter/iak.yaml``'s (k = 50, hidden
 64, on h before the head) with random weights.
 
 Each call takes the next of 8 batches (other rows, same domain shares), as a server's calls read other embedding

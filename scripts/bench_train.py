@@ -1,9 +1,10 @@
 """Training throughput: the real Lightning path against a bare PyTorch loop, in the same run.
 
-Both train the DNN backbone of ``conf/backbone/dnn.yaml`` with the Adam of ``conf/model/backbone.yaml`` from the
-same seed on the same batches (epoch 0 of the DataModule's training BatchLoader), for the same steps. The framework
+Both train the DNN backbone of ``mdrec/conf/backbone/dnn.yaml`` with the Adam of ``mdrec/conf/model/base/ranking.yaml``
+from the same seed on the same batches (epoch 0 of the DataModule's training BatchLoader), for the same steps. The
+framework
 side is ``Trainer.fit`` of ``RankingModule`` with the ``MultiDomainDataModule`` and the trainer, CSV logger and
-progress bar of ``conf/train.yaml`` (validation, checkpointing and early stopping off); the bare side is forward,
+progress bar of ``mdrec/conf/train.yaml`` (validation, checkpointing and early stopping off); the bare side is forward,
 BCE, backward, step. Runs alternate (F B B F ...) to cancel drift; the first ``--warmup`` steps of every run are
 not timed. The ratio is taken on the best run of each (the least disturbed by other processes on a shared machine),
 the medians beside it. Peak memory is the process's peak RSS during each run (reset between runs through
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from bench_data import add_data_args, bench_datamodule
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
@@ -45,7 +46,7 @@ from mdrec.data.schema import Schema
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.run import instantiate_group
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
 TARGET_RATIO = 0.9
 
 
@@ -77,16 +78,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def default_config() -> DictConfig:
+    """``mdrec/conf/train.yaml`` as composed with no overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train")
+
+
 def build_net(schema: Schema, seed: int) -> nn.Module:
-    """The DNN backbone of ``conf/backbone/dnn.yaml``, initialised from ``seed``."""
+    """The DNN backbone of ``mdrec/conf/backbone/dnn.yaml`` (with the default input layer), initialised from
+    ``seed``."""
     torch.manual_seed(seed)
-    backbone = hydra.utils.instantiate(OmegaConf.load(CONF / "backbone" / "dnn.yaml"), _partial_=True)
-    return backbone(schema=schema)
+    return hydra.utils.instantiate(default_config().backbone)(schema)
 
 
 def optimizer_factory() -> OptimizerFactory:
-    """The partial optimiser of ``conf/model/backbone.yaml``."""
-    return hydra.utils.instantiate(OmegaConf.load(CONF / "model" / "backbone.yaml").optimizer)
+    """The partial optimiser of ``mdrec/conf/model/base/ranking.yaml``."""
+    return hydra.utils.instantiate(default_config().model.optimizer)
 
 
 class StepTimer(pl.Callback):
@@ -116,7 +123,7 @@ class StepTimer(pl.Callback):
 
 
 def framework_trainer(warmup: int, steps: int, timer: StepTimer, out_dir: str) -> pl.Trainer:
-    """The Trainer of ``conf/train.yaml`` (trainer, CSV logger, progress bar) for ``warmup + steps`` batches.
+    """The Trainer of ``mdrec/conf/train.yaml`` (trainer, CSV logger, progress bar) for ``warmup + steps`` batches.
 
     Validation and the callbacks that need it (checkpointing, early stopping) are off: only training is timed.
     """

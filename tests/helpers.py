@@ -25,12 +25,12 @@ from mdrec.models.wide_deep import WideDeepBackbone
 
 # ---- composed training configs -----------------------------------------------------------------------------------
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
 TrainCfg = Callable[[list[str]], DictConfig]  # the ``train_cfg`` fixture (conftest.py)
 
 
 def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``.
+    """``mdrec/conf/train.yaml`` with the given overrides, writing everything under ``tmp_path``.
 
     Synthetic data shrinks to 20,000 rows unless the overrides set ``data.source.num_rows`` themselves.
     """

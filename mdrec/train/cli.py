@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 
 from mdrec.train.run import record_failure, train
 
-# the repository's conf/ (mdrec is installed in editable mode); `--config-dir` adds a directory of your own
-CONFIG_PATH = Path(__file__).resolve().parents[2] / "conf"
+# the config tree shipped inside the package; `--config-dir <dir>` puts a directory of your own in front of it
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "conf"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_PATH), config_name="train")
@@ -40,8 +40,8 @@ def main() -> None:
     """Entry point of ``mdrec-train``: check that the config tree is there, then hand over to Hydra."""
     if not (CONFIG_PATH / "train.yaml").exists():
         sys.exit(
-            f"mdrec: no config tree at {CONFIG_PATH}. Install mdrec from a clone in editable mode "
-            "(`pip install -e .`), which keeps conf/ beside the package."
+            f"mdrec: no config tree at {CONFIG_PATH}: the installation is incomplete; reinstall mdrec "
+            "(`pip install --force-reinstall <mdrec>`)"
         )
     run()
 

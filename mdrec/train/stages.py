@@ -1,4 +1,4 @@
-"""The stages of a run as objects: each ``conf/stage/*.yaml`` instantiates one of these.
+"""The stages of a run as objects: each ``mdrec/conf/stage/*.yaml`` instantiates one of these.
 
 :func:`mdrec.train.run.train` asks its stage for everything that differs between stages: the work before the run
 (:meth:`Stage.prepare`, e.g. pre-training the backbone an adapt run needs), the module, the callbacks and trainer

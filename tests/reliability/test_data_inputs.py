@@ -135,7 +135,7 @@ def test_shared_rows_are_reported_warned_about_and_refused_above_the_threshold(
 
 
 def test_the_threshold_is_in_the_tabular_config() -> None:
-    conf = OmegaConf.load(ROOT / "conf" / "data" / "tabular.yaml")
+    conf = OmegaConf.load(ROOT / "mdrec" / "conf" / "data" / "tabular.yaml")
     assert conf.source.max_train_overlap == 0.5
     with pytest.raises(ValueError, match="max_train_overlap 1.5 must be a share in"):
         TabularSource("shop", SPEC, data_files="x.csv", max_train_overlap=1.5)

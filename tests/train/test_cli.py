@@ -23,3 +23,43 @@ def test_a_multirun_needs_no_sweep_dir(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(p.parent.name for p in (tmp_path / "logs" / "debug" / "multiruns").glob("*/*/metrics.json"))
     assert runs == ["0", "1"]  # under the directory it was launched from
+
+
+@pytest.mark.slow
+def test_a_config_dir_of_ones_own_layers_on_the_packaged_tree(tmp_path: Path) -> None:
+    (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\ntask_name: mine\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "mdrec.train", "--config-dir", "my_conf", "experiment=mine", "debug=fdr"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (config,) = (tmp_path / "logs").glob("*/runs/*/config.yaml")
+    assert "seed: 7" in config.read_text().splitlines()
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_trains_from_another_directory(tmp_path: Path) -> None:
+    repository = Path(__file__).resolve().parents[2]
+    run = lambda *args, **kw: subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)  # noqa: E731
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, repository)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("mdrec-*.whl")
+    site = tmp_path / "site"
+    installed = run(sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, wheel)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+    script = (
+        "import mdrec, runpy, sys; print(mdrec.__file__, file=sys.stderr); "
+        "runpy.run_module('mdrec.train', run_name='__main__')"
+    )
+    done = run(sys.executable, "-c", script, "debug=fdr", f"hydra.run.dir={tmp_path / 'run'}", cwd=elsewhere, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(site) in done.stderr  # the installed copy ran, not the repository's
+    assert (tmp_path / "run" / "metrics.json").exists() and (elsewhere / "data").is_dir()

@@ -22,7 +22,7 @@ Give either ``data_files`` (one pool of rows; the training stage splits it) or `
 2 test) and vocabularies and dense scalers are fitted on the train rows only: val/test values never seen in
 training map to id 0, and their share is reported per field, domain and split (``report.json``).
 
-Example config (``conf/data/<name>.yaml``)::
+Example config (``mdrec/conf/data/<name>.yaml``)::
 
     source:
       _target_: mdrec.data.sources.tabular.TabularSource

@@ -1,0 +1,56 @@
+"""Human-readable tables of flat metric dictionaries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test") -> str:
+    """A per-domain table of ``<stage>`` AUC, logloss and rows; beside it, when present, the pre-trained model's
+    AUC before adapting (``zeroshot/<stage>/auc...``) and the oracle AUC (``oracle/auc...``, synthetic data).
+
+    Example:
+        >>> print(domain_table({"test/auc/a": 0.7, "test/logloss/a": 0.5, "test/rows/a": 10, "test/auc": 0.7,
+        ...                     "test/logloss": 0.5}, ["a"]))  # doctest: +NORMALIZE_WHITESPACE
+        domain     rows  test AUC  logloss
+        a            10    0.7000   0.5000
+        overall      10    0.7000   0.5000
+    """
+    has_oracle = f"oracle/auc/{domains[0]}" in metrics
+    has_zeroshot = f"zeroshot/{stage}/auc/{domains[0]}" in metrics
+    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}"
+    header += f" {'zero-shot AUC':>13} {'gain':>7}" if has_zeroshot else ""
+    header += f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else ""
+    lines = [header]
+    total_rows = 0
+    for name in [*domains, None]:
+        suffix = f"/{name}" if name is not None else ""
+        rows = int(metrics[f"{stage}/rows/{name}"]) if name is not None else total_rows
+        total_rows += rows if name is not None else 0
+        auc = metrics[f"{stage}/auc{suffix}"]
+        line = f"{name or 'overall':<8} {rows:>6} {auc:>9.4f} {metrics[f'{stage}/logloss{suffix}']:>8.4f}"
+        if has_zeroshot:
+            zeroshot = metrics[f"zeroshot/{stage}/auc{suffix}"]
+            line += f" {zeroshot:>13.4f} {auc - zeroshot:>7.4f}"
+        if has_oracle:
+            oracle = metrics[f"oracle/auc{suffix}"]
+            line += f" {oracle:>11.4f} {oracle - auc:>7.4f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def domain_rows(
+    metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test"
+) -> tuple[list[str], list[list]]:
+    """Every per-domain ``<stage>`` metric as a table: columns ``domain`` and the metric names, a row per domain
+    and one for ``overall`` (a metric counts when ``<stage>/<name>/<first domain>`` is present).
+
+    Example:
+        >>> domain_rows({"test/auc": 0.7, "test/auc/a": 0.6, "test/auc/b": 0.8, "val/auc/a": 0.5}, ["a", "b"])
+        (['domain', 'auc'], [['a', 0.6], ['b', 0.8], ['overall', 0.7]])
+    """
+    suffix = f"/{domains[0]}"
+    names = [k[len(stage) + 1 : -len(suffix)] for k in metrics if k.startswith(f"{stage}/") and k.endswith(suffix)]
+    rows = [[d, *(metrics.get(f"{stage}/{n}/{d}") for n in names)] for d in domains]
+    rows.append(["overall", *(metrics.get(f"{stage}/{n}") for n in names)])
+    return ["domain", *names], rows

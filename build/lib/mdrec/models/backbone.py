@@ -1,0 +1,49 @@
+"""The contract every backbone keeps, which multi-domain networks, adapters and serving build on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+from mdrec.models.inputs import EmbeddedInput
+from mdrec.models.output import ModelOutput
+
+
+class Backbone(nn.Module):
+    """A domain-agnostic ranker: ``input`` embeds the batch, the body maps it to the representation ``h [B, H]``,
+    and ``head``, one linear layer ``H -> T``, maps ``h`` to the logits.
+
+    A subclass sets ``input`` (an :class:`~mdrec.models.inputs.EmbeddedInput`) and ``num_tasks`` in its constructor,
+    implements ``head`` (a linear layer registered below the backbone) and returns ``ModelOutput(logits, aux_loss,
+    h)`` from ``forward``. Adapters that act "before the head" attach at ``head_site()``.
+    """
+
+    input: EmbeddedInput
+    num_tasks: int
+
+    @property
+    def head(self) -> nn.Linear:
+        """The linear layer that maps ``h [B, H]`` to the logits ``[B, T]``."""
+        raise NotImplementedError
+
+    @property
+    def hidden_size(self) -> int:
+        """H, the width of ``h`` (the head's input width)."""
+        return self.head.in_features
+
+    def head_site(self) -> str:
+        """The module name of ``head`` below the backbone (e.g. ``"output"``), where adapters hook it."""
+        head = self.head
+        return next(name for name, module in self.named_modules() if module is head)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        raise NotImplementedError
+
+
+# a backbone class with its options bound, completed with the data's schema (a `_partial_` config node)
+BackboneFactory = Callable[[Schema], Backbone]
+# the input layer's class with its options bound (the `input` config node)
+InputFactory = Callable[[Schema], EmbeddedInput]

@@ -1,0 +1,105 @@
+"""What every network shares at its edges: the input layer (a Batch -> one flat feature vector per row) and the
+check of its task count against the schema's labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+from mdrec.nn.embedding import FieldEmbedding
+from mdrec.nn.sequence import MeanPooling, TargetAttentionPooling
+
+SEQUENCE_POOLINGS = ("mean", "din")
+
+
+def check_num_tasks(schema: Schema, num_tasks: int) -> int:
+    """Return ``num_tasks`` if the schema has that many labels (T in ``1..len(schema.labels)``), else raise."""
+    if not 1 <= num_tasks <= len(schema.labels):
+        raise ValueError(f"num_tasks {num_tasks} must be in 1..{len(schema.labels)} (labels: {list(schema.labels)})")
+    return num_tasks
+
+
+class EmbeddedInput(nn.Module):
+    """Embeds the sparse fields, pools the sequence (if the schema has one) and appends the dense features.
+
+    The sequence shares the embedding table of its ``vocab_field``. ``"mean"`` pooling averages the history;
+    ``"din"`` weighs it by target attention (DIN), the target being the row's own id of the ``vocab_field`` (e.g.
+    the candidate movie against the user's recent movies). With ``domain_as_feature`` the domain id is embedded as
+    one more field, after the sparse ones: the "pooled" reference baseline (one model, the domain an ordinary
+    feature). Otherwise the input knows nothing of domains.
+
+    Args:
+        schema: the data's schema (vocabulary sizes, fields).
+        embedding_dim: D.
+        init_std: standard deviation of the initial embedding weights.
+        sequence_pooling: ``"mean"`` or ``"din"`` (needs a sequence field in the schema).
+        attention_layer_sizes: hidden widths of DIN's attention MLP (unused by mean pooling).
+        attention_softmax: normalise DIN's attention scores with a softmax (DIN itself keeps the raw scores).
+        domain_as_feature: embed the domain id as a field (``schema.num_domains`` ids, named
+            ``schema.domain_field``).
+
+    Shapes: ``forward(batch)`` -> ``[B, F' * D + (D if a sequence) + N]`` with ``F' = F (+ 1 with
+    domain_as_feature)``; ``out_features`` holds the width, ``field_names`` and ``vocab_sizes`` the F' fields.
+
+    Example:
+        >>> inp = EmbeddedInput(seq_schema, embedding_dim=16, sequence_pooling="din")
+        >>> inp(seq_batch).shape  # 3 fields and the pooled history of 16 each, 1 dense feature
+        torch.Size([8, 65])
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        embedding_dim: int = 16,
+        init_std: float = 1e-2,
+        sequence_pooling: str = "mean",
+        attention_layer_sizes: Sequence[int] = (80, 40),
+        attention_softmax: bool = False,
+        domain_as_feature: bool = False,
+    ) -> None:
+        super().__init__()
+        if sequence_pooling not in SEQUENCE_POOLINGS:
+            raise ValueError(f"sequence_pooling must be one of {list(SEQUENCE_POOLINGS)}, got {sequence_pooling!r}")
+        if sequence_pooling == "din" and schema.sequence is None:
+            raise ValueError(
+                f"sequence_pooling 'din' attends over a sequence field, but schema {schema.dataset_id!r} has none"
+            )
+        self.embedding_dim, self.init_std, self.domain_as_feature = embedding_dim, init_std, domain_as_feature
+        self.field_names = [*schema.sparse_names, *([schema.domain_field] if domain_as_feature else [])]
+        self.vocab_sizes = [*schema.vocab_sizes, *([schema.num_domains] if domain_as_feature else [])]
+        # a data set of dense features only (and no domain feature) has nothing to embed
+        self.embedding = FieldEmbedding(self.vocab_sizes, embedding_dim, init_std) if self.vocab_sizes else None
+        self.seq_field = schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
+        self.pooling: MeanPooling | TargetAttentionPooling | None = None
+        if self.seq_field is not None:
+            self.pooling = (
+                TargetAttentionPooling(embedding_dim, attention_layer_sizes, attention_softmax)
+                if sequence_pooling == "din"
+                else MeanPooling()
+            )
+        num_pooled = len(self.vocab_sizes) + (1 if self.seq_field is not None else 0)
+        self.out_features = num_pooled * embedding_dim + len(schema.dense)
+
+    def field_ids(self, batch: Batch) -> Tensor:
+        """The ids of the ``field_names`` fields: ``[B, F']`` (the sparse ids, then the domain id if it is a field)."""
+        if not self.domain_as_feature:
+            return batch.sparse
+        return torch.cat([batch.sparse, batch.domain[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
+
+    def forward(self, batch: Batch) -> Tensor:
+        """``batch`` -> ``[B, out_features]``."""
+        parts = []
+        if self.embedding is not None:
+            fields = self.embedding(self.field_ids(batch))  # [B, F', D]
+            parts.append(fields.flatten(1))  # [B, F' * D]
+        if self.pooling is not None:
+            if batch.seq is None or batch.seq_lengths is None:
+                raise ValueError("the schema has a sequence field but the batch carries no `seq`")
+            items = self.embedding.lookup(batch.seq, self.seq_field)  # [B, L, D]
+            parts.append(self.pooling(fields[:, self.seq_field], items, batch.seq_lengths))  # [B, D]
+        parts.append(batch.dense)
+        return torch.cat(parts, dim=1)

@@ -1,0 +1,256 @@
+"""Parallel domain-activated inference (METHODS.md 1): the backbone and all K domains' adapters in one graph;
+each row runs its own domain's adapter, picked by its domain id; a domain the model does not know falls back to
+the plain backbone."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, AdapterFactory
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+from mdrec.nn.domain import DomainLinear
+
+TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, the fallback slot's probe
+
+
+def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
+    """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
+    adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
+    first K slots of a K + 1 adapter that ``make_adapter`` builds, then put in its serving form
+    (:meth:`~mdrec.adapters.base.Adapter.for_serving`). The result runs on a copy of ``net``'s backbone, frozen
+    and in eval mode: ``net`` itself is left as it is. (An adapter that does not start as the identity, IAK with
+    ``residual=False``, has no such slot: :class:`ParallelModel` refuses it.)"""
+    extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK_DOMAIN))
+    backbone = copy.deepcopy(net.backbone)  # freezing it below must not freeze the caller's
+    adapter = make_adapter(extended, backbone)
+    own, trained = adapter.state_dict(), net.adapter.state_dict()
+    k = schema.num_domains
+    for key, value in trained.items():
+        if own[key].shape == value.shape:
+            own[key] = value
+        elif own[key].shape == (k + 1, *value.shape[1:]):
+            own[key] = torch.cat([value, own[key][k:]])
+        else:
+            raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
+    adapter.load_state_dict(own)
+    adapter = adapter.for_serving(backbone)
+    for module in adapter.modules():
+        if isinstance(module, DomainLinear):  # same values and shape, each [out, in] slice stored transposed:
+            w = module.weight.data  # the per-row product reads weight.mT ([K, in, out]) without a copy per call
+            module.weight.data = w.mT.contiguous().mT
+    return AdaptedNet(extended, backbone, adapter, freeze=["*"]).eval()
+
+
+def probe_batch(schema: Schema, rows: int, domain: int, seed: int = 0) -> Batch:
+    """``rows`` random rows of ``schema`` (ids within each field's vocabulary, standard normal dense features, full
+    sequences), all of domain id ``domain``."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = torch.tensor(schema.vocab_sizes, dtype=torch.float64)  # [F]
+    sparse = (torch.rand(rows, len(schema.sparse), generator=g, dtype=torch.float64) * vocab).long()  # [rows, F]
+    dense = torch.randn(rows, len(schema.dense), generator=g)  # [rows, N]
+    seq = seq_lengths = None
+    if schema.sequence is not None:
+        size = schema.vocab_sizes[schema.sparse_index(schema.sequence.vocab_field)]
+        seq = torch.randint(0, size, (rows, schema.sequence.max_len), generator=g)  # [rows, L]
+        seq_lengths = torch.full((rows,), schema.sequence.max_len)  # [rows]
+    return Batch.unlabelled(sparse, dense, torch.full((rows,), domain), seq, seq_lengths)
+
+
+def fallback_difference(net: AdaptedNet, schema: Schema, rows: int = 16) -> float:
+    """The largest ``|fallback slot - plain backbone|`` probability over ``rows`` random rows of ``schema`` routed to
+    ``net``'s last slot (K of a :func:`with_fallback_slot` network): 0 up to rounding when that slot is the
+    identity."""
+    batch = probe_batch(schema, rows, net.num_domains - 1).to(next(net.backbone.parameters()).device)
+    with torch.no_grad():
+        served = torch.sigmoid(net(batch, static=True).logits)
+        plain = torch.sigmoid(net.backbone(batch).logits)
+    return float((served - plain).abs().max())
+
+
+def dtype_name(t: Tensor) -> str:
+    """``t``'s dtype without the ``torch.`` prefix (TorchScript holds a dtype as a number)."""
+    names = {
+        torch.bool: "bool",
+        torch.uint8: "uint8",
+        torch.int8: "int8",
+        torch.int16: "int16",
+        torch.int32: "int32",
+        torch.int64: "int64",
+        torch.float16: "float16",
+        torch.bfloat16: "bfloat16",
+        torch.float32: "float32",
+        torch.float64: "float64",
+    }
+    return names.get(t.dtype, "dtype " + str(t.dtype))
+
+
+def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int, dense_names: list[str]) -> Tensor:
+    """``domain``, after raising ``ValueError`` unless ``sparse`` is int64 (or int32) ``[B, F]``, ``dense`` float32
+    ``[B, N]`` and finite, and ``domain`` int64 (or int32) ``[B]``, with the same B; ``num_sparse`` F,
+    ``dense_names`` the N dense features. A NaN or inf would give NaN probabilities: refused naming its row, feature
+    and value, as the data pipeline refuses them before training (one pass over ``dense``). (It returns a tensor
+    that the caller goes on with: a traced graph keeps the call.)"""
+    integer = (torch.int64, torch.int32)
+    num_dense = len(dense_names)
+    if sparse.dim() != 2 or sparse.shape[1] != num_sparse or sparse.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
+            f"{list(sparse.shape)}"
+        )
+    if dense.dim() != 2 or dense.shape[1] != num_dense or dense.dtype != torch.float32:
+        raise ValueError(
+            f"ParallelModel input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
+            f"{dtype_name(dense)} {list(dense.shape)}"
+        )
+    finite = torch.isfinite(dense)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()  # [bad values, 2]: (row, feature)
+        row, column = int(bad[0, 0]), int(bad[0, 1])
+        rows = int((~finite).any(dim=1).sum())
+        raise ValueError(
+            f"ParallelModel input dense row {row} holds {float(dense[row, column])} in feature "
+            f"'{dense_names[column]}' (column {column}; rows with NaN or inf: {rows}): it would be served a NaN "
+            "probability; fill or drop missing values before serving, as before training"
+        )
+    if domain.dim() != 1 or domain.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
+            f"{list(domain.shape)}"
+        )
+    if sparse.shape[0] != domain.shape[0] or dense.shape[0] != domain.shape[0]:
+        raise ValueError(
+            f"ParallelModel inputs sparse, dense and domain must have the same number of rows B, got "
+            f"{sparse.shape[0]}, {dense.shape[0]} and {domain.shape[0]}"
+        )
+    return domain
+
+
+def check_sequence(seq: Tensor, seq_lengths: Tensor, rows: int) -> Tensor:
+    """``seq``, after raising ``ValueError`` unless ``seq`` is int64 (or int32) ``[B, L]`` and ``seq_lengths`` int64
+    (or int32) ``[B]``, B = ``rows``."""
+    integer = (torch.int64, torch.int32)
+    if seq.dim() != 2 or seq.shape[0] != rows or seq.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
+            f"{list(seq.shape)}"
+        )
+    if seq_lengths.dim() != 1 or seq_lengths.shape[0] != rows or seq_lengths.dtype not in integer:
+        raise ValueError(
+            f"ParallelModel input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
+            f"{list(seq_lengths.shape)}"
+        )
+    return seq
+
+
+# the same checks compiled: a traced graph keeps a call to a scripted function, its branches and raises included,
+# so the exported file refuses what the eager model refuses (eager calls the Python functions: a plain ValueError)
+scripted_check_inputs = torch.jit.script(check_inputs)
+scripted_check_sequence = torch.jit.script(check_sequence)
+
+
+class ParallelModel(nn.Module):
+    """Serves every domain from one graph: ``forward(sparse, dense, domain[, seq, seq_lengths])`` -> ``[B, T]``
+    click (and conversion) probabilities, row i through the adapter of domain ``domain[i]``.
+
+    A domain id outside ``0..K-1`` (a domain added after training, a bad id) runs the plain backbone; the rows are
+    counted in the buffer ``unknown_rows``. The per-domain products run row by row on the stacked weights over the
+    rows sorted by domain (a static grouping, :class:`~mdrec.nn.domain.DomainGroups`: no host synchronisation, no
+    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces into
+    one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
+
+    The fallback is one more slot of the adapter, freshly built. The constructor runs a few random rows through it
+    and refuses the adapter unless they equal the backbone's (IAK with ``residual=False`` does not start as the
+    backbone): a check of what is served, for any adapter, that needs no property declared by each. Inputs of the
+    wrong shape, dtype or row count, and NaN or inf dense values, raise a ``ValueError`` that names them (for a
+    value: its row, feature and value), in the exported file too (there a ``torch.jit.Error``). An id outside its
+    field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its vocabulary field's) is read as 0, the unknown
+    id, as the data pipeline maps unseen values.
+
+    Args:
+        net: the adapted network as trained (K domains); left as it is (the model serves a frozen copy).
+        schema: its data's schema.
+        make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
+        drop: per-domain feature trimming (:mod:`mdrec.eval.trim`), bool ``[K, F + N]`` (sparse fields, then dense
+            features): each row's dropped features are blanked before the backbone; None: no trimming. Unknown
+            domains keep every feature.
+
+    Example:
+        >>> from mdrec.adapters.lora import LoRA
+        >>> net = AdaptedNet(schema, backbone, LoRA(schema, backbone, rank=4))
+        >>> model = ParallelModel(net, schema, functools.partial(LoRA, rank=4))
+        >>> model(batch.sparse, batch.dense, batch.domain).shape
+        torch.Size([8, 1])
+        >>> unknown = torch.tensor([0, 1, 7, 2, 0, 1, 2, 9])  # ids 7 and 9: no such domain, the plain backbone
+        >>> model(batch.sparse, batch.dense, unknown).shape, int(model.unknown_rows)
+        (torch.Size([8, 1]), 2)
+    """
+
+    def __init__(
+        self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory, drop: Tensor | None = None
+    ) -> None:
+        super().__init__()
+        if net.adapter is None:
+            raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
+        if net.backbone.input.domain_as_feature:
+            raise ValueError(
+                "ParallelModel falls back to the plain backbone for unknown domains, but this backbone embeds the "
+                "domain id (input.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
+                "domain-agnostic backbone (pre-train with model=backbone)"
+            )
+        self.num_domains = schema.num_domains
+        self.net = with_fallback_slot(net, schema, make_adapter)
+        difference = fallback_difference(self.net, schema)
+        if difference > TOLERANCE:
+            raise ValueError(
+                f"ParallelModel serves unknown domain ids with the plain backbone through a fresh slot of the "
+                f"adapter, but a fresh {type(net.adapter).__name__} slot is not the identity (random rows differ "
+                f"from the backbone by {difference:.2e} > {TOLERANCE:g}): the adapter does not start as the "
+                "backbone (IAK with residual=false does not). Serve an adapter that does (e.g. IAK residual=true), or "
+                "serve only known domain ids, with the adapted network itself"
+            )
+        self.num_sparse, self.dense_names = len(schema.sparse), list(schema.dense)
+        self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
+        seq = schema.sequence  # its ids share its vocabulary field's
+        self.seq_vocab = schema.vocab_sizes[schema.sparse_index(seq.vocab_field)] if seq is not None else 0
+        width = len(schema.sparse) + len(schema.dense)
+        if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (self.num_domains, width)):
+            raise ValueError(
+                f"drop must be bool [K={self.num_domains}, F+N={width}], got {drop.dtype} {tuple(drop.shape)}"
+            )
+        self.trimmed = drop is not None
+        slots = torch.zeros(self.num_domains + 1, width, dtype=torch.bool)  # the fallback slot keeps everything
+        self.register_buffer("drop", slots if drop is None else torch.cat([drop, slots[-1:]]))
+        self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(
+        self,
+        sparse: Tensor,
+        dense: Tensor,
+        domain: Tensor,
+        seq: Tensor | None = None,
+        seq_lengths: Tensor | None = None,
+    ) -> Tensor:
+        tracing = torch.jit.is_tracing()  # the traced graph keeps the scripted checks, raises included
+        domain = (scripted_check_inputs if tracing else check_inputs)(
+            sparse, dense, domain, self.num_sparse, self.dense_names
+        )
+        if (seq is None) != (seq_lengths is None):
+            raise ValueError("ParallelModel inputs seq and seq_lengths go together: give both or neither")
+        if seq is not None and seq_lengths is not None:
+            seq = (scripted_check_sequence if tracing else check_sequence)(seq, seq_lengths, domain.shape[0])
+            seq = seq.masked_fill((seq < 0) | (seq >= self.seq_vocab), 0)  # out of vocabulary: 0, the unknown id
+        sparse = sparse.masked_fill((sparse < 0) | (sparse >= self.vocab_sizes), 0)  # [B, F]: as the data maps them
+        known = (domain >= 0) & (domain < self.num_domains)
+        self.unknown_rows += (~known).sum()
+        slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
+        batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
+        if self.trimmed:
+            batch = batch.blanked(self.drop)
+        return torch.sigmoid(self.net(batch, static=True).logits)

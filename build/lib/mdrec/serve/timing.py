@@ -1,0 +1,27 @@
+"""Latency measurement shared by the serving tools and the serving benchmark."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def time_calls(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each function over ``repeats`` rounds after ``warmup`` untimed calls each; the functions
+    take turns call by call, so a slow phase of a noisy machine hits them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

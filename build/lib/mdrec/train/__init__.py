@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the run, the command line (``python -m mdrec.train``)."""

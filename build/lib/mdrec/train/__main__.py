@@ -1,0 +1,3 @@
+from mdrec.train.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Command line: ``python -m mdrec.train`` / ``mdrec-train`` (Hydra overrides as arguments)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mdrec.train.run import record_failure, train
+
+# the config tree shipped inside the package; `--config-dir <dir>` puts a directory of your own in front of it
+CONFIG_PATH = Path(__file__).resolve().parents[1] / "conf"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_PATH), config_name="train")
+def run(cfg: DictConfig) -> float | None:
+    """Run one training job; return the metric named by ``optimized_metric`` (for hyper-parameter sweepers).
+
+    A job that raises leaves ``failure.json`` (the error and its traceback) in its run directory, then re-raises:
+    Hydra's launcher goes on with the sweep's other jobs, and ``mdrec-report`` lists the failure.
+    """
+    name = cfg.get("optimized_metric")
+    try:
+        metrics = train(cfg)
+        if name and name not in metrics:
+            raise ValueError(
+                f"optimized_metric {name!r} is not among the run's metrics "
+                f"({sorted(k for k in metrics if '/' in k)[:12]} ...); the val/ and test/ figures of the selected "
+                "model need test=true"
+            )
+    except Exception as error:
+        record_failure(Path(cfg.paths.output_dir), error)
+        raise
+    return metrics[name] if name else None
+
+
+def main() -> None:
+    """Entry point of ``mdrec-train``: check that the config tree is there, then hand over to Hydra."""
+    if not (CONFIG_PATH / "train.yaml").exists():
+        sys.exit(
+            f"mdrec: no config tree at {CONFIG_PATH}: the installation is incomplete; reinstall mdrec "
+            "(`pip install --force-reinstall <mdrec>`)"
+        )
+    run()
+
+
+if __name__ == "__main__":
+    main()
