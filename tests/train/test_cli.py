@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import mdrec
+
 
 @pytest.mark.slow
 def test_a_multirun_needs_no_sweep_dir(tmp_path: Path) -> None:
@@ -63,3 +65,10 @@ def test_a_non_editable_install_trains_from_another_directory(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(site) in done.stderr  # the installed copy ran, not the repository's
     assert (tmp_path / "run" / "metrics.json").exists() and (elsewhere / "data").is_dir()
+
+
+def test_version_prints_mdrec_s_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mdrec.train", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"mdrec {mdrec.__version__}"
