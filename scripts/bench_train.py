@@ -130,8 +130,8 @@ def framework_trainer(warmup: int, steps: int, timer: StepTimer, out_dir: str) -
     overrides = [
         f"paths.output_dir={out_dir}",
         "trainer.max_epochs=1",
-        f"+trainer.limit_train_batches={warmup + steps}",
-        "+trainer.limit_val_batches=0",
+        f"trainer.limit_train_batches={warmup + steps}",
+        "trainer.limit_val_batches=0",
         "~callbacks.model_checkpoint",
         "~callbacks.early_stopping",
     ]

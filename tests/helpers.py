@@ -41,7 +41,7 @@ def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
         f"paths.data_dir={tmp_path / 'data'}",
         f"paths.output_dir={tmp_path / 'run'}",
         "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=base + overrides)

@@ -64,6 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
     stage: Stage = hydra.utils.instantiate(cfg.stage)
     run_dir = RunDir(Path(cfg.paths.output_dir))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()

@@ -39,7 +39,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.Co
         f"paths.root_dir={root}",
         f"hydra.sweep.dir={root / 'sweep'}",
         "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
@@ -199,7 +199,7 @@ def test_optuna_search_maximises_validation_mean_auc(tmp_path: Path) -> None:
         f"paths.root_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

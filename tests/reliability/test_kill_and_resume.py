@@ -29,7 +29,7 @@ OVERRIDES = [
     "trainer.log_every_n_steps=1",
     "+logger.csv.flush_logs_every_n_steps=1",  # metrics.csv shows each step: the test sees the second epoch start
     "~callbacks.progress_bar",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 

@@ -19,7 +19,7 @@ SMALL = [
     "trainer.max_epochs=2",
     "seed=0",
     "~callbacks.progress_bar",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 

@@ -32,7 +32,7 @@ ROWS = [
     "trainer.max_epochs=3",
     "seed=0",
     "~callbacks.progress_bar",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
 ]
 # Measured 6e-8 (earlier: up to 1e-5); per-process domain counts in the dynamic learning rate: 4e-3. A property of
 # this configuration, not a general bound: training can grow the 1e-7 differences (seed=2 ends 1.6e-4 apart).

@@ -101,3 +101,12 @@ def test_same_seed_same_metrics_and_the_run_records_its_provenance(tmp_path: Pat
     info = json.loads((tmp_path / "a" / "provenance.json").read_text())
     assert info["seed"] == 3 and info["packages"]["torch"] == metadata.version("torch")
     assert info["git"]["commit"] is None or len(info["git"]["commit"]) == 40  # None outside a git checkout
+
+
+def test_threads_and_declared_trainer_options(train_cfg: TrainCfg) -> None:
+    cfg = train_cfg(
+        ["threads=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.max_epochs=1"]
+    )
+    metrics = train(cfg)
+    assert torch.get_num_threads() == 2  # the test fixture puts it back afterwards
+    assert metrics["train/epochs"] == 1.0

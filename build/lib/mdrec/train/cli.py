@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+import mdrec
 from mdrec.train.run import record_failure, train
 
 # the config tree shipped inside the package; `--config-dir <dir>` puts a directory of your own in front of it
@@ -37,7 +38,11 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point of ``mdrec-train``: check that the config tree is there, then hand over to Hydra."""
+    """Entry point of ``mdrec-train``: ``--version`` prints mdrec's version; otherwise check that the config tree is
+    there and hand over to Hydra."""
+    if sys.argv[1:] == ["--version"]:
+        print(f"mdrec {mdrec.__version__}")
+        return
     if not (CONFIG_PATH / "train.yaml").exists():
         sys.exit(
             f"mdrec: no config tree at {CONFIG_PATH}: the installation is incomplete; reinstall mdrec "

@@ -27,6 +27,7 @@ from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
 from mdrec.train.stages import Stage
+from mdrec.train.typecheck import check_types
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     build the module, fit, select, test; write the run directory (:class:`~mdrec.rundir.RunDir`) and return the
     metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the metrics and
     predictions cover every process's rows, and process 0 alone writes files."""
+    check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
     stage: Stage = hydra.utils.instantiate(cfg.stage)
     run_dir = RunDir(Path(cfg.paths.output_dir))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule: MultiDomainDataModule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
