@@ -5,7 +5,7 @@ bounded number of batches of the reference, a ``torch.utils.data.Dataset`` whose
 row as a dict of tensors, batched by a standard ``DataLoader`` with default collate. The reference reads
 row-major copies of the same columns (one slice per tensor per row), the generous form of that design.
 
-Targets (DESIGN.md, "Performance principles"): BatchLoader >= 20x the reference and >= 2M rows/s.
+Targets (docs/architecture.md, Performance principles): BatchLoader >= 20x the reference and >= 2M rows/s.
 
 Usage::
 

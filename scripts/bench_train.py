@@ -10,7 +10,7 @@ not timed. The ratio is taken on the best run of each (the least disturbed by ot
 the medians beside it. Peak memory is the process's peak RSS during each run (reset between runs through
 ``/proc/self/clear_refs`` where Linux allows).
 
-Target (DESIGN.md, "Performance principles"): framework samples/s >= 0.9 x the bare loop.
+Target (docs/architecture.md, Performance principles): framework samples/s >= 0.9 x the bare loop.
 
 Usage::
 

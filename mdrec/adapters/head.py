@@ -1,4 +1,4 @@
-"""The Wide&Deep per-domain head (METHODS.md sections 3 and 9): a deep arm on the shared representation and a
+"""The Wide&Deep per-domain head (docs/methods.md, Wide&Deep head): a deep arm on the shared representation and a
 wide arm on features chosen per domain, added to the backbone's logits."""
 
 from __future__ import annotations

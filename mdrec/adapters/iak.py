@@ -1,4 +1,4 @@
-"""IAK, the Information-Aware Adaptive Kernel (METHODS.md section 1): per domain, compress the backbone's
+"""IAK, the Information-Aware Adaptive Kernel (docs/methods.md, IAK): per domain, compress the backbone's
 representation into a Gaussian bottleneck, decode the domain's missing knowledge, add it back."""
 
 from __future__ import annotations

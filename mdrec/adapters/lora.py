@@ -1,4 +1,4 @@
-"""LoRA and MLoRA: per-domain low-rank deltas on the backbone's linear layers (METHODS.md section 2)."""
+"""LoRA and MLoRA: per-domain low-rank deltas on the backbone's linear layers (docs/methods.md, LoRA and MLoRA)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ Every source ends here, so every data set gets the same vocabulary rules, the sa
   in a string column). Null and NaN are missing (id 0); the empty string ``""`` is a value of its own here
   (``TabularSource`` reads an empty CSV field as missing).
 - **Nothing is dropped silently**: rows in == rows out. Values outside the vocabulary become 0 and their
-  share is reported per field, per domain and per split (the taxonomy-alignment coverage of DESIGN.md),
-  next to the share of missing values.
+  share is reported per field, per domain and per split (the taxonomy-alignment coverage: docs/architecture.md,
+  Vocabularies, id 0 and coverage), next to the share of missing values.
 - **Bad input fails loudly**, naming the column, the row (and its file, when the source names the files) and
   the value: missing columns, NaN/inf/null in a dense feature (or a value float32 cannot hold once scaled),
   a dense value so far from the others that scaling would collapse them (below), labels outside {0, 1} (NaN

@@ -6,7 +6,8 @@ features; stacked, they form x in R^P (P = F * latent_dim + N). Domain d scores 
     w_d = sqrt(r_d) * u_0 + sqrt(1 - r_d) * u_d          (u_0, u_1..u_K orthonormal)
 
 so two domains' directions have cosine sqrt(r_a * r_b): relatedness r = 1 makes all domains one task, r = 0 makes
-them unrelated (METHODS.md section 5, extended to K domains). With z = w_d . x (unit variance),
+them unrelated (the MMoE paper's synthetic construction extended to K domains; docs/datasets.md, Synthetic data).
+With z = w_d . x (unit variance),
 
     logit_click = b_d + scale * (z + nonlinearity * mean_j sin(alpha_j * z + beta_j)),  alpha, beta ~ N(0, 1)
     logit_cvr   = c_d + scale * z'                        (z' along a second set of directions, same relatedness)

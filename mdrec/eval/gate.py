@@ -1,5 +1,5 @@
-"""The negative-transfer gate (METHODS.md section 9): per target domain, is the warm-started (adapted) model at
-least as good as training from scratch and as the pre-trained model used as is (zero-shot)?
+"""The negative-transfer gate (docs/methods.md, Negative-transfer gate): per target domain, is the warm-started
+(adapted) model at least as good as training from scratch and as the pre-trained model used as is (zero-shot)?
 
 All three models are scored on the same test rows; a paired bootstrap over each domain's rows gives a confidence
 interval of ``AUC_warm - max(AUC_scratch, AUC_zero_shot)``. A domain is flagged when the whole interval lies

@@ -1,6 +1,6 @@
-"""Per-domain feature trimming (METHODS.md 9): permutation importance of every feature within each domain on
-validation data, then a per-domain plan that drops the least important features while the domain's AUC loss stays
-within a budget.
+"""Per-domain feature trimming (docs/methods.md, Feature trimming): permutation importance of every feature within
+each domain on validation data, then a per-domain plan that drops the least important features while the domain's
+AUC loss stays within a budget.
 
 A dropped feature is served blank: a sparse field's id becomes 0 (the unknown id every vocabulary reserves), a
 dense feature 0. The plan is checked with the blanked features, not estimated from the importances: each step

@@ -33,7 +33,7 @@ class ESMM(nn.Module):
     Two towers read ``h``: one predicts the click, one the conversion after a click (pCVR). pCVR is never
     supervised directly: the network outputs ``[logit pCTR, logit pCTCVR]`` with pCTCVR = pCTR * pCVR, and the
     BCE of the second column against the impression-level conversion label (click AND conversion) trains it on
-    all impressions (METHODS.md section 6). Evaluation then reports CTR-AUC and CTCVR-AUC.
+    all impressions (docs/methods.md, ESMM). Evaluation then reports CTR-AUC and CTCVR-AUC.
 
     Args:
         schema: the data's schema; it needs two labels, click then the impression-level conversion.

@@ -16,7 +16,7 @@ from mdrec.nn.experts import CGCLayer
 
 
 class MMoE(nn.Module):
-    """``f^d(x) = Σ_i softmax(W_d x)_i f_i(x)``, then domain d's tower (METHODS.md section 5).
+    """``f^d(x) = Σ_i softmax(W_d x)_i f_i(x)``, then domain d's tower (docs/methods.md, MMoE).
 
     The experts run once on the whole batch (one batched matmul); each row evaluates only its own domain's gate
     and tower. The representation ``h`` is the row's gated mixture of experts.

@@ -16,7 +16,7 @@ from mdrec.nn.experts import CGCLayer
 
 
 class PLE(nn.Module):
-    """Progressive layered extraction (METHODS.md section 7).
+    """Progressive layered extraction (docs/methods.md, PLE).
 
     Level j: each domain has ``num_domain_experts`` experts of its own plus ``num_shared_experts`` shared ones; a
     per-domain gate on the row's domain input mixes its own and the shared experts into its next domain input;

@@ -19,7 +19,7 @@ from mdrec.nn.parameter import DomainParameter
 
 
 class STAR(nn.Module):
-    """``p = σ(s_main + s_aux)`` (METHODS.md section 8).
+    """``p = σ(s_main + s_aux)`` (docs/methods.md, STAR).
 
     Main path: embedded input -> partitioned normalisation (each domain's own batch statistics in training, its
     running statistics in eval) -> star-topology layers (domain d uses ``W ⊙ W_d``, ``b + b_d``; W_d starts at

@@ -235,7 +235,7 @@ class DomainLinear(nn.Module):
 
 
 class StarLinear(DomainLinear):
-    """STAR's star-topology layer: domain d uses ``W ⊙ W_d`` and ``b + b_d`` (METHODS.md section 8).
+    """STAR's star-topology layer: domain d uses ``W ⊙ W_d`` and ``b + b_d`` (docs/methods.md, STAR).
 
     The shared ``shared_weight`` / ``shared_bias`` start as ``nn.Linear``; the per-domain ``weight`` (W_d) starts at
     ones and ``bias`` (b_d) at zeros, so every domain starts at the shared layer. ``W ⊙ W_d`` is formed once per

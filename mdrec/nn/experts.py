@@ -112,14 +112,14 @@ class Experts(nn.Module):
 
 
 class CGCLayer(nn.Module):
-    """One customized-gate-control level (PLE, METHODS.md section 7), with domains as tasks.
+    """One customized-gate-control level of PLE (docs/methods.md, PLE), with domains as tasks.
 
     Each domain has ``num_domain_experts`` experts of its own; ``num_shared_experts`` are shared. A row's
     domain gate (softmax of a per-domain linear map of its domain input) mixes its own domain's experts and the
     shared ones. With ``shared_gate``, a shared gate on the shared input mixes the same experts into the next
     level's shared input: for a row, "all experts" are the ones computed for it (the shared experts and its own
     domain's); other domains' experts are never evaluated on its rows. ``num_domain_experts=0`` with one level
-    is MMoE (METHODS.md section 5).
+    is MMoE (docs/methods.md, MMoE).
 
     Args:
         num_domains: K.

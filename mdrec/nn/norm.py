@@ -9,7 +9,7 @@ from mdrec.nn.parameter import DomainParameter
 
 
 class PartitionedNorm(nn.Module):
-    """``z' = (γ · γ_d)(z - E_d) / sqrt(Var_d + ε) + (β + β_d)`` (METHODS.md section 8).
+    """``z' = (γ · γ_d)(z - E_d) / sqrt(Var_d + ε) + (β + β_d)`` (docs/methods.md, STAR).
 
     In training, ``E_d`` and ``Var_d`` are the mean and (biased) variance of domain d's rows in the batch,
     computed for every present domain at once with ``index_add``; each present domain's running statistics move

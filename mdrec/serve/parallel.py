@@ -1,6 +1,6 @@
-"""Parallel domain-activated inference (METHODS.md 1): the backbone and all K domains' adapters in one graph;
-each row runs its own domain's adapter, picked by its domain id; a domain the model does not know falls back to
-the plain backbone."""
+"""Parallel domain-activated inference (docs/architecture.md, Serving): the backbone and all K domains' adapters
+in one graph; each row runs its own domain's adapter, picked by its domain id; a domain the model does not know
+falls back to the plain backbone."""
 
 from __future__ import annotations
 

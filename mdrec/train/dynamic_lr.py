@@ -1,5 +1,5 @@
-"""Dynamic batch-aware learning rate (METHODS.md 1): each domain's slice of the per-domain parameters takes a step
-scaled by how much of the batch is that domain's and by its gradient norm."""
+"""Dynamic batch-aware learning rate (docs/methods.md, Dynamic per-domain learning rate): each domain's slice of
+the per-domain parameters takes a step scaled by how much of the batch is that domain's and by its gradient norm."""
 
 from __future__ import annotations
 

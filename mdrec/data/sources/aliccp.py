@@ -7,7 +7,7 @@ any case), e.g. either of::
     <path>/sample_skeleton_train.csv  common_features_train.csv  sample_skeleton_test.csv  common_features_test.csv
     <path>/train/sample_skeleton_train.csv ...  <path>/test/sample_skeleton_test.csv ...      (Merlin's layout)
 
-Raw format (DATASETS.md 1.1): a ``sample_skeleton_*.csv`` row is ``sample_id, click, conversion,
+Raw format (docs/datasets.md, Ali-CCP): a ``sample_skeleton_*.csv`` row is ``sample_id, click, conversion,
 common_feature_index, feature_num, feature_list``, a ``common_features_*.csv`` row ``common_feature_index,
 feature_num, feature_list``. A feature list joins entries with ``\\x01``; an entry is ``field \\x02 feature_id
 \\x03 value``. An impression has the features of its skeleton row and of the common row (the user's) its
@@ -22,7 +22,7 @@ The defaults reproduce the preprocessing of AITM -> torch-rechub / HAMUR / Scena
   row lacks the field, min-max scaled (fitted on train; Scenario-Wise-Rec fits on all rows);
 - field 301 (position) names the domain: 3 domains, numbered in order of first appearance in the train file,
   as Scenario-Wise-Rec's vocabulary numbers them (its D0 / D1 / D2: 32.2M / 0.64M / 52.4M rows). It is not a sparse
-  field as well, because mdrec hands the domain to the model separately; ``backbone.domain_as_feature=true``
+  field as well, because mdrec hands the domain to the model separately; ``input.domain_as_feature=true``
   (or adding ``"301"`` to ``fields``) feeds it as a feature the way Scenario-Wise-Rec does;
 - vocabularies on the official train rows; values seen fewer than ``min_count`` = 10 times map to id 0;
 - label ``click`` (HAMUR and Scenario-Wise-Rec train CTR only); ``conversion=True`` adds ``conversion``, the

@@ -8,7 +8,7 @@ case); for each country, split and part, the first of these found is read:
     {cc}_user_train.zip, ...                      the zips inside the country zip (each holds the CSV)
     aliexpress_{CC}_datasets.zip                  the country zip itself (zips within a zip, read in place)
 
-Raw format (DATASETS.md 1.2; MTReclib ``data/preprocess.py``): headerless CSVs. A user row (33 columns,
+Raw format (docs/datasets.md, AliExpress; MTReclib ``data/preprocess.py``): headerless CSVs. A user row (33 columns,
 ``user_1`` = search_id) describes one search result page, an item row (49 columns, ``item_1`` = search_id) one
 item shown on it, with ``item_49`` = 0 impression, 1 click, 2 purchase. Each item row is joined to the user row
 of its search_id (an inner join, as MTReclib's ``merge``: item rows without a user row are dropped and counted

@@ -7,7 +7,7 @@ Raw data (CC BY-SA 4.0) come from zenodo (https://zenodo.org/records/10439422). 
 3. a download from zenodo into ``raw_dir`` (short timeout, md5 checked).
 
 The archive is read in place (one streaming pass over the tar, nothing extracted). Files, all comma-separated
-with a header (DATASETS.md 1.3): the interaction logs ``log_standard_4_08_to_4_21_<v>.csv`` and
+with a header (docs/datasets.md, KuaiRand): the interaction logs ``log_standard_4_08_to_4_21_<v>.csv`` and
 ``log_standard_4_22_to_5_08_<v>.csv`` (``user_id, video_id, date, hourmin, time_ms, is_click, ..., tab``),
 ``user_features_<v>.csv`` and ``video_features_basic_<v>.csv``.
 
@@ -26,10 +26,11 @@ As Scenario-Wise-Rec's ``load_data_1k.py`` and ``run_kuairand_ctr_multi_domain.p
 - vocabularies over all rows; split: ``RandomSplit`` 80/10/10 in the data config. ``time_ms`` is kept as
   the time column, so ``TemporalSplit`` works too.
 
-Row-count caveat (DATASETS.md 1.3): Scenario-Wise-Rec's loader reads only ``log_standard_4_22_to_5_08_1k.csv``,
-yet its published domain sizes (2,407,352 / 7,760,237 / 895,385 / 402,366 / 183,403: 11.65M rows) match both
-standard logs together (11.71M interactions before the tab filter). Both logs are the default here; set
-``logs`` to the second one alone to follow the loader, and compare row counts before comparing numbers.
+Row-count caveat (docs/datasets.md, KuaiRand): Scenario-Wise-Rec's loader reads only
+``log_standard_4_22_to_5_08_1k.csv``, yet its published domain sizes (2,407,352 / 7,760,237 / 895,385 / 402,366 /
+183,403: 11.65M rows) match both standard logs together (11.71M interactions before the tab filter). Both logs are
+the default here; set ``logs`` to the second one alone to follow the loader, and compare row counts before comparing
+numbers.
 
 Memory: the logs and feature files are parsed whole, so peak memory grows with the log rows (scripts/README.md
 has a measured figure per row).

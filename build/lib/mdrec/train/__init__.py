@@ -1,1 +1,0 @@
-"""Training: the LightningModule, the run, the command line (``python -m mdrec.train``)."""

@@ -1,3 +1,0 @@
-from mdrec.train.cli import main
-
-main()
