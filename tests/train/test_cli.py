@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,11 @@ def test_a_config_dir_of_ones_own_layers_on_the_packaged_tree(tmp_path: Path) ->
 @pytest.mark.slow
 def test_a_non_editable_install_trains_from_another_directory(tmp_path: Path) -> None:
     repository = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info/ beside the sources
+    top_level = {".git", ".venv", "logs", "data", "pretrained", "build", "mdrec.egg-info"}  # not sources
+    shutil.copytree(repository, source, ignore=lambda d, names: top_level & set(names) if Path(d) == repository else [])
     run = lambda *args, **kw: subprocess.run(args, capture_output=True, text=True, timeout=600, **kw)  # noqa: E731
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, repository)
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path, source)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp_path.glob("mdrec-*.whl")
     site = tmp_path / "site"
