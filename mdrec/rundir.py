@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -38,23 +39,44 @@ from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
 
 # what a config read back from a file may instantiate: mdrec's own classes and the optimisers configs name
-SAFE_TARGET_PREFIXES = ("mdrec.",)
 SAFE_TARGETS = frozenset(f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "Adagrad", "RMSprop"))
+# modules whose classes a user trusts besides mdrec's (their own backbones, adapters, data sources), comma-separated
+TRUSTED_MODULES_ENV = "MDREC_TRUSTED_MODULES"
+
+
+def is_safe_target(target: object) -> bool:
+    """Whether a config read from a file may instantiate ``target``: one of ``SAFE_TARGETS``, or exactly
+    ``<module>.<Class>`` for a class defined in that module, the module being mdrec's or one named in
+    ``$MDREC_TRUSTED_MODULES``. Attribute paths through a module (``mdrec.rundir.torch.load``) and functions are
+    refused."""
+    if not isinstance(target, str):
+        return False
+    if target in SAFE_TARGETS:
+        return True
+    module_name, _, name = target.rpartition(".")
+    trusted = ["mdrec", *(m.strip() for m in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if m.strip())]
+    if not any(module_name == m or module_name.startswith(f"{m}.") for m in trusted):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return False
+    return isinstance(obj, type) and obj.__module__ == module_name and obj.__qualname__ == name
 
 
 def check_targets(value: Any, source: Path, key: str) -> None:
-    """Refuse a config value (resolved, plain containers) that names a ``_target_`` outside the allow-list, at any
-    nesting level: instantiating it could run any code. The error names the file, the key and the target."""
+    """Refuse a config value (resolved, plain containers) that names a ``_target_`` which is not safe
+    (:func:`is_safe_target`), at any nesting level: instantiating it could run any code. The error names the file,
+    the key and the target."""
     if isinstance(value, dict):
         target = value.get("_target_")
-        if target is not None and not (
-            isinstance(target, str) and (target.startswith(SAFE_TARGET_PREFIXES) or target in SAFE_TARGETS)
-        ):
+        if target is not None and not is_safe_target(target):
             where = f"{key}._target_" if key else "_target_"
             raise ValueError(
-                f"{source}: {where} is {target!r}, which mdrec does not instantiate from a file (only mdrec.* "
-                f"classes and {sorted(SAFE_TARGETS)}): the file was not written by mdrec or was edited; delete it, or "
-                "rebuild the run from a config you trust"
+                f"{source}: {where} is {target!r}, which mdrec does not instantiate from a file: only classes of "
+                f"mdrec's modules (named as <module>.<Class>) and {sorted(SAFE_TARGETS)}. If the file names a class "
+                f"of your own that you trust, add its module to ${TRUSTED_MODULES_ENV} (comma-separated); otherwise "
+                "the file was edited or not written by mdrec: delete it, or rebuild the run from a config you trust"
             )
         for k, v in value.items():
             check_targets(v, source, f"{key}.{k}" if key else str(k))
@@ -162,6 +184,7 @@ def verify_checksum(path: Path, remedy: str) -> None:
         ValueError: the record is not a sha256, or the file's sha256 differs from it; the error names the file and
             ends with ``remedy`` (what to do).
     """
+    path = path.resolve()  # a link (Lightning's save_last=link) is checked against its target's record
     record = checksum_file(path)
     if not record.exists():
         warnings.warn(

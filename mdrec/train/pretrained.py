@@ -16,19 +16,24 @@ import json
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # the config nodes that determine a pre-trained backbone
-KEY_NODES = ("data", "backbone", "model", "trainer", "callbacks.early_stopping", "seed")
+KEY_NODES = ("data", "backbone", "model", "trainer", "callbacks.early_stopping", "callbacks.model_checkpoint", "seed")
+# trainer options that change what a run shows, not the backbone it trains
+DISPLAY_ONLY = ("enable_progress_bar", "log_every_n_steps")
 
 
 def pretrain_key(cfg: DictConfig) -> str:
     """A short hash of the config nodes that determine the pre-trained backbone (``KEY_NODES``).
 
     Paths (``paths.*``, e.g. the run's own output directory that ``trainer.default_root_dir`` points to) enter as
-    their names, not their values: every run of a sweep, wherever it writes, finds the same backbone.
+    their names, not their values: every run of a sweep, wherever it writes, finds the same backbone; trainer
+    options that change only what a run shows (``DISPLAY_ONLY``) are left out.
     """
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         for name in cfg.get("paths") or {}:
             cfg.paths[name] = f"<paths.{name}>"
+        for name in DISPLAY_ONLY:
+            cfg.trainer.pop(name, None)
     parts = {node: plain_value(OmegaConf.select(cfg, node)) for node in KEY_NODES}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -198,6 +198,11 @@ class Adapt(AdapterStage):
                 "network itself, use stage=train (the default) with the same model="
             )
         if self.pretrained is not None:
+            if self.source_domains is not None:
+                raise ValueError(
+                    f"stage.source_domains={self.source_domains} chooses the domains this run pre-trains on, but "
+                    f"stage.pretrained={self.pretrained} names a backbone pre-trained already: drop one of the two"
+                )
             self.source = Path(self.pretrained)
             check_same_backbone(cfg.backbone, RunDir(self.source))
         else:
@@ -246,6 +251,8 @@ class Onboard(AdapterStage):
         """The config with the adapted run's ``adapter`` node: the run directory rebuilds on its own."""
         if self.domain not in schema.domains:
             raise ValueError(f"stage.domain {self.domain!r} is not a domain of the data: {list(schema.domains)}")
+        if cfg.test:  # compared with the onboarding run's after it: refused now, not after training
+            RunDir(self.source).read_predictions()
         recorded = copy.deepcopy(cfg)
         with open_dict(recorded):
             recorded.adapter = RunDir(self.source).adapter_config()
@@ -327,6 +334,7 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
         sub.stage = {"_target_": f"{Pretrain.__module__}.{Pretrain.__qualname__}"}
+        sub.ckpt_path = None  # the adapt run's checkpoint: not the pre-training's
         if sub.get("callbacks"):
             sub.callbacks.pop("dynamic_lr", None)
         if source_domains is not None:

@@ -86,7 +86,10 @@ def _fits(value: Any, hint: Any) -> bool:
             return len(args) == len(value) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
         return not args or all(_fits(v, args[0]) for v in value)
     if hint in (dict, collections.abc.Mapping) or origin in (dict, collections.abc.Mapping):
-        return isinstance(value, dict)
+        args = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
     return True
 
 

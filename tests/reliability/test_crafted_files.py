@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mdrec.rundir import RunDir
+from mdrec.rundir import RunDir, check_targets, is_safe_target
 from mdrec.serve.cli import load_run
 from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.run import train
@@ -69,3 +69,25 @@ def test_a_crafted_backbone_yaml_is_refused(train_cfg: TrainCfg, tmp_path: Path)
     with pytest.raises(ValueError, match=r"backbone.yaml: input._target_ is 'builtins.open'"):
         RunDir(pre).load_backbone(SCHEMA)  # refused before anything is built
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["mdrec.rundir.torch.load", "mdrec.rundir.np.load", "mdrec.train.run.train", "mdrec.rundir", "builtins.eval"],
+)
+def test_attribute_paths_through_mdrec_modules_and_functions_are_refused(tmp_path: Path, target: str) -> None:
+    with pytest.raises(ValueError, match=rf"x._target_ is '{target}'"):
+        check_targets({"x": {"_target_": target}}, tmp_path / "config.yaml", "")
+
+
+def test_a_users_own_class_loads_once_its_module_is_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mybackbones.py").write_text(
+        "from mdrec.models.dnn import DNNBackbone\n\nclass MyDNN(DNNBackbone):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    value = {"_target_": "mybackbones.MyDNN"}
+    with pytest.raises(ValueError, match=r"add its module to \$MDREC_TRUSTED_MODULES"):
+        check_targets(value, tmp_path / "backbone.yaml", "")
+    monkeypatch.setenv("MDREC_TRUSTED_MODULES", "other, mybackbones")
+    check_targets(value, tmp_path / "backbone.yaml", "")
+    assert not is_safe_target("mybackbones.DNNBackbone")  # imported there, defined elsewhere: not by that name

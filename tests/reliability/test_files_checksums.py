@@ -186,3 +186,20 @@ def test_a_corrupted_file_is_refused_naming_it_and_one_without_checksum_loads_wi
     record.write_text("not a checksum\n")
     with pytest.raises(ValueError, match=re.escape(f"{record} does not hold a sha256") + f".*{remedy}"):
         load()
+
+
+def test_a_linked_checkpoint_is_checked_against_its_target(tmp_path: Path) -> None:
+    from mdrec.rundir import save_checked
+    from mdrec.train.checkpoint import load_checkpoint
+
+    target, link = tmp_path / "epoch_003.ckpt", tmp_path / "last.ckpt"
+    save_checked(target, lambda f: torch.save({"state_dict": {"w": torch.ones(3)}, "epoch": 3}, f))
+    link.symlink_to(target.name)  # what save_last=link makes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no checksum" warning: the target's record is used
+        assert load_checkpoint(link)["epoch"] == 3
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_checkpoint(link)

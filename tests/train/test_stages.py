@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import pytest
@@ -17,7 +18,7 @@ from mdrec.models.dnn import DNNBackbone
 from mdrec.rundir import load_state_strict
 from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
-from mdrec.train.stages import Adapt, Onboard, Pretrain, Train
+from mdrec.train.stages import Adapt, Onboard, Pretrain, Train, pretrain_config
 from tests.helpers import SCHEMA, TrainCfg, embedded, stored_backbones
 
 DOMAINS = ("d0", "d1", "d2", "d3")
@@ -170,3 +171,29 @@ def test_adapt_with_wandb_pretrains_and_adapts_in_runs_of_their_own(
     assert len(pretrain_runs) == len(adapt_runs) == 1
     run_id = lambda path: path.name.rsplit("-", 1)[1]  # noqa: E731
     assert run_id(pretrain_runs[0]) != run_id(adapt_runs[0])  # two W&B runs, not the adapt run taken over
+
+
+def test_the_pretraining_an_adapt_run_implies(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    cfg = train_cfg(["stage=adapt", "ckpt_path=last"])
+    sub = pretrain_config(cfg, None, None)  # the schema is read only with source_domains
+    assert sub.ckpt_path is None  # a resumed adapt run does not resume its pre-training from its own checkpoint
+    assert type(hydra.utils.instantiate(sub.stage)) is Pretrain
+    with pytest.raises(ValueError, match=r"stage.source_domains=\['d0'\] .* stage.pretrained=.* drop one"):
+        train(train_cfg(["stage=adapt", f"stage.pretrained={tmp_path}", "stage.source_domains=[d0]"]))
+
+
+def test_the_store_key_follows_what_selects_the_backbone(train_cfg: TrainCfg) -> None:
+    base = pretrain_key(train_cfg(["stage=adapt"]))
+    assert pretrain_key(train_cfg(["stage=adapt", "callbacks.model_checkpoint.mode=min"])) != base
+    assert pretrain_key(train_cfg(["stage=adapt", "trainer.enable_progress_bar=true"])) == base
+    assert pretrain_key(train_cfg(["stage=adapt", "trainer.log_every_n_steps=5"])) == base
+
+
+def test_onboarding_refuses_an_adapted_run_without_test_predictions_before_training(
+    train_cfg: TrainCfg, tmp_path: Path
+) -> None:
+    (tmp_path / "adapted").mkdir()
+    cfg = train_cfg(["stage=onboard", f"stage.adapted={tmp_path / 'adapted'}", "stage.domain=d3"])
+    schema = SimpleNamespace(domains=DOMAINS)
+    with pytest.raises(FileNotFoundError, match=r"predictions.npz is missing"):
+        hydra.utils.instantiate(cfg.stage).prepare(cfg, schema, train)

@@ -18,6 +18,7 @@ from tests.helpers import CONF_DIR, TrainCfg
         ("backbone.layer_sizes=64", r"backbone.layer_sizes=64 is not of type Sequence\[int\]"),
         ("input.embedding_dim=1.5", r"input.embedding_dim=1.5 is not an int"),
         ("trainer.max_epochs=abc", r"trainer.max_epochs='abc' is not of type Optional\[int\]"),
+        ("model.domain_weights={d3: high}", r"model.domain_weights=\{'d3': 'high'\} is not of type dict\[str, float\]"),
     ],
 )
 def test_a_wrong_type_fails_before_data_preparation(
