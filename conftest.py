@@ -32,29 +32,11 @@ import pytest
 import torch
 from _pytest.doctest import DoctestItem
 
-from mdrec.data.schema import Schema, SequenceField, SparseField
+from mdrec.data.schema import SequenceField
 from mdrec.data.store import ColumnStore, write_store
+from tests.helpers import toy_columns, toy_schema
 
-ROWS = 32  # rows of the toy store
 BATCH_ROWS = 8  # rows of ``batch``
-
-
-def toy_schema() -> Schema:
-    sparse = (SparseField("user_id", 10), SparseField("movie_id", 20), SparseField("genre", 5))
-    return Schema("toy", sparse, ("age",), "domain", ("d0", "d1", "d2"), ("click",), user_field="user_id")
-
-
-def toy_columns(rows: int = ROWS) -> dict[str, np.ndarray]:
-    """Deterministic rows of ``toy_schema()``: every domain holds clicks and non-clicks."""
-    i = np.arange(rows)
-    return {
-        "user_id": (1 + i % 9).astype(np.int32),
-        "movie_id": (1 + 7 * i % 19).astype(np.int32),
-        "genre": (1 + i % 4).astype(np.int32),
-        "age": (i % 7 / 6).astype(np.float32),
-        "domain": (i % 3).astype(np.int32),
-        "click": (i // 3 % 2).astype(np.float32),
-    }
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -69,6 +70,25 @@ SEQ_SCHEMA = Schema(
     ("click", "conversion"),
     sequence=SequenceField("history", "item", 3),
 )
+
+
+def toy_schema() -> Schema:
+    """A tiny data set: sparse user_id (10), movie_id (20), genre (5), dense age, domains d0-d2, label click."""
+    sparse = (SparseField("user_id", 10), SparseField("movie_id", 20), SparseField("genre", 5))
+    return Schema("toy", sparse, ("age",), "domain", ("d0", "d1", "d2"), ("click",), user_field="user_id")
+
+
+def toy_columns(rows: int = 32) -> dict[str, np.ndarray]:
+    """Deterministic rows of ``toy_schema()``: every domain holds clicks and non-clicks."""
+    i = np.arange(rows)
+    return {
+        "user_id": (1 + i % 9).astype(np.int32),
+        "movie_id": (1 + 7 * i % 19).astype(np.int32),
+        "genre": (1 + i % 4).astype(np.int32),
+        "age": (i % 7 / 6).astype(np.float32),
+        "domain": (i % 3).astype(np.int32),
+        "click": (i // 3 % 2).astype(np.float32),
+    }
 
 
 def stored_backbones(root: Path) -> list[Path]:

@@ -13,31 +13,12 @@ import numpy as np
 import pytest
 
 from mdrec.data.datamodule import MultiDomainDataModule
-from mdrec.data.schema import Schema, SparseField
 from mdrec.data.splits import RandomSplit
 from mdrec.data.store import ColumnStore, write_store
 from mdrec.data.synthetic import SyntheticSource
+from tests.helpers import toy_columns, toy_schema
 
-SCHEMA = Schema(
-    "toy",
-    (SparseField("user_id", 10), SparseField("movie_id", 20), SparseField("genre", 5)),
-    ("age",),
-    "domain",
-    ("d0", "d1", "d2"),
-    ("click",),
-)
-
-
-def columns(rows: int = 32) -> dict[str, np.ndarray]:
-    i = np.arange(rows)
-    return {
-        "user_id": (1 + i % 9).astype(np.int32),
-        "movie_id": (1 + 7 * i % 19).astype(np.int32),
-        "genre": (1 + i % 4).astype(np.int32),
-        "age": (i % 7 / 6).astype(np.float32),
-        "domain": (i % 3).astype(np.int32),
-        "click": (i // 3 % 2).astype(np.float32),
-    }
+SCHEMA = toy_schema()
 
 
 def truncate(path: Path) -> None:
@@ -67,7 +48,7 @@ def flip_label(path: Path) -> None:
 
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
-    return write_store(tmp_path / "toy", SCHEMA, columns())
+    return write_store(tmp_path / "toy", SCHEMA, toy_columns())
 
 
 @pytest.mark.parametrize("mmap", [True, False])

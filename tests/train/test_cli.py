@@ -13,16 +13,16 @@ import pytest
 import mdrec
 
 
+def mdrec_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m mdrec.train *args`` run in ``cwd``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mdrec.train", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
 def test_a_multirun_needs_no_sweep_dir(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "mdrec.train", "-m", "seed=0,1", "debug=fdr", "data.source.num_rows=4000"],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = mdrec_train(tmp_path, "-m", "seed=0,1", "debug=fdr", "data.source.num_rows=4000")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(p.parent.name for p in (tmp_path / "logs" / "debug" / "multiruns").glob("*/*/metrics.json"))
     assert runs == ["0", "1"]  # under the directory it was launched from
@@ -32,14 +32,7 @@ def test_a_multirun_needs_no_sweep_dir(tmp_path: Path) -> None:
 def test_a_config_dir_of_ones_own_layers_on_the_packaged_tree(tmp_path: Path) -> None:
     (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
     (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\ntask_name: mine\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "mdrec.train", "--config-dir", "my_conf", "experiment=mine", "debug=fdr"],
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = mdrec_train(tmp_path, "--config-dir", "my_conf", "experiment=mine", "debug=fdr")
     assert done.returncode == 0, done.stderr[-3000:]
     (config,) = (tmp_path / "logs").glob("*/runs/*/config.yaml")
     assert "seed: 7" in config.read_text().splitlines()
