@@ -12,7 +12,7 @@ import numpy as np
 
 from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.eval.plots import bar_plot, curve_plot, numeric
-from mdrec.eval.summary import Failure, Run, load_failures, load_runs
+from mdrec.eval.summary import Failure, Run, load_sweep
 from mdrec.eval.sweep import labelled_groups, run_domains, sweep_report, varying_keys
 from mdrec.rundir import RunDir
 
@@ -113,12 +113,11 @@ def report(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             sys.exit(f"mdrec-report: {root} is not a directory; give a sweep, run or W&B directory")
         try:
-            failures += load_failures(root)
-            runs += load_runs(root)
-        except FileNotFoundError:
-            continue
+            found, failed = load_sweep(root)
         except ValueError as error:  # a malformed .hydra/overrides.yaml: the groups would be wrong
             sys.exit(f"mdrec-report: {error}")
+        runs += found
+        failures += failed
     if not runs:
         detail = f"; {len(failures)} failed runs" if failures else ""
         sys.exit(f"mdrec-report: no finished run (metrics.json) below {[str(r) for r in args.roots]}{detail}")

@@ -86,35 +86,42 @@ def read_run(run_dir: Path) -> Run | Failure:
         return Failure(run_dir, str(error), overrides)
 
 
-def load_runs(root: str | Path) -> list[Run]:
-    """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories) that wrote
-    a well-formed ``metrics.json`` (:func:`load_failures` lists those with a malformed one).
-
-    Raises:
-        FileNotFoundError: no ``metrics.json`` below ``root``.
-        ValueError: a run's ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
-    """
-    dirs = run_dirs(root, RunDir.METRICS)
-    if not dirs:
-        raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
-    return [run for run in map(read_run, dirs) if isinstance(run, Run)]
-
-
-def load_failures(root: str | Path) -> list[Failure]:
-    """Every run below ``root`` that did not give metrics, in path order: those that raised (``failure.json``,
-    written by ``mdrec-train``) and did not finish later (a resumed run's ``metrics.json`` wins), and those whose
-    ``metrics.json`` is malformed (:func:`read_run`). A malformed ``failure.json`` is listed with the reason.
+def load_sweep(root: str | Path) -> tuple[list[Run], list[Failure]]:
+    """Every run below ``root`` (a Hydra multirun directory, a single run, or W&B run directories), each file read
+    once: the runs with a well-formed ``metrics.json``, and, in path order, those that did not give metrics: runs
+    that raised (``failure.json``, written by ``mdrec-train``) and did not finish later (a resumed run's
+    ``metrics.json`` wins), and runs whose ``metrics.json`` is malformed (:func:`read_run`). A malformed
+    ``failure.json`` is listed with the reason.
 
     Raises:
         ValueError: a run's ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
     """
+    read = [read_run(d) for d in run_dirs(root, RunDir.METRICS)]
     raised = [
         Failure(d, failure_error(RunDir(d)), overrides_of(d))
         for d in run_dirs(root, RunDir.FAILURE)
         if not RunDir(d).exists(RunDir.METRICS)
     ]
-    malformed = [run for run in map(read_run, run_dirs(root, RunDir.METRICS)) if isinstance(run, Failure)]
-    return sorted([*raised, *malformed], key=lambda failure: _natural(failure.path))
+    malformed = [run for run in read if isinstance(run, Failure)]
+    failures = sorted([*raised, *malformed], key=lambda failure: _natural(failure.path))
+    return [run for run in read if isinstance(run, Run)], failures
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    """The runs below ``root`` with a well-formed ``metrics.json`` (:func:`load_sweep`).
+
+    Raises:
+        FileNotFoundError: no ``metrics.json`` below ``root``.
+        ValueError: a run's ``.hydra/overrides.yaml`` is malformed (:func:`overrides_of`).
+    """
+    if not run_dirs(root, RunDir.METRICS):
+        raise FileNotFoundError(f"no metrics.json below {root}; point at a run or multirun directory")
+    return load_sweep(root)[0]
+
+
+def load_failures(root: str | Path) -> list[Failure]:
+    """The runs below ``root`` that did not give metrics (:func:`load_sweep`)."""
+    return load_sweep(root)[1]
 
 
 def failure_error(run_dir: RunDir) -> str:

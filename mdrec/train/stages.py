@@ -251,8 +251,8 @@ class Onboard(AdapterStage):
         """The config with the adapted run's ``adapter`` node: the run directory rebuilds on its own."""
         if self.domain not in schema.domains:
             raise ValueError(f"stage.domain {self.domain!r} is not a domain of the data: {list(schema.domains)}")
-        if cfg.test:  # compared with the onboarding run's after it: refused now, not after training
-            RunDir(self.source).read_predictions()
+        if cfg.test:  # compared with the onboarding run's after it: read (or refused) now, not after training
+            self.adapted_predictions = RunDir(self.source).read_predictions()
         recorded = copy.deepcopy(cfg)
         with open_dict(recorded):
             recorded.adapter = RunDir(self.source).adapter_config()
@@ -278,7 +278,7 @@ class Onboard(AdapterStage):
 
     def other_domains_change(self, predictions: dict[str, np.ndarray]) -> float:
         """Largest change of a test prediction of another domain than ``domain``, against the adapted run's."""
-        adapted = RunDir(self.source).read_predictions()
+        adapted = self.adapted_predictions
         if not np.array_equal(adapted["domain"], predictions["domain"]):
             raise ValueError(
                 f"the onboarding run was tested on other rows than the adapted run {self.source}: use the same data "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.run import train
 from tests.helpers import TrainCfg
 
@@ -103,10 +104,12 @@ def test_same_seed_same_metrics_and_the_run_records_its_provenance(tmp_path: Pat
     assert info["git"]["commit"] is None or len(info["git"]["commit"]) == 40  # None outside a git checkout
 
 
-def test_threads_and_declared_trainer_options(train_cfg: TrainCfg) -> None:
+def test_threads_and_declared_trainer_options(train_cfg: TrainCfg, tmp_path: Path) -> None:
     cfg = train_cfg(
         ["threads=2", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.max_epochs=1"]
     )
     metrics = train(cfg)
     assert torch.get_num_threads() == 2  # the test fixture puts it back afterwards
     assert metrics["train/epochs"] == 1.0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] == 3  # 3 batches, not the whole epoch
