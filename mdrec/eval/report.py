@@ -4,39 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from mdrec.console import table
+
 
 def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test") -> str:
-    """A per-domain table of ``<stage>`` AUC, logloss and rows; beside it, when present, the pre-trained model's
-    AUC before adapting (``zeroshot/<stage>/auc...``) and the oracle AUC (``oracle/auc...``, synthetic data).
+    """A per-domain table of ``<stage>`` AUC, logloss and rows (aligned whatever the domain names' lengths); beside
+    it, when present, the pre-trained model's AUC before adapting (``zeroshot/<stage>/auc...``) and the oracle AUC
+    (``oracle/auc...``, synthetic data).
 
     Example:
         >>> print(domain_table({"test/auc/a": 0.7, "test/logloss/a": 0.5, "test/rows/a": 10, "test/auc": 0.7,
-        ...                     "test/logloss": 0.5}, ["a"]))  # doctest: +NORMALIZE_WHITESPACE
-        domain     rows  test AUC  logloss
-        a            10    0.7000   0.5000
-        overall      10    0.7000   0.5000
+        ...                     "test/logloss": 0.5}, ["a"]))
+        domain    rows   test AUC   logloss
+        ───────────────────────────────────
+        a           10     0.7000    0.5000
+        ───────────────────────────────────
+        overall     10     0.7000    0.5000
     """
     has_oracle = f"oracle/auc/{domains[0]}" in metrics
     has_zeroshot = f"zeroshot/{stage}/auc/{domains[0]}" in metrics
-    header = f"{'domain':<8} {'rows':>6} {stage + ' AUC':>9} {'logloss':>8}"
-    header += f" {'zero-shot AUC':>13} {'gain':>7}" if has_zeroshot else ""
-    header += f" {'oracle AUC':>11} {'gap':>7}" if has_oracle else ""
-    lines = [header]
-    total_rows = 0
+    columns = ["domain", "rows", f"{stage} AUC", "logloss"]
+    columns += ["zero-shot AUC", "gain"] if has_zeroshot else []
+    columns += ["oracle AUC", "gap"] if has_oracle else []
+    total_rows = sum(int(metrics[f"{stage}/rows/{name}"]) for name in domains)
+    lines = []
     for name in [*domains, None]:
         suffix = f"/{name}" if name is not None else ""
         rows = int(metrics[f"{stage}/rows/{name}"]) if name is not None else total_rows
-        total_rows += rows if name is not None else 0
         auc = metrics[f"{stage}/auc{suffix}"]
-        line = f"{name or 'overall':<8} {rows:>6} {auc:>9.4f} {metrics[f'{stage}/logloss{suffix}']:>8.4f}"
+        line = [name or "overall", str(rows), f"{auc:.4f}", f"{metrics[f'{stage}/logloss{suffix}']:.4f}"]
         if has_zeroshot:
             zeroshot = metrics[f"zeroshot/{stage}/auc{suffix}"]
-            line += f" {zeroshot:>13.4f} {auc - zeroshot:>7.4f}"
+            line += [f"{zeroshot:.4f}", f"{auc - zeroshot:.4f}"]
         if has_oracle:
             oracle = metrics[f"oracle/auc{suffix}"]
-            line += f" {oracle:>11.4f} {oracle - auc:>7.4f}"
+            line += [f"{oracle:.4f}", f"{oracle - auc:.4f}"]
         lines.append(line)
-    return "\n".join(lines)
+    return table(columns, lines[:-1], footer=lines[-1])
 
 
 def domain_rows(

@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 import mdrec
+from mdrec.console import quiet_third_party
 from mdrec.train.run import record_failure, train
 
 # the config tree shipped inside the package; `--config-dir <dir>` puts a directory of your own in front of it
@@ -48,6 +49,7 @@ def main() -> None:
             f"mdrec: no config tree at {CONFIG_PATH}: the installation is incomplete; reinstall mdrec "
             "(`pip install --force-reinstall <mdrec>`)"
         )
+    quiet_third_party()
     run()
 
 
