@@ -10,6 +10,7 @@ import re
 import warnings
 from collections.abc import Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from rich import box
 from rich.console import Console, RenderableType
@@ -87,15 +88,28 @@ def table(
     return render(grid)
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML with lists of plain values in flow style (``[256, 128]``), everything else in block style."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
+    flow = not any(isinstance(v, list | dict) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def config_tree(cfg: DictConfig) -> Tree:
-    """The config as a tree: a branch per top-level node (its YAML, resolved), top-level values in the branch's
-    label."""
+    """The config as a tree: a branch per top-level node (its YAML, resolved; lists of plain values on one line),
+    top-level values in the branch's label."""
     tree = Tree("config", guide_style="dim")
     for key in cfg:
         node = cfg[key]
         if isinstance(node, DictConfig):
             branch = tree.add(Text(str(key), style="bold"))
-            branch.add(Syntax(OmegaConf.to_yaml(node, resolve=True).rstrip(), "yaml", background_color="default"))
+            text = yaml.dump(OmegaConf.to_container(node, resolve=True), Dumper=_Dumper, sort_keys=False)
+            branch.add(Syntax(text.rstrip(), "yaml", background_color="default", word_wrap=True))
         else:
             value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
             tree.add(Text.assemble((str(key), "bold"), ": ", value if isinstance(value, str) else json.dumps(value)))

@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import mdrec
 from mdrec.console import quiet_third_party
+from mdrec.train.extras import Extras
 from mdrec.train.run import record_failure, train
+from mdrec.train.typecheck import check_types
 
 # the config tree shipped inside the package; `--config-dir <dir>` puts a directory of your own in front of it
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "conf"
@@ -25,6 +29,7 @@ def run(cfg: DictConfig) -> float | None:
     """
     name = cfg.get("optimized_metric")
     try:
+        apply_extras(cfg)
         metrics = train(cfg)
         if name and name not in metrics:
             raise ValueError(
@@ -36,6 +41,17 @@ def run(cfg: DictConfig) -> float | None:
         record_failure(Path(cfg.paths.output_dir), error)
         raise
     return metrics[name] if name else None
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """The job's ``extras`` (:class:`~mdrec.train.extras.Extras`: tags, the config tree), its types checked first."""
+    if cfg.get("extras") is None:
+        return
+    check_types(cfg)
+    extras: Extras = hydra.utils.instantiate(cfg.extras)
+    job = HydraConfig.get()
+    can_ask = job.mode == RunMode.RUN and sys.stdin.isatty() and sys.stdout.isatty()
+    extras.apply(cfg, job.runtime.choices.get("experiment"), can_ask)
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ def test_a_multirun_needs_no_sweep_dir(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_config_dir_of_ones_own_layers_on_the_packaged_tree(tmp_path: Path) -> None:
     (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
-    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\ntask_name: mine\n")
+    mine = "# @package _global_\nseed: 7\ntask_name: mine\ntags: [mine]\n"
+    (tmp_path / "my_conf" / "experiment" / "mine.yaml").write_text(mine)
     done = mdrec_train(tmp_path, "--config-dir", "my_conf", "experiment=mine", "debug=fdr")
     assert done.returncode == 0, done.stderr[-3000:]
     (config,) = (tmp_path / "logs").glob("*/runs/*/config.yaml")
