@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -14,11 +15,13 @@ from mdrec.rundir import RunDir
 
 @dataclass(frozen=True)
 class Run:
-    """One finished run: where it is, what it measured, and the Hydra overrides it was launched with."""
+    """One finished run: where it is, what it measured, the Hydra overrides it was launched with, and its resolved
+    config flattened to dotted keys (:func:`config_of`; empty when it records none)."""
 
     path: Path
     metrics: dict[str, float]
     overrides: dict[str, str]
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,36 @@ def overrides_of(run_dir: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item)
 
 
+def config_of(run_dir: Path) -> dict[str, Any]:
+    """The resolved config of the run in ``run_dir`` (``config.yaml``; in a W&B run's ``files/``, W&B's copy, whose
+    values it unwraps) as ``{dotted key: value}`` (lists are values); ``{}`` when there is none, or it is not a
+    YAML mapping (the report then says how many runs record no config).
+
+    Example:
+        >>> _ = (tmp_dir / "config.yaml").write_text("{seed: 1, data: {batch_size: 64, sizes: [1, 2]}}")
+        >>> config_of(tmp_dir)
+        {'seed': 1, 'data.batch_size': 64, 'data.sizes': [1, 2]}
+    """
+    path = run_dir / RunDir.CONFIG
+    try:
+        value = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    if "_wandb" in value:  # W&B's copy: {key: {value: ..., desc: ...}}
+        value = {k: v["value"] for k, v in value.items() if k != "_wandb" and isinstance(v, dict) and "value" in v}
+    return _flatten(value, "")
+
+
+def _flatten(value: dict, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(item, f"{name}.") if isinstance(item, dict) and item else {name: item})
+    return out
+
+
 def run_dirs(root: str | Path, marker: str) -> list[Path]:
     """The directories below ``root`` that hold ``marker``, in path order.
 
@@ -81,7 +114,7 @@ def read_run(run_dir: Path) -> Run | Failure:
     """
     overrides = overrides_of(run_dir)
     try:
-        return Run(run_dir, RunDir(run_dir).read_metrics(), overrides)
+        return Run(run_dir, RunDir(run_dir).read_metrics(), overrides, config_of(run_dir))
     except ValueError as error:
         return Failure(run_dir, str(error), overrides)
 
@@ -152,16 +185,16 @@ def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def mean_std(values: Sequence[float]) -> str:
-    """``mean ± sample std`` to 4 decimals (± 0 for a single value, n/a for none).
+    """``mean ± sample std`` to 4 decimals; a single value alone (it has no spread), n/a for none.
 
     Example:
-        >>> mean_std([0.8, 0.82])
-        '0.8100 ± 0.0141'
+        >>> mean_std([0.8, 0.82]), mean_std([0.8])
+        ('0.8100 ± 0.0141', '0.8000')
     """
     if len(values) == 0:
         return "n/a"
     mean, std = mean_and_std(values)
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"
 
 
 def cell(runs: Sequence[Run], key: str) -> str:
@@ -191,8 +224,8 @@ def comparison_table(
         >>> print(comparison_table(group_runs(runs, ["model"]), ["model"], ["test/auc"], mark_best=True))
         | model | runs | test/auc |
         |---|---|---|
-        |  | 1 | 0.7000 ± 0.0000 |
-        | star | 1 | **0.8000 ± 0.0000** |
+        |  | 1 | 0.7000 |
+        | star | 1 | **0.8000** |
     """
     means = np.array([[mean_and_std(values_of(runs, k))[0] for k in keys] for runs in groups.values()])
     means = means.reshape(len(groups), len(keys))

@@ -24,6 +24,26 @@ from mdrec.rundir import RunDir
 SEED = "seed"
 # overrides that say how a run ran, not what it is: never a group of their own (nor are hydra.* and paths.*)
 NOT_METHOD = (SEED, "ckpt_path")
+# the config values a report states (when its runs record them), so that a small or short sweep cannot pass for a
+# full one: the data, how long and on how much each run trained, what was trained
+SETTINGS = (
+    "data.source._target_",
+    "data.source.name",
+    "data.source.num_rows",
+    "data.source.num_domains",
+    "data.batch_size",
+    "data.domain_fractions",
+    "trainer.max_epochs",
+    "trainer.fast_dev_run",
+    "trainer.limit_train_batches",
+    "trainer.limit_val_batches",
+    "trainer.limit_test_batches",
+    "trainer.precision",
+    "callbacks.early_stopping.patience",
+    "stage._target_",
+    "model.net._target_",
+    "model.optimizer.lr",
+)
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:
@@ -113,7 +133,8 @@ class Paired:
 
     def __str__(self) -> str:
         p = "n/a" if np.isnan(self.p) else f"{self.p:.3f}"
-        return f"{self.mean:+.4f} ± {self.std:.4f} (p {p}, {self.better}/{self.n})"
+        spread = f" ± {self.std:.4f}" if self.n > 1 else ""  # one pair has no spread
+        return f"{self.mean:+.4f}{spread} (p {p}, {self.better}/{self.n})"
 
 
 def by_seed(runs: Sequence[Run], key: str, group: str) -> dict[float, float]:
@@ -173,6 +194,75 @@ def paired_table(groups: dict[str, list[Run]], baseline: str, keys: Sequence[str
     return "\n".join(lines)
 
 
+def shown(value: object) -> str:
+    """A config value as a report cell: ``null`` for None, lists as ``[a, b]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    return str(value)
+
+
+def settings_lines(runs: Sequence[Run]) -> list[str]:
+    """The report's settings section: a table of the ``SETTINGS`` the runs record (each value, or every value when
+    they differ), the test rows and epochs each run measured, and the other config keys whose values differ
+    between runs (at most two levels deep; seeds and each run's own directories left out).
+
+    Example:
+        >>> from pathlib import Path
+        >>> runs = [Run(Path(f"r{i}"), {"test/rows/a": 10, "train/epochs": e}, {},
+        ...             {"data.batch_size": 512, "trainer.max_epochs": 20, "model.net.units": u, "seed": i})
+        ...         for i, (e, u) in enumerate([(3, 8), (5, 16)])]
+        >>> for line in settings_lines(runs):
+        ...     print(line)
+        ## Settings
+        <BLANKLINE>
+        From the runs' config.yaml and metrics.json.
+        <BLANKLINE>
+        | setting | value |
+        |---|---|
+        | data.batch_size | 512 |
+        | trainer.max_epochs | 20 |
+        | test rows | 10 |
+        | epochs trained | 3 to 5 |
+        <BLANKLINE>
+        Other config values that differ between runs: model.net.
+    """
+    configs = [run.config for run in runs if run.config]
+    lines = ["## Settings", "", "From the runs' config.yaml and metrics.json."]
+    if len(configs) < len(runs):
+        lines.append(f"{len(runs) - len(configs)} of the {len(runs)} runs record no config.yaml.")
+    rows = []
+    for key in SETTINGS:
+        values = list(dict.fromkeys(shown(c.get(key)) for c in configs if key in c))
+        if values:
+            rows.append((key, " / ".join(values) if len(values) > 1 else values[0]))
+    test_rows = [sum(v for k, v in r.metrics.items() if k.startswith("test/rows/")) for r in runs]
+    if any(test_rows):
+        rows.append(("test rows", " / ".join(dict.fromkeys(f"{n:g}" for n in test_rows))))
+    epochs = [r.metrics["train/epochs"] for r in runs if "train/epochs" in r.metrics]
+    if epochs:
+        low, high = min(epochs), max(epochs)
+        rows.append(("epochs trained", f"{low:g}" if low == high else f"{low:g} to {high:g}"))
+    if rows:
+        lines += ["", "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    differing = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in SETTINGS and _differs(configs, k)]
+    if differing:
+        prefixes = dict.fromkeys(".".join(k.split(".")[:2]) for k in differing)
+        lines += ["", f"Other config values that differ between runs: {', '.join(prefixes)}."]
+    return lines
+
+
+def _differs(configs: Sequence[dict], key: str) -> bool:
+    """Whether ``key`` takes more than one value across ``configs`` (missing counts as a value), seeds and a run's
+    own directories (a value holding its ``paths.output_dir``) aside."""
+    if key.split(".")[-1] == SEED or key.startswith(("paths.", "hydra.")):
+        return False
+    own = lambda c, v: isinstance(v, str) and bool(c.get("paths.output_dir")) and c["paths.output_dir"] in v  # noqa: E731
+    values = {shown(c.get(key, "<unset>")) for c in configs if not own(c, c.get(key))}
+    return len(values) > 1
+
+
 def failure_lines(failures: Sequence[Failure]) -> list[str]:
     """A markdown list of the failed runs: directory, overrides, error."""
     return [
@@ -194,12 +284,16 @@ def sweep_report(
     columns, mean ± std over the group's runs, best in bold), the paired tests against ``baseline`` (a group's
     name), and the failed runs."""
     lines = [f"# {title}", "", f"{len(runs)} finished runs, {len(failures)} failed, {len(groups)} groups."]
-    lines.append("Cells: mean ± sample std over the group's runs (seeds); best mean per column in bold.")
+    lines.append(
+        "Cells: mean ± sample std over the group's runs (seeds; a group of one run shows its value); best mean per "
+        "column in bold."
+    )
     for metric in metrics:
         keys = metric_keys(metric, domains)
         reporting = {(g,): r for g, r in groups.items() if any(values_of(r, k) for k in keys)}  # n/a rows left out
         table = comparison_table(reporting, ["group"], keys, mark_best=True)
         lines += ["", f"## {metric}", "", table]
+    lines += ["", *settings_lines(runs)]
     if baseline is not None:
         lines += ["", f"## Paired against {baseline}", ""]
         lines.append(

@@ -230,9 +230,10 @@ def test_nan_metrics_and_seedless_runs() -> None:
     groups = labelled_groups(runs, ["m"])
     text = sweep_report(runs, [], ["test/auc"], [], groups)
     assert "| m=a | 2 | nan ± nan |" in text  # a NaN is shown, not averaged away
-    assert "| default | 1 | **0.6000 ± 0.0000** |" in text  # the best of the groups with a mean
+    assert "| default | 1 | **0.6000** |" in text  # the best of the groups with a mean; one run: no spread
     result = paired(groups["m=a"], groups["default"], "test/auc", "m=a", "default")
     assert result is not None and result.n == 1 and result.mean == pytest.approx(0.1)  # seed 1 has no partner
+    assert str(result) == "+0.1000 (p n/a, 1/1)"
     seedless = [Run(Path("s"), {"test/auc": 0.7}, {"m": "a"}), *runs[2:]]
     with pytest.raises(ValueError, match="records no seed"):
         sweep_report(seedless, [], ["test/auc"], [], labelled_groups(seedless, ["m"]), baseline="default")
@@ -245,5 +246,5 @@ def test_a_metric_table_lists_only_the_groups_that_report_it() -> None:
     ]
     runs = [fake("b0", 0, {}, 0.7), *adapted]
     text = sweep_report(runs, [], ["zeroshot/test/auc"], [], labelled_groups(runs, ["m"]))
-    table = text.split("## zeroshot/test/auc")[1].strip().splitlines()
+    table = text.split("## zeroshot/test/auc")[1].split("## Settings")[0].strip().splitlines()
     assert table[2:] == ["| m=x | 2 | 0.6050 ± 0.0071 |"]  # no n/a row for the runs without zero-shot figures
