@@ -1,0 +1,145 @@
+"""A finished run's selected model evaluated again: on either split of its own data, or on other data on the same
+schema (``mdrec-eval``, :func:`evaluate_run`).
+
+Any run directory: a stage=train run of any model (its best validation checkpoint), a stage=pretrain run
+(``backbone.pt``), a stage=adapt or stage=onboard run (``backbone.pt`` + ``adapter.pt``, each domain's selection).
+Everything is read through :class:`~mdrec.rundir.RunDir`: checksummed weights, ``config.yaml`` instantiated only
+through the target allow-list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from mdrec.conf import CONFIG_DIR
+from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.data.schema import Schema
+from mdrec.rundir import RunDir, load_state_strict, safe_instantiate
+from mdrec.train.checkpoint import load_checkpoint
+from mdrec.train.module import RankingModule
+from mdrec.train.run import oracle_metrics
+from mdrec.train.typecheck import check_types
+
+SPLITS = ("val", "test")
+
+
+def compose_eval(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
+    """``mdrec/conf/eval.yaml`` with ``overrides``; its ``data`` is the run's own data node (``config.yaml``'s, as
+    the option ``data=run``) unless an override picks another data config (``data=<option>``); ``data.<key>=...``
+    changes either."""
+    data = run_dir.read_config().get("data")
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{run_dir.file(RunDir.CONFIG)} has no data node: give the directory of an mdrec run")
+    ConfigStore.instance().store(group="data", name="run", node=data)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
+    """The network the run selected (and tested), rebuilt for ``schema`` and loaded strictly: an adapted network
+    (``adapter.pt``: adapt and onboard runs), else the backbone (``backbone.pt``: pretrain runs, adapt runs without
+    an adapter), else ``model.net`` with the weights of the best validation checkpoint (train runs; the last one
+    when no checkpoint was selected on a metric).
+
+    Raises:
+        FileNotFoundError: the run kept no weights (a ``debug=fdr`` run keeps no checkpoint).
+        ValueError: a file is corrupted or was not written by mdrec, or the weights do not fit ``schema``.
+    """
+    if run_dir.exists(RunDir.ADAPTER):
+        return run_dir.load_adapted(schema)
+    if run_dir.has_backbone():
+        return run_dir.load_backbone(schema)
+    checkpoint = selected_checkpoint(run_dir)
+    config = run_dir.file(RunDir.CONFIG)
+    net = safe_instantiate(run_dir.read_config().model.net, config, "model.net", partial=True)(schema)
+    state = load_checkpoint(checkpoint)["state_dict"]
+    load_state_strict(net, {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, str(checkpoint))
+    return net
+
+
+def selected_checkpoint(run_dir: RunDir) -> Path:
+    """The checkpoint a train run tested: the best one its ModelCheckpoint recorded in ``checkpoints/last.ckpt``
+    (found in this directory, wherever the run was written), else ``last.ckpt`` itself."""
+    last = run_dir.file(RunDir.CHECKPOINTS) / "last.ckpt"
+    if not last.exists():
+        raise FileNotFoundError(
+            f"{run_dir.path} holds no weights (no adapter.pt, backbone.pt or {RunDir.CHECKPOINTS}/last.ckpt): the run "
+            "kept none (debug=fdr keeps no checkpoint) or did not finish; give a finished run without debug=fdr"
+        )
+    states = load_checkpoint(last).get("callbacks", {})
+    best = [s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")]
+    return last.with_name(Path(best[0]).name) if best and best[0] else last
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate_run` measured: the metrics (keys as a run's own: ``test/auc``, ``test/auc/<domain>``,
+    ...), the split, the domains in id order, and where it wrote them."""
+
+    metrics: dict[str, float]
+    split: str
+    domains: list[str]
+    output_dir: Path
+
+
+def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
+    """Evaluate the model of the run in ``run_path`` on ``split`` of the data ``overrides`` compose
+    (:func:`compose_eval`); write ``metrics.json`` (``<split>/...`` keys; ``oracle/...`` for synthetic data) and
+    the eval's ``config.yaml`` into ``output_dir`` (default ``<run dir>/eval/<time>``).
+
+    Raises:
+        ValueError: a bad split, data on other domains than the run's, or a file refused by :mod:`mdrec.rundir`.
+    """
+    run_dir = RunDir(run_path)
+    cfg = compose_eval(run_dir, overrides)
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split} is not one of {SPLITS}")
+    check_types(cfg)
+    out = Path(cfg.output_dir or run_dir.path / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    datamodule: MultiDomainDataModule = safe_instantiate(cfg.data, run_dir.file(RunDir.CONFIG), "data")
+    datamodule.prepare_data()
+    datamodule.setup()
+    schema = datamodule.schema
+    check_domains(run_dir, schema)
+    model_cfg = run_dir.read_config().model
+    options = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "net"])
+    module_factory = safe_instantiate(options, run_dir.file(RunDir.CONFIG), "model", partial=True)
+    module: RankingModule = module_factory(net=load_selected(run_dir, schema), schema=schema)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer)
+    (trainer.validate if cfg.split == "val" else trainer.test)(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{cfg.split}/")}
+    metrics.pop("val/auc_best", None)  # a training figure
+    metrics.update(oracle_metrics(datamodule, cfg.split))
+    result = RunDir(out)
+    result.write_config(cfg)
+    result.write_metrics(metrics)
+    return Evaluation(metrics, cfg.split, list(schema.domains), out)
+
+
+def check_domains(run_dir: RunDir, schema: Schema) -> None:
+    """Refuse data whose domains (names, in id order) are not the run's (its ``data_report.json``): each domain's
+    rows would go through another domain's parameters."""
+    if not run_dir.exists(RunDir.DATA_REPORT):
+        return
+    domains = run_dir.read_json(RunDir.DATA_REPORT).get("domains")
+    if domains is not None and list(domains) != list(schema.domains):
+        raise ValueError(
+            f"the data's domains {list(schema.domains)} are not the run's {domains} "
+            f"({run_dir.file(RunDir.DATA_REPORT)}): evaluate on data with the same domains in the same order (a "
+            "tabular data config lists them in data.source.spec.domains)"
+        )
