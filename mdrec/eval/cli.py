@@ -1,59 +1,20 @@
-"""Command line of the evaluation tools: ``mdrec-eval`` (a run evaluated again), ``mdrec-gate`` (the
-negative-transfer gate) and ``mdrec-report`` (sweep reports)."""
+"""Command line of the evaluation tools: ``mdrec-gate`` (the negative-transfer gate) and ``mdrec-report`` (sweep
+reports)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
 import numpy as np
-from hydra.errors import HydraException
 
-from mdrec.console import quiet_third_party
-from mdrec.eval.evaluate import evaluate_run
 from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.eval.plots import bar_plot, curve_plot, numeric
-from mdrec.eval.report import domain_table
 from mdrec.eval.summary import Failure, Run, load_sweep
 from mdrec.eval.sweep import labelled_groups, run_domains, sweep_report, varying_keys
 from mdrec.rundir import RunDir
-
-EVAL_USAGE = """usage: mdrec-eval <run dir> [key=value ...]
-
-Evaluate the model a finished mdrec run selected (any stage: train, pretrain, adapt, onboard) and write its
-per-domain metrics (metrics.json) and the eval's config.yaml into output_dir (default <run dir>/eval/<time>).
-Hydra overrides of mdrec/conf/eval.yaml: split=val|test (default test), data.<key>=... (the run's own data config,
-e.g. data.batch_size=4096), data=<option> (another data config on the run's schema), output_dir=<dir>,
-trainer.accelerator=gpu, threads=<n>.
-"""
-
-
-def evaluate(argv: list[str] | None = None) -> int:
-    """``mdrec-eval <run dir> [overrides]``: print the per-domain table, write ``metrics.json``; 0 on success."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(EVAL_USAGE)
-        return 0 if args else 2
-    run_dir = Path(args[0])
-    if not run_dir.is_dir():
-        sys.exit(f"mdrec-eval: {run_dir} is not a directory; give the directory of a finished mdrec run")
-    quiet_third_party()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    try:
-        result = evaluate_run(run_dir, args[1:])
-    except (FileNotFoundError, ValueError, TypeError, HydraException) as error:
-        sys.exit(f"mdrec-eval: {error}")
-    print(f"per-domain {result.split} metrics of {run_dir}:")
-    print(domain_table(result.metrics, result.domains, stage=result.split))
-    print(f"written: {result.output_dir / RunDir.METRICS}")
-    return 0
-
-
-def eval_main() -> None:
-    sys.exit(evaluate())
 
 
 def load_predictions(run_dir: Path) -> dict[str, np.ndarray]:

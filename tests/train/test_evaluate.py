@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mdrec.eval.cli import evaluate
-from mdrec.eval.evaluate import evaluate_run
 from mdrec.rundir import RunDir
+from mdrec.train.cli import evaluate
+from mdrec.train.evaluate import evaluate_run
 from mdrec.train.run import train
 from tests.helpers import compose_train
 
