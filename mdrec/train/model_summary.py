@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 class ModelSummary(callbacks.ModelSummary):
     """Lightning's model summary as one table in the log, without the FLOPs column and total (Lightning counts
     FLOPs only from an ``example_input_array``, which a module on mdrec's batches does not declare: they would read
-    0). A row per module down to ``max_depth`` (name, type, parameters, train or eval mode), then the trainable,
-    frozen and total parameter counts.
+    0). The trainable, frozen and total parameter counts, then a row per module with parameters down to
+    ``max_depth`` (name, type, train or eval mode, parameters; the metric states, without any, are left out).
 
     Args:
         max_depth: the nesting depth of the modules listed (0: no summary).
@@ -36,7 +36,7 @@ class ModelSummary(callbacks.ModelSummary):
     ) -> None:
         kept = [(name, values) for name, values in summary_data if name in ("Name", "Type", "Mode", "Params")]
         kept.sort(key=lambda column: column[0] == "Params")  # the numbers last, right-aligned
-        rows = [list(row) for row in zip(*(values for _, values in kept), strict=True)]
+        rows = [list(row) for row in zip(*(values for _, values in kept), strict=True) if row[-1].strip() != "0"]
         count = lambda n: get_human_readable_count(int(n)).strip()  # noqa: E731
         log.info(
             "model: %s trainable, %s frozen, %s parameters (%s MB)\n%s",
