@@ -1,4 +1,4 @@
-"""Ingest: a raw Arrow table (a Hugging Face ``datasets.Dataset``) -> prepared, validated columns.
+"""Ingest: a raw Arrow table (``pyarrow.Table``) -> prepared, validated columns.
 
 Every source ends here, so every data set gets the same vocabulary rules, the same checks and the same report:
 
@@ -26,8 +26,8 @@ Every source ends here, so every data set gets the same vocabulary rules, the sa
   below ``eps`` = 2**-23 of the scale), they would all train as one value, so the most extreme value is refused,
   naming its row: clip the column or log-transform it before preparing.
 
-Encoding is one batched ``datasets`` ``map`` in Arrow format: ``pyarrow.compute.index_in`` against the
-vocabulary, +1, null -> 0. No Python runs per value.
+Encoding runs over slices of ``_ENCODE_BATCH_ROWS`` rows of the table (bounding the temporaries):
+``pyarrow.compute.index_in`` against the vocabulary, +1, null -> 0. No Python runs per value.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +47,7 @@ from mdrec.data.store import write_store
 DENSE_SCALINGS = ("minmax", "standard", "none")
 COLLAPSE_TAIL = 0.01  # share of the fitted rows at each end left out of the bulk whose scaled spread is checked
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23: float32 resolution relative to a value
-_MAP_BATCH_ROWS = 1 << 17  # rows per batch of the encoding map
+_ENCODE_BATCH_ROWS = 1 << 17  # rows per slice encoded at once
 
 
 @dataclass(frozen=True)
@@ -183,11 +182,11 @@ class EncodedTable:
         report: what the preparation did (rows, per-domain counts and positive rates, unseen/missing shares).
 
     Example:
-        >>> ds = datasets.Dataset.from_dict(
+        >>> table = pa.table(
         ...     {"user": ["u1", "u2", "u1"], "item": [7, 8, 9], "region": ["n", "s", "n"], "click": [1, 0, 0]}
         ... )
         >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",))
-        >>> enc = encode_table(ds, spec, "toy")
+        >>> enc = encode_table(table, spec, "toy")
         >>> enc.schema.vocab_sizes, enc.schema.domains, enc.columns["user"].tolist(), enc.vocabularies["user"]
         ([3, 4], ('n', 's'), [1, 2, 1], ['u1', 'u2'])
         >>> enc.write(tmp_dir / "toy").name
@@ -206,7 +205,7 @@ class EncodedTable:
 
 @dataclass
 class _Encoder:
-    """The batched map function: raw Arrow batch -> encoded Arrow batch (all vectorised)."""
+    """Raw Arrow rows -> encoded Arrow rows (all vectorised), applied to one slice of the table at a time."""
 
     vocabs: dict[str, pa.Array]
     domain: str
@@ -300,7 +299,7 @@ def encode_sequence(
 
 
 def encode_table(
-    ds: datasets.Dataset,
+    raw: pa.Table,
     spec: TableSpec,
     dataset_id: str,
     vocab_mask: np.ndarray | None = None,
@@ -310,14 +309,14 @@ def encode_table(
     """Validate a raw table, build vocabularies and scalers on the vocabulary rows, and encode every row.
 
     Args:
-        ds: the raw rows; any column types Arrow can cast (ids are compared as strings).
+        raw: the raw rows; any column types Arrow can cast (ids are compared as strings).
         spec: which column plays which role.
         dataset_id: names the prepared data set (goes into the schema and every error message).
         vocab_mask: ``[rows]`` bool, the rows vocabularies and dense scalers are fitted on; None: all rows.
         split: ``[rows]`` int8 split codes (0 train, 1 val, 2 test) when the data come with their own split;
             the schema then has ``has_split_column=True``.
         input_rows: the file each stretch of rows came from, ``{path: rows}`` in row order, so that errors name the
-            file and its row too; None: errors name the row of ``ds`` only.
+            file and its row too; None: errors name the row of ``raw`` only.
 
     Returns:
         The encoded columns (rows in == rows out), schema, vocabularies and report.
@@ -325,14 +324,14 @@ def encode_table(
     Raises:
         ValueError: naming the column, row and value, for any bad input listed in the module docstring.
     """
-    n = ds.num_rows
+    n = raw.num_rows
     if n == 0:
         raise ValueError(f"data set {dataset_id!r}: the input has no rows; check the raw files and filters")
-    missing = [c for c in spec.columns() if c not in ds.column_names]
+    missing = [c for c in spec.columns() if c not in raw.column_names]
     if missing:
         raise ValueError(
             f"data set {dataset_id!r}: column(s) {missing} named in the spec are not in the data; "
-            f"available columns: {ds.column_names}"
+            f"available columns: {raw.column_names}"
         )
     if split is not None and SPLIT_COLUMN in spec.columns():
         raise ValueError(
@@ -342,7 +341,6 @@ def encode_table(
     for name, arr in (("vocab_mask", vocab_mask), ("split", split)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"data set {dataset_id!r}: `{name}` has {len(arr)} entries for {n} rows")
-    raw: pa.Table = ds.with_format("arrow")[:]
     mask = np.ones(n, dtype=bool) if vocab_mask is None else np.asarray(vocab_mask, dtype=bool)
     if not mask.any():
         raise ValueError(f"data set {dataset_id!r}: the vocabulary rows (vocab_mask) are empty")
@@ -378,17 +376,10 @@ def encode_table(
         spec.time,
         spec.sequence,
     )
-    encoded = ds.with_format("arrow").map(
-        encoder,
-        batched=True,
-        batch_size=_MAP_BATCH_ROWS,
-        remove_columns=ds.column_names,
-        keep_in_memory=True,
-        desc=f"encode {dataset_id}",
-    )
-    columns = {c: encoded.data.column(c).to_numpy() for c in encoded.column_names if c != _seq_name(spec)}
+    encoded = pa.concat_tables(encoder(raw.slice(i, _ENCODE_BATCH_ROWS)) for i in range(0, n, _ENCODE_BATCH_ROWS))
+    columns = {c: encoded.column(c).to_numpy() for c in encoded.column_names if c != _seq_name(spec)}
     if spec.sequence is not None:
-        seq = pc.list_flatten(encoded.data.column(spec.sequence.column)).to_numpy()
+        seq = pc.list_flatten(encoded.column(spec.sequence.column)).to_numpy()
         columns[spec.sequence.column] = seq.reshape(n, spec.sequence.max_len)
     if split is not None:
         columns[SPLIT_COLUMN] = np.asarray(split, dtype=np.int8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,7 +11,7 @@ from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
 from mdrec.data.store import ColumnStore
 
 
-def _table(**overrides: list) -> datasets.Dataset:
+def _table(**overrides: list) -> pa.Table:
     cols = {
         "user": ["u2", "u1", "u2", "u3", None, "u1"],
         "item": [10, 2, 10, 7, 2, 99],
@@ -23,7 +22,7 @@ def _table(**overrides: list) -> datasets.Dataset:
         "hist": ["2|10", "", None, "7|2|10|99", "10", "x"],
     }
     cols.update(overrides)
-    return datasets.Dataset(pa.table(cols))
+    return pa.table(cols)
 
 
 SPEC = TableSpec(
@@ -160,14 +159,8 @@ def test_bad_input_names_column_row_and_value(overrides: dict, spec_changes: dic
 
 
 def test_empty_input_raises() -> None:
-    empty = datasets.Dataset(
-        pa.table(
-            {
-                "user": pa.array([], pa.string()),
-                "region": pa.array([], pa.string()),
-                "click": pa.array([], pa.int64()),
-            }
-        )
+    empty = pa.table(
+        {"user": pa.array([], pa.string()), "region": pa.array([], pa.string()), "click": pa.array([], pa.int64())}
     )
     spec = TableSpec(sparse=("user",), domain="region", labels=("click",))
     with pytest.raises(ValueError, match="'toy': the input has no rows"):

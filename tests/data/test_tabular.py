@@ -39,7 +39,7 @@ def test_csv_pool(tmp_path: Path) -> None:
     assert store.column("click").tolist() == [1, 0, 1, 0]
     np.testing.assert_allclose(store.column("price"), [1 / 3, 2 / 3, 1.0, 0.0], rtol=1e-6)
     assert store.column("ts").tolist() == [100, 101, 102, 103]
-    assert (tmp_path / "raw" / "hf").is_dir()  # Arrow cache of the parsed files
+    assert (tmp_path / "raw" / "arrow").is_dir()  # Arrow cache of the parsed files
 
 
 def test_tsv_with_delimited_sequence(tmp_path: Path) -> None:

@@ -47,7 +47,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import (
     CsvSource,
     KeyIndex,
@@ -268,7 +267,7 @@ class KuaiRand:
             time=TIME,
             dense_scaling="minmax",
         )
-        encoded = encode_table(source_dataset(pa.table(columns), self, kind), spec, self.dataset_id)
+        encoded = encode_table(pa.table(columns), spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),

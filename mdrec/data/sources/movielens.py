@@ -37,7 +37,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import KeyIndex, download, is_cached, read_csv
 
 log = logging.getLogger(__name__)
@@ -543,7 +542,7 @@ class MovieLens:
             sequence=sequence,
             dense_scaling="minmax",
         )
-        encoded = encode_table(source_dataset(table, self, kind), spec, self.dataset_id)
+        encoded = encode_table(table, spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),

@@ -1,7 +1,7 @@
 """Your own data, no code: parquet or CSV/TSV files plus a ``TableSpec`` naming each column's role.
 
-Each file is parsed once, by Arrow, into an Arrow file under ``raw_dir/hf`` (reused while the file's size and
-modification time are unchanged), memory-mapped as a ``datasets.Dataset`` and encoded by
+Each file is parsed once, by Arrow, into an Arrow IPC file under ``raw_dir/arrow`` (reused while the file's size
+and modification time are unchanged), memory-mapped as a ``pyarrow.Table`` and encoded by
 ``mdrec.data.ingest.encode_table``. Only the spec's columns are kept. CSV/TSV columns are read as strings and
 cast by the ingest step, so ids keep their leading zeros and a bad value is reported with its column. In CSV/TSV
 an empty field (quoted or not) is missing (id 0, a NaN dense value); every other text is a value: ``NA``,
@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -233,7 +232,7 @@ class TabularSource:
             raise FileNotFoundError(f"data set {self.name!r}: file {pattern!r} does not exist")
         return paths
 
-    def _read(self, path: str, delimiter: str, cache_dir: Path) -> datasets.Dataset:
+    def _read(self, path: str, delimiter: str, cache_dir: Path) -> pa.Table:
         """The spec's columns of one file, memory-mapped from the Arrow copy under ``cache_dir`` that one parse
         writes (and later runs reuse while the file's size and modification time are unchanged)."""
         columns = self.spec.columns()
@@ -252,7 +251,7 @@ class TabularSource:
                 part.unlink(missing_ok=True)
                 raise
             part.replace(arrow)
-        return datasets.Dataset.from_file(str(arrow))
+        return pa.ipc.open_stream(pa.memory_map(str(arrow))).read_all()  # buffers point into the mapped file
 
     def _batches(self, path: str, delimiter: str) -> pa.RecordBatchReader:
         """The spec's columns of ``path``, once its header is checked.
@@ -331,57 +330,59 @@ class TabularSource:
                 "matches it (e.g. `train/*.csv`, not `*.csv`, when the val/test files lie beside the train files)"
             )
 
-    def _cast(self, part: datasets.Dataset, path: str, features: datasets.Features, first: str) -> datasets.Dataset:
-        """``part``, read from ``path``, with the column types of the first file, ``first`` (``features``)."""
-        if part.features == features:
+    def _cast(self, part: pa.Table, path: str, schema: pa.Schema, first: str) -> pa.Table:
+        """``part``, read from ``path``, with the column types of the first file, ``first`` (``schema``)."""
+        if part.schema.equals(schema):
             return part
         try:
-            return part.cast(features)
-        except (ValueError, TypeError) as e:
+            return part.cast(schema)
+        except (pa.ArrowException, ValueError, TypeError) as e:
+            theirs = ", ".join(f"{f.name}: {f.type}" for f in part.schema)
+            ours = ", ".join(f"{f.name}: {f.type}" for f in schema)
             raise ValueError(
-                f"data set {self.name!r}: file {path!r} has columns {part.features} that cannot be read as those of "
-                f"{first!r}, {features} ({e}); give every file the same column types"
+                f"data set {self.name!r}: file {path!r} has columns ({theirs}) that cannot be read as those of "
+                f"{first!r}, ({ours}) ({e}); give every file the same column types"
             ) from e
 
     def encode(self, raw_dir: Path) -> EncodedTable:
-        """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
-        remove_stale_temporaries(Path(raw_dir) / "hf")  # parses of earlier runs that were killed
+        """Parse every file once (Arrow-cached under ``raw_dir/arrow``) and encode them with ``encode_table``."""
+        remove_stale_temporaries(Path(raw_dir) / "arrow")  # parses of earlier runs that were killed
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
         self._check_distinct(files)
         first = files[0][1]
         delimiter = self._delimiter(first)
-        parts = [self._read(p, delimiter, Path(raw_dir) / "hf") for _, p in files]
+        parts = [self._read(p, delimiter, Path(raw_dir) / "arrow") for _, p in files]
         for split in groups:
             if not sum(len(part) for (s, _), part in zip(files, parts, strict=True) if s == split):
                 group = [p for s, p in files if s == split]
                 raise ValueError(f"data set {self.name!r}: the {split} file(s) {group} hold no rows, a header only")
-        parts = [self._cast(part, path, parts[0].features, first) for (_, path), part in zip(files, parts, strict=True)]
-        ds = datasets.concatenate_datasets(parts)
+        parts = [self._cast(part, path, parts[0].schema, first) for (_, path), part in zip(files, parts, strict=True)]
+        table = pa.concat_tables(parts)
         input_rows = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
         if self.data_files is not None:
-            encoded = encode_table(ds, self.spec, self.dataset_id, input_rows=input_rows)
+            encoded = encode_table(table, self.spec, self.dataset_id, input_rows=input_rows)
         else:
             codes = [SPLITS.index(s) for s, _ in files]
             split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
             encoded = encode_table(
-                ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
+                table, self.spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
             )
-            encoded.report["rows_also_in_train"] = self._check_overlap(ds, codes, input_rows)
+            encoded.report["rows_also_in_train"] = self._check_overlap(table, codes, input_rows)
         encoded.report["input_rows"] = input_rows
         return encoded
 
-    def _check_overlap(self, ds: datasets.Dataset, codes: list[int], input_rows: dict[str, int]) -> dict:
+    def _check_overlap(self, table: pa.Table, codes: list[int], input_rows: dict[str, int]) -> dict:
         """The share of the validation and of the test rows (and of each of their files) that also appear whole in
         the train files (``row_hashes``); warns above ``WARN_TRAIN_OVERLAP``, raises above ``max_train_overlap``.
 
         Args:
-            ds: the rows of every file, in file order.
+            table: the rows of every file, in file order.
             codes: the split code of each file (0 train, 1 validation, 2 test).
             input_rows: the rows of each file, ``{path: rows}`` in file order.
         """
         split = np.repeat(np.array(codes, dtype=np.int8), list(input_rows.values()))
-        hashes = row_hashes(ds.with_format("arrow")[:], self.spec.columns())
+        hashes = row_hashes(table, self.spec.columns())
         in_train = np.isin(hashes, hashes[split == 0])
         file_of_row = np.repeat(np.arange(len(codes)), list(input_rows.values()))
         per_file = np.bincount(file_of_row, weights=in_train, minlength=len(codes)) / list(input_rows.values())
@@ -409,5 +410,5 @@ class TabularSource:
         return report
 
     def prepare(self, directory: Path, raw_dir: Path) -> None:
-        """Write the prepared store to ``directory``; parsed files are cached under ``raw_dir/hf``."""
+        """Write the prepared store to ``directory``; parsed files are cached under ``raw_dir/arrow``."""
         self.encode(raw_dir).write(directory)
