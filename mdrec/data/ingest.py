@@ -32,6 +32,8 @@ Encoding runs over slices of ``_ENCODE_BATCH_ROWS`` rows of the table (bounding 
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,11 +87,16 @@ class SequenceSpec:
 class TableSpec:
     """Which raw column plays which role, and how values are encoded.
 
+    ``sparse`` and ``dense`` may hold glob patterns (``*``, ``?``, ``[...]``, as ``fnmatch``): ``expand`` replaces each
+    with the columns of the data that it matches (in the data's column order), less those that another role names
+    explicitly; ``encode_table`` expands before anything else. A single column name may be given as a string
+    (``labels="click"``).
+
     Args:
-        sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order.
+        sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order; or patterns.
         domain: the column whose value names a row's domain.
-        labels: binary label columns (values 0/1, bool or numeric), click first.
-        dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``.
+        labels: binary label columns (values 0/1, bool or numeric), click first (names, not patterns).
+        dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``; or patterns.
         domains: domain values in id order; None: the sorted unique values (as strings) of ``domain`` in the
             vocabulary rows (the train rows, when the data come with their own split).
         user: sparse column that identifies a user (GAUC groups by it), or None.
@@ -100,15 +107,19 @@ class TableSpec:
             the vocabulary rows.
 
     Example:
-        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",), dense=("price",))
+        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels="click", dense=("price",))
         >>> spec.columns()
         ['user', 'item', 'price', 'region', 'click']
+        >>> TableSpec(sparse=("user", "cat_*"), domain="region", labels="click").expand(
+        ...     ["user", "cat_b", "region", "cat_a", "click"], "shop.csv"
+        ... ).sparse
+        ('user', 'cat_b', 'cat_a')
     """
 
-    sparse: Sequence[str]
+    sparse: str | Sequence[str]
     domain: str
-    labels: Sequence[str]
-    dense: Sequence[str] = ()
+    labels: str | Sequence[str]
+    dense: str | Sequence[str] = ()
     domains: Sequence[str] | None = None
     user: str | None = None
     time: str | None = None
@@ -117,9 +128,14 @@ class TableSpec:
     dense_scaling: str = "minmax"
 
     def __post_init__(self) -> None:
-        # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably.
+        # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably; a single name
+        # given as a string is one column, not one per character.
         for name in ("sparse", "labels", "dense"):
-            object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(str(c) for c in value))
+        patterns = [c for c in self.labels if is_pattern(c)]
+        if patterns:
+            raise ValueError(f"labels {patterns} must be column names, not patterns: their order matters (click first)")
         if self.domains is not None:
             object.__setattr__(self, "domains", tuple(str(d) for d in self.domains))
         roles: dict[str, list[str]] = {}
@@ -141,14 +157,14 @@ class TableSpec:
                 "into the model, and the domain is given to the model separately. Remove it from all but "
                 "one role."
             )
-        if self.user is not None and self.user not in self.sparse:
+        if self.user is not None and not _listed(self.user, self.sparse):
             raise ValueError(f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})")
         if self.sequence is not None and seq_length_column(self.sequence.column) in self.columns():
             raise ValueError(
                 f"column {seq_length_column(self.sequence.column)!r} is reserved for the lengths of sequence "
                 f"{self.sequence.column!r}; rename it"
             )
-        if self.sequence is not None and self.sequence.vocab_field not in self.sparse:
+        if self.sequence is not None and not _listed(self.sequence.vocab_field, self.sparse):
             raise ValueError(
                 f"sequence {self.sequence.column!r} shares the vocabulary of {self.sequence.vocab_field!r}, "
                 f"which is not a sparse column (sparse: {list(self.sparse)})"
@@ -160,14 +176,64 @@ class TableSpec:
         if self.domains is not None and len(set(self.domains)) != len(self.domains):
             raise ValueError(f"domains {list(self.domains)} name a domain more than once")
 
+    def expand(self, header: Sequence[str], where: str) -> TableSpec:
+        """This spec with each pattern of ``sparse`` and ``dense`` replaced by the columns of ``header`` it matches,
+        in ``header`` order, less the columns named explicitly in any role (within a role, a column matched twice
+        comes once).
+
+        Args:
+            header: the data's column names.
+            where: names the data (a file) in the errors.
+
+        Raises:
+            ValueError: a pattern matches no column (naming it and listing ``header``), or a column is matched by a
+                sparse and a dense pattern.
+        """
+        if not any(is_pattern(c) for c in (*self.sparse, *self.dense)):
+            return self
+        named = {c for c in self.columns() if not is_pattern(c)}
+
+        def names(columns: Sequence[str], role: str) -> tuple[str, ...]:
+            out: dict[str, None] = {}  # ordered, once each
+            for c in columns:
+                if not is_pattern(c):
+                    out[c] = None
+                    continue
+                matched = [h for h in header if fnmatch.fnmatchcase(h, c)]
+                if not matched:
+                    raise ValueError(
+                        f"{where}: the {role} pattern {c!r} matches no column; the columns are {list(header)}"
+                    )
+                out.update(dict.fromkeys(h for h in matched if h not in named))
+            return tuple(out)
+
+        sparse, dense = names(self.sparse, "sparse"), names(self.dense, "dense")
+        both = [c for c in sparse if c in dense]
+        if both:
+            raise ValueError(
+                f"{where}: column(s) {both} match both a sparse pattern ({list(self.sparse)}) and a dense one "
+                f"({list(self.dense)}); narrow a pattern, or name the column in one role"
+            )
+        return dataclasses.replace(self, sparse=sparse, dense=dense)
+
     def columns(self) -> list[str]:
-        """Every raw column the spec reads."""
+        """Every raw column the spec reads (patterns as they are: ``expand`` first)."""
         cols = [*self.sparse, *self.dense, self.domain, *self.labels]
         if self.time is not None:
             cols.append(self.time)
         if self.sequence is not None:
             cols.append(self.sequence.column)
         return cols
+
+
+def is_pattern(name: str) -> bool:
+    """Whether a column entry of a ``TableSpec`` is a glob pattern (holds ``*``, ``?`` or ``[``)."""
+    return any(ch in name for ch in "*?[")
+
+
+def _listed(column: str, columns: Sequence[str]) -> bool:
+    """Whether ``columns`` names ``column``, or holds a pattern that matches it."""
+    return any(c == column or (is_pattern(c) and fnmatch.fnmatchcase(column, c)) for c in columns)
 
 
 @dataclass
@@ -324,6 +390,7 @@ def encode_table(
     Raises:
         ValueError: naming the column, row and value, for any bad input listed in the module docstring.
     """
+    spec = spec.expand(raw.column_names, f"data set {dataset_id!r}")
     n = raw.num_rows
     if n == 0:
         raise ValueError(f"data set {dataset_id!r}: the input has no rows; check the raw files and filters")
