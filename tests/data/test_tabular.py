@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from mdrec.data.ingest import SequenceSpec, TableSpec
 from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
-from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.sources import tabular
+from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.sources.tabular import TabularSource
 from mdrec.data.store import ColumnStore
 from mdrec.train.typecheck import check_types
