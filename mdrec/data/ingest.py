@@ -89,13 +89,13 @@ class TableSpec:
 
     ``sparse`` and ``dense`` may hold glob patterns (``*``, ``?``, ``[...]``, as ``fnmatch``): ``expand`` replaces each
     with the columns of the data that it matches (in the data's column order), less those that another role names
-    explicitly; ``encode_table`` expands before anything else. A single column name may be given as a string
-    (``labels="click"``).
+    explicitly; ``encode_table`` expands before anything else. An entry that is the name of a column of the data is
+    that column, whatever characters it holds. A single column name may be given as a string (``labels="click"``).
 
     Args:
         sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order; or patterns.
         domain: the column whose value names a row's domain.
-        labels: binary label columns (values 0/1, bool or numeric), click first (names, not patterns).
+        labels: binary label columns (values 0/1, bool or numeric), click first (names: never expanded).
         dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``; or patterns.
         domains: domain values in id order; None: the sorted unique values (as strings) of ``domain`` in the
             vocabulary rows (the train rows, when the data come with their own split).
@@ -133,9 +133,6 @@ class TableSpec:
         for name in ("sparse", "labels", "dense"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(str(c) for c in value))
-        patterns = [c for c in self.labels if is_pattern(c)]
-        if patterns:
-            raise ValueError(f"labels {patterns} must be column names, not patterns: their order matters (click first)")
         if self.domains is not None:
             object.__setattr__(self, "domains", tuple(str(d) for d in self.domains))
         roles: dict[str, list[str]] = {}
@@ -179,7 +176,7 @@ class TableSpec:
     def expand(self, header: Sequence[str], where: str) -> TableSpec:
         """This spec with each pattern of ``sparse`` and ``dense`` replaced by the columns of ``header`` it matches,
         in ``header`` order, less the columns named explicitly in any role (within a role, a column matched twice
-        comes once).
+        comes once). An entry that ``header`` holds is a name, not a pattern.
 
         Args:
             header: the data's column names.
@@ -189,14 +186,15 @@ class TableSpec:
             ValueError: a pattern matches no column (naming it and listing ``header``), or a column is matched by a
                 sparse and a dense pattern.
         """
-        if not any(is_pattern(c) for c in (*self.sparse, *self.dense)):
+        present = set(header)
+        if all(c in present or not is_pattern(c) for c in (*self.sparse, *self.dense)):
             return self
-        named = {c for c in self.columns() if not is_pattern(c)}
+        named = {c for c in self.columns() if c in present or not is_pattern(c)}
 
         def names(columns: Sequence[str], role: str) -> tuple[str, ...]:
             out: dict[str, None] = {}  # ordered, once each
             for c in columns:
-                if not is_pattern(c):
+                if c in present or not is_pattern(c):
                     out[c] = None
                     continue
                 matched = [h for h in header if fnmatch.fnmatchcase(h, c)]

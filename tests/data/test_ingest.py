@@ -210,8 +210,8 @@ def test_patterns_expand_against_the_header() -> None:
     assert spec.expand(header, "t.csv").expand(header, "t.csv") == expanded  # no pattern left: unchanged
     with pytest.raises(ValueError, match=r"t\.csv: column\(s\) \['num'\] match both a sparse pattern"):
         TableSpec(sparse=("*",), domain="dom", labels="y", dense=("n*",)).expand(header, "t.csv")
-    with pytest.raises(ValueError, match=r"labels \['y\*'\] must be column names, not patterns"):
-        TableSpec(sparse=("id",), domain="dom", labels="y*")
+    literal = TableSpec(sparse=("c_*", "c_?"), domain="dom", labels="y").expand(["c_*", "c_1", "dom", "y"], "t.csv")
+    assert literal.sparse == ("c_*", "c_1")  # a column named like a pattern is that column
     with pytest.raises(ValueError, match=r"user column 'uid' must also be a sparse column"):
         TableSpec(sparse=("c_*",), domain="dom", labels="y", user="uid")
 
