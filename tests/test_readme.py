@@ -10,8 +10,11 @@ What runs (``plan``: the fast test checks it, the slow one runs it in README ord
   FAST_ROWS synthetic rows, 2 Optuna trials, and a ``hydra.run.dir`` (``hydra.sweep.dir`` for a multirun) of its
   own under the scratch directory. Its data set (``data=``) is synthetic or has a fixture in FIXTURES (MovieLens-1M: a
   generated zip in GroupLens' layout, accepted under its own checksum); any other fails the test.
-- pyproject's other console scripts (mdrec-report, mdrec-gate, ...) run as written; a non-zero exit passes only
-  where OUTCOMES documents it (the gate's verdict).
+- pyproject's other console scripts (mdrec-report, mdrec-gate, ...) and ``python -m mdrec.<module>`` (a tool of
+  mdrec's, e.g. the example files of mdrec.data.sources.tabular) run as written; a non-zero exit passes only where
+  OUTCOMES documents it (the gate's verdict).
+- ``data=tabular`` trains on files an earlier README command writes (``python -m mdrec.data.sources.tabular
+  --example``): the command's paths are relative to the scratch directory every command runs from.
 - A placeholder ``<...>`` is replaced by the run directory of the README command PLACEHOLDERS names for it, which
   must come earlier in the README. An unknown placeholder, program or data set fails the test: a new README command
   is either run here or exempt with its reason.
@@ -65,13 +68,13 @@ PLACEHOLDER = re.compile(r"<[a-z][a-z ]*>")
 
 @dataclass(frozen=True)
 class Step:
-    """One README command: ``text`` as written (comment removed), ``program`` (a console script's name) and ``args``
-    (placeholders still in); ``module``: written as ``python -m mdrec.train``, run so."""
+    """One README command: ``text`` as written (comment removed), ``program`` (a console script's name, or
+    ``python``) and ``args`` (placeholders still in); ``module``: written as ``python -m <module>``, run so."""
 
     text: str
     program: str
     args: tuple[str, ...]
-    module: bool = False
+    module: str | None = None
 
 
 def bash_lines(markdown: str) -> list[str]:
@@ -86,11 +89,11 @@ def parse(part: str) -> Step:
     protected = PLACEHOLDER.sub(lambda m: m[0].replace(" ", "\0"), part)
     argv = [a.replace("\0", " ") for a in shlex.split(protected)]
     assert not SHELL & set(argv), f"README command {part!r}: shell syntax the README test does not run"
-    if argv[0] in PYTHONS and argv[1:3] == ["-m", "mdrec.train"]:
-        return Step(part, TRAIN, tuple(argv[3:]), module=True)
+    if argv[0] in PYTHONS and argv[1:2] == ["-m"] and argv[2].split(".")[0] == "mdrec":
+        return Step(part, TRAIN if argv[2] == "mdrec.train" else "python", tuple(argv[3:]), module=argv[2])
     assert argv[0] in SCRIPTS, (
         f"README command {part!r}: {argv[0]!r} is neither a console script of pyproject.toml nor `python -m "
-        "mdrec.train`: teach tests/test_readme.py to run it, or add it to EXEMPT with the reason"
+        "mdrec.<module>`: teach tests/test_readme.py to run it, or add it to EXEMPT with the reason"
     )
     return Step(part, argv[0], tuple(argv[1:]))
 
@@ -128,7 +131,7 @@ def keys(args: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def dataset(args: tuple[str, ...] | list[str]) -> str:
     name = keys(args).get("data", "synthetic")
-    assert name == "synthetic" or name in FIXTURES, (
+    assert name in ("synthetic", "tabular") or name in FIXTURES, (
         f"README command `mdrec-train {' '.join(args)}`: data={name} has no fixture in tests/test_readme.py "
         "FIXTURES (the test has no network): write one"
     )
@@ -204,12 +207,13 @@ def test_the_plan_refuses_what_it_cannot_run() -> None:
         ("```bash\nmdrec-export <adapt run dir>\n```\n", "which no earlier README command runs"),
         ("```bash\nmdrec-train data=kuairand\n```\n", "data=kuairand has no fixture"),
         ("```bash\nbash run.sh\n```\n", "'bash' is neither a console script"),
+        ("```bash\npython -m pip install x\n```\n", "'python' is neither a console script"),
         ("```bash\nmdrec-report logs | tee out\n```\n", "shell syntax"),
     ):
         with pytest.raises(AssertionError, match=re.escape(message)):
             plan(markdown)
     steps, exempt = plan("```bash\npython3 -m venv .venv && .venv/bin/python -m mdrec.train x=1 \\\n  y=2  # c\n```\n")
-    assert steps == [Step(".venv/bin/python -m mdrec.train x=1 y=2", TRAIN, ("x=1", "y=2"), module=True)]
+    assert steps == [Step(".venv/bin/python -m mdrec.train x=1 y=2", TRAIN, ("x=1", "y=2"), module="mdrec.train")]
     assert list(exempt) == ["python3 -m venv .venv"]
     assert fast(["-m", "seed=0,1", "debug=limit"], Path("/o")) == (
         ["-m", "seed=0,1", "debug=limit", f"data.source.num_rows={FAST_ROWS}", "hydra.sweep.dir=/o"],
@@ -230,12 +234,12 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
         for placeholder in {p for a in args for p in PLACEHOLDER.findall(a)}:
             args = [a.replace(placeholder, str(produced[PLACEHOLDERS[placeholder]])) for a in args]
         script = BIN / step.program
-        assert script.exists(), f"{script} is missing: the environment is older than pyproject.toml (pip install -e .)"
-        command, out = [str(script), *args], None
+        launcher = [sys.executable, "-m", step.module] if step.module else [str(script)]
+        assert step.module or script.exists(), f"{script} is missing: the environment is older than pyproject.toml"
+        command, out = [*launcher, *args], None
         if step.program == TRAIN:
             args, out = fast(args, tmp_path / "runs" / f"{i:02d}")
             name = dataset(args)
-            launcher = [sys.executable, "-m", "mdrec.train"] if step.module else [str(script)]
             command = [*(FIXTURES[name](work) if name in FIXTURES else launcher), *args]
         done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         code, verdict = OUTCOMES.get(step.program, (0, ""))
