@@ -2,10 +2,10 @@
 
 For STAR, MMoE, PLE and shared-bottom (the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom on the
 ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
-configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
-``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
-networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
-them, in the same process:
+configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed with
+``torch.utils.benchmark.Timer``: the median over ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values
+of K taking turns step by step. The same networks, with the same weights, are timed with their per-domain layers run
+the two ways peer libraries run them, in the same process:
 
 - ``loop``: a Python loop over the present domains in every per-domain layer, each selecting its rows with a
   boolean mask (``nonzero``) and writing its output back with ``index_put`` (no grouping shared by the layers);
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -44,6 +43,9 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.nn.domain import DomainGroups
 from mdrec.train.stages import Train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import interleaved  # noqa: E402 (the sibling benchmark's interleaved Timer rounds)
 
 CONF = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
 MODELS = {
@@ -134,27 +136,33 @@ def build(model: str, schema: Schema, seed: int) -> tuple[nn.Module, torch.optim
     return module.net, module.configure_optimizers()
 
 
-def step_ms(model: str, cases: list[tuple[Schema, Batch]], how: str, warmup: int, repeats: int) -> list[float]:
-    """Median ms of a training step of ``model`` per case, per-domain layers run ``how``.
+def training_step(net: nn.Module, opt: torch.optim.Optimizer, batch: Batch) -> Callable[[], None]:
+    """One training step of ``net`` on ``batch``: forward, BCE, backward, optimiser step."""
 
-    The cases' steps alternate (K = 1, 10, 100, 1, 10, 100, ...) so that drift on a shared machine hits them alike.
+    def run() -> None:
+        loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def step_ms(
+    model: str, cases: list[tuple[Schema, Batch]], how: str, warmup: int, repeats: int, threads: int
+) -> list[float]:
+    """Median ms of a training step of ``model`` per case, per-domain layers run ``how``, with ``threads`` torch
+    threads (``torch.utils.benchmark``).
+
+    The cases' steps alternate (K = 1, 10, 100, 100, 10, 1, ...) so that drift on a shared machine hits them alike.
     """
-    runs = []
-    for schema, batch in cases:
+    calls = {}
+    for i, (schema, batch) in enumerate(cases):
         net, opt = build(model, schema, seed=0)
-        runs.append((net.train(), opt, batch))
-    times: list[list[float]] = [[] for _ in cases]
+        calls[str(i)] = training_step(net.train(), opt, batch)
     with strategy(how):
-        for i in range(warmup + repeats):
-            for (net, opt, batch), case_times in zip(runs, times, strict=True):
-                start = time.perf_counter()
-                loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if i >= warmup:
-                    case_times.append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+        seconds = interleaved(calls, repeats, threads, warmup)
+    return [seconds[str(i)].median * 1e3 for i in range(len(cases))]
 
 
 def main() -> None:
@@ -189,9 +197,13 @@ def main() -> None:
         for k in args.domains:
             schema = make_schema(k, args.sparse_fields, args.vocab_size, args.dense_fields)
             cases.append((schema, make_batch(schema, args.batch_size, seed=k)))
-        ours = step_ms(model, cases, "grouped", args.warmup, args.repeats)
-        loop = step_ms(model, cases, "loop", args.warmup, args.repeats)
-        mask_all = step_ms(model, cases, "mask-all", 1, args.mask_all_repeats) if args.mask_all_repeats > 0 else []
+        ours = step_ms(model, cases, "grouped", args.warmup, args.repeats, args.threads)
+        loop = step_ms(model, cases, "loop", args.warmup, args.repeats, args.threads)
+        mask_all = (
+            step_ms(model, cases, "mask-all", 1, args.mask_all_repeats, args.threads)
+            if args.mask_all_repeats > 0
+            else []
+        )
         for i, k in enumerate(args.domains):
             grouped[model, k] = ours[i]
             row = f"{model:<14}{k:>5}{ours[i]:>10.1f}{ours[i] / ours[0]:>7.2f}x"

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_data import add_data_args, bench_datamodule, bench_source
+from bench_data import add_data_args, bench_datamodule, bench_source, interleaved, passes
 from bench_train import StepTimer, build_net, framework_trainer, optimizer_factory
 
 from mdrec.data.batch import Batch
@@ -160,14 +160,9 @@ def child_assemble(args: argparse.Namespace) -> dict:
         loader = BatchLoader(store, np.arange(len(store)), args.batch_size, shuffle=True, seed=0)
         loaders[release] = itertools.chain.from_iterable(itertools.repeat(loader))  # epoch after epoch
         next(loaders[release])  # untimed: the first batch maps the columns
-    ms: dict[str, list[float]] = {"off": [], "on": []}
-    for r in range(ASSEMBLY_ROUNDS):
-        for release in ("off", "on")[:: 1 if r % 2 == 0 else -1]:
-            start = time.perf_counter()
-            for _ in itertools.islice(loaders[release], ASSEMBLY_BLOCK):
-                pass
-            ms[release].append(1e3 * (time.perf_counter() - start) / ASSEMBLY_BLOCK)
-    return {release: statistics.median(values) for release, values in ms.items()}
+    calls = {release: passes(loader, ASSEMBLY_BLOCK) for release, loader in loaders.items()}
+    seconds = interleaved(calls, ASSEMBLY_ROUNDS, args.threads, warmup=0)
+    return {release: 1e3 * m.median / ASSEMBLY_BLOCK for release, m in seconds.items()}
 
 
 def run_child(argv: list[str], what: str) -> dict:

@@ -1,4 +1,4 @@
-"""Ingest: a raw Arrow table (a Hugging Face ``datasets.Dataset``) -> prepared, validated columns.
+"""Ingest: a raw Arrow table (``pyarrow.Table``) -> prepared, validated columns.
 
 Every source ends here, so every data set gets the same vocabulary rules, the same checks and the same report:
 
@@ -26,18 +26,19 @@ Every source ends here, so every data set gets the same vocabulary rules, the sa
   below ``eps`` = 2**-23 of the scale), they would all train as one value, so the most extreme value is refused,
   naming its row: clip the column or log-transform it before preparing.
 
-Encoding is one batched ``datasets`` ``map`` in Arrow format: ``pyarrow.compute.index_in`` against the
-vocabulary, +1, null -> 0. No Python runs per value.
+Encoding runs over slices of ``_ENCODE_BATCH_ROWS`` rows of the table (bounding the temporaries):
+``pyarrow.compute.index_in`` against the vocabulary, +1, null -> 0. No Python runs per value.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +49,7 @@ from mdrec.data.store import write_store
 DENSE_SCALINGS = ("minmax", "standard", "none")
 COLLAPSE_TAIL = 0.01  # share of the fitted rows at each end left out of the bulk whose scaled spread is checked
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23: float32 resolution relative to a value
-_MAP_BATCH_ROWS = 1 << 17  # rows per batch of the encoding map
+_ENCODE_BATCH_ROWS = 1 << 17  # rows per slice encoded at once
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,16 @@ class SequenceSpec:
 class TableSpec:
     """Which raw column plays which role, and how values are encoded.
 
+    ``sparse`` and ``dense`` may hold glob patterns (``*``, ``?``, ``[...]``, as ``fnmatch``): ``expand`` replaces each
+    with the columns of the data that it matches (in the data's column order), less those that another role names
+    explicitly; ``encode_table`` expands before anything else. An entry that is the name of a column of the data is
+    that column, whatever characters it holds. A single column name may be given as a string (``labels="click"``).
+
     Args:
-        sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order.
+        sparse: categorical columns (any type; compared as strings), in ``Batch.sparse`` order; or patterns.
         domain: the column whose value names a row's domain.
-        labels: binary label columns (values 0/1, bool or numeric), click first.
-        dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``.
+        labels: binary label columns (values 0/1, bool or numeric), click first (names: never expanded).
+        dense: float columns, in ``Batch.dense`` order; scaled with ``dense_scaling``; or patterns.
         domains: domain values in id order; None: the sorted unique values (as strings) of ``domain`` in the
             vocabulary rows (the train rows, when the data come with their own split).
         user: sparse column that identifies a user (GAUC groups by it), or None.
@@ -101,15 +107,19 @@ class TableSpec:
             the vocabulary rows.
 
     Example:
-        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",), dense=("price",))
+        >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels="click", dense=("price",))
         >>> spec.columns()
         ['user', 'item', 'price', 'region', 'click']
+        >>> TableSpec(sparse=("user", "cat_*"), domain="region", labels="click").expand(
+        ...     ["user", "cat_b", "region", "cat_a", "click"], "shop.csv"
+        ... ).sparse
+        ('user', 'cat_b', 'cat_a')
     """
 
-    sparse: Sequence[str]
+    sparse: str | Sequence[str]
     domain: str
-    labels: Sequence[str]
-    dense: Sequence[str] = ()
+    labels: str | Sequence[str]
+    dense: str | Sequence[str] = ()
     domains: Sequence[str] | None = None
     user: str | None = None
     time: str | None = None
@@ -118,9 +128,11 @@ class TableSpec:
     dense_scaling: str = "minmax"
 
     def __post_init__(self) -> None:
-        # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably.
+        # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably; a single name
+        # given as a string is one column, not one per character.
         for name in ("sparse", "labels", "dense"):
-            object.__setattr__(self, name, tuple(str(c) for c in getattr(self, name)))
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(str(c) for c in value))
         if self.domains is not None:
             object.__setattr__(self, "domains", tuple(str(d) for d in self.domains))
         roles: dict[str, list[str]] = {}
@@ -142,14 +154,14 @@ class TableSpec:
                 "into the model, and the domain is given to the model separately. Remove it from all but "
                 "one role."
             )
-        if self.user is not None and self.user not in self.sparse:
+        if self.user is not None and not _listed(self.user, self.sparse):
             raise ValueError(f"user column {self.user!r} must also be a sparse column (sparse: {list(self.sparse)})")
         if self.sequence is not None and seq_length_column(self.sequence.column) in self.columns():
             raise ValueError(
                 f"column {seq_length_column(self.sequence.column)!r} is reserved for the lengths of sequence "
                 f"{self.sequence.column!r}; rename it"
             )
-        if self.sequence is not None and self.sequence.vocab_field not in self.sparse:
+        if self.sequence is not None and not _listed(self.sequence.vocab_field, self.sparse):
             raise ValueError(
                 f"sequence {self.sequence.column!r} shares the vocabulary of {self.sequence.vocab_field!r}, "
                 f"which is not a sparse column (sparse: {list(self.sparse)})"
@@ -161,14 +173,65 @@ class TableSpec:
         if self.domains is not None and len(set(self.domains)) != len(self.domains):
             raise ValueError(f"domains {list(self.domains)} name a domain more than once")
 
+    def expand(self, header: Sequence[str], where: str) -> TableSpec:
+        """This spec with each pattern of ``sparse`` and ``dense`` replaced by the columns of ``header`` it matches,
+        in ``header`` order, less the columns named explicitly in any role (within a role, a column matched twice
+        comes once). An entry that ``header`` holds is a name, not a pattern.
+
+        Args:
+            header: the data's column names.
+            where: names the data (a file) in the errors.
+
+        Raises:
+            ValueError: a pattern matches no column (naming it and listing ``header``), or a column is matched by a
+                sparse and a dense pattern.
+        """
+        present = set(header)
+        if all(c in present or not is_pattern(c) for c in (*self.sparse, *self.dense)):
+            return self
+        named = {c for c in self.columns() if c in present or not is_pattern(c)}
+
+        def names(columns: Sequence[str], role: str) -> tuple[str, ...]:
+            out: dict[str, None] = {}  # ordered, once each
+            for c in columns:
+                if c in present or not is_pattern(c):
+                    out[c] = None
+                    continue
+                matched = [h for h in header if fnmatch.fnmatchcase(h, c)]
+                if not matched:
+                    raise ValueError(
+                        f"{where}: the {role} pattern {c!r} matches no column; the columns are {list(header)}"
+                    )
+                out.update(dict.fromkeys(h for h in matched if h not in named))
+            return tuple(out)
+
+        sparse, dense = names(self.sparse, "sparse"), names(self.dense, "dense")
+        both = [c for c in sparse if c in dense]
+        if both:
+            raise ValueError(
+                f"{where}: column(s) {both} match both a sparse pattern ({list(self.sparse)}) and a dense one "
+                f"({list(self.dense)}); narrow a pattern, or name the column in one role"
+            )
+        return dataclasses.replace(self, sparse=sparse, dense=dense)
+
     def columns(self) -> list[str]:
-        """Every raw column the spec reads."""
+        """Every raw column the spec reads (patterns as they are: ``expand`` first)."""
         cols = [*self.sparse, *self.dense, self.domain, *self.labels]
         if self.time is not None:
             cols.append(self.time)
         if self.sequence is not None:
             cols.append(self.sequence.column)
         return cols
+
+
+def is_pattern(name: str) -> bool:
+    """Whether a column entry of a ``TableSpec`` is a glob pattern (holds ``*``, ``?`` or ``[``)."""
+    return any(ch in name for ch in "*?[")
+
+
+def _listed(column: str, columns: Sequence[str]) -> bool:
+    """Whether ``columns`` names ``column``, or holds a pattern that matches it."""
+    return any(c == column or (is_pattern(c) and fnmatch.fnmatchcase(column, c)) for c in columns)
 
 
 @dataclass
@@ -183,11 +246,11 @@ class EncodedTable:
         report: what the preparation did (rows, per-domain counts and positive rates, unseen/missing shares).
 
     Example:
-        >>> ds = datasets.Dataset.from_dict(
+        >>> table = pa.table(
         ...     {"user": ["u1", "u2", "u1"], "item": [7, 8, 9], "region": ["n", "s", "n"], "click": [1, 0, 0]}
         ... )
         >>> spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",))
-        >>> enc = encode_table(ds, spec, "toy")
+        >>> enc = encode_table(table, spec, "toy")
         >>> enc.schema.vocab_sizes, enc.schema.domains, enc.columns["user"].tolist(), enc.vocabularies["user"]
         ([3, 4], ('n', 's'), [1, 2, 1], ['u1', 'u2'])
         >>> enc.write(tmp_dir / "toy").name
@@ -206,7 +269,7 @@ class EncodedTable:
 
 @dataclass
 class _Encoder:
-    """The batched map function: raw Arrow batch -> encoded Arrow batch (all vectorised)."""
+    """Raw Arrow rows -> encoded Arrow rows (all vectorised), applied to one slice of the table at a time."""
 
     vocabs: dict[str, pa.Array]
     domain: str
@@ -300,7 +363,7 @@ def encode_sequence(
 
 
 def encode_table(
-    ds: datasets.Dataset,
+    raw: pa.Table,
     spec: TableSpec,
     dataset_id: str,
     vocab_mask: np.ndarray | None = None,
@@ -310,14 +373,14 @@ def encode_table(
     """Validate a raw table, build vocabularies and scalers on the vocabulary rows, and encode every row.
 
     Args:
-        ds: the raw rows; any column types Arrow can cast (ids are compared as strings).
+        raw: the raw rows; any column types Arrow can cast (ids are compared as strings).
         spec: which column plays which role.
         dataset_id: names the prepared data set (goes into the schema and every error message).
         vocab_mask: ``[rows]`` bool, the rows vocabularies and dense scalers are fitted on; None: all rows.
         split: ``[rows]`` int8 split codes (0 train, 1 val, 2 test) when the data come with their own split;
             the schema then has ``has_split_column=True``.
         input_rows: the file each stretch of rows came from, ``{path: rows}`` in row order, so that errors name the
-            file and its row too; None: errors name the row of ``ds`` only.
+            file and its row too; None: errors name the row of ``raw`` only.
 
     Returns:
         The encoded columns (rows in == rows out), schema, vocabularies and report.
@@ -325,14 +388,15 @@ def encode_table(
     Raises:
         ValueError: naming the column, row and value, for any bad input listed in the module docstring.
     """
-    n = ds.num_rows
+    spec = spec.expand(raw.column_names, f"data set {dataset_id!r}")
+    n = raw.num_rows
     if n == 0:
         raise ValueError(f"data set {dataset_id!r}: the input has no rows; check the raw files and filters")
-    missing = [c for c in spec.columns() if c not in ds.column_names]
+    missing = [c for c in spec.columns() if c not in raw.column_names]
     if missing:
         raise ValueError(
             f"data set {dataset_id!r}: column(s) {missing} named in the spec are not in the data; "
-            f"available columns: {ds.column_names}"
+            f"available columns: {raw.column_names}"
         )
     if split is not None and SPLIT_COLUMN in spec.columns():
         raise ValueError(
@@ -342,7 +406,6 @@ def encode_table(
     for name, arr in (("vocab_mask", vocab_mask), ("split", split)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"data set {dataset_id!r}: `{name}` has {len(arr)} entries for {n} rows")
-    raw: pa.Table = ds.with_format("arrow")[:]
     mask = np.ones(n, dtype=bool) if vocab_mask is None else np.asarray(vocab_mask, dtype=bool)
     if not mask.any():
         raise ValueError(f"data set {dataset_id!r}: the vocabulary rows (vocab_mask) are empty")
@@ -378,17 +441,10 @@ def encode_table(
         spec.time,
         spec.sequence,
     )
-    encoded = ds.with_format("arrow").map(
-        encoder,
-        batched=True,
-        batch_size=_MAP_BATCH_ROWS,
-        remove_columns=ds.column_names,
-        keep_in_memory=True,
-        desc=f"encode {dataset_id}",
-    )
-    columns = {c: encoded.data.column(c).to_numpy() for c in encoded.column_names if c != _seq_name(spec)}
+    encoded = pa.concat_tables(encoder(raw.slice(i, _ENCODE_BATCH_ROWS)) for i in range(0, n, _ENCODE_BATCH_ROWS))
+    columns = {c: encoded.column(c).to_numpy() for c in encoded.column_names if c != _seq_name(spec)}
     if spec.sequence is not None:
-        seq = pc.list_flatten(encoded.data.column(spec.sequence.column)).to_numpy()
+        seq = pc.list_flatten(encoded.column(spec.sequence.column)).to_numpy()
         columns[spec.sequence.column] = seq.reshape(n, spec.sequence.max_len)
     if split is not None:
         columns[SPLIT_COLUMN] = np.asarray(split, dtype=np.int8)

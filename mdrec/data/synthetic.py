@@ -43,7 +43,8 @@ class SyntheticSource:
         num_rows: rows to generate.
         num_domains: K.
         relatedness: r in [0, 1], one for all domains or one per domain (pairwise cosine sqrt(r_a r_b)).
-        domain_shares: share of rows per domain (normalised); default Zipf-like, 1/(d+1).
+        domain_shares: a share profile over the domains (normalised): with K values, each domain's share; with
+            another number of values, the profile stretched to K domains (``stretched_shares``); None: 1/(d+1).
         vocab_sizes: ids per categorical field (id 0 stays free for padding); the first field is the user.
         num_dense: N, standard-normal dense features.
         latent_dim: size of each categorical id's latent vector.
@@ -85,10 +86,8 @@ class SyntheticSource:
         r = np.broadcast_to(np.asarray(self.relatedness, dtype=np.float64), (self.num_domains,))
         if ((r < 0) | (r > 1)).any():
             raise ValueError(f"relatedness {self.relatedness} must be in [0, 1], one value or one per domain")
-        if self.domain_shares is not None and (
-            len(self.domain_shares) != self.num_domains or min(self.domain_shares) <= 0
-        ):
-            raise ValueError(f"domain_shares {self.domain_shares} must be {self.num_domains} positive numbers")
+        if self.domain_shares is not None and (not self.domain_shares or min(self.domain_shares) <= 0):
+            raise ValueError(f"domain_shares {self.domain_shares} must be positive numbers (a list of at least one)")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes {self.vocab_sizes} must be a non-empty list of positive sizes")
         self._r = r
@@ -122,7 +121,7 @@ class SyntheticSource:
         lo, hi = self.ctr_range
         self._click_bias = _logit(rng.uniform(lo, hi, k))
         self._cvr_bias = _logit(np.full(k, self.cvr_rate))
-        shares = np.asarray(self.domain_shares if self.domain_shares is not None else 1.0 / np.arange(1, k + 1))
+        shares = 1.0 / np.arange(1, k + 1) if self.domain_shares is None else stretched_shares(self.domain_shares, k)
         self._shares = shares / shares.sum()
         self._cdfs = [np.cumsum(w := np.arange(1, v + 1) ** -self.zipf_exponent) / w.sum() for v in self.vocab_sizes]
 
@@ -213,6 +212,26 @@ class SyntheticSource:
                 "relatedness": self._r.tolist(),
             }
             writer.commit(report=report)
+
+
+def stretched_shares(profile: list[float], k: int) -> np.ndarray:
+    """Row shares of ``k`` domains (unnormalised) from a share ``profile`` of any length.
+
+    With ``k`` values the profile is returned as it is. Otherwise its normalised cumulative curve, piecewise linear
+    over [0, 1] with the i-th value spread evenly over [i / n, (i + 1) / n], is cut into ``k`` equal slices: domain d
+    gets the curve's rise over [d / k, (d + 1) / k], so the profile's shape (the head's share, the tail's) is kept.
+
+    Example:
+        >>> stretched_shares([0.6, 0.3, 0.08, 0.02], 8).round(3).tolist()
+        [0.3, 0.3, 0.15, 0.15, 0.04, 0.04, 0.01, 0.01]
+        >>> stretched_shares([0.6, 0.3, 0.08, 0.02], 2).round(3).tolist()
+        [0.9, 0.1]
+    """
+    shares = np.asarray(profile, dtype=np.float64)
+    if len(shares) == k:
+        return shares
+    curve = np.concatenate([[0.0], np.cumsum(shares) / shares.sum()])
+    return np.diff(np.interp(np.linspace(0, 1, k + 1), np.linspace(0, 1, len(shares) + 1), curve))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

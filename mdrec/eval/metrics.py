@@ -2,11 +2,17 @@
 
 All AUCs come from one vectorised rank computation grouped by an integer key (domain, user, ...), so a
 thousand domains or a hundred thousand users cost one sort, not a Python loop.
+
+The per-domain AUC and GAUC are also torchmetrics ``Metric``\\ s (``DomainAUC``, ``GAUC``) for use in any training
+loop: their states are the epoch's rows, concatenated over ``update`` calls and, under DDP, gathered from every
+process (``dist_reduce_fx="cat"``), and ``compute`` applies the functions below to them. (torchmetrics'
+``RetrievalAUROC`` computes a GAUC too, but loops over the groups in Python.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchmetrics
@@ -89,6 +95,22 @@ def gauc(probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = No
     return num / den
 
 
+def known_user_gauc(
+    probs: Tensor, labels: Tensor, users: Tensor, owner: Tensor | None = None, num_owners: int = 1
+) -> Tensor:
+    """``gauc`` over the rows of known users: user id 0 is every unknown user at once, not one person, so its rows
+    are left out. Arguments and result as ``gauc``.
+
+    Example:
+        >>> probs, labels = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.3, 0.6]), torch.tensor([1, 0, 1, 0, 1, 0])
+        >>> users = torch.tensor([1, 1, 2, 2, 0, 0])
+        >>> known_user_gauc(probs, labels, users).tolist()  # user 1: AUC 1, user 2: AUC 0, 2 rows each
+        [0.5]
+    """
+    known = users > 0
+    return gauc(probs[known], labels[known], users[known], None if owner is None else owner[known], num_owners)
+
+
 def domain_metrics(
     probs: Tensor, labels: Tensor, domain: Tensor, domain_names: Sequence[str], users: Tensor | None = None
 ) -> dict[str, float]:
@@ -118,10 +140,8 @@ def domain_metrics(
     out["wauc"] = float((auc[valid] * rows[valid]).sum() / rows[valid].sum()) if valid.any() else float("nan")
     out["mean_auc"] = float(auc[valid].mean()) if valid.any() else float("nan")
     if users is not None:
-        known = users > 0  # id 0 is every unknown user at once: no group of its own
-        p, y, u, d = probs[known], labels[known], users[known], domain[known]
-        out["gauc"] = float(gauc(p, y, u)[0])
-        dom_gauc = gauc(p, y, u, d, k)
+        out["gauc"] = float(known_user_gauc(probs, labels, users)[0])
+        dom_gauc = known_user_gauc(probs, labels, users, domain, k)
     for d, name in enumerate(domain_names):
         out[f"auc/{name}"] = float(auc[d])
         out[f"logloss/{name}"] = float(loss[d])
@@ -138,6 +158,7 @@ class GatheredRows(torchmetrics.Metric):
 
     Args:
         names: the tensors' names, in ``update``'s argument order.
+        kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``dist_sync_fn``, ...; others are refused).
 
     Example:
         >>> rows = GatheredRows(["prob", "domain"])
@@ -149,8 +170,8 @@ class GatheredRows(torchmetrics.Metric):
 
     full_state_update = False
 
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__()
+    def __init__(self, names: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.names = list(names)
         for name in self.names:
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -165,3 +186,72 @@ class GatheredRows(torchmetrics.Metric):
     def compute(self) -> dict[str, Tensor]:
         """Per name, the epoch's rows ``[n, ...]``."""
         return {name: torchmetrics.utilities.dim_zero_cat(getattr(self, name)) for name in self.names}
+
+
+class DomainAUC(GatheredRows):
+    """ROC AUC per domain, ``[K]`` float64 (NaN for a domain whose rows lack a class), over every row ``update``
+    saw (on every process): ``grouped_auc`` by domain.
+
+    Args:
+        num_domains: K.
+        kwargs: torchmetrics ``Metric`` options.
+
+    Example:
+        >>> auc = DomainAUC(num_domains=2)
+        >>> auc.update(torch.tensor([0.1, 0.9, 0.8]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]))
+        >>> auc.update(torch.tensor([0.2]), torch.tensor([1]), torch.tensor([1]))
+        >>> auc.compute().tolist()
+        [1.0, 0.0]
+    """
+
+    def __init__(self, num_domains: int, **kwargs: Any) -> None:
+        super().__init__(("preds", "target", "domain"), **kwargs)
+        self.num_domains = num_domains
+
+    def update(self, preds: Tensor, target: Tensor, domain: Tensor) -> None:
+        """``preds`` ``[B]`` scores, ``target`` ``[B]`` in {0, 1}, ``domain`` int64 ``[B]`` in 0..K-1."""
+        super().update(preds, target, domain)
+
+    def compute(self) -> Tensor:
+        rows = super().compute()
+        return grouped_auc(rows["preds"], rows["target"], rows["domain"], self.num_domains)[0]
+
+
+class GAUC(GatheredRows):
+    """Group AUC over every row ``update`` saw (on every process): ``known_user_gauc``, each user's AUC weighted by
+    the user's rows, over the users with both classes; user id 0 (unknown users) left out.
+
+    Args:
+        num_domains: None: one GAUC over all rows, a scalar; K: one per domain, ``[K]`` (users keyed within their
+            domain; NaN for a domain without a user that has both classes), ``update`` then takes the domains.
+        kwargs: torchmetrics ``Metric`` options.
+
+    Example:
+        >>> metric = GAUC()
+        >>> metric.update(torch.tensor([0.9, 0.1, 0.2]), torch.tensor([1, 0, 1]), torch.tensor([1, 1, 2]))
+        >>> metric.update(torch.tensor([0.8]), torch.tensor([0]), torch.tensor([2]))
+        >>> float(metric.compute())  # user 1: AUC 1, user 2: AUC 0, 2 rows each
+        0.5
+    """
+
+    def __init__(self, num_domains: int | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            ("preds", "target", "users") if num_domains is None else ("preds", "target", "users", "domain"), **kwargs
+        )
+        self.num_domains = num_domains
+
+    def update(self, preds: Tensor, target: Tensor, users: Tensor, domain: Tensor | None = None) -> None:
+        """``preds`` ``[B]`` scores, ``target`` ``[B]`` in {0, 1}, ``users`` int64 ``[B]`` (0: unknown), and with
+        ``num_domains`` the ``domain`` int64 ``[B]`` in 0..K-1."""
+        if (domain is None) != (self.num_domains is None):
+            raise ValueError(
+                f"GAUC(num_domains={self.num_domains}).update takes the domain of each row "
+                f"{'only with num_domains set' if domain is not None else 'when num_domains is set'}"
+            )
+        super().update(preds, target, users, *(() if domain is None else (domain,)))
+
+    def compute(self) -> Tensor:
+        rows = super().compute()
+        if self.num_domains is None:
+            return known_user_gauc(rows["preds"], rows["target"], rows["users"])[0]
+        return known_user_gauc(rows["preds"], rows["target"], rows["users"], rows["domain"], self.num_domains)

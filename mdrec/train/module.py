@@ -87,6 +87,7 @@ class RankingModule(pl.LightningModule):
         rows = ("prob", "label", "domain", "user") if self.user_col is not None else ("prob", "label", "domain")
         self.val_rows, self.test_rows = GatheredRows(rows), GatheredRows(rows)
         self.last_test: dict[str, np.ndarray] = {}  # the last test pass's rows (test_predictions)
+        self.last_validation: dict[str, np.ndarray] = {}  # the last validation's rows (per-domain selection's guard)
         self.val_auc_best = torchmetrics.MaxMetric(sync_on_compute=False)  # of global AUCs: no sync needed
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
@@ -147,7 +148,9 @@ class RankingModule(pl.LightningModule):
         return values
 
     def on_validation_epoch_end(self) -> None:
-        values = self._log_metrics(self._gather(self.val_rows), "val")
+        rows = self._gather(self.val_rows)
+        self.last_validation = {name: rows[name].numpy() for name in ("prob", "label", "domain")}
+        values = self._log_metrics(rows, "val")
         if not self.trainer.sanity_checking:
             self.val_auc_best.update(values["auc"])
             self.log("val/auc_best", float(self.val_auc_best.compute()))

@@ -34,7 +34,7 @@ from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.pretrained import plain_value, pretrain_key
-from mdrec.train.selection import DomainSelection, shared_trainable
+from mdrec.train.selection import DomainSelection, Guard, shared_trainable
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,22 @@ class AdapterStage(Stage):
         optimizer: the adapter's optimiser (a partial, completed with the trainable parameters).
         patience: with per-domain selection, stop after this many validations in a row in which no domain improved.
         val_check_interval: see :class:`Stage`.
+        guard: with per-domain selection, when a domain may adopt its best epoch over step 0 (None: always).
     """
 
     step0_candidate = True
 
     def __init__(
-        self, optimizer: OptimizerFactory, patience: int | None = 3, val_check_interval: float | int | None = None
+        self,
+        optimizer: OptimizerFactory,
+        patience: int | None = 3,
+        val_check_interval: float | int | None = None,
+        guard: Guard | None = None,
     ) -> None:
         super().__init__(val_check_interval)
         self.optimizer = optimizer
         self.patience = patience
+        self.guard = guard
         self.source: Path | None = None  # the run directory the backbone comes from
         self.selection: DomainSelection | None = None
 
@@ -169,7 +175,7 @@ class Adapt(AdapterStage):
         select_per_domain: True: each domain keeps its adapter from its own best validation, step 0 included (every
             trainable parameter must be per-domain); False: the best overall validation checkpoint; None: per
             domain when every trainable parameter is per-domain, else overall.
-        patience: see :class:`AdapterStage`.
+        patience, guard: see :class:`AdapterStage`.
         val_check_interval: see :class:`Stage`.
     """
 
@@ -182,8 +188,9 @@ class Adapt(AdapterStage):
         select_per_domain: bool | None = None,
         patience: int | None = 3,
         val_check_interval: float | int | None = None,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(optimizer, patience, val_check_interval)
+        super().__init__(optimizer, patience, val_check_interval, guard)
         self.pretrained = pretrained
         self.source_domains = list(source_domains) if source_domains is not None else None
         self.freeze = list(freeze)
@@ -220,7 +227,7 @@ class Adapt(AdapterStage):
             per_domain = adapter is not None and not shared_trainable(net)
             log.info("stage.select_per_domain=null: %s", "per domain" if per_domain else "overall (shared weights)")
         if per_domain:
-            self.selection = DomainSelection(schema.domains, patience=self.patience)
+            self.selection = DomainSelection(schema.domains, patience=self.patience, guard=self.guard)
         return module
 
 
@@ -232,7 +239,7 @@ class Onboard(AdapterStage):
     Args:
         adapted: a stage=adapt run directory (backbone, adapter, config.yaml, predictions.npz).
         domain: the domain to train.
-        optimizer, patience, val_check_interval: see :class:`AdapterStage`.
+        optimizer, patience, val_check_interval, guard: see :class:`AdapterStage`.
     """
 
     def __init__(
@@ -242,8 +249,9 @@ class Onboard(AdapterStage):
         optimizer: OptimizerFactory,
         patience: int | None = 3,
         val_check_interval: float | int | None = None,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(optimizer, patience, val_check_interval)
+        super().__init__(optimizer, patience, val_check_interval, guard)
         self.source = Path(adapted)
         self.domain = domain
 
@@ -263,7 +271,7 @@ class Onboard(AdapterStage):
         self.index = schema.domains.index(self.domain)
         train_only_domain(net.adapter, self.index)
         self.loaded = {k: v.detach().clone() for k, v in net.adapter.state_dict().items()}
-        self.selection = DomainSelection(schema.domains, only=[self.domain], patience=self.patience)
+        self.selection = DomainSelection(schema.domains, only=[self.domain], patience=self.patience, guard=self.guard)
         return module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=self.optimizer)
 
     def after_fit(self, trainer: pl.Trainer, module: RankingModule) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,7 +11,7 @@ from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
 from mdrec.data.store import ColumnStore
 
 
-def _table(**overrides: list) -> datasets.Dataset:
+def _table(**overrides: list) -> pa.Table:
     cols = {
         "user": ["u2", "u1", "u2", "u3", None, "u1"],
         "item": [10, 2, 10, 7, 2, 99],
@@ -23,7 +22,7 @@ def _table(**overrides: list) -> datasets.Dataset:
         "hist": ["2|10", "", None, "7|2|10|99", "10", "x"],
     }
     cols.update(overrides)
-    return datasets.Dataset(pa.table(cols))
+    return pa.table(cols)
 
 
 SPEC = TableSpec(
@@ -160,14 +159,8 @@ def test_bad_input_names_column_row_and_value(overrides: dict, spec_changes: dic
 
 
 def test_empty_input_raises() -> None:
-    empty = datasets.Dataset(
-        pa.table(
-            {
-                "user": pa.array([], pa.string()),
-                "region": pa.array([], pa.string()),
-                "click": pa.array([], pa.int64()),
-            }
-        )
+    empty = pa.table(
+        {"user": pa.array([], pa.string()), "region": pa.array([], pa.string()), "click": pa.array([], pa.int64())}
     )
     spec = TableSpec(sparse=("user",), domain="region", labels=("click",))
     with pytest.raises(ValueError, match="'toy': the input has no rows"):
@@ -194,3 +187,37 @@ def test_first_uncastable_finds_the_first_bad_value_across_chunks() -> None:
     values = pa.chunked_array([["1", None, "2.5"], ["3", "oops", "x"]])
     assert first_uncastable(values, pa.float64()) == 4
     assert first_uncastable(pa.array(["z"]), pa.float64()) == 0
+
+
+def test_a_single_name_is_one_column() -> None:
+    spec = TableSpec(sparse="user", domain="region", labels="click", dense="price")
+    assert (spec.sparse, spec.labels, spec.dense) == (("user",), ("click",), ("price",))
+    assert encode_table(_table(), spec, "toy").schema.labels == ("click",)
+
+
+def test_patterns_expand_against_the_header() -> None:
+    header = ["id", "c_2", "num", "c_1", "dom", "y", "c_x"]
+    spec = TableSpec(sparse=("c_[0-9]", "id", "c_*"), domain="dom", labels="y", dense=("n*",), user="c_1")
+    expanded = spec.expand(header, "t.csv")
+    # in header order within each pattern, each column once, explicit names where they stand
+    assert expanded.sparse == ("c_2", "c_1", "id", "c_x") and expanded.dense == ("num",)
+    assert TableSpec(sparse=("*",), domain="dom", labels="y", dense=("num",)).expand(header, "t.csv").sparse == (
+        "id",
+        "c_2",
+        "c_1",
+        "c_x",
+    )  # a column another role names is left out of a pattern
+    assert spec.expand(header, "t.csv").expand(header, "t.csv") == expanded  # no pattern left: unchanged
+    with pytest.raises(ValueError, match=r"t\.csv: column\(s\) \['num'\] match both a sparse pattern"):
+        TableSpec(sparse=("*",), domain="dom", labels="y", dense=("n*",)).expand(header, "t.csv")
+    literal = TableSpec(sparse=("c_*", "c_?"), domain="dom", labels="y").expand(["c_*", "c_1", "dom", "y"], "t.csv")
+    assert literal.sparse == ("c_*", "c_1")  # a column named like a pattern is that column
+    with pytest.raises(ValueError, match=r"user column 'uid' must also be a sparse column"):
+        TableSpec(sparse=("c_*",), domain="dom", labels="y", user="uid")
+
+
+def test_encode_table_expands_patterns() -> None:
+    spec = TableSpec(sparse=("u*", "it?m"), domain="region", labels="click")
+    assert encode_table(_table(), spec, "toy").schema.sparse_names == ["user", "item"]
+    with pytest.raises(ValueError, match=r"data set 'toy': the sparse pattern 'x\*' matches no column; the columns"):
+        encode_table(_table(), TableSpec(sparse=("x*",), domain="region", labels="click"), "toy")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
+import re
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -19,6 +19,7 @@ from mdrec.data.sources import movielens as ml
 from mdrec.data.sources import raw
 from mdrec.data.sources.base import Source
 from mdrec.data.store import ColumnStore
+from tests.data.conftest import Served
 
 # ---- ML-1M fixture: 5 users (age codes 1, 56, 25, 18, 45), 4 movies (latin-1 title, quotes), 10 ratings ----
 USERS_1M = [
@@ -219,14 +220,15 @@ def test_damaged_cached_zip_is_ignored_for_the_cached_mirror(
     assert f"{raw / 'ml-1m.zip'}: md5 " in caplog.text and f"is not the expected {release_1m.md5}" in caplog.text
 
 
-def test_download_official_checks_md5(tmp_path: Path, release_1m: ml.Release, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_official_checks_md5(tmp_path: Path, release_1m: ml.Release, http: Served) -> None:
     good = official_1m(tmp_path / "good.zip").read_bytes()
-    monkeypatch.setattr(raw.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(good + b"x"))
-    with pytest.raises(ValueError, match="md5"):
-        ml.download_official(release_1m, tmp_path)
-    assert not list(tmp_path.glob("ml-1m.zip*"))  # neither the zip nor its partial download is left
-    monkeypatch.setattr(raw.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(good))
-    assert ml.download_official(release_1m, tmp_path).read_bytes() == good
+    http.data = good + b"x"
+    with pytest.raises(ValueError, match=rf"{re.escape(release_1m.url)}: MD5 hash .* does not match"):
+        ml.download_official(release_1m, tmp_path / "raw")
+    assert not list((tmp_path / "raw").iterdir())  # neither the zip nor a partial download is left
+    http.data = good
+    assert ml.download_official(release_1m, tmp_path / "raw").read_bytes() == good
+    assert http.urls == [release_1m.url] * 2 and http.timeouts == [raw.DOWNLOAD_TIMEOUT_S] * 2
 
 
 def test_mirror_md5_mismatch_raises(tmp_path: Path, release_1m: ml.Release, no_downloads: list[str]) -> None:

@@ -15,7 +15,6 @@ import re
 import tarfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -30,6 +29,7 @@ from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.splits import PredefinedSplit, RandomSplit
 from mdrec.data.store import ColumnStore
 from mdrec.train.run import train
+from tests.data.conftest import Served
 from tests.helpers import CONF_DIR, TrainCfg
 
 
@@ -504,32 +504,28 @@ def test_kuairand_archive_lacking_a_file_is_named(tmp_path: Path, monkeypatch: p
 
 
 def test_kuairand_download_checks_md5_and_caches(
-    tmp_path: Path, release_1k: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, release_1k: tuple[Path, dict[str, bytes]], http: Served
 ) -> None:
     archive, _ = release_1k
     good = archive.read_bytes()
-    urls: list[str] = []
-
-    def serve(data: bytes) -> Callable[[str, float], io.BytesIO]:
-        def urlopen(url: str, timeout: float) -> io.BytesIO:
-            urls.append(url)
-            return io.BytesIO(data)
-
-        return urlopen
-
     raw_dir = tmp_path / "raw"
-    monkeypatch.setattr(raw.urllib.request, "urlopen", serve(good[:-1] + b"x"))
-    with pytest.raises(RuntimeError, match=r"(?s)md5 .* is not the expected .*zenodo\.org/records/10439422"):
+    http.data = good[:-1] + b"x"
+    with pytest.raises(RuntimeError, match=r"(?s)MD5 hash .* does not match .*zenodo\.org/records/10439422"):
         kuairand.KuaiRand().encode(raw_dir)
-    assert not list(raw_dir.glob("KuaiRand-1K.tar.gz*"))  # nothing half-downloaded is left
-    monkeypatch.setattr(raw.urllib.request, "urlopen", serve(good))
+    assert not list(raw_dir.iterdir())  # nothing half-downloaded is left
+    http.data = good
     enc = kuairand.KuaiRand().encode(raw_dir)
     assert enc.report["raw"]["layout"] == "archive" and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
     kuairand.KuaiRand().encode(raw_dir)  # cached: no second download
-    assert urls == [kuairand.RELEASES["1k"].url] * 2
+    assert http.urls == [kuairand.RELEASES["1k"].url] * 2
     (raw_dir / "KuaiRand-1K.tar.gz").write_bytes(good[:100])  # a damaged cached archive is downloaded again
     kuairand.KuaiRand().encode(raw_dir)
-    assert urls == [kuairand.RELEASES["1k"].url] * 3 and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
+    assert http.urls == [kuairand.RELEASES["1k"].url] * 3 and (raw_dir / "KuaiRand-1K.tar.gz").read_bytes() == good
+    http.data = None
+    (raw_dir / "KuaiRand-1K.tar.gz").unlink()
+    advice = r"(?s)cannot get KuaiRand-1K\.tar\.gz: .*no network.* Download it from .* or set data\.source\.path"
+    with pytest.raises(RuntimeError, match=advice):
+        kuairand.KuaiRand().encode(raw_dir)
     (tmp_path / "other.tar.gz").write_bytes(good + b"x")
     with pytest.raises(ValueError, match=r"other\.tar\.gz has md5 .* not the published"):
         kuairand.KuaiRand(path=str(tmp_path / "other.tar.gz")).encode(raw_dir)

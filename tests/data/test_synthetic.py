@@ -58,7 +58,21 @@ def test_per_domain_relatedness_and_bad_settings() -> None:
     with pytest.raises(ValueError, match=r"relatedness 1.5 must be in \[0, 1\]"):
         SyntheticSource(relatedness=1.5)
     with pytest.raises(ValueError, match="domain_shares"):
-        SyntheticSource(num_domains=2, domain_shares=[1.0])
+        SyntheticSource(num_domains=2, domain_shares=[1.0, 0.0])
+    with pytest.raises(ValueError, match="domain_shares"):
+        SyntheticSource(num_domains=2, domain_shares=[])
+
+
+def test_a_share_profile_stretches_to_any_number_of_domains() -> None:
+    long_tail = [0.6, 0.3, 0.08, 0.02]  # the config's default
+    np.testing.assert_array_equal(synthetic.stretched_shares(long_tail, 4), long_tail)  # K = 4: as listed
+    # K = 3: the cumulative curve 0, .6, .9, .98, 1 at x = 0, 1/4, .., 1, read at 1/3 (0.7) and 2/3 (0.9 + 0.08 / 1.5)
+    thirds = [0.7, 0.2 + 0.16 / 3, 0.02 + 0.08 / 3]
+    np.testing.assert_allclose(synthetic.stretched_shares(long_tail, 3), thirds, rtol=1e-12)
+    np.testing.assert_allclose(synthetic.stretched_shares([1.0], 5), [0.2] * 5, rtol=1e-12)  # one value: uniform
+    src = SyntheticSource(num_rows=80_000, num_domains=8, domain_shares=long_tail)
+    share = np.bincount(src.generate()["domain"], minlength=8) / 80_000
+    np.testing.assert_allclose(share, [0.3, 0.3, 0.15, 0.15, 0.04, 0.04, 0.01, 0.01], atol=0.006)
 
 
 def test_chunked_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,12 @@ from omegaconf import OmegaConf
 
 from mdrec.data.ingest import SequenceSpec, TableSpec
 from mdrec.data.schema import SPLIT_COLUMN, seq_length_column
+from mdrec.data.sources import tabular
 from mdrec.data.sources.base import Source, fingerprint
 from mdrec.data.sources.tabular import TabularSource
 from mdrec.data.store import ColumnStore
+from mdrec.train.typecheck import check_types
+from tests.helpers import compose_train
 
 CSV = """user,zip,country,price,click,ts,history
 u1,02134,de,1.5,1,100,a|b
@@ -39,7 +43,7 @@ def test_csv_pool(tmp_path: Path) -> None:
     assert store.column("click").tolist() == [1, 0, 1, 0]
     np.testing.assert_allclose(store.column("price"), [1 / 3, 2 / 3, 1.0, 0.0], rtol=1e-6)
     assert store.column("ts").tolist() == [100, 101, 102, 103]
-    assert (tmp_path / "raw" / "hf").is_dir()  # Arrow cache of the parsed files
+    assert (tmp_path / "raw" / "arrow").is_dir()  # Arrow cache of the parsed files
 
 
 def test_tsv_with_delimited_sequence(tmp_path: Path) -> None:
@@ -224,3 +228,71 @@ def test_file_listed_twice_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'.*d\.csv' \(2 times, by data_files\)\. List each file once"):
         src.encode(tmp_path / "raw")
     assert len(TabularSource("shop", SPEC, data_files=same[:1]).encode(tmp_path / "raw").columns["click"]) == 4
+
+
+WIDE_CSV = """user,cat_b,num_x,region,cat_a,click,note
+u1,x,1.0,de,p,1,a
+u2,y,2.0,fr,q,0,b
+u1,x,3.0,de,q,1,c
+"""
+
+
+def test_single_names_and_patterns_from_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(WIDE_CSV)
+    cfg = compose_train(
+        tmp_path,
+        [
+            "data=tabular",
+            "data.source.name=shop",
+            f"data.source.data_files=[{tmp_path / 'd.csv'}]",
+            "data.source.spec.sparse=[user,cat_*]",
+            "data.source.spec.dense=num_*",
+            "data.source.spec.domain=region",
+            "data.source.spec.labels=click",
+            "data.source.spec.user=user",
+        ],
+    )
+    check_types(cfg)  # a single name where a list is expected is accepted
+    src = instantiate(cfg.data.source)
+    assert src.spec.labels == ("click",) and src.spec.dense == ("num_*",)  # one column, not one per character
+    enc = src.encode(tmp_path / "raw")
+    assert enc.schema.sparse_names == ["user", "cat_b", "cat_a"]  # patterns expand in the file's column order
+    assert enc.schema.dense == ("num_x",) and enc.schema.labels == ("click",)
+    assert enc.columns["cat_a"].tolist() == [1, 2, 2] and enc.schema.user_field == "user"
+
+
+def test_a_pattern_matching_nothing_names_it_and_lists_the_header(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text(WIDE_CSV)
+    spec = TableSpec(sparse=("user", "feat_*"), domain="region", labels="click")
+    header = "['user', 'cat_b', 'num_x', 'region', 'cat_a', 'click', 'note']"
+    match = rf"file '.*d\.csv': the sparse pattern 'feat_\*' matches no column; the columns are {re.escape(header)}"
+    with pytest.raises(ValueError, match=match):
+        TabularSource("shop", spec, data_files=str(tmp_path / "d.csv")).encode(tmp_path / "raw")
+
+
+def test_parquet_files_of_other_types_are_cast_or_refused(tmp_path: Path) -> None:
+    table = {"user": ["u1", "u2"], "country": ["de", "fr"], "click": [1, 0], "price": [1.5, 2.5]}
+    pq.write_table(pa.table(table), tmp_path / "a.parquet")
+    pq.write_table(pa.table({**table, "price": [1, 2]}), tmp_path / "b.parquet")  # int64: cast to double
+    spec = TableSpec(sparse="user", domain="country", labels="click", dense="price")
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    enc = TabularSource("shop", spec, data_files=files).encode(tmp_path / "raw")
+    np.testing.assert_allclose(enc.columns["price"], [0.5 / 1.5, 1.5 / 1.5, 0.0, 1 / 1.5], rtol=1e-6)
+    pq.write_table(pa.table({**table, "price": ["cheap", "dear"]}), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match=r"file '.*c\.parquet' has columns \(.*price: string.*\) that cannot be read"):
+        TabularSource("shop", spec, data_files=[*files, str(tmp_path / "c.parquet")]).encode(tmp_path / "raw")
+
+
+def test_the_example_files_prepare_with_the_readme_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tabular.main(["--example", str(tmp_path / "shop"), "--rows", "1000"])
+    files = {split: tmp_path / "shop" / f"{split}.csv" for split in ("train", "val", "test")}
+    assert capsys.readouterr().out.split() == [str(p) for p in files.values()]
+    spec = TableSpec(sparse=("user", "item", "cat_*"), domain="region", labels="click", dense="price", user="user")
+    src = TabularSource(
+        "shop", spec, train_files=str(files["train"]), val_files=str(files["val"]), test_files=str(files["test"])
+    )
+    enc = src.encode(tmp_path / "raw")
+    assert enc.schema.sparse_names == ["user", "item", "cat_a", "cat_b", "cat_c"]
+    assert enc.schema.domains == ("north", "south", "west")
+    assert enc.report["rows_per_split"] == {"train": 800, "val": 100, "test": 100}
+    assert 0.05 < enc.columns["click"].mean() < 0.95

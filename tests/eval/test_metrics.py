@@ -8,7 +8,16 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from mdrec.eval.metrics import GatheredRows, domain_metrics, gauc, grouped_auc, grouped_logloss
+from mdrec.eval.metrics import (
+    GAUC,
+    DomainAUC,
+    GatheredRows,
+    domain_metrics,
+    gauc,
+    grouped_auc,
+    grouped_logloss,
+    known_user_gauc,
+)
 
 
 def test_grouped_auc_matches_torchmetrics_with_ties() -> None:
@@ -66,3 +75,64 @@ def test_gauc_skips_unknown_users() -> None:
     # user 5 has AUC 1; the id-0 rows (several unknown users) would score 0 if taken as one user
     m = domain_metrics(probs, labels, torch.zeros(6, dtype=torch.long), ["a"], users=torch.tensor([5, 5, 0, 0, 0, 0]))
     assert m["gauc"] == 1.0 and m["gauc/a"] == 1.0
+
+
+def _rows(n: int, users: int, domains: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(n, generator=g).round(decimals=2)  # ties
+    labels = (torch.rand(n, generator=g) < probs).long()
+    return probs, labels, torch.randint(0, users, (n,), generator=g), torch.randint(0, domains, (n,), generator=g)
+
+
+def test_metric_classes_equal_the_functions_over_batches() -> None:
+    probs, labels, users, domain = _rows(3000, 200, 4, seed=1)
+    auc, overall, per_domain = DomainAUC(num_domains=4), GAUC(), GAUC(num_domains=4)
+    for part in torch.arange(3000).split(700):  # uneven batches
+        auc.update(probs[part], labels[part], domain[part])
+        overall.update(probs[part], labels[part], users[part])
+        per_domain.update(probs[part], labels[part], users[part], domain[part])
+    expected = domain_metrics(probs, labels, domain, ["a", "b", "c", "d"], users)
+    assert auc.compute().tolist() == pytest.approx([expected[f"auc/{d}"] for d in "abcd"], abs=1e-12)
+    assert float(overall.compute()) == pytest.approx(expected["gauc"], abs=1e-12)
+    assert per_domain.compute().tolist() == pytest.approx([expected[f"gauc/{d}"] for d in "abcd"], abs=1e-12)
+    assert float(overall.compute()) == pytest.approx(float(gauc(*(t[users > 0] for t in (probs, labels, users)))[0]))
+
+
+def test_metric_classes_by_hand() -> None:
+    # domain 0: users 1 and 2; domain 1: user 3 and the unknown user 0
+    probs = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.6, 0.7, 0.3, 0.4, 0.5])
+    labels = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0, 1])
+    users = torch.tensor([1, 1, 2, 2, 2, 3, 3, 0, 0])
+    domain = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    auc = DomainAUC(num_domains=3)
+    auc.update(probs, labels, domain)
+    # domain 0: positives 0.9, 0.2, 0.6 against negatives 0.1, 0.8: 4 of 6 pairs ordered; domain 1: positives 0.3,
+    # 0.5 against negatives 0.7, 0.4: 1 of 4; domain 2 has no rows
+    assert auc.compute()[:2].tolist() == pytest.approx([4 / 6, 1 / 4]) and math.isnan(float(auc.compute()[2]))
+    metric = GAUC(num_domains=2)
+    metric.update(probs, labels, users, domain)
+    # user 1: AUC 1 (2 rows); user 2: positives 0.2, 0.6 against 0.8: AUC 0 (3 rows); user 3: AUC 0 (2 rows); user 0
+    # left out -> domain 0: (2 * 1 + 3 * 0) / 5, domain 1: 0
+    assert metric.compute().tolist() == pytest.approx([2 / 5, 0.0])
+    with pytest.raises(ValueError, match=r"GAUC\(num_domains=2\)\.update takes the domain of each row when"):
+        metric.update(probs, labels, users)
+
+
+def test_metric_states_are_gathered_from_every_process() -> None:
+    """Under DDP, ``compute`` gathers each state from every process (``dist_reduce_fx="cat"``): simulated with a
+    gather that returns this process's rows and a second process's, whose scores are inverted."""
+    probs, labels, users, domain = _rows(400, 30, 2, seed=2)
+
+    def gather(tensor: torch.Tensor, group: object = None) -> list[torch.Tensor]:
+        return [tensor, 1 - tensor if tensor.is_floating_point() else tensor]
+
+    options = {"dist_sync_fn": gather, "distributed_available_fn": lambda: True}
+    auc, metric = DomainAUC(num_domains=2, **options), GAUC(num_domains=2, **options)
+    auc.update(probs, labels, domain)
+    metric.update(probs, labels, users, domain)
+    both = [torch.cat([t, 1 - t if t.is_floating_point() else t]) for t in (probs, labels, users, domain)]
+    assert auc.compute().tolist() == pytest.approx(grouped_auc(both[0], both[1], both[3], 2)[0].tolist())
+    assert metric.compute().tolist() == pytest.approx(known_user_gauc(both[0], both[1], both[2], both[3], 2).tolist())
+    assert auc.compute().tolist() != pytest.approx(grouped_auc(probs, labels, domain, 2)[0].tolist())
+    with pytest.raises(ValueError, match="Unexpected keyword arguments: `sync_on_comput`"):
+        GAUC(sync_on_comput=False)  # a misspelt option is refused, not swallowed

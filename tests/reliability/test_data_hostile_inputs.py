@@ -18,12 +18,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,16 +44,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
 HOSTILE = settings.get_profile("hostile")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars: hundreds of tiny files are parsed here."""
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    yield
-    if enabled:
-        datasets.enable_progress_bars()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -475,7 +463,7 @@ def test_header_only_and_empty_files_are_named(table: Table, bom: bool) -> None:
 
 
 def test_a_file_edited_in_place_is_parsed_again(tmp_path: Path) -> None:
-    """The parsed copy of a file under ``raw_dir/hf`` is reused only while the file's size and modification time
+    """The parsed copy of a file under ``raw_dir/arrow`` is reused only while the file's size and modification time
     are unchanged: a file edited in place, to the same size, is parsed again, never served stale."""
     path = tmp_path / "data.csv"
     path.write_text("id,d,y\na,de,1\n")
@@ -698,7 +686,7 @@ def good_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     spec = TableSpec(sparse=("user", "item"), domain="region", labels=("click",), dense=("price",), time="ts")
     split = (np.arange(rows) % 3).astype(np.int8)
-    enc = encode_table(datasets.Dataset(raw), spec, "good", vocab_mask=split == 0, split=split)
+    enc = encode_table(raw, spec, "good", vocab_mask=split == 0, split=split)
     return enc.write(tmp_path_factory.mktemp("good") / "store")
 
 

@@ -98,13 +98,13 @@ def test_a_killed_parse_of_a_csv_file_is_removed_by_the_next_preparation(tmp_pat
         val_files=str(tmp_path / "val.csv"),
         test_files=str(tmp_path / "test.csv"),
     )
-    hf = tmp_path / "data" / "raw" / "hf"
-    hf.mkdir(parents=True)
-    stale = temporary(hf, "train.csv-0123456789abcdef.arrow", dead_pid(), is_dir=False)
-    live = temporary(hf, "val.csv-0123456789abcdef.arrow", os.getpid(), is_dir=False)
+    cache = tmp_path / "data" / "raw" / "arrow"
+    cache.mkdir(parents=True)
+    stale = temporary(cache, "train.csv-0123456789abcdef.arrow", dead_pid(), is_dir=False)
+    live = temporary(cache, "val.csv-0123456789abcdef.arrow", os.getpid(), is_dir=False)
     MultiDomainDataModule(source, PredefinedSplit(), data_dir=str(tmp_path / "data")).prepare_data()
     assert not stale.exists() and live.exists()
-    assert len([p for p in hf.iterdir() if p.suffix == ".arrow"]) == 3  # the three parsed files, cached
+    assert len([p for p in cache.iterdir() if p.suffix == ".arrow"]) == 3  # the three parsed files, cached
 
 
 def test_a_store_being_written_is_a_temporary_named_with_its_pid_and_host(tmp_path: Path) -> None:

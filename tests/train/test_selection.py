@@ -16,7 +16,7 @@ from torch import nn
 from mdrec.nn.parameter import DomainParameter
 from mdrec.rundir import RunDir
 from mdrec.train.run import train
-from mdrec.train.selection import DomainSelection
+from mdrec.train.selection import DomainSelection, Guard
 from tests.helpers import TrainCfg
 
 
@@ -26,6 +26,7 @@ class Slices(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.w = DomainParameter(torch.zeros(3, 2))
+        self.last_validation: dict[str, np.ndarray] = {}  # as RankingModule keeps it: prob [n, 1], label, domain
 
 
 def validate(selection: DomainSelection, module: Slices, fn: str, epoch: int, aucs: dict[str, float]) -> None:
@@ -60,6 +61,71 @@ def test_a_domain_without_validation_auc_keeps_step_0_and_does_not_hold_off_stop
     # the evaluation of the selected model after fitting is no candidate
     validate(selection, module, "validate", 1, {"a": 0.9, "b": 0.9, "e": math.nan})
     assert selection.best_epoch == {"a": 0, "b": -1, "e": -1}
+
+
+def guarded_run(guard: Guard, steps: list[tuple[np.ndarray, dict[str, float]]]) -> DomainSelection:
+    """Per-domain selection over domains a, b, c with ``guard``: step 0, then one epoch per entry of ``steps``
+    after the first (each: the validation probabilities and the logged AUCs); every epoch adds 1 to every slice."""
+    module, selection = Slices(), DomainSelection(["a", "b", "c"], guard=guard)
+    labels, domain = VAL_LABELS, VAL_DOMAIN
+    trainer = None
+    for epoch, (prob, aucs) in enumerate(steps):
+        module.last_validation = {"prob": prob[:, None], "label": labels[:, None], "domain": domain}
+        trainer = validate(selection, module, "validate" if epoch == 0 else "fit", epoch - 1, aucs)
+        with torch.no_grad():
+            module.w += 1.0
+    selection.on_fit_end(trainer, module)
+    selection.module = module
+    return selection
+
+
+# validation rows: a and b have 4 rows each (2 negatives, 2 positives), c has 40 (20, 20)
+VAL_DOMAIN = np.array([0] * 4 + [1] * 4 + [2] * 40)
+VAL_LABELS = np.array([0, 0, 1, 1] * 2 + [0, 1] * 20, dtype=np.float32)
+
+
+def test_the_guard_keeps_step_0_where_the_gain_is_not_significant_or_the_rows_too_few() -> None:
+    # step 0 ranks every domain in reverse (AUC 0); epoch 0 ranks a and c perfectly (AUC 1) and b as step 0 did
+    reverse, perfect = 1.0 - VAL_LABELS, VAL_LABELS.copy()
+    epoch0 = np.where(VAL_DOMAIN == 1, reverse, perfect)
+    steps = [(reverse, {"a": 0.0, "b": 0.0, "c": 0.0}), (epoch0, {"a": 1.0, "b": 0.0, "c": 1.0})]
+    # a perfect ranking against a reversed one wins on every resample (with both classes): the bound is exactly 1
+    selection = guarded_run(Guard(confidence=0.9), steps)
+    assert selection.best_epoch == {"a": 0, "b": -1, "c": 0}
+    assert selection.gain_low == {"a": 1.0, "c": 1.0}
+    assert selection.module.w[:, 0].tolist() == [1.0, 0.0, 1.0]
+    # min_rows: the 4 validation rows of a and b are too few to adopt anything (b kept step 0 anyway), c's 40 are enough
+    selection = guarded_run(Guard(min_rows=10), steps)
+    assert selection.best_epoch == {"a": -1, "b": -1, "c": 0} and selection.too_few_rows == {"a", "b"}
+    assert selection.module.w[:, 0].tolist() == [0.0, 0.0, 1.0]  # served: step 0 for a
+    metrics = selection.metrics()
+    assert metrics["selection/too_few_rows/a"] == 1.0 and metrics["selection/too_few_rows/c"] == 0.0
+    # a higher validation AUC on the same predictions as step 0 (a gain of exactly 0 on every resample) is no gain
+    same = [(reverse, {"a": 0.0, "b": 0.0, "c": 0.0}), (reverse, {"a": 0.5, "b": 0.0, "c": 0.5})]
+    selection = guarded_run(Guard(confidence=0.6), same)
+    assert selection.best_epoch == {"a": -1, "b": -1, "c": -1}
+    assert selection.not_significant == {"a", "c"} and selection.gain_low == {"a": 0.0, "c": 0.0}
+    assert selection.metrics()["selection/not_significant/c"] == 1.0
+
+
+def test_the_guard_bound_is_the_bootstrap_percentile_of_the_paired_auc_gain() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.3).astype(np.float32)
+    step0 = rng.random(300)
+    best = step0 + 0.3 * labels  # better on average
+    guard = Guard(confidence=0.9, num_resamples=200, seed=3)
+    counts = np.random.default_rng((3 + 2, 1)).multinomial(300, np.full(300, 1 / 300), size=200)  # domain 2
+    gains = []
+    for c in counts:  # by hand: the weighted Mann-Whitney AUC of each model on each resample
+        auc = []
+        for s in (best, step0):
+            pos, neg = np.repeat(s[labels == 1], c[labels == 1]), np.repeat(s[labels == 0], c[labels == 0])
+            auc.append(
+                ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
+                / (pos.size * neg.size)
+            )
+        gains.append(auc[0] - auc[1])
+    assert guard.gain_low(best, step0, labels, 2) == pytest.approx(np.percentile(gains, 10), abs=1e-12)
 
 
 def write_sites(directory: Path, seed: int = 0) -> list[str]:
@@ -106,3 +172,13 @@ def test_step_0_is_a_candidate_with_and_without_testing(train_cfg: TrainCfg, ada
     assert -1.0 in chosen.values()
     assert {k: v for k, v in untested.items() if k.startswith("selection/")} == chosen
     assert "test/auc" not in untested and "zeroshot/val/auc" in untested
+
+
+def test_a_guard_no_domain_passes_serves_the_pre_trained_model(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    cfg = train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1", "stage.guard.min_rows=1000000000"])
+    metrics = train(cfg)
+    domains = [k.split("/")[-1] for k in metrics if k.startswith("selection/too_few_rows/")]
+    assert len(domains) == 4 and all(metrics[f"selection/too_few_rows/{d}"] == 1.0 for d in domains)
+    assert all(metrics[f"selection/epoch/{d}"] == -1.0 for d in domains)
+    predictions = RunDir(Path(cfg.paths.output_dir)).read_predictions()
+    assert np.array_equal(predictions["prob"], predictions["zeroshot_prob"])

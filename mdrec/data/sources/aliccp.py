@@ -52,7 +52,6 @@ import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table, first_uncastable
 from mdrec.data.schema import SPLIT_NAMES
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import BLOCK_BYTES, KeyIndex, find_files, found_signature, login_advice, stream_csv
 
 log = logging.getLogger(__name__)
@@ -316,7 +315,7 @@ class AliCCP:
             dense_scaling="minmax",
         )
         table = table.select(spec.columns())
-        encoded = encode_table(source_dataset(table, self), spec, self.dataset_id, vocab_mask=split == 0, split=split)
+        encoded = encode_table(table, spec, self.dataset_id, vocab_mask=split == 0, split=split)
         encoded.report["raw"] = {
             "files": {s: {k: str(p) for k, p in f.items()} for s, f in files.items()},
             "rows_read": {"train": train_counts["read"], "test": test_counts["read"]},

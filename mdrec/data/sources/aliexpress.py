@@ -49,7 +49,6 @@ import pyarrow.compute as pc
 
 from mdrec.data.ingest import DENSE_SCALINGS, EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import (
     BLOCK_BYTES,
     KeyIndex,
@@ -272,7 +271,7 @@ class AliExpress:
             dense_scaling=self.dense_scaling,
         )
         table = pa.concat_tables(tables).select(spec.columns())
-        encoded = encode_table(source_dataset(table, self), spec, self.dataset_id, vocab_mask=split == 0, split=split)
+        encoded = encode_table(table, spec, self.dataset_id, vocab_mask=split == 0, split=split)
         encoded.report["raw"] = {
             "files": {"/".join(k): str(f) for k, f in files.items()},
             "item_rows": counts,

@@ -1,5 +1,4 @@
-"""What every data source provides: a stable fingerprint and a ``prepare`` that writes a column store; and the
-hand-over of a parsed in-memory table to ``encode_table`` (``source_dataset``)."""
+"""What every data source provides: a stable fingerprint and a ``prepare`` that writes a column store."""
 
 from __future__ import annotations
 
@@ -8,9 +7,6 @@ import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-
-import datasets
-import pyarrow as pa
 
 # Bump when the prepared format or any source's preparation changes, so stale caches are rebuilt.
 PREPARE_VERSION = 2
@@ -45,13 +41,3 @@ def fingerprint(source: object) -> str:
         default=str,
     )
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
-
-
-def source_dataset(table: pa.Table, source: object, layout: str | None = None) -> datasets.Dataset:
-    """A source's parsed in-memory ``table`` as the ``datasets.Dataset`` that ``encode_table`` takes.
-
-    Its fingerprint is ``fingerprint(source)``, followed by ``-<layout>`` when the source reads more than one raw
-    layout: without an explicit one, ``datasets`` would hash (pickle) the whole table.
-    """
-    key = fingerprint(source)
-    return datasets.Dataset(table, fingerprint=key if layout is None else f"{key}-{layout}")

@@ -4,7 +4,7 @@ Raw data (CC BY-SA 4.0) come from zenodo (https://zenodo.org/records/10439422). 
 
 1. ``path``, when given: the release's ``.tar.gz`` (md5 checked) or the folder it extracts to;
 2. the archive cached in ``raw_dir`` when its md5 matches;
-3. a download from zenodo into ``raw_dir`` (short timeout, md5 checked).
+3. a download from zenodo into ``raw_dir`` (``pooch``: short timeout, md5 checked).
 
 The archive is read in place (one streaming pass over the tar, nothing extracted). Files, all comma-separated
 with a header (docs/datasets.md, KuaiRand): the interaction logs ``log_standard_4_08_to_4_21_<v>.csv`` and
@@ -38,7 +38,6 @@ has a measured figure per row).
 
 from __future__ import annotations
 
-import logging
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,20 +47,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, TableSpec, encode_table
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import (
     CsvSource,
     KeyIndex,
     download,
     file_signature,
     find_files,
-    is_cached,
     md5_file,
     missing_files,
     read_csv,
 )
-
-log = logging.getLogger(__name__)
 
 ZENODO = "https://zenodo.org/records/10439422"
 LOGS = ("log_standard_4_08_to_4_21", "log_standard_4_22_to_5_08")
@@ -194,12 +189,8 @@ class KuaiRand:
                     f"damaged or another release: download it again from {ZENODO}"
                 )
             return "archive", path
-        cached = Path(raw_dir) / release.archive
-        if is_cached(cached, release.md5):
-            return "archive", cached
-        log.info("downloading %s (%s)", release.url, release.name)
-        try:
-            return "archive", download(release.url, cached, release.md5)
+        try:  # the archive cached in raw_dir when its md5 matches, else downloaded (again)
+            return "archive", download(release.url, Path(raw_dir) / release.archive, release.md5)
         except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; ValueError: md5 mismatch
             raise RuntimeError(
                 f"cannot get {release.archive}: {e}. Download it from {ZENODO} (md5 {release.md5}) into "
@@ -276,7 +267,7 @@ class KuaiRand:
             time=TIME,
             dense_scaling="minmax",
         )
-        encoded = encode_table(source_dataset(pa.table(columns), self, kind), spec, self.dataset_id)
+        encoded = encode_table(pa.table(columns), spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),

