@@ -204,17 +204,19 @@ class Encoding:
         )
 
     def lookup(self, name: str, aliases: Mapping[str, str] | None = None) -> tuple[pa.Array, np.ndarray]:
-        """Field ``name``'s lookup: ``(values [M] strings, ids [M])``, the aliases' targets first (their source
-        value's id), then the vocabulary's values but those the aliases redefine; unseen ids map to 0."""
-        vocabulary = self.vocabularies[name]
+        """Field ``name``'s lookup: ``(values [M] strings, ids [M])``, the aliases' targets first (the id of their
+        source value, which must be in the vocabulary: :func:`read_mapping` checks it), then the vocabulary's values
+        but those the aliases redefine; unseen ids are 0."""
+        vocabulary = pa.array(self.vocabularies[name], pa.string())
         ids = np.arange(1, len(vocabulary) + 1)
         ids[np.asarray(self.unseen.get(name, []), dtype=np.int64) - 1] = 0
-        aliases = dict(aliases or {})
-        position = {v: i for i, v in enumerate(vocabulary)} if aliases else {}
-        alias_ids = np.array([ids[position[s]] for s in aliases.values()], dtype=np.int64)
-        keep = np.array([v not in aliases for v in vocabulary], dtype=bool) if aliases else np.ones(len(ids), bool)
-        values = pa.array([*aliases, *(v for v, k in zip(vocabulary, keep, strict=True) if k)], pa.string())
-        return values, np.concatenate([alias_ids, ids[keep]]).astype(np.int64)
+        if not aliases:
+            return vocabulary, ids
+        targets, sources = pa.array(list(aliases), pa.string()), pa.array(list(aliases.values()), pa.string())
+        alias_ids = ids[pc.index_in(sources, value_set=vocabulary).to_numpy(zero_copy_only=False).astype(np.int64)]
+        keep = pc.invert(pc.is_in(vocabulary, value_set=targets))
+        values = pa.concat_arrays([targets, vocabulary.filter(keep)])
+        return values, np.concatenate([alias_ids, ids[keep.to_numpy(zero_copy_only=False)]])
 
     def fitted(self, mappings: Mapping[str, Mapping[str, str]] | None = None) -> Fitted:
         """What ``encode_table`` encodes with (``mdrec.data.ingest.Fitted``): the vocabularies, each field's

@@ -38,6 +38,7 @@ from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.onboarding import (
+    INITS,
     GateOptions,
     NegativeTransferError,
     NoNewDomainRowsError,
@@ -294,7 +295,8 @@ class Onboard(AdapterStage):
         val_check_interval: float | int | None = None,
     ) -> None:
         super().__init__(optimizer, patience, val_check_interval)
-        init_weights(torch.zeros(1, 1), init, temperature)  # an unknown init or a bad temperature fails here
+        if init not in INITS or temperature <= 0:
+            raise ValueError(f"stage.init={init!r} must be one of {INITS}, stage.temperature={temperature} > 0")
         self.source = Path(adapted)
         self.requested = list(domains) if domains is not None else None
         self.init, self.temperature = init, temperature
