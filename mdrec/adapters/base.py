@@ -109,9 +109,12 @@ def grow(adapter: Adapter, fresh: Adapter) -> Adapter:
         ValueError: an entry neither keeps its shape nor grows along its first dimension by n (names the entry).
 
     Example:
-        >>> grown = grow(LoRA(schema, backbone), LoRA(replace(schema, domains=(*schema.domains, "new")), backbone))
-        >>> grown.num_domains == schema.num_domains + 1
-        True
+        >>> from dataclasses import replace
+        >>> from mdrec.adapters.lora import LoRA
+        >>> old = LoRA(schema, backbone, rank=2)
+        >>> grown = grow(old, LoRA(replace(schema, domains=(*schema.domains, "new")), backbone, rank=2))
+        >>> grown.deltas["output"].a.shape[0], torch.equal(grown.deltas["output"].a[:3], old.deltas["output"].a)
+        (4, True)
     """
     k, total = adapter.num_domains, fresh.num_domains
     own, trained = fresh.state_dict(), adapter.state_dict()

@@ -40,6 +40,7 @@ from mdrec.data.ingest import DENSE_SCALINGS, Fitted, SequenceSpec, TableSpec, e
 from mdrec.data.schema import Schema
 from mdrec.data.sources.raw import file_signature
 from mdrec.data.sources.tabular import MissingColumnsError, RawRows, TabularSource
+from mdrec.data.store import ColumnStore  # noqa: F401 (the example)
 from mdrec.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,12 @@ class Encoding:
         scalers: per dense column, ``(shift, scale)``: x becomes ``(x - shift) / scale``.
 
     Example:
-        >>> enc = Encoding(schema, {"user_id": [f"u{i}" for i in range(1, 10)], ...}, {}, "none", {"age": (0.0, 1.0)})
-        >>> enc.spec().sparse
-        ('user_id', 'movie_id', 'genre')
+        >>> users, movies = [f"u{i}" for i in range(1, 10)], [f"m{i}" for i in range(1, 20)]
+        >>> enc = Encoding(schema, {"user_id": users, "movie_id": movies, "genre": ["a", "b", "c", "d"]},
+        ...                unseen={"genre": [2]}, scalers={"age": (0.0, 1.0)})
+        >>> values, ids = enc.lookup("genre", {"x": "c"})  # "x" means "c"; "b" (id 2) was never trained
+        >>> values.to_pylist(), ids.tolist()
+        (['x', 'a', 'b', 'c', 'd'], [3, 1, 0, 3, 4])
     """
 
     schema: Schema
@@ -338,8 +342,17 @@ class AlignedSource:
         sequence_delimiter: the separator of the sequence column when it holds delimited strings (None: lists).
 
     Example:
-        >>> src = AlignedSource("partner", run="logs/adapt", train_files=["p/train.csv"], val_files=["p/val.csv"],
-        ...                     test_files=["p/test.csv"], mappings={"cat_1": "p/cat_1_mapping.csv"})
+        >>> vocab = {"user_id": [f"u{i}" for i in range(1, 10)], "movie_id": [f"m{i}" for i in range(1, 20)],
+        ...          "genre": ["a", "b", "c", "d"]}
+        >>> Encoding(schema, vocab, scalers={"age": (0.0, 1.0)}).save(tmp_dir / "run")
+        >>> _ = (tmp_dir / "p.csv").write_text("user_id,movie_id,genre,age,domain,click\\nu1,m2,G3,0.5,new,1\\n")
+        >>> _ = (tmp_dir / "g.csv").write_text("target_value,source_value\\nG3,c\\n")
+        >>> src = AlignedSource("partner", str(tmp_dir / "run"), data_files=str(tmp_dir / "p.csv"),
+        ...                     mappings={"genre": str(tmp_dir / "g.csv")})
+        >>> src.prepare(tmp_dir / "partner", tmp_dir / "raw")
+        >>> store = ColumnStore(tmp_dir / "partner")
+        >>> store.schema.domains, [int(store.column(c)[0]) for c in ("user_id", "movie_id", "genre", "domain")]
+        (('d0', 'd1', 'd2', 'new'), [1, 2, 3, 3])
     """
 
     name: str
