@@ -69,12 +69,20 @@ def split_rows(data: MultiDomainDataModule, split: str, domains: Sequence[int]) 
     return rows[np.isin(data.split_column(split, data.schema.domain_field), domains)]
 
 
-def batches(data: MultiDomainDataModule, rows: np.ndarray, domain: int | None = None) -> Iterator[Batch]:
-    """``rows`` of the store as batches of ``data.eval_batch_size`` (ids mapped as in training); ``domain``: every
-    row routed to that domain id instead of its own."""
+def batches(
+    data: MultiDomainDataModule, rows: np.ndarray, domain: int | None = None, device: torch.device | None = None
+) -> Iterator[Batch]:
+    """``rows`` of the store as batches of ``data.eval_batch_size`` (ids mapped as in training) on ``device`` (None:
+    the CPU); ``domain``: every row routed to that domain id instead of its own."""
     for start in range(0, len(rows), data.eval_batch_size):
         batch = data.on_before_batch_transfer(data.store.take(rows[start : start + data.eval_batch_size]), 0)
-        yield batch if domain is None else replace(batch, domain=torch.full_like(batch.domain, domain))
+        batch = batch if domain is None else replace(batch, domain=torch.full_like(batch.domain, domain))
+        yield batch if device is None else batch.to(device)
+
+
+def device_of(net: AdaptedNet) -> torch.device:
+    """Where ``net``'s weights are."""
+    return next(net.parameters()).device
 
 
 @torch.no_grad()
@@ -84,10 +92,10 @@ def routed_logloss(net: AdaptedNet, data: MultiDomainDataModule, rows: np.ndarra
     net.eval()
     out = torch.zeros(len(domains), dtype=torch.float64)
     for i, d in enumerate(domains):
-        for batch in batches(data, rows, d):
+        for batch in batches(data, rows, d, device_of(net)):
             logits = net(batch).logits
             bce = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]], reduction="none")
-            out[i] += bce.mean(1).sum().double()
+            out[i] += bce.mean(1).sum().double().cpu()
     return out / max(len(rows), 1)
 
 
@@ -147,14 +155,15 @@ def other_domains_change(
     the other domains (the onboarded ones, which ``before`` cannot score as themselves: new data may hold no row of
     the old domains at all). Both models run the same batches in eval mode.
     """
-    before.eval(), after.eval()
+    device = device_of(after)
+    before.to(device).eval(), after.eval()
     kept = [d for d in range(k) if d not in trained]
     change, compared = 0.0, 0
     routes = [(split_rows(data, "test", kept), None)]
     others = split_rows(data, "test", [d for d in range(data.schema.num_domains) if d not in kept])
     routes += [(others, d) for d in kept]
     for rows, domain in routes:
-        for batch in batches(data, rows, domain):
+        for batch in batches(data, rows, domain, device):
             diff = torch.sigmoid(before(batch).logits) - torch.sigmoid(after(batch).logits)
             change = max(change, float(diff.abs().max()) if diff.numel() else 0.0)
             compared += batch.size
@@ -167,7 +176,7 @@ def backbone_probabilities(net: AdaptedNet, data: MultiDomainDataModule) -> np.n
     its order."""
     net.eval()
     rows = data.splits["test"]
-    probs = [torch.sigmoid(net.backbone(batch).logits) for batch in batches(data, rows)]
+    probs = [torch.sigmoid(net.backbone(batch).logits).cpu() for batch in batches(data, rows, device=device_of(net))]
     return torch.cat(probs).numpy() if probs else np.zeros((0, 1), dtype=np.float32)
 
 
