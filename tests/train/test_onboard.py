@@ -168,3 +168,23 @@ def test_coverage_below_the_minimum_stops_unless_forced() -> None:
         stage.check_coverage(alignment)
     stage.force = True
     stage.check_coverage(alignment)
+
+
+def test_several_new_domains_in_one_run(adapted: Path) -> None:
+    root = adapted
+    two = root / "data" / "partner" / "two"
+    two.mkdir(exist_ok=True)
+    for split in ("train", "val", "test"):  # the partner's rows as two partners, d4 and d5 (every other row)
+        lines = (root / "data" / "partner" / "new" / f"{split}.csv").read_text().splitlines()
+        rows = [line.replace('"d4"', '"d5"') if i % 2 else line for i, line in enumerate(lines[1:])]
+        (two / f"{split}.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    files = [f"data.source.{s}_files=[{two / f'{s}.csv'}]" for s in ("train", "val", "test")]
+    overrides = ["stage=onboard", f"stage.adapted={root / 'adapt'}", "data=partner", *files, "stage.init=weighted"]
+    metrics = train(cfg_of(root, [*overrides, *FAST], "two"))
+    assert RunDir(root / "two").read_encoding()["schema"]["domains"] == ["d0", "d1", "d2", "d3", "d4", "d5"]
+    assert metrics["onboard/other_domains_max_abs_change"] == 0.0
+    for d in ("d4", "d5"):
+        assert f"gate/flagged/{d}" in metrics and f"selection/epoch/{d}" in metrics
+        assert sum(metrics[f"onboard/init_weight/{d}/d{i}"] for i in range(4)) == pytest.approx(1.0)
+    before, after = torch.load(root / "adapt" / "adapter.pt"), torch.load(root / "two" / "adapter.pt")
+    assert all(after[k].shape[0] == 6 and torch.equal(after[k][:4], before[k]) for k in before)
