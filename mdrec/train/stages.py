@@ -331,6 +331,12 @@ class Onboard(AdapterStage):
         self.alignment = data.store.report().get("alignment")
         if self.alignment is not None:
             self.check_coverage(self.alignment)
+        elif self.min_coverage:
+            raise ValueError(
+                f"stage.min_coverage={self.min_coverage} checks how new files align with the adapted run's "
+                "vocabularies, but these data were not encoded with its encoding (no alignment in their report.json): "
+                "use data=aligned, or drop stage.min_coverage (data_report.json gives every field's unseen share)"
+            )
         if self.gate.scratch:
             backbone_cfg = RunDir(self.source).backbone_config()
             plain = OmegaConf.to_container(backbone_cfg, resolve=True)
