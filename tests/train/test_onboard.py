@@ -130,6 +130,7 @@ def test_onboarding_a_domain_the_adapted_run_never_saw(adapted: Path) -> None:
     assert json.loads((root / "d4" / "serving.json").read_text())["domains"][-1] == "d4"
 
 
+@pytest.mark.slow
 def test_a_strict_gate_fails_the_run_and_keeps_the_flagged_domain_out(adapted: Path) -> None:
     root = adapted
     overrides = ["stage=onboard", f"stage.adapted={root / 'adapt'}", "data=partner", "stage.init=weighted", *FAST]
@@ -170,6 +171,7 @@ def test_coverage_below_the_minimum_stops_unless_forced() -> None:
     stage.check_coverage(alignment)
 
 
+@pytest.mark.slow
 def test_several_new_domains_in_one_run(adapted: Path) -> None:
     root = adapted
     two = root / "data" / "partner" / "two"
