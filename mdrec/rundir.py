@@ -264,6 +264,7 @@ class RunDir:
     BACKBONE = "backbone.pt"
     BACKBONE_CONFIG = "backbone.yaml"
     ADAPTER = "adapter.pt"
+    ENCODING = "encoding.json"
     SERVING = "serving.pt"
     CHECKPOINTS = "checkpoints"
 
@@ -355,6 +356,28 @@ class RunDir:
             raise FileNotFoundError(f"{path} is missing: the run was not tested (test=false) or did not finish")
         remedy = f"Delete it and re-run the job that wrote {self.path} (its test writes it)"
         return load_checked(path, _read_arrays, "numpy arrays", remedy)
+
+    # --- how the run's data was encoded -------------------------------------------------------------------------
+    def write_encoding(self, encoding: Mapping[str, Any]) -> None:
+        """``encoding.json``: how the run's data was encoded (``mdrec.data.alignment.Encoding``), with its checksum
+        (:func:`save_checked`)."""
+        text = json.dumps(encoding).encode()
+        save_checked(self.file(self.ENCODING), lambda f: f.write(text))
+
+    def read_encoding(self) -> dict[str, Any]:
+        """``encoding.json`` as a JSON mapping, checked against its checksum (its content is checked by
+        ``mdrec.data.alignment.Encoding.from_json``)."""
+        path = self.file(self.ENCODING)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: {self.path} is not the directory of a finished stage=adapt (or onboard) run, or "
+                "it was made by an mdrec older than encoding.json; re-run the adapt job"
+            )
+        remedy = f"Delete it and re-run the job that wrote {self.path}, or copy the run directory again"
+        value = load_checked(path, lambda p: json.loads(p.read_text()), "a JSON mapping", remedy)
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} holds a JSON {type(value).__name__}, not a mapping. {remedy}")
+        return value
 
     # --- backbone and adapter ---------------------------------------------------------------------------------------
     def save_backbone(self, backbone: nn.Module, backbone_cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 
+import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -94,6 +95,41 @@ class Adapter(nn.Module):
 
 # an adapter class with its options bound (the `adapter` config node): ``factory(schema, backbone)``
 AdapterFactory = Callable[[Schema, Backbone], Adapter]
+
+
+@torch.no_grad()
+def grow(adapter: Adapter, fresh: Adapter) -> Adapter:
+    """``fresh``, an adapter of the same kind built for K + n domains (the K domains of ``adapter`` first), with
+    ``adapter``'s K slices: every stacked ``[K, ...]`` entry of ``adapter``'s state is copied bit for bit into the
+    first K slices of ``fresh``'s ``[K + n, ...]`` entry; the n new slices keep ``fresh``'s initial values (the
+    identity: every adapter starts as the backbone). Entries of the same shape in both (not stacked per domain) are
+    copied whole.
+
+    Raises:
+        ValueError: an entry neither keeps its shape nor grows along its first dimension by n (names the entry).
+
+    Example:
+        >>> from dataclasses import replace
+        >>> from mdrec.adapters.lora import LoRA
+        >>> old = LoRA(schema, backbone, rank=2)
+        >>> grown = grow(old, LoRA(replace(schema, domains=(*schema.domains, "new")), backbone, rank=2))
+        >>> grown.deltas["output"].a.shape[0], torch.equal(grown.deltas["output"].a[:3], old.deltas["output"].a)
+        (4, True)
+    """
+    k, total = adapter.num_domains, fresh.num_domains
+    own, trained = fresh.state_dict(), adapter.state_dict()
+    for key, value in trained.items():
+        if own[key].shape == value.shape:
+            own[key] = value
+        elif own[key].shape == (total, *value.shape[1:]):
+            own[key] = torch.cat([value, own[key][k:]])
+        else:
+            raise ValueError(
+                f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains, growing to "
+                f"{total}: {tuple(own[key].shape)})"
+            )
+    fresh.load_state_dict(own)
+    return fresh
 
 
 class AdaptedNet(nn.Module):

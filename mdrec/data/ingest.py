@@ -234,6 +234,29 @@ def _listed(column: str, columns: Sequence[str]) -> bool:
     return any(c == column or (is_pattern(c) and fnmatch.fnmatchcase(column, c)) for c in columns)
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """Vocabularies, lookups, dense scalers and domains fitted before (by the preparation of the data a model was
+    trained on), which ``encode_table`` uses instead of fitting its own on the vocabulary rows: encoded with them, new
+    rows mean to that model what its own rows meant (``mdrec.data.alignment`` builds one from a run directory).
+
+    Args:
+        vocabularies: per sparse field, the raw value of each id (index i holds id i + 1): written with the store,
+            and the schema's vocabulary size is its length + 1.
+        lookups: per sparse field, ``(values [M] string array, ids [M] int)``: the raw values that encode to an id,
+            and that id; any other value (and null) is id 0. The vocabulary's values, less ids to treat as unknown,
+            plus aliases (a taxonomy mapping: a partner's code -> the id of the source value it means).
+        scalers: per dense column, ``(shift, scale)``: a value x becomes ``(x - shift) / scale``.
+        domains: the domains that keep their ids ``0..K-1``; the data's other domains get ``K, K + 1, ...`` in the
+            order of ``spec.domains`` (None: sorted, as found in the vocabulary rows).
+    """
+
+    vocabularies: Mapping[str, Sequence[str]]
+    lookups: Mapping[str, tuple[pa.Array, np.ndarray]]
+    scalers: Mapping[str, tuple[float, float]]
+    domains: Sequence[str]
+
+
 @dataclass
 class EncodedTable:
     """Prepared columns with their schema, vocabularies and preparation report.
@@ -272,6 +295,7 @@ class _Encoder:
     """Raw Arrow rows -> encoded Arrow rows (all vectorised), applied to one slice of the table at a time."""
 
     vocabs: dict[str, pa.Array]
+    ids: dict[str, np.ndarray]  # per field with a fitted lookup: [1 + M] the id of each lookup position (0: unknown)
     domain: str
     domain_values: pa.Array
     labels: tuple[str, ...]
@@ -280,7 +304,7 @@ class _Encoder:
     sequence: SequenceSpec | None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out: dict[str, pa.Array] = {c: pa.array(encode_ids(batch[c], v)) for c, v in self.vocabs.items()}
+        out: dict[str, pa.Array] = {c: pa.array(self._ids(c, encode_ids(batch[c], v))) for c, v in self.vocabs.items()}
         for c, (shift, scale) in self.dense.items():
             x = _to_numpy(batch[c], pa.float64())
             out[c] = pa.array(((x - shift) / scale).astype(np.float32))
@@ -294,9 +318,16 @@ class _Encoder:
         if self.sequence is not None:
             s = self.sequence
             seq, lengths = encode_sequence(batch[s.column], self.vocabs[s.vocab_field], s.max_len, s.delimiter)
+            seq = self._ids(s.vocab_field, seq)
             out[s.column] = pa.FixedSizeListArray.from_arrays(pa.array(seq.reshape(-1)), s.max_len)
             out[seq_length_column(s.column)] = pa.array(lengths)
         return pa.table({k: (v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v) for k, v in out.items()})
+
+    def _ids(self, field: str, positions: np.ndarray) -> np.ndarray:
+        """Lookup positions + 1 (0: not found) of ``field`` as ids: the positions themselves unless it has a fitted
+        lookup."""
+        table = self.ids.get(field)
+        return positions if table is None else table[positions]
 
 
 def encode_ids(values: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
@@ -369,8 +400,10 @@ def encode_table(
     vocab_mask: np.ndarray | None = None,
     split: np.ndarray | None = None,
     input_rows: Mapping[str, int] | None = None,
+    fitted: Fitted | None = None,
 ) -> EncodedTable:
-    """Validate a raw table, build vocabularies and scalers on the vocabulary rows, and encode every row.
+    """Validate a raw table, build vocabularies and scalers on the vocabulary rows (or take them as ``fitted``), and
+    encode every row.
 
     Args:
         raw: the raw rows; any column types Arrow can cast (ids are compared as strings).
@@ -381,6 +414,8 @@ def encode_table(
             the schema then has ``has_split_column=True``.
         input_rows: the file each stretch of rows came from, ``{path: rows}`` in row order, so that errors name the
             file and its row too; None: errors name the row of ``raw`` only.
+        fitted: vocabularies, lookups, dense scalers and known domains to encode with instead of fitting them
+            (:class:`Fitted`); ``spec.min_count`` and ``spec.dense_scaling`` are then unused.
 
     Returns:
         The encoded columns (rows in == rows out), schema, vocabularies and report.
@@ -410,12 +445,17 @@ def encode_table(
     if not mask.any():
         raise ValueError(f"data set {dataset_id!r}: the vocabulary rows (vocab_mask) are empty")
 
-    domains = _domains(raw, spec, dataset_id, mask, input_rows)
+    domains = _domains(raw, spec, dataset_id, mask, input_rows, fitted.domains if fitted is not None else ())
     for c in spec.labels:
         y = _to_numpy(raw[c], pa.float64(), dataset_id, c)
         bad = (y != 0) & (y != 1)
         _raise_where(dataset_id, c, raw[c], bad, "is not a binary label (0 or 1); map it to 0/1 first", input_rows)
-    scalers = {c: _fit_scaler(raw, c, mask, spec.dense_scaling, dataset_id, input_rows) for c in spec.dense}
+    scalers = {
+        c: _fit_scaler(
+            raw, c, mask, spec.dense_scaling, dataset_id, input_rows, fitted.scalers[c] if fitted is not None else None
+        )
+        for c in spec.dense
+    }
     if spec.time is not None:
         t = raw[spec.time]
         _raise_where(
@@ -430,10 +470,17 @@ def encode_table(
     if spec.sequence is not None:
         _check_sequence_type(raw[spec.sequence.column].type, spec.sequence, dataset_id)
     vocab_rows = pa.array(mask)
-    vocabs = {c: _vocabulary(raw[c].filter(vocab_rows), spec.min_count, dataset_id, c) for c in spec.sparse}
+    if fitted is None:
+        vocabs = {c: _vocabulary(raw[c].filter(vocab_rows), spec.min_count, dataset_id, c) for c in spec.sparse}
+        vocabularies, ids = {c: v.to_pylist() for c, v in vocabs.items()}, {}
+    else:
+        vocabs = {c: fitted.lookups[c][0] for c in spec.sparse}
+        vocabularies = {c: list(fitted.vocabularies[c]) for c in spec.sparse}
+        ids = {c: np.concatenate([[0], fitted.lookups[c][1]]).astype(np.int32) for c in spec.sparse}
 
     encoder = _Encoder(
         vocabs,
+        ids,
         spec.domain,
         pa.array(domains, pa.string()),
         tuple(spec.labels),
@@ -451,7 +498,7 @@ def encode_table(
 
     schema = Schema(
         dataset_id=dataset_id,
-        sparse=tuple(SparseField(c, len(vocabs[c]) + 1) for c in spec.sparse),
+        sparse=tuple(SparseField(c, len(vocabularies[c]) + 1) for c in spec.sparse),
         dense=tuple(spec.dense),
         domain_field=spec.domain,
         domains=tuple(domains),
@@ -463,7 +510,6 @@ def encode_table(
         time_column=spec.time,
         has_split_column=split is not None,
     )
-    vocabularies = {c: v.to_pylist() for c, v in vocabs.items()}
     report = _report(raw, spec, schema, columns, mask, scalers)
     return EncodedTable(schema, columns, vocabularies, report)
 
@@ -613,13 +659,19 @@ def _check_sequence_type(dtype: pa.DataType, spec: SequenceSpec, dataset_id: str
 
 
 def _domains(
-    raw: pa.Table, spec: TableSpec, dataset_id: str, mask: np.ndarray, input_rows: Mapping[str, int] | None
+    raw: pa.Table,
+    spec: TableSpec,
+    dataset_id: str,
+    mask: np.ndarray,
+    input_rows: Mapping[str, int] | None,
+    known: Sequence[str] = (),
 ) -> list[str]:
-    """The domain names in id order: ``spec.domains``, or those of the vocabulary rows (``mask``); raises on a row
-    whose domain is missing or not among them."""
+    """The domain names in id order: ``known`` first, then ``spec.domains``, or those of the vocabulary rows
+    (``mask``, sorted), that ``known`` lacks; raises on a row whose domain is missing or not among them."""
     values = _id_strings(raw[spec.domain], dataset_id, spec.domain)
     if spec.domains is None:
         domains = sorted(v for v in pc.unique(values.filter(pa.array(mask))).to_pylist() if v is not None)
+        domains = [*known, *(d for d in domains if d not in known)]
         rows = "the rows" if mask.all() else "the training rows"
         problem = (
             f"is not one of the domains of {rows} {domains} (`domains: null` takes them from {rows}); list every "
@@ -627,7 +679,7 @@ def _domains(
             "those rows"
         )
     else:
-        domains = list(spec.domains)
+        domains = [*known, *(d for d in spec.domains if d not in known)]
         problem = f"is not one of the configured domains {domains}; add it to `domains` or drop those rows"
     unknown = pc.is_null(pc.index_in(values, value_set=pa.array(domains, pa.string())))
     _raise_where(dataset_id, spec.domain, raw[spec.domain], unknown.to_numpy(zero_copy_only=False), problem, input_rows)
@@ -641,9 +693,11 @@ def _fit_scaler(
     method: str,
     dataset_id: str,
     input_rows: Mapping[str, int] | None,
+    fixed: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """Check a dense column is finite everywhere, also once scaled to float32, and that scaling does not collapse
-    it (``_check_collapse``); return (shift, scale) fitted on the masked rows."""
+    it (``_check_collapse``); return (shift, scale) fitted on the masked rows, or ``fixed`` (fitted before: only
+    the checks that the values are finite and fit a float32 once scaled run)."""
     x = _to_numpy(raw[column], pa.float64(), dataset_id, column)
     _raise_where(
         dataset_id,
@@ -653,8 +707,8 @@ def _fit_scaler(
         "is not finite (NaN, inf or missing); fill or drop missing values before preparing",
         input_rows,
     )
-    shift, scale = _fit(x, mask, method, dataset_id, column, raw, input_rows)
-    if method != "none":
+    shift, scale = _fit(x, mask, method, dataset_id, column, raw, input_rows, fixed)
+    if method != "none" and fixed is None:
         _check_collapse(x, mask, method, scale, dataset_id, column, raw, input_rows)
     return shift, scale
 
@@ -667,11 +721,15 @@ def _fit(
     column: str,
     raw: pa.Table,
     input_rows: Mapping[str, int] | None,
+    fixed: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
-    """(shift, scale) of ``method`` fitted on ``x[mask]``; raises naming the first row that overflows float32."""
+    """(shift, scale) of ``method`` fitted on ``x[mask]`` (or ``fixed``); raises naming the first row that
+    overflows float32 once scaled."""
     fit = x[mask]
     with np.errstate(over="ignore", invalid="ignore"):  # huge values: caught below, naming the row
-        if method == "minmax":
+        if fixed is not None:
+            shift, scale = fixed
+        elif method == "minmax":
             shift, scale = float(fit.min()), float(fit.max() - fit.min()) or 1.0
         elif method == "standard":
             shift, scale = float(fit.mean()), float(fit.std()) or 1.0

@@ -1,13 +1,15 @@
 """The negative-transfer gate (docs/methods.md, Negative-transfer gate): per target domain, is the warm-started
 (adapted) model at least as good as training from scratch and as the pre-trained model used as is (zero-shot)?
 
-All three models are scored on the same test rows; a paired bootstrap over each domain's rows gives a confidence
-interval of ``AUC_warm - max(AUC_scratch, AUC_zero_shot)``. A domain is flagged when the whole interval lies
-below ``-delta``: the warm start is worse than an alternative by more than ``delta``, beyond the noise.
+All models are scored on the same test rows; a paired bootstrap over each domain's rows gives a confidence
+interval of ``AUC_warm - max(AUC_scratch, AUC_zero_shot)`` (without a scratch model: ``AUC_warm -
+AUC_zero_shot``). A domain is flagged when the whole interval lies below ``-delta``: the warm start is worse than an
+alternative by more than ``delta``, beyond the noise.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,7 +61,8 @@ def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, num_resamples: int = 1
 
 @dataclass(frozen=True)
 class GateRow:
-    """One domain's verdict: the three AUCs, the difference to the best alternative and its interval."""
+    """One domain's verdict: the three AUCs (scratch NaN without a scratch model), the difference to the best
+    alternative and its interval."""
 
     domain: str
     rows: int
@@ -74,7 +77,7 @@ class GateRow:
 
 def negative_transfer(
     warm: np.ndarray,
-    scratch: np.ndarray,
+    scratch: np.ndarray | None,
     zero_shot: np.ndarray,
     labels: np.ndarray,
     domain: np.ndarray,
@@ -87,7 +90,8 @@ def negative_transfer(
     """The gate for every domain that has test rows.
 
     Args:
-        warm, scratch, zero_shot: ``[n]`` predicted probabilities of the three models on the same test rows.
+        warm, scratch, zero_shot: ``[n]`` predicted probabilities of the three models on the same test rows
+            (``scratch`` None: warm against zero-shot alone).
         labels: ``[n]`` 0/1.
         domain: ``[n]`` domain ids; ``domains``: their names.
         delta: tolerated AUC loss.
@@ -101,12 +105,16 @@ def negative_transfer(
         mask = domain == d
         if not mask.any():
             continue
-        scores, y = np.stack([warm[mask], scratch[mask], zero_shot[mask]]), labels[mask]
+        others = [zero_shot] if scratch is None else [scratch, zero_shot]
+        scores, y = np.stack([warm[mask], *(o[mask] for o in others)]), labels[mask]
         aucs = weighted_auc(scores, y, np.ones((1, y.shape[0])))[:, 0]
         boot = bootstrap_auc(scores, y, num_resamples, seed + d)
-        low, high = np.nanpercentile(boot[0] - np.maximum(boot[1], boot[2]), [tail, 100 - tail])
-        diff = aucs[0] - max(aucs[1], aucs[2])
-        rows.append(GateRow(name, int(mask.sum()), *aucs.tolist(), float(diff), float(low), float(high), high < -delta))
+        low, high = np.nanpercentile(boot[0] - boot[1:].max(0), [tail, 100 - tail])
+        diff = aucs[0] - aucs[1:].max()
+        auc_scratch = float(aucs[1]) if scratch is not None else float("nan")
+        flagged = bool(high < -delta)
+        row = (float(aucs[0]), auc_scratch, float(aucs[-1]), float(diff), float(low), float(high))
+        rows.append(GateRow(name, int(mask.sum()), *row, flagged))
     return rows
 
 
@@ -119,8 +127,9 @@ def gate_table(rows: Sequence[GateRow], confidence: float = 0.95) -> str:
     ]
     for r in rows:
         verdict = "**negative transfer**" if r.flagged else "ok"
+        scratch = "-" if math.isnan(r.auc_scratch) else f"{r.auc_scratch:.4f}"  # "-": no scratch model
         lines.append(
-            f"| {r.domain} | {r.rows} | {r.auc_warm:.4f} | {r.auc_scratch:.4f} | {r.auc_zero_shot:.4f} "
+            f"| {r.domain} | {r.rows} | {r.auc_warm:.4f} | {scratch} | {r.auc_zero_shot:.4f} "
             f"| {r.diff:+.4f} | [{r.low:+.4f}, {r.high:+.4f}] | {verdict} |"
         )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, AdapterFactory
+from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, AdapterFactory, grow
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.nn.domain import DomainLinear
@@ -21,24 +21,13 @@ TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, 
 def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> AdaptedNet:
     """``net`` with one more domain slot, K, that leaves the backbone as it is (a freshly built adapter slice: every
     adapter starts as the identity). Every stacked ``[K, ...]`` entry of the adapter's state is copied into the
-    first K slots of a K + 1 adapter that ``make_adapter`` builds, then put in its serving form
-    (:meth:`~mdrec.adapters.base.Adapter.for_serving`). The result runs on a copy of ``net``'s backbone, frozen
-    and in eval mode: ``net`` itself is left as it is. (An adapter that does not start as the identity, IAK with
-    ``residual=False``, has no such slot: :class:`ParallelModel` refuses it.)"""
+    first K slots of a K + 1 adapter that ``make_adapter`` builds (:func:`~mdrec.adapters.base.grow`), then put in
+    its serving form (:meth:`~mdrec.adapters.base.Adapter.for_serving`). The result runs on a copy of ``net``'s
+    backbone, frozen and in eval mode: ``net`` itself is left as it is. (An adapter that does not start as the
+    identity, IAK with ``residual=False``, has no such slot: :class:`ParallelModel` refuses it.)"""
     extended = dataclasses.replace(schema, domains=(*schema.domains, FALLBACK_DOMAIN))
     backbone = copy.deepcopy(net.backbone)  # freezing it below must not freeze the caller's
-    adapter = make_adapter(extended, backbone)
-    own, trained = adapter.state_dict(), net.adapter.state_dict()
-    k = schema.num_domains
-    for key, value in trained.items():
-        if own[key].shape == value.shape:
-            own[key] = value
-        elif own[key].shape == (k + 1, *value.shape[1:]):
-            own[key] = torch.cat([value, own[key][k:]])
-        else:
-            raise ValueError(f"adapter entry {key}: {tuple(value.shape)} does not stack per domain ({k} domains)")
-    adapter.load_state_dict(own)
-    adapter = adapter.for_serving(backbone)
+    adapter = grow(net.adapter, make_adapter(extended, backbone)).for_serving(backbone)
     for module in adapter.modules():
         if isinstance(module, DomainLinear):  # same values and shape, each [out, in] slice stored transposed:
             w = module.weight.data  # the per-row product reads weight.mT ([K, in, out]) without a copy per call

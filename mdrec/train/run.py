@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup()
     schema = datamodule.schema
-    cfg = stage.prepare(cfg, schema, train)
+    cfg = stage.prepare(cfg, datamodule, train)
     module = stage.build(cfg, schema)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = stage.callbacks(instantiate_group(cfg.get("callbacks")), module)
@@ -110,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         publish(loggers, metrics, schema.domains, trainer.global_step, run_dir.path)
         if "test/auc" in metrics:
             log.info("per-domain test metrics (%s):\n%s", run_dir.path, domain_table(metrics, schema.domains))
+    stage.finish(metrics)
     return metrics
 
 

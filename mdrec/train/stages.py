@@ -13,6 +13,7 @@ import copy
 import logging
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,31 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
-from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.base import AdaptedNet, grow
+from mdrec.data.alignment import Encoding, coverage_table
+from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
+from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import per_domain_parameters
-from mdrec.rundir import RunDir
+from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
+from mdrec.train.onboarding import (
+    INITS,
+    GateOptions,
+    NegativeTransferError,
+    NoNewDomainRowsError,
+    backbone_probabilities,
+    init_weights,
+    keep_other_domains,
+    other_domains_change,
+    routed_logloss,
+    scratch_config,
+    split_rows,
+    train_only_domains,
+    warm_start,
+)
 from mdrec.train.pretrained import plain_value, pretrain_key
 from mdrec.train.selection import DomainSelection, Guard, shared_trainable
 
@@ -56,8 +75,9 @@ class Stage:
     def __init__(self, val_check_interval: float | int | None = None) -> None:
         self.val_check_interval = val_check_interval
 
-    def prepare(self, cfg: DictConfig, schema: Schema, run: Runner) -> DictConfig:
-        """Check ``cfg`` and do what must finish before this run starts; return the config the run records."""
+    def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
+        """Check ``cfg`` against the prepared ``data`` and do what must finish before this run starts (``run`` runs
+        another config to completion); return the config the run records."""
         return cfg
 
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
@@ -85,6 +105,9 @@ class Stage:
 
     def save(self, run_dir: RunDir, module: RankingModule) -> None:
         """Write this stage's files (weights) into ``run_dir``."""
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        """After the run's files are written: raise to fail the run on its results (e.g. a gate's verdict)."""
 
 
 class Train(Stage):
@@ -136,6 +159,7 @@ class AdapterStage(Stage):
         self.guard = guard
         self.source: Path | None = None  # the run directory the backbone comes from
         self.selection: DomainSelection | None = None
+        self.encoding: Encoding | None = None  # how this run's data is encoded (encoding.json), set in prepare
 
     def callbacks(self, callbacks: list[pl.Callback], module: RankingModule) -> list[pl.Callback]:
         if self.selection is None:
@@ -156,6 +180,8 @@ class AdapterStage(Stage):
         run_dir.save_backbone(net.backbone, RunDir(self.source).backbone_config())
         if net.adapter is not None:
             run_dir.save_adapter(net.adapter)
+        if self.encoding is not None:  # what new files need to be encoded for this model (stage=onboard)
+            self.encoding.save(run_dir.path)
 
 
 class Adapt(AdapterStage):
@@ -196,7 +222,8 @@ class Adapt(AdapterStage):
         self.freeze = list(freeze)
         self.select_per_domain = select_per_domain
 
-    def prepare(self, cfg: DictConfig, schema: Schema, run: Runner) -> DictConfig:
+    def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
+        self.encoding = Encoding.from_datamodule(data)
         if plain_value(cfg.model.net) != plain_value(cfg.backbone):
             raise ValueError(
                 f"stage=adapt adapts a pre-trained backbone with per-domain adapters, but model.net is "
@@ -213,7 +240,7 @@ class Adapt(AdapterStage):
             self.source = Path(self.pretrained)
             check_same_backbone(cfg.backbone, RunDir(self.source))
         else:
-            self.source = find_or_pretrain(pretrain_config(cfg, schema, self.source_domains), run)
+            self.source = find_or_pretrain(pretrain_config(cfg, data.schema, self.source_domains), run)
         return cfg
 
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
@@ -232,68 +259,301 @@ class Adapt(AdapterStage):
 
 
 class Onboard(AdapterStage):
-    """Onboard one domain into an adapted model: load the stage=adapt run's backbone and adapter, train only
-    ``domain``'s adapter slice; every other domain's weights stay as loaded, bit for bit (the run reports the
-    largest change of their test predictions as ``onboard/other_domains_max_abs_change``).
+    """Onboard domains into an adapted model: load the stage=adapt (or onboard) run's backbone and adapter, grow the
+    adapter by one slice per domain the run does not know, start the new slices as ``init`` says, train only the
+    slices of ``domains``, check that no other domain's predictions moved and judge each onboarded domain with the
+    negative-transfer gate.
+
+    The data (typically ``data=aligned``: the new partner's files encoded with the adapted run's ``encoding.json``,
+    ``mdrec.data.alignment``) must have the adapted run's fields, vocabulary sizes and labels, and its domains must
+    start with the run's, in the run's order; the domains after them are new: every stacked per-domain tensor of the
+    adapter grows by one slice each, the run's K slices copied bit for bit, and the run directory's model serves the
+    K + n domains (``encoding.json`` lists them, so a later onboarding can grow it again).
 
     Args:
-        adapted: a stage=adapt run directory (backbone, adapter, config.yaml, predictions.npz).
-        domain: the domain to train.
-        optimizer, patience, val_check_interval, guard: see :class:`AdapterStage`.
+        adapted: a stage=adapt (or onboard) run directory (backbone, adapter, config.yaml, encoding.json).
+        optimizer: the adapter's optimiser.
+        domains: the domains to train; None: every domain of the data the run does not know. A known domain (e.g.
+            one held out of the adapt run with ``data.domain_fractions``) trains from its slice as loaded.
+        init: how a new slice starts: ``identity`` (as built: the backbone), ``nearest`` (a copy of the slice of the
+            existing domain whose adapter fits the new domain's training rows best: the smallest log loss of those rows
+            routed through it), ``weighted`` (the average of the existing slices weighted by
+            ``softmax(-logloss / temperature)``).
+        temperature: of ``weighted``, in nats of log loss.
+        min_coverage: per sparse field, the least share of a new domain's training rows whose value the alignment
+            matched (exactly or through a mapping; ``report.json``'s ``alignment``): below it the run stops before
+            training, naming the fields, unless ``force``. None: no minimum.
+        force: train even below ``min_coverage`` (the coverage is still reported).
+        gate: the negative-transfer gate's options (:class:`~mdrec.train.onboarding.GateOptions`).
+        patience, val_check_interval, guard: see :class:`AdapterStage`.
     """
 
     def __init__(
         self,
         adapted: str,
-        domain: str,
         optimizer: OptimizerFactory,
+        domains: Sequence[str] | None = None,
+        init: str = "identity",
+        temperature: float = 0.01,
+        min_coverage: dict[str, float] | None = None,
+        force: bool = False,
+        gate: GateOptions | None = None,
         patience: int | None = 3,
         val_check_interval: float | int | None = None,
         guard: Guard | None = None,
     ) -> None:
         super().__init__(optimizer, patience, val_check_interval, guard)
+        if init not in INITS or temperature <= 0:
+            raise ValueError(f"stage.init={init!r} must be one of {INITS}, stage.temperature={temperature} > 0")
         self.source = Path(adapted)
-        self.domain = domain
+        self.requested = list(domains) if domains is not None else None
+        self.init, self.temperature = init, temperature
+        self.min_coverage, self.force = dict(min_coverage or {}), force
+        self.gate = gate or GateOptions()
+        self.extra: dict[str, float] = {}  # the stage's metrics before testing (warm start)
+        self.flagged: list[str] = []
+        self.gate_report = ""
 
-    def prepare(self, cfg: DictConfig, schema: Schema, run: Runner) -> DictConfig:
-        """The config with the adapted run's ``adapter`` node: the run directory rebuilds on its own."""
-        if self.domain not in schema.domains:
-            raise ValueError(f"stage.domain {self.domain!r} is not a domain of the data: {list(schema.domains)}")
-        if cfg.test:  # compared with the onboarding run's after it: read (or refused) now, not after training
-            self.adapted_predictions = RunDir(self.source).read_predictions()
+    def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
+        """Check the data against the adapted run, the domains to train and their alignment coverage; train the
+        gate's from-scratch model if asked; return the config with the adapted run's ``adapter`` node (the run
+        directory rebuilds on its own)."""
+        self.data, schema = data, data.schema
+        adapted = Encoding.of_run(self.source)
+        check_same_fields(adapted.schema, schema, self.source)
+        self.k = adapted.schema.num_domains
+        self.encoding = adapted.with_domains(schema.domains)
+        new = list(schema.domains[self.k :])
+        self.domains = self.requested if self.requested is not None else new
+        unknown = sorted(set(self.domains) - set(schema.domains))
+        counts = np.bincount(data.split_column("train", schema.domain_field), minlength=schema.num_domains)
+        empty = [d for d in self.domains if d in schema.domains and counts[schema.domains.index(d)] == 0]
+        if not self.domains or unknown or empty:
+            raise NoNewDomainRowsError(
+                f"stage=onboard has no training rows of a domain to onboard: the adapted run {self.source} knows "
+                f"{list(adapted.schema.domains)}, the data's domains are {list(schema.domains)} (new: {new}), "
+                f"stage.domains={self.requested}; no training rows of {unknown + empty or 'any new domain'}. Give the "
+                "new partner's files (data=aligned), or name the domains to train in stage.domains"
+            )
+        self.indices = [schema.domains.index(d) for d in self.domains]
+        self.alignment = data.store.report().get("alignment")
+        if self.alignment is not None:
+            self.check_coverage(self.alignment)
+        elif self.min_coverage:
+            raise ValueError(
+                f"stage.min_coverage={self.min_coverage} checks how new files align with the adapted run's "
+                "vocabularies, but these data were not encoded with its encoding (no alignment in their report.json): "
+                "use data=aligned, or drop stage.min_coverage (data_report.json gives every field's unseen share)"
+            )
+        if self.gate.scratch:
+            backbone_cfg = RunDir(self.source).backbone_config()
+            plain = OmegaConf.to_container(backbone_cfg, resolve=True)
+            check_targets(plain, RunDir(self.source).file(RunDir.BACKBONE_CONFIG), "backbone")
+            self.scratch_dir = Path(cfg.paths.output_dir) / "gate_scratch"
+            run(scratch_config(cfg, backbone_cfg, self.scratch_dir))
         recorded = copy.deepcopy(cfg)
         with open_dict(recorded):
             recorded.adapter = RunDir(self.source).adapter_config()
         return recorded
 
+    def check_coverage(self, alignment: dict) -> None:
+        """Log the coverage of every new domain and field; raise below ``min_coverage`` unless ``force``."""
+        log.info("alignment coverage of the new domains' training rows:\n%s", coverage_table(alignment))
+        fields = set(self.min_coverage) - set(self.encoding.schema.sparse_names)
+        if fields:
+            raise ValueError(
+                f"stage.min_coverage names {sorted(fields)}, not sparse fields of the data: "
+                f"{self.encoding.schema.sparse_names}"
+            )
+        low = [
+            f"{f} of {d}: {c[f]['coverage']:.1%} < {self.min_coverage[f]:.1%}"
+            for d, c in alignment.get("coverage", {}).items()
+            if d in self.domains
+            for f in self.min_coverage
+            if not c[f]["coverage"] >= self.min_coverage[f]  # NaN (no value at all) is below
+        ]
+        if low and not self.force:
+            raise CoverageError(
+                f"the alignment of the new domain(s) to the run {self.source} is below stage.min_coverage: "
+                f"{'; '.join(low)} (coverage: the share of the domain's training rows whose value is in the run's "
+                "vocabulary or mapped onto it). Give a mapping file for those fields (data.source.mappings), or "
+                "train anyway with stage.force=true"
+            )
+        if low:
+            log.warning("coverage below stage.min_coverage, training anyway (stage.force): %s", "; ".join(low))
+
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
-        net = RunDir(self.source).load_adapted(schema)
-        self.index = schema.domains.index(self.domain)
-        train_only_domain(net.adapter, self.index)
+        run_dir = RunDir(self.source)
+        old = replace(schema, domains=schema.domains[: self.k])
+        self.adapted = run_dir.load_adapted(old).eval()  # the run's model as is: the other domains' reference
+        loaded = run_dir.load_adapted(old)
+        pl.seed_everything(cfg.seed, workers=True)  # the new slices' initialisation
+        fresh = run_dir.adapter_factory()(schema, loaded.backbone)
+        self.identity = {k: v.detach().clone() for k, v in fresh.state_dict().items()}
+        net = AdaptedNet(schema, loaded.backbone, grow(loaded.adapter, fresh), freeze=["*"])
+        self.extra = self.warm_start(net, schema)
+        train_only_domains(net.adapter, self.indices)
         self.loaded = {k: v.detach().clone() for k, v in net.adapter.state_dict().items()}
-        self.selection = DomainSelection(schema.domains, only=[self.domain], patience=self.patience, guard=self.guard)
+        self.selection = DomainSelection(schema.domains, only=self.domains, patience=self.patience, guard=self.guard)
+        self.net = net
         return module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=self.optimizer)
+
+    def warm_start(self, net: AdaptedNet, schema: Schema) -> dict[str, float]:
+        """Start the new slices as ``init`` says, from the log loss of each new domain's training rows routed
+        through every existing slice (and through its own, the identity); return those and the weights as metrics
+        (``onboard/init_logloss/<new>/<domain or identity>``, ``onboard/init_weight/<new>/<domain>``)."""
+        new = [i for i in self.indices if i >= self.k]
+        if not new:
+            return {}
+        out: dict[str, float] = {}
+        losses = []
+        for i in new:
+            rows = split_rows(self.data, "train", [i])
+            loss = routed_logloss(net, self.data, rows, [*range(self.k), i])
+            losses.append(loss[: self.k])
+            name = schema.domains[i]
+            out.update(
+                {
+                    f"onboard/init_logloss/{name}/{d}": float(v)
+                    for d, v in zip(schema.domains, loss[: self.k].tolist(), strict=False)
+                }
+            )
+            out[f"onboard/init_logloss/{name}/identity"] = float(loss[-1])
+        weights = init_weights(torch.stack(losses), self.init, self.temperature)
+        if weights is not None:
+            warm_start(net.adapter, self.k, new, weights)
+            for row, i in zip(weights, new, strict=True):
+                name = schema.domains[i]
+                out.update(
+                    {
+                        f"onboard/init_weight/{name}/{d}": float(w)
+                        for d, w in zip(schema.domains, row.tolist(), strict=False)
+                    }
+                )
+            log.info("stage.init=%s: weights of the existing slices per new domain %s", self.init, weights.tolist())
+        return out
+
+    @torch.no_grad()
+    def _reset(self, adapter: nn.Module, slices: Sequence[int]) -> None:
+        """Put ``slices`` of every per-domain parameter back to the identity (the freshly built adapter's)."""
+        for name, param in per_domain_parameters(adapter):
+            param[list(slices)] = self.identity[name][list(slices)].to(param.device)
 
     def after_fit(self, trainer: pl.Trainer, module: RankingModule) -> None:
         """Every other domain's adapter slices as loaded, bit for bit, whatever the optimiser did."""
-        keep_other_domains(module.net.adapter, self.loaded, self.index)
+        keep_other_domains(module.net.adapter, self.loaded, self.indices)
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
-        out = super().metrics(predictions)
-        if "prob" in predictions:
-            out["onboard/other_domains_max_abs_change"] = self.other_domains_change(predictions)
+        out = {**super().metrics(predictions), **self.extra}
+        if "prob" not in predictions:
+            return out
+        change, rows = other_domains_change(self.adapted, self.net, self.data, self.k, self.indices)
+        out["onboard/other_domains_max_abs_change"] = change
+        out["onboard/other_domains_rows"] = float(rows)
+        out.update(self.judge(predictions))
         return out
 
-    def other_domains_change(self, predictions: dict[str, np.ndarray]) -> float:
-        """Largest change of a test prediction of another domain than ``domain``, against the adapted run's."""
-        adapted = self.adapted_predictions
-        if not np.array_equal(adapted["domain"], predictions["domain"]):
-            raise ValueError(
-                f"the onboarding run was tested on other rows than the adapted run {self.source}: use the same data "
-                "config"
+    def judge(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        """The negative-transfer gate on the test rows of every onboarded domain: ``gate/<figure>/<domain>``."""
+        g = self.gate
+        zero_shot = backbone_probabilities(self.net, self.data)[:, 0]
+        scratch = None
+        if g.scratch:
+            other = RunDir(self.scratch_dir).read_predictions()
+            if not np.array_equal(other["domain"], predictions["domain"]):
+                raise ValueError(f"the gate's scratch run {self.scratch_dir} was tested on other rows than this run")
+            scratch = other["prob"][:, 0]
+        names = list(self.data.schema.domains)
+        rows = negative_transfer(
+            predictions["prob"][:, 0],
+            scratch,
+            zero_shot,
+            predictions["label"][:, 0],
+            predictions["domain"],
+            names,
+            g.delta,
+            g.confidence,
+            g.resamples,
+            g.seed,
+        )
+        rows = [r for r in rows if r.domain in self.domains]
+        self.flagged = [r.domain for r in rows if r.flagged]
+        out: dict[str, float] = {}
+        for r in rows:
+            figures = {
+                "auc_onboarded": r.auc_warm,
+                "auc_zero_shot": r.auc_zero_shot,
+                "auc_scratch": r.auc_scratch,
+                "diff": r.diff,
+                "low": r.low,
+                "high": r.high,
+                "flagged": float(r.flagged),
+                "rows": float(r.rows),
+            }
+            out.update({f"gate/{k}/{r.domain}": v for k, v in figures.items()})
+        verdict = ", ".join(self.flagged) if self.flagged else "none"
+        self.gate_report = (
+            "# Negative-transfer gate of the onboarded domains\n\n"
+            f"Onboarded into {self.source}: {', '.join(self.domains)} (init {self.init}). Per domain, on its test "
+            "rows: the onboarded model against the backbone alone "
+            f"(zero-shot){' and a model trained from scratch on the same rows' if g.scratch else ''}; paired "
+            f"bootstrap ({g.resamples} resamples) of AUC onboarded - best other, delta {g.delta}.\n\n"
+            f"{gate_table(rows, g.confidence)}\n\nFlagged (not promoted): {verdict}"
+            + (" (stage.gate.strict: their slices are the identity in adapter.pt)" if g.strict and self.flagged else "")
+            + "\n"
+        )
+        log.info("%s", self.gate_report)
+        return out
+
+    def save(self, run_dir: RunDir, module: RankingModule) -> None:
+        if self.gate.strict and self.flagged:
+            self._reset(module.net.adapter, [self.data.schema.domains.index(d) for d in self.flagged])
+        super().save(run_dir, module)
+        if self.alignment is not None:
+            run_dir.write_json(ALIGNMENT_FILE, self.alignment)
+            run_dir.file(ALIGNMENT_REPORT).write_text(coverage_table(self.alignment) + "\n")
+        if self.gate_report:
+            run_dir.file(GATE_REPORT).write_text(self.gate_report)
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        if self.gate.strict and self.flagged:
+            raise NegativeTransferError(
+                f"the negative-transfer gate flagged {self.flagged} (stage.gate.strict): onboarding them is worse than "
+                f"the alternatives beyond the noise (gate.md); their slices are the identity in adapter.pt, so a "
+                "serving file exported from this run gives their requests the backbone"
             )
-        others = predictions["domain"] != self.index
-        return float(np.abs(adapted["prob"][others] - predictions["prob"][others]).max(initial=0.0))
+
+
+class CoverageError(ValueError):
+    """Fields of a new domain whose values the alignment matches too rarely (``stage.min_coverage``)."""
+
+
+# files an onboarding run adds to its run directory
+ALIGNMENT_FILE = "alignment.json"
+ALIGNMENT_REPORT = "alignment.md"
+GATE_REPORT = "gate.md"
+
+
+def check_same_fields(adapted: Schema, data: Schema, source: Path) -> None:
+    """Refuse data whose fields, vocabulary sizes, dense features, labels or sequence differ from the adapted run's,
+    or whose domains do not start with the run's, naming every difference."""
+    differ = [
+        f"{what}: {theirs!r} in the run, {ours!r} here"
+        for what, theirs, ours in (
+            ("sparse fields and vocabulary sizes", adapted.sparse, data.sparse),
+            ("dense features", adapted.dense, data.dense),
+            ("labels", adapted.labels, data.labels),
+            ("sequence", adapted.sequence, data.sequence),
+            ("first domains", adapted.domains, data.domains[: adapted.num_domains]),
+        )
+        if theirs != ours
+    ]
+    if differ:
+        raise ValueError(
+            f"stage=onboard: the data do not read as the adapted run {source} read its own: {'; '.join(differ)}. "
+            "Encode new files with the run's encoding (data=aligned, which takes data.source.run=<that run>), or use "
+            "the run's own data config"
+        )
 
 
 def module_factory(model_cfg: DictConfig, *runtime: str) -> Callable[..., RankingModule]:
@@ -317,22 +577,6 @@ def check_same_backbone(backbone_cfg: DictConfig, source: RunDir) -> None:
             "pre-training's backbone=, input= and model= options (e.g. model=pooled), or point stage.pretrained at a "
             "run pre-trained with this config"
         )
-
-
-def train_only_domain(adapter: nn.Module, domain: int) -> None:
-    """Mask the gradient of every stacked per-domain parameter of ``adapter`` to its ``domain`` slice."""
-    for _, param in per_domain_parameters(adapter):
-        mask = torch.zeros(param.shape[0], *[1] * (param.dim() - 1))
-        mask[domain] = 1.0
-        param.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
-
-
-@torch.no_grad()
-def keep_other_domains(adapter: nn.Module, before: dict[str, torch.Tensor], domain: int) -> None:
-    """Put every domain's slice but ``domain``'s back to ``before`` (the adapter's state dict as loaded)."""
-    for name, param in per_domain_parameters(adapter):  # names as in the state dict
-        others = torch.arange(param.shape[0]) != domain
-        param[others] = before[name][others]
 
 
 def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] | None) -> DictConfig:

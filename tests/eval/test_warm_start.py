@@ -44,7 +44,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
         [
             "stage=onboard",
             f"stage.adapted={tmp_path / 'adapt'}",
-            "stage.domain=d3",
+            "stage.domains=[d3]",
             f"data.vocab_domains={sources}",
             "adapter=lora",  # ignored: onboarding keeps (and records) the adapted run's adapter
             equal,

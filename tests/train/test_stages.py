@@ -96,7 +96,7 @@ def test_stage_errors(train_cfg: TrainCfg, tmp_path: Path) -> None:
 def test_every_stage_is_a_class_and_a_misspelt_key_fails_naming_it(train_cfg: TrainCfg) -> None:
     stages = {"train": Train, "pretrain": Pretrain, "adapt": Adapt, "onboard": Onboard}
     for name, kind in stages.items():
-        extra = ["stage.adapted=x", "stage.domain=d0"] if name == "onboard" else []
+        extra = ["stage.adapted=x"] if name == "onboard" else []
         assert type(hydra.utils.instantiate(train_cfg([f"stage={name}", *extra]).stage)) is kind
     with pytest.raises(ConfigCompositionException, match="patiance"):
         train_cfg(["stage=adapt", "stage.patiance=3"])
@@ -189,11 +189,11 @@ def test_the_store_key_follows_what_selects_the_backbone(train_cfg: TrainCfg) ->
     assert pretrain_key(train_cfg(["stage=adapt", "trainer.log_every_n_steps=5"])) == base
 
 
-def test_onboarding_refuses_an_adapted_run_without_test_predictions_before_training(
+def test_onboarding_refuses_an_adapted_run_without_its_encoding_before_training(
     train_cfg: TrainCfg, tmp_path: Path
 ) -> None:
     (tmp_path / "adapted").mkdir()
-    cfg = train_cfg(["stage=onboard", f"stage.adapted={tmp_path / 'adapted'}", "stage.domain=d3"])
-    schema = SimpleNamespace(domains=DOMAINS)
-    with pytest.raises(FileNotFoundError, match=r"predictions.npz is missing"):
-        hydra.utils.instantiate(cfg.stage).prepare(cfg, schema, train)
+    cfg = train_cfg(["stage=onboard", f"stage.adapted={tmp_path / 'adapted'}", "stage.domains=[d3]"])
+    data = SimpleNamespace(schema=SimpleNamespace(domains=DOMAINS))
+    with pytest.raises(FileNotFoundError, match=r"encoding.json is missing: .* not the directory of a finished"):
+        hydra.utils.instantiate(cfg.stage).prepare(cfg, data, train)

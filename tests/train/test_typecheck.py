@@ -45,5 +45,5 @@ OPTIONS = [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF_D
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o != "callbacks=none"])  # the harness drops a callback
 def test_every_shipped_option_passes(train_cfg: TrainCfg, option: str) -> None:
-    extra = ["stage.adapted=run", "stage.domain=d0"] if option == "stage=onboard" else []
+    extra = ["stage.adapted=run"] if option == "stage=onboard" else []
     check_types(train_cfg([option, *extra]))

@@ -58,7 +58,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mdrec.data.files import check_dataset_id, remove_stale_temporaries, temporary_path
-from mdrec.data.ingest import EncodedTable, TableSpec, encode_table, row_hashes
+from mdrec.data.ingest import EncodedTable, Fitted, TableSpec, encode_table, row_hashes
 from mdrec.data.sources.raw import file_signature
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".txt": "csv"}
@@ -67,6 +67,24 @@ SPLITS = ("train", "validation", "test")  # split codes 0, 1, 2 (mdrec.data.sche
 WARN_TRAIN_OVERLAP = 0.01  # above this share of val or test rows also in the train files, preparing warns
 
 log = logging.getLogger(__name__)
+
+
+class MissingColumnsError(ValueError):
+    """A file lacks columns the spec names (the error names the file, the columns and those it has)."""
+
+
+@dataclass
+class RawRows:
+    """The rows of every file, parsed, in file order: ``rows``, the spec with its column patterns expanded against
+    the first file's header (``spec``), the rows of each file (``input_rows``), the split code of each file
+    (``file_splits``: 0 train, 1 validation, 2 test) and of each row (``split [rows]`` int8); both None for
+    ``data_files``."""
+
+    rows: pa.Table
+    spec: TableSpec
+    input_rows: dict[str, int]
+    file_splits: list[int] | None
+    split: np.ndarray | None
 
 
 def _file_list(files: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -314,7 +332,7 @@ class TabularSource:
         missing = [c for c in columns if c not in names]
         if missing:
             hint = f" (split at {delimiter!r}: set `delimiter` if the file uses another separator)" if delimiter else ""
-            raise ValueError(
+            raise MissingColumnsError(
                 f"{where}: column(s) {missing} named in the spec are not in the data; available columns: {names}{hint}"
             )
         twice = sorted({c for c in columns if names.count(c) > 1})
@@ -354,8 +372,8 @@ class TabularSource:
                 f"{first!r}, ({ours}) ({e}); give every file the same column types"
             ) from e
 
-    def encode(self, raw_dir: Path) -> EncodedTable:
-        """Parse every file once (Arrow-cached under ``raw_dir/arrow``) and encode them with ``encode_table``."""
+    def read(self, raw_dir: Path) -> RawRows:
+        """Parse every file once (Arrow-cached under ``raw_dir/arrow``; later calls read the cache)."""
         remove_stale_temporaries(Path(raw_dir) / "arrow")  # parses of earlier runs that were killed
         groups = self._splits()
         files = [(split, p) for split, group in groups.items() for pattern in group for p in self._paths(pattern)]
@@ -374,15 +392,29 @@ class TabularSource:
         table = pa.concat_tables(parts)
         input_rows = {path: len(part) for (_, path), part in zip(files, parts, strict=True)}
         if self.data_files is not None:
-            encoded = encode_table(table, spec, self.dataset_id, input_rows=input_rows)
+            return RawRows(table, spec, input_rows, None, None)
+        codes = [SPLITS.index(s) for s, _ in files]
+        split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
+        return RawRows(table, spec, input_rows, codes, split)
+
+    def encode(self, raw_dir: Path, fitted: Fitted | None = None) -> EncodedTable:
+        """Parse every file once (:meth:`read`) and encode them with ``encode_table`` (with ``fitted``: the
+        vocabularies, scalers and known domains of an earlier preparation, ``mdrec.data.ingest.Fitted``)."""
+        raw = self.read(raw_dir)
+        if raw.split is None or raw.file_splits is None:
+            encoded = encode_table(raw.rows, raw.spec, self.dataset_id, input_rows=raw.input_rows, fitted=fitted)
         else:
-            codes = [SPLITS.index(s) for s, _ in files]
-            split = np.repeat(np.array(codes, dtype=np.int8), [len(part) for part in parts])
             encoded = encode_table(
-                table, spec, self.dataset_id, vocab_mask=split == 0, split=split, input_rows=input_rows
+                raw.rows,
+                raw.spec,
+                self.dataset_id,
+                vocab_mask=raw.split == 0,
+                split=raw.split,
+                input_rows=raw.input_rows,
+                fitted=fitted,
             )
-            encoded.report["rows_also_in_train"] = self._check_overlap(table, codes, input_rows)
-        encoded.report["input_rows"] = input_rows
+            encoded.report["rows_also_in_train"] = self._check_overlap(raw.rows, raw.file_splits, raw.input_rows)
+        encoded.report["input_rows"] = raw.input_rows
         return encoded
 
     def _check_overlap(self, table: pa.Table, codes: list[int], input_rows: dict[str, int]) -> dict:
