@@ -10,8 +10,12 @@ mask), so a plan costs at most F passes.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import enum
+import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -69,16 +73,64 @@ def permutation_importance(predict: Predict, data: Batch, schema: Schema, seed: 
     return torch.stack(drops)
 
 
+def split_halves(data: Batch, seed: int = 0) -> tuple[Batch, Batch]:
+    """Two disjoint halves of ``data``, each domain's rows split evenly at random: the rows a plan is chosen on
+    (importance, greedy steps) and the rows it is checked on. A plan judged on the rows that chose it over-fits them:
+    the AUC change of a feature that does nothing is noise, and the greedy keeps the noise that helped."""
+    g = torch.Generator().manual_seed(seed)
+    key = data.domain.double() + torch.rand(data.size, generator=g, dtype=torch.float64)
+    order = torch.argsort(key)  # each domain's rows together, in random order
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(data.size)
+    start = torch.searchsorted(data.domain[order].contiguous(), data.domain)  # the domain's first position in order
+    first = (rank - start) % 2 == 0
+    return data.rows(torch.nonzero(first).flatten()), data.rows(torch.nonzero(~first).flatten())
+
+
+class Verdict(enum.Enum):
+    """What became of a domain's plan."""
+
+    TRIMMED = "trimmed"  # the plan drops features (AUC mode), or meets the latency budget (latency mode)
+    NOTHING_TO_DROP = "nothing to drop"  # AUC mode: every feature costs more AUC than the budget allows
+    MEETS_UNTRIMMED = "meets the budget with every feature"
+    NOT_REACHABLE = "budget not reachable within the AUC limit"
+    TOO_FEW_ROWS = "too few validation rows: keeps every feature"
+    UNRANKABLE = "no validation AUC (one class): keeps every feature"
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyModel:
+    """Predicted serving time per domain: the model's own time for the domain's requests plus the fetch and
+    serialisation cost of every feature the domain still sends.
+
+    Args:
+        model_ms: ``[K]`` the model's measured time per call for each domain's requests (milliseconds).
+        cost_ms: ``[F]`` per feature, milliseconds per request (fetch + serialisation; 0 for a free feature).
+        budget_ms: ``[K]`` each domain's latency budget.
+    """
+
+    model_ms: Tensor
+    cost_ms: Tensor
+    budget_ms: Tensor
+
+    def predicted_ms(self, drop: Tensor) -> Tensor:
+        """``[K]`` predicted time of each domain with ``drop`` (bool ``[K, F]``) left out."""
+        return self.model_ms + (self.cost_ms * ~drop).sum(1)
+
+
 @dataclasses.dataclass
 class TrimPlan:
-    """Per domain, the features to drop and the validation AUC before and after (blanked features).
+    """Per domain, the features to drop, chosen on one half of the validation rows and checked on the other.
 
     Attributes:
         features: the F feature names; ``domains``: the K domain names.
-        importance: ``[F, K]`` permutation importance (AUC drop).
+        importance: ``[F, K]`` permutation importance (AUC drop) on the choosing half.
         drop: bool ``[K, F]``, the features each domain drops.
-        auc_before, auc_after: ``[K]`` validation AUC with all features and with the plan.
-        budget: the largest AUC loss allowed per domain.
+        auc_before, auc_after: ``[K]`` AUC with all features and with the plan, on the choosing half.
+        check_before, check_after: the same on the checking half (the plan's honest AUC change).
+        limit: the largest AUC loss allowed per domain (``budget`` in AUC mode, ``max_auc_loss`` in latency mode).
+        verdict: per domain, what became of its plan.
+        latency: the latency model of a latency budget (None: AUC mode).
     """
 
     features: list[str]
@@ -87,7 +139,16 @@ class TrimPlan:
     drop: Tensor
     auc_before: Tensor
     auc_after: Tensor
-    budget: float
+    check_before: Tensor
+    check_after: Tensor
+    limit: float
+    verdict: list[Verdict]
+    latency: LatencyModel | None = None
+
+    @property
+    def budget(self) -> float:
+        """The AUC loss allowed per domain."""
+        return self.limit
 
     def dropped(self, domain: str) -> list[str]:
         """The features ``domain`` drops."""
@@ -96,49 +157,209 @@ class TrimPlan:
 
 
 def plan_trimming(
-    predict: Predict, data: Batch, schema: Schema, budget: float, importance: Tensor, min_rows: int = 2000
+    predict: Predict,
+    fit: Batch,
+    check: Batch,
+    schema: Schema,
+    importance: Tensor,
+    limit: float,
+    min_rows: int = 2000,
+    latency: LatencyModel | None = None,
 ) -> TrimPlan:
-    """Greedy per domain: drop features from the least important up, each step checked with the features blanked,
-    and stop at the first one that would take the domain's AUC more than ``budget`` below its full-feature AUC.
+    """Greedy per domain on the ``fit`` rows, from the least important feature up, each step checked with the
+    features blanked; then the plan is checked on the ``check`` rows and cut back to its longest prefix whose AUC
+    loss there is within ``limit``.
 
-    A domain with fewer than ``min_rows`` validation rows keeps every feature: on a few hundred rows the AUC
-    changes of single features are noise, and a plan fitted to them over-fits the validation set.
+    AUC mode (``latency`` None): drop features while the domain's AUC loss stays within ``limit``.
+    Latency mode: drop the least important features that cost something (``latency.cost_ms > 0``) until the
+    domain's predicted time meets its budget; when the next drop would cost more than ``limit`` AUC, or nothing is
+    left to drop, the budget is not reachable and the plan keeps what it dropped within the limit.
+
+    A domain with fewer than ``min_rows`` validation rows (both halves together) keeps every feature: on a few
+    hundred rows the AUC changes of single features are noise.
+
+    Args:
+        predict: the model's click probability per row.
+        fit, check: the two halves of the validation rows (:func:`split_halves`).
+        importance: ``[F, K]`` on ``fit`` (:func:`permutation_importance`).
+        limit: the AUC loss allowed per domain (>= 0).
     """
-    if budget < 0:
-        raise ValueError(f"budget (the AUC loss allowed per domain) must be >= 0, got {budget}")
+    if limit < 0:
+        raise ValueError(f"the AUC loss allowed per domain must be >= 0, got {limit}")
     k, f = schema.num_domains, importance.shape[0]
-    base = domain_aucs(predict, data, k)
-    order = torch.argsort(importance.T, dim=1, stable=True)  # [K, F], least important first
+    rows = torch.bincount(fit.domain, minlength=k) + torch.bincount(check.domain, minlength=k)
+    free = torch.zeros(f, dtype=torch.bool) if latency is None else latency.cost_ms <= 0
+    # least important first; in latency mode the free features last (never dropped)
+    order = torch.argsort(importance.T + torch.where(free, torch.inf, 0.0), dim=1, stable=True)  # [K, F]
+    candidates = f - int(free.sum())
+    base = domain_aucs(predict, fit, k)
+    steps = _greedy(predict, fit, k, order, base, limit, candidates, latency, rows >= min_rows)  # [K] drops each
+    # the honest check: each domain's prefix of its greedy sequence, on the rows that did not choose it
+    check_base = domain_aucs(predict, check, k)
+    within = torch.zeros(k, f + 1, dtype=torch.bool)  # [K, prefix length]: AUC loss on check within the limit
+    within[:, 0] = True
+    check_auc = check_base[:, None].repeat(1, f + 1)
+    fit_auc = base[:, None].repeat(1, f + 1)
+    for n in range(1, int(steps.max()) + 1):  # K >= 1
+        drop = _prefix(order, torch.minimum(steps, torch.tensor(n)))
+        fit_auc[:, n] = domain_aucs(lambda b, c=drop: predict(b.blanked(c)), fit, k)
+        check_auc[:, n] = domain_aucs(lambda b, c=drop: predict(b.blanked(c)), check, k)
+        within[:, n] = check_base - check_auc[:, n] <= limit
+    lengths = torch.arange(f + 1)
+    kept = torch.where(within & (lengths <= steps[:, None]), lengths, 0).max(1).values  # [K] longest passing prefix
+    drop = _prefix(order, kept)
+    domains = torch.arange(k)
+    verdict = _verdicts(base, rows >= min_rows, kept, steps, drop, latency)
+    return TrimPlan(
+        feature_names(schema),
+        list(schema.domains),
+        importance,
+        drop,
+        base,
+        fit_auc[domains, kept],
+        check_base,
+        check_auc[domains, kept],
+        limit,
+        verdict,
+        latency,
+    )
+
+
+def _prefix(order: Tensor, lengths: Tensor) -> Tensor:
+    """bool ``[K, F]``: each domain drops the first ``lengths[d]`` features of its ``order[d]``."""
+    k, f = order.shape
     drop = torch.zeros(k, f, dtype=torch.bool)
-    after = base.clone()
-    # a domain without both classes in validation, or with too few rows, keeps every feature
-    open_ = ~torch.isnan(base) & (torch.bincount(data.domain, minlength=k) >= min_rows)
-    rows = torch.arange(k)
-    for step in range(f):
+    drop.scatter_(1, order, torch.arange(f).expand(k, f) < lengths[:, None])
+    return drop
+
+
+def _greedy(
+    predict: Predict,
+    data: Batch,
+    k: int,
+    order: Tensor,
+    base: Tensor,
+    limit: float,
+    candidates: int,
+    latency: LatencyModel | None,
+    allowed: Tensor,
+) -> Tensor:
+    """``[K]`` how many features of its ``order`` each domain drops: every step evaluates every open domain's next
+    candidate in one pass over ``data`` (rows read only their own domain's mask)."""
+    steps = torch.zeros(k, dtype=torch.long)
+    open_ = allowed & ~torch.isnan(base)
+    for _ in range(candidates):
+        if latency is not None:
+            open_ &= latency.predicted_ms(_prefix(order, steps)) > latency.budget_ms  # met: stop dropping
         if not open_.any():
             break
-        candidate = drop.clone()
-        candidate[rows, order[:, step]] = True
+        candidate = _prefix(order, torch.where(open_, steps + 1, steps))
         auc = domain_aucs(lambda b, c=candidate: predict(b.blanked(c)), data, k)
-        accept = open_ & (base - auc <= budget)
-        drop[accept] = candidate[accept]
-        after[accept] = auc[accept]
+        accept = open_ & (base - auc <= limit)
+        steps += accept.long()
         open_ &= accept
-    return TrimPlan(feature_names(schema), list(schema.domains), importance, drop, base, after, budget)
+    return steps
+
+
+def _verdicts(
+    base: Tensor, enough: Tensor, kept: Tensor, steps: Tensor, drop: Tensor, latency: LatencyModel | None
+) -> list[Verdict]:
+    met = latency.predicted_ms(drop) <= latency.budget_ms if latency is not None else None
+    out = []
+    for d in range(base.shape[0]):
+        if not enough[d]:
+            out.append(Verdict.TOO_FEW_ROWS)
+        elif torch.isnan(base[d]):
+            out.append(Verdict.UNRANKABLE)
+        elif met is None:
+            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.NOTHING_TO_DROP)
+        elif met[d]:
+            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.MEETS_UNTRIMMED)
+        else:
+            out.append(Verdict.NOT_REACHABLE)
+    return out
 
 
 def trim_table(plan: TrimPlan) -> str:
-    """Markdown: per domain, features kept, AUC before / after / change, and the dropped features."""
-    lines = [
-        f"| domain | features kept | val AUC | trimmed AUC | change (budget {plan.budget:g}) | dropped |",
-        "|---|---|---|---|---|---|",
-    ]
+    """Markdown: per domain, features kept, the AUC change on the choosing and on the checking half, with a latency
+    budget the predicted time (model + feature costs) against the budget, the verdict and the dropped features."""
+    latency = plan.latency
+    head = "| domain | features kept | AUC change, chosen on | AUC change, checked on |"
+    if latency is not None:
+        head += " model ms | features ms | total ms | budget ms |"
+    lines = [head + " verdict | dropped |", "|---" * (head.count("|") + 1) + "|"]
     total = len(plan.features)
+    predicted = latency.predicted_ms(plan.drop) if latency is not None else None
     for d, name in enumerate(plan.domains):
-        before, after = float(plan.auc_before[d]), float(plan.auc_after[d])
         gone = plan.dropped(name)
-        lines.append(
-            f"| {name} | {total - len(gone)} / {total} | {before:.4f} | {after:.4f} | {after - before:+.4f} | "
-            f"{', '.join(gone) or '-'} |"
-        )
+        chosen = float(plan.auc_after[d] - plan.auc_before[d])
+        checked = float(plan.check_after[d] - plan.check_before[d])
+        cells = [name, f"{total - len(gone)} / {total}", f"{chosen:+.4f}", f"{checked:+.4f}"]
+        if latency is not None:
+            model, budget = float(latency.model_ms[d]), float(latency.budget_ms[d])
+            cells += [f"{model:.3f}", f"{float(predicted[d]) - model:.3f}", f"{float(predicted[d]):.3f}", f"{budget:g}"]
+        cells += [plan.verdict[d].value, ", ".join(gone) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _read_pairs(path: str | Path, header: tuple[str, str], known: list[str]) -> dict[str, float]:
+    """The rows of a two-column CSV file ``path`` (first line ``header``) as ``{name: value}``: every name one of
+    ``known`` and listed once, every value a finite number >= 0; errors name the file and the line."""
+    with open(path, newline="") as file:
+        lines = list(csv.reader(file))
+    if not lines or tuple(c.strip() for c in lines[0]) != header:
+        raise ValueError(f"{path}: the first line must be the header {','.join(header)!r}, got {lines[:1]}")
+    values: dict[str, float] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if len(line) != 2:
+            raise ValueError(f"{path}, line {number}: expected {','.join(header)!r}, got {line}")
+        name, text = line[0].strip(), line[1].strip()
+        if name not in known:
+            raise ValueError(f"{path}, line {number}: unknown {header[0]} {name!r}; the model's: {known}")
+        if name in values:
+            raise ValueError(f"{path}, line {number}: {header[0]} {name!r} is listed twice")
+        try:
+            values[name] = float(text)
+        except ValueError:
+            raise ValueError(f"{path}, line {number}: {header[1]} of {name!r} is not a number: {text!r}") from None
+        if not math.isfinite(values[name]) or values[name] < 0:
+            raise ValueError(f"{path}, line {number}: {header[1]} of {name!r} must be a finite number >= 0, got {text}")
+    return values
+
+
+def read_feature_costs(path: str | Path, features: list[str]) -> Tensor:
+    """``[F]`` milliseconds per request of each feature, from a CSV file with the header ``feature,microseconds``
+    (fetch + serialisation per request); features the file does not name cost 0.
+
+    Raises:
+        ValueError: naming the file and line: another header, a feature the model does not have (listing those it
+            has), a feature listed twice, a cost that is not a finite number >= 0.
+    """
+    costs = _read_pairs(path, ("feature", "microseconds"), features)
+    return torch.tensor([costs.get(f, 0.0) / 1000.0 for f in features], dtype=torch.float64)
+
+
+def read_budgets(value: str, domains: list[str]) -> Tensor:
+    """``[K]`` latency budgets in milliseconds: ``value`` is one number for every domain, or a CSV file with the
+    header ``domain,budget_ms`` naming every domain once.
+
+    Raises:
+        ValueError: a budget that is not a positive finite number; a file with another header, a domain missing,
+            unknown or repeated (naming the file and line).
+    """
+    try:
+        budgets, where = dict.fromkeys(domains, float(value)), "--latency-budget-ms"
+    except ValueError:
+        if not Path(value).is_file():
+            raise ValueError(f"--latency-budget-ms {value!r} is neither a number of milliseconds nor a file") from None
+        budgets, where = _read_pairs(value, ("domain", "budget_ms"), domains), value
+        missing = [d for d in domains if d not in budgets]
+        if missing:
+            raise ValueError(f"{value} gives no budget for domains {missing}: list every domain") from None
+    bad = {d: b for d, b in budgets.items() if not (math.isfinite(b) and b > 0)}
+    if bad:
+        raise ValueError(f"{where}: latency budgets must be positive milliseconds, got {bad}")
+    return torch.tensor([budgets[d] for d in domains], dtype=torch.float64)

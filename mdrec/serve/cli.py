@@ -25,12 +25,17 @@ from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
 from mdrec.eval.plots import tradeoff_plot
 from mdrec.eval.trim import (
+    LatencyModel,
     Predict,
     TrimPlan,
     concat,
     domain_aucs,
+    feature_names,
     permutation_importance,
     plan_trimming,
+    read_budgets,
+    read_feature_costs,
+    split_halves,
     trim_table,
 )
 from mdrec.rundir import RunDir
@@ -135,12 +140,18 @@ def click_probability(model: torch.nn.Module) -> Predict:
     return lambda batch: model(*serving_inputs(batch))[:, 0]
 
 
-def p50_latency(models: dict[str, torch.nn.Module], batch: Batch, repeats: int = 50) -> dict[str, float]:
-    """Median seconds per call of each model on ``batch``, the models taking turns."""
-    inputs = serving_inputs(batch)
+def domain_model_ms(model: torch.nn.Module, data: Batch, num_domains: int, batch_rows: int) -> torch.Tensor:
+    """``[K]`` p50 milliseconds per call of ``model`` on ``batch_rows`` requests of each domain (its rows of
+    ``data``, repeated when it has fewer), the domains taking turns."""
+    batches = {}
+    for d in range(num_domains):
+        rows = torch.nonzero(data.domain == d).flatten()
+        if rows.numel():
+            batches[str(d)] = data.rows(rows[torch.arange(batch_rows) % rows.numel()])
+    inputs = {d: serving_inputs(b) for d, b in batches.items()}
     with torch.no_grad():
-        times = time_calls({name: functools.partial(m, *inputs) for name, m in models.items()}, repeats, warmup=3)
-    return {name: percentile(values, 0.5) for name, values in times.items()}
+        times = time_calls({d: functools.partial(model, *x) for d, x in inputs.items()}, repeats=30, warmup=3)
+    return torch.tensor([percentile(times[str(d)], 0.5) * 1e3 if str(d) in times else 0.0 for d in range(num_domains)])
 
 
 def trim(argv: list[str] | None = None) -> int:
@@ -148,8 +159,24 @@ def trim(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a stage=adapt run directory")
     parser.add_argument("--budget", type=float, default=0.001, help="AUC loss allowed per domain (default 0.001)")
     parser.add_argument("--min-rows", type=int, default=2000, help="domains with fewer validation rows keep all")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and of the two halves")
     parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
+    parser.add_argument(
+        "--feature-costs",
+        type=Path,
+        help="CSV 'feature,microseconds': each feature's fetch + serialisation cost per request (default 0)",
+    )
+    parser.add_argument(
+        "--latency-budget-ms",
+        help="latency mode: per domain, drop features until the model's time plus the features' costs meets this "
+        "budget (milliseconds per call of --latency-rows requests; one number, or a CSV 'domain,budget_ms')",
+    )
+    parser.add_argument(
+        "--max-auc-loss",
+        type=float,
+        default=0.005,
+        help="latency mode: the AUC loss allowed per domain; beyond it the budget is not reachable (default 0.005)",
+    )
     parser.add_argument(
         "--tradeoff",
         type=float,
@@ -159,41 +186,72 @@ def trim(argv: list[str] | None = None) -> int:
         "(trim_tradeoff.json, trim_tradeoff.png)",
     )
     args = parser.parse_args(argv)
+    if args.tradeoff and args.latency_budget_ms:
+        parser.error("--tradeoff plans with AUC budgets: leave out --latency-budget-ms")
     run = load_run(args.run, "mdrec-trim")
     schema, full = run.schema, run.serving_model()
-    val = concat(run.batches("val"))
+    features = feature_names(schema)
+    try:
+        costs = (
+            read_feature_costs(args.feature_costs, features)
+            if args.feature_costs
+            else torch.zeros(len(features), dtype=torch.float64)
+        )
+        budgets = read_budgets(args.latency_budget_ms, list(schema.domains)) if args.latency_budget_ms else None
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    fit, check = split_halves(concat(run.batches("val")), args.seed)
     test = concat(run.batches("test"))
+    model_ms = domain_model_ms(full, check, schema.num_domains, args.latency_rows).double()
+    latency = LatencyModel(model_ms, costs, budgets) if budgets is not None else None
+    limit = args.max_auc_loss if latency is not None else args.budget
     with torch.no_grad():
-        importance = permutation_importance(click_probability(full), val, schema, seed=args.seed)
-        plan = plan_trimming(click_probability(full), val, schema, args.budget, importance, args.min_rows)
+        importance = permutation_importance(click_probability(full), fit, schema, seed=args.seed)
+        plan = plan_trimming(click_probability(full), fit, check, schema, importance, limit, args.min_rows, latency)
         trimmed = run.serving_model(plan.drop)
         test_before = domain_aucs(click_probability(full), test, schema.num_domains)
         test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
-    latency = p50_latency({"full": full, "trimmed": trimmed}, val.rows(torch.arange(min(args.latency_rows, val.size))))
-    export(trimmed, val.rows(torch.arange(min(64, val.size))), run.directory / "serving_trimmed.pt")
+    trimmed_ms = domain_model_ms(trimmed, check, schema.num_domains, args.latency_rows).double()
+    export(trimmed, check.rows(torch.arange(min(64, check.size))), run.directory / "serving_trimmed.pt")
+    fetch_before, fetch_after = costs.sum(), (costs * ~plan.drop).sum(1)
+    mode = (
+        f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g})"
+        if latency is not None
+        else f"AUC loss <= {limit:g} per domain"
+    )
     rows = [
         f"| {name} | " + " | ".join(f"{float(importance[f, d]):+.4f}" for d in range(schema.num_domains)) + " |"
         for f, name in enumerate(plan.features)
+    ]
+    per_domain = [
+        f"| {d} | {float(test_before[i]):.4f} | {float(test_after[i]):.4f} | "
+        f"{float(test_after[i] - test_before[i]):+.4f} | {float(model_ms[i]):.3f} | {float(trimmed_ms[i]):.3f} | "
+        f"{float(fetch_before):.3f} | {float(fetch_after[i]):.3f} |"
+        for i, d in enumerate(schema.domains)
     ]
     report = "\n".join(
         [
             f"# Feature trimming of {run.directory}",
             "",
-            f"Per domain, on the validation rows (budget: AUC loss <= {args.budget:g} per domain; a domain with "
-            f"fewer than {args.min_rows} validation rows keeps every feature):",
+            f"Mode: {mode}. Each plan is chosen on one half of the validation rows ({fit.size} rows: the importance "
+            f"and the greedy steps) and checked on the other ({check.size} rows), then cut back to its longest prefix "
+            f"whose AUC loss on the checking half is within the limit. A domain with fewer than {args.min_rows} "
+            "validation rows keeps every feature.",
             "",
             trim_table(plan),
             "",
-            "Test AUC per domain, all features -> trimmed: "
-            + ", ".join(
-                f"{d} {float(test_before[i]):.4f} -> {float(test_after[i]):.4f}" for i, d in enumerate(schema.domains)
-            ),
+            f"Test AUC and serving time per domain (model: the parallel serving graph, p50 of one call on "
+            f"{args.latency_rows} of the domain's requests, one process; features: the per-feature costs of "
+            f"{args.feature_costs or 'none given (0)'}, summed over the features sent). Blanked features are still "
+            "looked up in this serving graph (id 0): the model time changes little; the saving is in the features "
+            "no longer fetched.",
             "",
-            f"Serving latency (parallel model, {min(args.latency_rows, val.size)} validation rows, p50): all features "
-            f"{latency['full'] * 1e3:.2f} ms, trimmed {latency['trimmed'] * 1e3:.2f} ms. Blanked features are "
-            "still looked up (id 0): the saving is in the features a serving system no longer fetches.",
+            "| domain | test AUC | trimmed | change | model ms | trimmed model ms | features ms | trimmed features ms "
+            "|",
+            "|---|---|---|---|---|---|---|---|",
+            *per_domain,
             "",
-            "Permutation importance (validation AUC drop when the feature is shuffled within the domain):",
+            "Permutation importance on the choosing half (AUC drop when the feature is shuffled within the domain):",
             "",
             "| feature | " + " | ".join(schema.domains) + " |",
             "|---|" + "---|" * schema.num_domains,
@@ -201,31 +259,41 @@ def trim(argv: list[str] | None = None) -> int:
         ]
     )
     (run.directory / "trim.md").write_text(report + "\n")
+    by_domain = lambda t: dict(zip(schema.domains, t.tolist(), strict=True))  # noqa: E731
     (run.directory / "trim.json").write_text(
         json.dumps(
             {
                 "budget": args.budget,
+                "latency_budget_ms": by_domain(budgets) if budgets is not None else None,
+                "auc_loss_limit": limit,
                 "features": plan.features,
                 "dropped": {d: plan.dropped(d) for d in schema.domains},
-                "val_auc_before": dict(zip(schema.domains, plan.auc_before.tolist(), strict=True)),
-                "val_auc_after": dict(zip(schema.domains, plan.auc_after.tolist(), strict=True)),
-                "test_auc_before": dict(zip(schema.domains, test_before.tolist(), strict=True)),
-                "test_auc_after": dict(zip(schema.domains, test_after.tolist(), strict=True)),
-                "latency_p50_s": latency,
+                "verdict": dict(zip(schema.domains, [v.value for v in plan.verdict], strict=True)),
+                "val_auc_before": by_domain(plan.auc_before),
+                "val_auc_after": by_domain(plan.auc_after),
+                "check_auc_before": by_domain(plan.check_before),
+                "check_auc_after": by_domain(plan.check_after),
+                "test_auc_before": by_domain(test_before),
+                "test_auc_after": by_domain(test_after),
+                "model_ms": by_domain(model_ms),
+                "trimmed_model_ms": by_domain(trimmed_ms),
+                "features_ms": float(fetch_before),
+                "trimmed_features_ms": by_domain(fetch_after),
             },
             indent=2,
         )
     )
     print(report)
     if args.tradeoff:
-        tradeoff(run, full, val, test_before, test, plan, sorted({args.budget, *args.tradeoff}), args.min_rows)
+        tradeoff(run, full, fit, check, test_before, test, plan, sorted({args.budget, *args.tradeoff}), args.min_rows)
     return 0
 
 
 def tradeoff(
     run: AdaptRun,
     full: torch.nn.Module,
-    val: Batch,
+    fit: Batch,
+    check: Batch,
     test_before: torch.Tensor,
     test: Batch,
     plan: TrimPlan,
@@ -238,7 +306,7 @@ def tradeoff(
     schema, predict = run.schema, click_probability(full)
     with torch.no_grad():
         plans = [
-            plan if b == plan.budget else plan_trimming(predict, val, schema, b, plan.importance, min_rows)
+            plan if b == plan.limit else plan_trimming(predict, fit, check, schema, plan.importance, b, min_rows)
             for b in budgets
         ]
         trimmed = [click_probability(run.serving_model(p.drop)) for p in plans]

@@ -9,9 +9,14 @@ import torch
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.eval.trim import (
+    LatencyModel,
+    Verdict,
     permutation_importance,
     permuted_within_domains,
     plan_trimming,
+    read_budgets,
+    read_feature_costs,
+    split_halves,
     trim_table,
 )
 from mdrec.models.dnn import DNNBackbone
@@ -60,19 +65,110 @@ def test_permutation_stays_within_domains() -> None:
 def test_noise_field_of_one_domain_is_trimmed_there_only() -> None:
     net = trained()
     predict = lambda b: torch.sigmoid(net(b).logits[:, 0])  # noqa: E731
-    val = world(20_000, seed=1)
-    importance = permutation_importance(predict, val, SCHEMA)  # [F, K]: signal, local, noise, x
+    fit, check = split_halves(world(40_000, seed=1))
+    importance = permutation_importance(predict, fit, SCHEMA)  # [F, K]: signal, local, noise, x
     assert importance[0].min() > 0.05  # signal matters in both
     assert importance[1, 0] > 0.05 and importance[1, 1] < 0.005  # local matters in a only
-    plan = plan_trimming(predict, val, SCHEMA, budget=0.002, importance=importance)
+    plan = plan_trimming(predict, fit, check, SCHEMA, importance, limit=0.002)
     assert set(plan.dropped("a")) == {"noise", "x"}
     assert set(plan.dropped("b")) == {"local", "noise", "x"}
     assert (plan.auc_before - plan.auc_after).max() <= 0.002
+    assert (plan.check_before - plan.check_after).max() <= 0.002  # held out: within the limit too
+    assert plan.verdict == [Verdict.TRIMMED, Verdict.TRIMMED]
     # the plan's AUC is the AUC with its features blanked
-    blank = val.blanked(plan.drop)
-    assert (blank.sparse[val.domain == 1, 1] == 0).all() and (blank.sparse[val.domain == 0, 1] > 0).all()
+    blank = check.blanked(plan.drop)
+    assert (blank.sparse[check.domain == 1, 1] == 0).all() and (blank.sparse[check.domain == 0, 1] > 0).all()
     assert "| b | 1 / 4 |" in trim_table(plan)
-    small = plan_trimming(predict, val, SCHEMA, budget=0.002, importance=importance, min_rows=15_000)
-    assert not small.drop.any()  # about 10,000 rows per domain: too few for this guard, every feature kept
-    with pytest.raises(ValueError, match="budget"):
-        plan_trimming(predict, val, SCHEMA, budget=-1.0, importance=importance)
+    small = plan_trimming(predict, fit, check, SCHEMA, importance, limit=0.002, min_rows=25_000)
+    assert not small.drop.any()  # about 20,000 rows per domain: too few for this guard, every feature kept
+    assert small.verdict == [Verdict.TOO_FEW_ROWS, Verdict.TOO_FEW_ROWS]
+    with pytest.raises(ValueError, match="AUC loss"):
+        plan_trimming(predict, fit, check, SCHEMA, importance, limit=-1.0)
+
+
+def test_halves_split_each_domain_evenly_and_disjointly() -> None:
+    data = world(1001, seed=3)
+    data = Batch(data.sparse, data.dense, data.domain, torch.arange(1001, dtype=torch.float32)[:, None])
+    fit, check = split_halves(data, seed=5)
+    ids = torch.cat([fit.labels[:, 0], check.labels[:, 0]]).long()
+    assert sorted(ids.tolist()) == list(range(1001))  # every row once
+    for d in (0, 1):
+        assert abs(int((fit.domain == d).sum()) - int((check.domain == d).sum())) <= 1
+    again = split_halves(data, seed=5)[0]
+    assert torch.equal(again.labels, fit.labels) and not torch.equal(split_halves(data, seed=6)[0].labels, fit.labels)
+
+
+def true_model(batch: Batch) -> torch.Tensor:
+    """The click probability of :func:`world` itself: ``noise`` and ``x`` have no effect, ``local`` none in b."""
+    effect = torch.randn(2, 21, generator=torch.Generator().manual_seed(99)) * 1.5
+    return torch.sigmoid(effect[0, batch.sparse[:, 0]] + (batch.domain == 0) * effect[1, batch.sparse[:, 1]])
+
+
+def test_a_plan_that_only_helps_the_rows_that_chose_it_is_cut_back() -> None:
+    # on the choosing half the click ignores ``local`` in domain a too: blanking it costs nothing there; on the
+    # checking half (as the model assumes) it matters: the held-out check must undo that drop
+    fit, check = split_halves(world(20_000, seed=1))
+    effect = torch.randn(2, 21, generator=torch.Generator().manual_seed(99)) * 1.5
+    g = torch.Generator().manual_seed(7)
+    fit_labels = (torch.rand(fit.size, generator=g) < torch.sigmoid(effect[0, fit.sparse[:, 0]])).float()[:, None]
+    fit = Batch(fit.sparse, fit.dense, fit.domain, fit_labels)
+    importance = permutation_importance(true_model, fit, SCHEMA)
+    plan = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=0.002)
+    assert "local" not in plan.dropped("a")  # chosen on fit, refused on check
+    assert set(plan.dropped("a")) <= {"noise", "x"} and set(plan.dropped("b")) == {"local", "noise", "x"}
+    assert (plan.check_before - plan.check_after).max() <= 0.002
+
+
+def test_a_latency_budget_drops_costly_features_until_it_is_met_or_says_it_cannot() -> None:
+    fit, check = split_halves(world(20_000, seed=1))
+    importance = permutation_importance(true_model, fit, SCHEMA)
+    # signal 1 ms, local 2 ms, noise 0.5 ms, x free; the model itself 1 ms per call
+    latency = LatencyModel(
+        model_ms=torch.tensor([1.0, 1.0], dtype=torch.float64),
+        cost_ms=torch.tensor([1.0, 2.0, 0.5, 0.0], dtype=torch.float64),
+        budget_ms=torch.tensor([2.0, 3.0], dtype=torch.float64),
+    )
+    plan = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=0.01, latency=latency)
+    # b: 4.5 ms in all; dropping local (no effect in b) gives 2.5 <= 3: met, and noise stays (no need)
+    assert plan.dropped("b") == ["local"] and plan.verdict[1] == Verdict.TRIMMED
+    # a: noise goes (4.0 ms), then local would cost far more than 0.01 AUC: 2 ms is not reachable; x is free
+    assert plan.dropped("a") == ["noise"] and plan.verdict[0] == Verdict.NOT_REACHABLE
+    assert latency.predicted_ms(plan.drop).tolist() == [4.0, 2.5]
+    table = trim_table(plan)
+    assert "| a | 3 / 4 |" in table and "budget not reachable within the AUC limit" in table
+    assert "| 2.500 | 3 |" in table  # b's predicted total against its budget
+    # a budget the model alone cannot meet, whatever is dropped
+    tight = LatencyModel(latency.model_ms, latency.cost_ms, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    plan = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=1.0, latency=tight)
+    assert plan.verdict == [Verdict.NOT_REACHABLE, Verdict.NOT_REACHABLE]
+    assert plan.drop[:, :3].all() and not plan.drop[:, 3].any()  # every costly feature dropped, the free one kept
+
+
+def test_cost_and_budget_files_are_checked(tmp_path) -> None:
+    features = ["signal", "local", "noise", "x"]
+    good = tmp_path / "costs.csv"
+    good.write_text("feature,microseconds\nsignal,1500\nnoise,250\n")
+    assert read_feature_costs(good, features).tolist() == [1.5, 0.0, 0.25, 0.0]
+    cases = {
+        "feature,cost\nsignal,1\n": "header",
+        "feature,microseconds\nprice,1\n": "unknown feature 'price'",
+        "feature,microseconds\nsignal,1\nsignal,2\n": "listed twice",
+        "feature,microseconds\nsignal,-1\n": "finite number >= 0",
+        "feature,microseconds\nsignal,fast\n": "not a number",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_feature_costs(bad, features)
+    assert read_budgets("2.5", ["a", "b"]).tolist() == [2.5, 2.5]
+    budgets = tmp_path / "budgets.csv"
+    budgets.write_text("domain,budget_ms\na,1\nb,4\n")
+    assert read_budgets(str(budgets), ["a", "b"]).tolist() == [1.0, 4.0]
+    budgets.write_text("domain,budget_ms\na,1\n")
+    with pytest.raises(ValueError, match=r"no budget for domains \['b'\]"):
+        read_budgets(str(budgets), ["a", "b"])
+    with pytest.raises(ValueError, match="positive"):
+        read_budgets("0", ["a", "b"])
+    with pytest.raises(ValueError, match="neither a number"):
+        read_budgets("soon", ["a", "b"])

@@ -135,11 +135,41 @@ def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     total = len(report["features"])
     assert kept[1].tolist() == [total - len(report["dropped"][d]) for d in tradeoff["domains"]]
     assert (tmp_path / "run" / "trim_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
-    for d, before in report["val_auc_before"].items():
-        assert before - report["val_auc_after"][d] <= 0.002 + 1e-9
+    for d in report["val_auc_before"]:
+        for half in ("val", "check"):  # NaN: one class in that half
+            loss = report[f"{half}_auc_before"][d] - report[f"{half}_auc_after"][d]
+            assert np.isnan(loss) or loss <= 0.002 + 1e-9
     assert any(report["dropped"].values())  # the synthetic default has fields that do not matter to some domains
     assert (tmp_path / "run" / "serving_trimmed.pt").exists()
     assert "| feature |" in (tmp_path / "run" / "trim.md").read_text()
+
+
+def test_trim_cli_meets_a_latency_budget_where_fetching_dominates(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    train(train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1"]))
+    run = tmp_path / "run"
+    args = [str(run), "--latency-rows", "64", "--min-rows", "100"]
+    assert trim_main([*args, "--latency-budget-ms", "1000", "--max-auc-loss", "0.01"]) == 0
+    report = json.loads((run / "trim.json").read_text())
+    small = "too few validation rows: keeps every feature"  # the toy data's smallest domain
+    assert set(report["verdict"].values()) <= {"meets the budget with every feature", small}  # 1 s: nothing to drop
+    features = report["features"]
+    costs = tmp_path / "costs.csv"  # every feature costs 1 ms to fetch: fetching dominates the model's time
+    costs.write_text("feature,microseconds\n" + "".join(f"{f},1000\n" for f in features))
+    args += ["--feature-costs", str(costs)]
+    budget = len(features) - 2  # ms: at least three features (3 ms) must go, whatever the model's time (< 1 ms)
+    assert trim_main([*args, "--latency-budget-ms", str(budget), "--max-auc-loss", "0.01"]) == 0
+    report = json.loads((run / "trim.json").read_text())
+    for d, verdict in report["verdict"].items():
+        total = report["model_ms"][d] + report["trimmed_features_ms"][d]
+        if verdict != small:
+            assert (total <= budget) == (verdict in ("trimmed", "meets the budget with every feature")), (d, verdict)
+        held_out = report["check_auc_before"][d] - report["check_auc_after"][d]
+        assert np.isnan(held_out) or held_out <= 0.01 + 1e-9
+    assert "trimmed" in report["verdict"].values()  # the large domains can drop three features within 0.01
+    assert "budget" in (run / "trim.md").read_text()
+    with pytest.raises(SystemExit):  # a cost file naming a feature the model does not have: a usage error
+        costs.write_text("feature,microseconds\nprice,3\n")
+        trim_main(args)
 
 
 def test_parallel_model_refuses_a_backbone_that_embeds_the_domain() -> None:
