@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mdrec.data.datamodule import MultiDomainDataModule
-from mdrec.data.ingest import DENSE_SCALINGS, Fitted, SequenceSpec, TableSpec, encode_ids
+from mdrec.data.ingest import DENSE_SCALINGS, DenseScaling, Fitted, SequenceSpec, TableSpec, encode_ids
 from mdrec.data.schema import Schema
 from mdrec.data.sources.raw import file_signature
 from mdrec.data.sources.tabular import MissingColumnsError, RawRows, TabularSource
@@ -90,7 +90,7 @@ class Encoding:
     schema: Schema
     vocabularies: dict[str, list[str]]
     unseen: dict[str, list[int]] = field(default_factory=dict)
-    dense_scaling: str = "none"
+    dense_scaling: DenseScaling = "none"
     scalers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod

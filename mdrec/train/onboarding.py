@@ -8,6 +8,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.nn.parameter import per_domain_parameters
 
-INITS = ("identity", "nearest", "weighted")
+Init = Literal["identity", "nearest", "weighted"]
+INITS = get_args(Init)
 
 
 class NoNewDomainRowsError(ValueError):

@@ -40,6 +40,7 @@ from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.onboarding import (
     INITS,
     GateOptions,
+    Init,
     NegativeTransferError,
     NoNewDomainRowsError,
     backbone_probabilities,
@@ -293,7 +294,7 @@ class Onboard(AdapterStage):
         adapted: str,
         optimizer: OptimizerFactory,
         domains: Sequence[str] | None = None,
-        init: str = "identity",
+        init: Init = "identity",
         temperature: float = 0.01,
         min_coverage: dict[str, float] | None = None,
         force: bool = False,
