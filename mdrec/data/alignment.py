@@ -143,16 +143,26 @@ class Encoding:
             raise bad(f"version {obj.get('version')!r} is not {ENCODING_VERSION}")
         try:
             schema = Schema.from_json(obj["schema"])
-        except (KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise bad(f"its schema does not read ({type(error).__name__}: {error})") from None
+        domains = obj["schema"].get("domains")
+        if (
+            not isinstance(domains, list)
+            or not all(isinstance(d, str) for d in domains)
+            or len(set(domains)) < len(domains)
+        ):
+            raise bad(f"its domains {domains!r} are not a list of distinct names")
+        sizes = [f.vocab_size for f in schema.sparse] + [s.max_len for s in [schema.sequence] if s is not None]
+        if not all(type(n) is int and n > 0 for n in sizes):
+            raise bad(f"its vocabulary sizes and sequence length {sizes} are not positive integers")
         vocabularies, unseen, scalers = obj.get("vocabularies"), obj.get("unseen", {}), obj.get("scalers")
         if not isinstance(vocabularies, dict) or not isinstance(unseen, dict) or not isinstance(scalers, dict):
             raise bad("vocabularies, unseen and scalers must be mappings")
         for f in schema.sparse:
             values = vocabularies.get(f.name)
             strings = isinstance(values, list) and all(isinstance(v, str) for v in values)
-            if not strings or len(values) != f.vocab_size - 1:
-                raise bad(f"the vocabulary of {f.name!r} is not a list of {f.vocab_size - 1} strings")
+            if not strings or len(values) != f.vocab_size - 1 or len(set(values)) < len(values):
+                raise bad(f"the vocabulary of {f.name!r} is not a list of {f.vocab_size - 1} distinct strings")
             ids = unseen.get(f.name, [])
             if not isinstance(ids, list) or not all(isinstance(i, int) and 0 < i < f.vocab_size for i in ids):
                 raise bad(f"the unseen ids of {f.name!r} are not ids in 1..{f.vocab_size - 1}")
@@ -175,7 +185,15 @@ class Encoding:
     def of_run(cls, run: str | Path) -> Encoding:
         """The encoding a run directory carries (``encoding.json``, checked against its checksum)."""
         run_dir = RunDir(Path(run))
-        return cls.from_json(run_dir.read_encoding(), run_dir.file(RunDir.ENCODING))
+        encoding = cls.from_json(run_dir.read_encoding(), run_dir.file(RunDir.ENCODING))
+        trained = run_dir.read_json(RunDir.DATA_REPORT).get("domains")  # the domains the run trained, in id order
+        if trained != list(encoding.schema.domains):
+            raise ValueError(
+                f"{run_dir.file(RunDir.ENCODING)} lists the domains {list(encoding.schema.domains)}, but the run "
+                f"trained {trained} ({run_dir.file(RunDir.DATA_REPORT)}): a domain's rows would run through another "
+                "domain's adapter. The files were edited or come from different runs: copy the run directory again"
+            )
+        return encoding
 
     def save(self, run: str | Path) -> None:
         """Write ``encoding.json`` into the run directory ``run``."""
