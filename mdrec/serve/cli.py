@@ -143,7 +143,7 @@ def click_probability(model: torch.nn.Module) -> Predict:
 def domain_model_ms(
     models: dict[str, torch.nn.Module], data: Batch, num_domains: int, batch_rows: int
 ) -> dict[str, torch.Tensor]:
-    """Per model, ``[K]`` p50 milliseconds per call on ``batch_rows`` requests of each domain (its rows of ``data``,
+    """Per model, ``[K]`` p50 milliseconds per call on ``batch_rows`` rows of each domain (its rows of ``data``,
     repeated when it has fewer; 0 for a domain without rows); every model and domain take turns call by call."""
     calls = {}
     for d in range(num_domains):
@@ -168,16 +168,23 @@ def trim(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.001, help="AUC loss allowed per domain (default 0.001)")
     parser.add_argument("--min-rows", type=int, default=2000, help="domains with fewer validation rows keep all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and of the two halves")
-    parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
+    parser.add_argument(
+        "--latency-rows",
+        type=int,
+        default=512,
+        help="rows of one request (one call of the model: e.g. the candidates of one auction) in the latency check "
+        "(default 512)",
+    )
     parser.add_argument(
         "--feature-costs",
         type=Path,
-        help="CSV 'feature,microseconds': each feature's fetch + serialisation cost per request (default 0)",
+        help="CSV 'feature,microseconds': each feature's fetch + serialisation cost per request of --latency-rows rows "
+        "(default 0)",
     )
     parser.add_argument(
         "--latency-budget-ms",
         help="latency mode: per domain, drop features until the model's time plus the features' costs meets this "
-        "budget (milliseconds per call of --latency-rows requests; one number, or a CSV 'domain,budget_ms')",
+        "budget (milliseconds per request of --latency-rows rows; one number, or a CSV 'domain,budget_ms')",
     )
     parser.add_argument(
         "--max-auc-loss",
@@ -194,6 +201,8 @@ def trim(argv: list[str] | None = None) -> int:
         "(trim_tradeoff.json, trim_tradeoff.png)",
     )
     args = parser.parse_args(argv)
+    if args.latency_rows < 1:
+        parser.error(f"--latency-rows must be at least 1 (the rows of one request), got {args.latency_rows}")
     if args.tradeoff and args.latency_budget_ms:
         parser.error("--tradeoff plans with AUC budgets: leave out --latency-budget-ms")
     run = load_run(args.run, "mdrec-trim")
