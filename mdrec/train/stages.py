@@ -411,7 +411,7 @@ class Onboard(AdapterStage):
         for i in new:
             rows = split_rows(self.data, "train", [i])
             loss = routed_logloss(net, self.data, rows, [*range(self.k), i])
-            losses.append(loss[: self.k])
+            losses.append(loss)  # the K existing slices, then the new one as built (the identity)
             name = schema.domains[i]
             out.update(
                 {
@@ -425,13 +425,14 @@ class Onboard(AdapterStage):
             warm_start(net.adapter, self.k, new, weights)
             for row, i in zip(weights, new, strict=True):
                 name = schema.domains[i]
-                out.update(
-                    {
-                        f"onboard/init_weight/{name}/{d}": float(w)
-                        for d, w in zip(schema.domains, row.tolist(), strict=False)
-                    }
-                )
-            log.info("stage.init=%s: weights of the existing slices per new domain %s", self.init, weights.tolist())
+                candidates = [*schema.domains[: self.k], "identity"]
+                weighted = zip(candidates, row.tolist(), strict=True)
+                out.update({f"onboard/init_weight/{name}/{d}": float(w) for d, w in weighted})
+            log.info(
+                "stage.init=%s: weights of the existing slices and the identity per new domain %s",
+                self.init,
+                weights.tolist(),
+            )
         return out
 
     @torch.no_grad()
