@@ -437,9 +437,13 @@ class Onboard(AdapterStage):
 
     @torch.no_grad()
     def _reset(self, adapter: nn.Module, slices: Sequence[int]) -> None:
-        """Put ``slices`` of every per-domain parameter back to the identity (the freshly built adapter's)."""
+        """Put ``slices`` of every per-domain parameter back to what each served before this run: a new domain's to
+        the identity (the freshly built adapter's), a known domain's to the adapted run's slice."""
+        new = [s for s in slices if s >= self.k]
+        old = [s for s in slices if s < self.k]
         for name, param in per_domain_parameters(adapter):
-            param[list(slices)] = self.identity[name][list(slices)].to(param.device)
+            param[new] = self.identity[name][new].to(param.device)
+            param[old] = self.loaded[name][old].to(param.device)
 
     def after_fit(self, trainer: pl.Trainer, module: RankingModule) -> None:
         """Every other domain's adapter slices as loaded, bit for bit, whatever the optimiser did."""
@@ -501,7 +505,12 @@ class Onboard(AdapterStage):
             f"(zero-shot){' and a model trained from scratch on the same rows' if g.scratch else ''}; paired "
             f"bootstrap ({g.resamples} resamples) of AUC onboarded - best other, delta {g.delta}.\n\n"
             f"{gate_table(rows, g.confidence)}\n\nFlagged (not promoted): {verdict}"
-            + (" (stage.gate.strict: their slices are the identity in adapter.pt)" if g.strict and self.flagged else "")
+            + (
+                " (stage.gate.strict: in adapter.pt their slices are those served before: the identity for a new "
+                "domain, the adapted run's for a known one)"
+                if g.strict and self.flagged
+                else ""
+            )
             + "\n"
         )
         log.info("%s", self.gate_report)
@@ -521,8 +530,9 @@ class Onboard(AdapterStage):
         if self.gate.strict and self.flagged:
             raise NegativeTransferError(
                 f"the negative-transfer gate flagged {self.flagged} (stage.gate.strict): onboarding them is worse than "
-                f"the alternatives beyond the noise (gate.md); their slices are the identity in adapter.pt, so a "
-                "serving file exported from this run gives their requests the backbone"
+                f"the alternatives beyond the noise (gate.md); in adapter.pt their slices are those they served "
+                "before this run (a new domain's the identity: a serving file exported from this run gives its "
+                "requests the backbone)"
             )
 
 

@@ -118,8 +118,9 @@ def test_onboarding_a_domain_the_adapted_run_never_saw(adapted: Path) -> None:
     assert {"gate/flagged/d4", "gate/low/d4", "gate/high/d4", "gate/auc_zero_shot/d4"} <= set(saved)
     assert "| d4 |" in (root / "d4" / "gate.md").read_text()
     assert json.loads((root / "d4" / "alignment.json").read_text())["coverage"]["d4"]["cat_1"]["coverage"] > 0.95
-    losses = [metrics[f"onboard/init_logloss/d4/d{i}"] for i in range(4)]
-    assert metrics[f"onboard/init_weight/d4/d{int(np.argmin(losses))}"] == 1.0
+    candidates = ["d0", "d1", "d2", "d3", "identity"]  # the existing slices and the fresh one
+    losses = [metrics[f"onboard/init_logloss/d4/{c}"] for c in candidates]
+    assert metrics[f"onboard/init_weight/d4/{candidates[int(np.argmin(losses))]}"] == 1.0
     # the new run serves 5 domains; the adapted run's 4 slices are in it bit for bit
     assert RunDir(root / "d4").read_encoding()["schema"]["domains"] == ["d0", "d1", "d2", "d3", "d4"]
     before = torch.load(root / "adapt" / "adapter.pt")
@@ -195,6 +196,7 @@ def test_several_new_domains_in_one_run(adapted: Path) -> None:
     assert metrics["onboard/other_domains_max_abs_change"] == 0.0
     for d in ("d4", "d5"):
         assert f"gate/flagged/{d}" in metrics and f"selection/epoch/{d}" in metrics
-        assert sum(metrics[f"onboard/init_weight/{d}/d{i}"] for i in range(4)) == pytest.approx(1.0)
+        weights = [metrics[f"onboard/init_weight/{d}/{c}"] for c in ("d0", "d1", "d2", "d3", "identity")]
+        assert sum(weights) == pytest.approx(1.0)  # the existing slices and the fresh one
     before, after = torch.load(root / "adapt" / "adapter.pt"), torch.load(root / "two" / "adapter.pt")
     assert all(after[k].shape[0] == 6 and torch.equal(after[k][:4], before[k]) for k in before)
