@@ -258,8 +258,8 @@ def read_mapping(path: str | Path, name: str, encoding: Encoding) -> dict[str, s
 
     Raises:
         AlignmentError: ``name`` is not a sparse field, the file does not read as such a CSV, or a value is empty.
-        DuplicateTargetValuesError: a target value is mapped more than once (the error lists them with their lines).
-        UnknownSourceValuesError: a source value is not in the run's vocabulary of ``name`` (listed with their lines).
+        DuplicateTargetValuesError: a target value is mapped more than once (the error lists them with their rows).
+        UnknownSourceValuesError: a source value is not in the run's vocabulary of ``name`` (listed with their rows).
     """
     path = Path(path)
     if name not in encoding.schema.sparse_names:
@@ -286,23 +286,24 @@ def read_mapping(path: str | Path, name: str, encoding: Encoding) -> dict[str, s
             f"{list(MAPPING_COLUMNS)}: the new data's code, then the run's value it means"
         )
     targets, sources = (table.column(c).to_pylist() for c in MAPPING_COLUMNS)
-    empty = [i + 2 for i, (t, s) in enumerate(zip(targets, sources, strict=True)) if t is None or s is None]
+    # rows are numbered after the header, 1 for the first, blank lines not counted (the CSV reader skips them)
+    empty = [i + 1 for i, (t, s) in enumerate(zip(targets, sources, strict=True)) if t is None or s is None]
     if empty:
-        raise AlignmentError(f"mapping file {path} of field {name!r}: empty value(s) on line(s) {empty[:SHOWN]}")
-    lines: dict[str, list[int]] = {}
+        raise AlignmentError(f"mapping file {path} of field {name!r}: empty value(s) in row(s) {empty[:SHOWN]}")
+    rows: dict[str, list[int]] = {}
     for i, t in enumerate(targets):
-        lines.setdefault(t, []).append(i + 2)
-    duplicated = {t: ls for t, ls in lines.items() if len(ls) > 1}
+        rows.setdefault(t, []).append(i + 1)
+    duplicated = {t: ls for t, ls in rows.items() if len(ls) > 1}
     if duplicated:
-        shown = "; ".join(f"{t!r} on lines {ls}" for t, ls in list(duplicated.items())[:SHOWN])
+        shown = "; ".join(f"{t!r} in rows {ls}" for t, ls in list(duplicated.items())[:SHOWN])
         raise DuplicateTargetValuesError(
             f"mapping file {path} of field {name!r} maps {len(duplicated)} target value(s) more than once: {shown}. "
             "Each code of the new data must mean one value: keep one row per target_value"
         )
     known = set(encoding.vocabularies[name])
-    unknown = [(i + 2, s) for i, s in enumerate(sources) if s not in known]
+    unknown = [(i + 1, s) for i, s in enumerate(sources) if s not in known]
     if unknown:
-        shown = ", ".join(f"{s!r} (line {line})" for line, s in unknown[:SHOWN])
+        shown = ", ".join(f"{s!r} (row {row})" for row, s in unknown[:SHOWN])
         raise UnknownSourceValuesError(
             f"mapping file {path} of field {name!r}: {len(unknown)} source value(s) are not in the run's vocabulary of "
             f"{name!r} ({len(known)} values, e.g. {sorted(known)[:SHOWN]}): {shown}. Map onto values the run knows "

@@ -124,12 +124,12 @@ def test_bad_mapping_files_are_named_errors(tmp_path: Path) -> None:
     unknown = write(tmp_path / "unknown.csv", "target_value,source_value\nA,g1\nB,g7\nC,7\n")
     with pytest.raises(
         UnknownSourceValuesError,
-        match=r"unknown.csv of field 'genre': 2 source value\(s\).*'g7' \(line 3\), '7' \(line 4\)",
+        match=r"unknown.csv of field 'genre': 2 source value\(s\).*'g7' \(row 2\), '7' \(row 3\)",
     ):
         read_mapping(unknown, "genre", encoding)
-    twice = write(tmp_path / "twice.csv", "target_value,source_value\nA,g1\nB,g2\nA,g3\n")
+    twice = write(tmp_path / "twice.csv", "target_value,source_value\n\nA,g1\nB,g2\n\nA,g3\n")  # blank lines
     with pytest.raises(
-        DuplicateTargetValuesError, match=r"twice.csv of field 'genre' maps 1 target value.*'A' on lines \[2, 4\]"
+        DuplicateTargetValuesError, match=r"twice.csv of field 'genre' maps 1 target value.*'A' in rows \[1, 3\]"
     ):
         read_mapping(twice, "genre", encoding)
     columns = write(tmp_path / "columns.csv", "partner,source\nA,g1\n")
