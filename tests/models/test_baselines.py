@@ -1,5 +1,6 @@
-"""Multi-domain baselines (shared-bottom, MMoE, PLE, STAR, single-domain), tiny (their per-domain layers alone:
-tests/nn/)."""
+"""Every multi-domain network (shared-bottom, MMoE, PLE, STAR, single-domain and the zoo of docs/models.md), tiny:
+the contract each keeps (their per-domain layers alone: tests/nn/; each zoo model's defining equation:
+tests/models/test_zoo.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 from mdrec.data.batch import Batch
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.mmoe import MMoE
+from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.shared_bottom import SharedBottom
 from mdrec.models.single_domain import SingleDomain
@@ -31,6 +33,9 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "ple": lambda: PLE(SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
     "star": lambda: STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
+    "pepnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], prior_fields=["item"], dropout=0.1),
+    "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False),
+    "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }
 
 
