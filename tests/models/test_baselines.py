@@ -14,6 +14,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.models.dnn import DNNBackbone
+from mdrec.models.m2m import M2M
 from mdrec.models.mmoe import MMoE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
@@ -23,7 +24,7 @@ from mdrec.models.star import STAR
 from mdrec.nn.domain import StarLinear
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.train.run import train
-from tests.helpers import SCHEMA, K, TrainCfg, embedded, make_batch, rows_of
+from tests.helpers import CONF_DIR, SCHEMA, K, TrainCfg, embedded, make_batch, rows_of
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "shared_bottom": lambda: SharedBottom(
@@ -31,10 +32,14 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     ),
     "mmoe": lambda: MMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
     "ple": lambda: PLE(SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
+    "ple_own": lambda: PLE(
+        SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, expert_sizes=[8], shared_gate_experts="own"
+    ),
     "star": lambda: STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
     "pepnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], prior_fields=["item"], dropout=0.1),
     "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False),
+    "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }
 
@@ -88,7 +93,11 @@ def test_mixed_batch_equals_single_domain_batches(name: str) -> None:
         torch.testing.assert_close(mixed.h[mask], alone.h, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+# below its last level, the paper's PLE mixes every domain's experts into every row's shared input
+SHARED_BY_DESIGN = {"ple"}
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if m not in SHARED_BY_DESIGN])
 def test_per_domain_parameters_learn_only_from_their_domain(name: str) -> None:
     torch.manual_seed(0)
     net = MODELS[name]().train()
@@ -116,7 +125,7 @@ def test_overfit_loss_falls(name: str) -> None:
     assert losses[-1] < 0.3 * losses[0], (losses[0], losses[-1])
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model", [m for m in MODELS if (CONF_DIR / "model" / f"{m}.yaml").exists()])
 def test_fast_dev_run(train_cfg: TrainCfg, model: str) -> None:
     metrics = train(train_cfg(["debug=fdr", f"model={model}"]))
     assert 0.0 <= metrics["test/auc"] <= 1.0

@@ -7,9 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mdrec.models.m2m import M2M
 from mdrec.models.pepnet import PEPNet
+from mdrec.models.ple import PLE
 from mdrec.nn.gates import GateNU
-from tests.helpers import SCHEMA, embedded, make_batch
+from tests.helpers import SCHEMA, K, embedded, make_batch
 
 
 def gate_nu(gate: GateNU, c: Tensor) -> Tensor:
@@ -61,3 +63,72 @@ def test_pepnet_gates_see_their_inputs_through_a_stop_gradient() -> None:
     h = (delta * o_ep @ linear.weight.T + linear.bias).clamp(min=0)
     (h @ net.output.weight.T + net.output.bias).sum().backward()
     torch.testing.assert_close(e.grad, x.grad)
+
+
+def test_ple_shared_gate_mixes_every_domains_experts() -> None:
+    """Two levels, one expert per domain and one shared, one layer each: row i of domain d gets
+    ``h = mix(gate_d(u_d), [f2_d(u_d), f2_s(v)])`` with ``u_k = mix(gate1_k(x0), [f1_k(x0), f1_s(x0)])`` and the
+    shared input ``v = mix(shared_gate(x0), [f1_0(x0), ..., f1_{K-1}(x0), f1_s(x0)])``: all K domains' experts."""
+    torch.manual_seed(0)
+    net = perturbed(PLE(SCHEMA, embedded(2), num_levels=2, num_domain_experts=1, expert_sizes=[2], tower_sizes=[]))
+    batch = make_batch(rows=6)
+    x0 = net.input(batch)
+    first, second = net.levels
+
+    def expert(experts: nn.Module, x: Tensor, k: int | None = None) -> Tensor:  # expert 0 (of domain k)
+        w, b = (experts.weights[0], experts.biases[0]) if k is None else (experts.weights[0][k], experts.biases[0][k])
+        return (x @ w[0] + b[0]).clamp(min=0)
+
+    def mix(logits: Tensor, outputs: list[Tensor]) -> Tensor:
+        return sum(g * o for g, o in zip(torch.softmax(logits, -1), outputs, strict=True))
+
+    for i, d in enumerate(batch.domain.tolist()):
+        x = x0[i]
+        shared1 = expert(first.shared_experts, x)
+        u = mix(first.gate.weight[d] @ x + first.gate.bias[d], [expert(first.domain_experts, x, d), shared1])
+        every = [expert(first.domain_experts, x, k) for k in range(K)] + [shared1]
+        v = mix(first.shared_gate.weight @ x + first.shared_gate.bias, every)
+        h = mix(
+            second.gate.weight[d] @ u + second.gate.bias[d],
+            [expert(second.domain_experts, u, d), expert(second.shared_experts, v)],
+        )
+        out = net(batch.rows(torch.tensor([i])))
+        torch.testing.assert_close(out.h[0], h)
+        output = net.tower.output
+        torch.testing.assert_close(out.logits[0], output.weight[d] @ h + output.bias[d])
+    # "own": the shared gate mixes the row's own domain's expert and the shared one only
+    assert first.shared_gate.out_features == K + 1
+    own = PLE(SCHEMA, embedded(2), num_levels=2, num_domain_experts=1, expert_sizes=[2], shared_gate_experts="own")
+    assert own.levels[0].shared_gate.out_features == 2
+
+
+def test_m2m_meta_attention_and_meta_tower() -> None:
+    """Row i of domain d: ``S = ReLU(W_s e_d + b_s)``, ``T = ReLU(W_t t + b_t)``, experts ``E_j = ReLU(U_j x + c_j)``;
+    meta layers ``W(S) = reshape(V S + c)``; ``α = softmax_j(v · ReLU(W_a(S) [E_j, T] + b_a(S)))``,
+    ``r = Σ_j α_j E_j``, ``r <- ReLU(W_l(S) r + b_l(S) + r)`` per tower layer, ``s = w_o · r + b_o``."""
+    torch.manual_seed(0)
+    net = perturbed(M2M(SCHEMA, embedded(2), num_experts=2, expert_sizes=[3], scenario_sizes=[2], num_tower_layers=2))
+    batch = make_batch(rows=5)
+    x0 = net.input(batch)
+    relu = torch.relu
+    scenario, task = net.scenario.layers[0], net.task.layers[0]
+    t = relu(task.weight @ net.task_embedding + task.bias)
+
+    def meta(layer: nn.Module, s: Tensor) -> tuple[Tensor, Tensor]:
+        weight = (layer.weight_generator.weight @ s + layer.weight_generator.bias).view(layer.out_features, -1)
+        return weight, layer.bias_generator.weight @ s + layer.bias_generator.bias
+
+    for i, d in enumerate(batch.domain.tolist()):
+        s = relu(scenario.weight @ net.domain_embedding[d] + scenario.bias)
+        w, b = net.experts.weights[0], net.experts.biases[0]  # [E, in, H], [E, H]
+        experts = [relu(x0[i] @ w[j] + b[j]) for j in range(2)]
+        w_a, b_a = meta(net.attention, s)
+        scores = torch.stack([net.attention_vector @ relu(w_a @ torch.cat([e, t]) + b_a) for e in experts])
+        alpha = torch.softmax(scores, 0)
+        r = alpha[0] * experts[0] + alpha[1] * experts[1]
+        for layer in net.tower:
+            w_l, b_l = meta(layer, s)
+            r = relu(w_l @ r + b_l + r)
+        out = net(batch.rows(torch.tensor([i])))
+        torch.testing.assert_close(out.h[0], r)
+        torch.testing.assert_close(out.logits[0], net.output.weight @ r + net.output.bias)
