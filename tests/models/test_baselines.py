@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdrec.data.batch import Batch
+from mdrec.models.adasparse import AdaSparse
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.m2m import M2M
 from mdrec.models.mmoe import MMoE
@@ -39,6 +40,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
     "pepnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], prior_fields=["item"], dropout=0.1),
     "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False),
+    "adasparse": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], sparsity_weight=0.1, target_sparsity=0.2),
+    "adasparse_binarization": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], form="binarization"),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

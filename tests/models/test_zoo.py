@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mdrec.models.adasparse import AdaSparse
 from mdrec.models.m2m import M2M
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
@@ -132,3 +133,43 @@ def test_m2m_meta_attention_and_meta_tower() -> None:
         out = net(batch.rows(torch.tensor([i])))
         torch.testing.assert_close(out.h[0], r)
         torch.testing.assert_close(out.logits[0], net.output.weight @ r + net.output.bias)
+
+
+def test_adasparse_prunes_neurons_with_domain_aware_factors() -> None:
+    """``v = W [e_d, z]``; fusion ``π = β σ(α v) · 1[β σ(α v) ≥ ε]``, binarization ``π = 1[σ(α v) ≥ ε]``, on the
+    input and on each hidden layer, ``h = π ⊙ z``; α grows by ``delta_alpha`` per training forward; the regulariser
+    is ``λ Σ_l (1 - mean σ(α v_l) - r)²``."""
+    torch.manual_seed(0)
+    batch = make_batch(rows=6)
+
+    def by_hand(net: AdaSparse, form: str, alpha: float, beta: float, eps: float) -> tuple[Tensor, list, list]:
+        """h_L, the soft factors σ(α v_l) and the factors π_l of every layer."""
+        e_d = net.domain_embedding[batch.domain]
+        h, softs, pis = None, [], []
+        for i, pruner in enumerate(net.pruners):
+            if h is None:
+                z = net.input(batch)
+            else:
+                linear = net.linears[i - 1]
+                z = net.norms[i - 1](h @ linear.weight.T + linear.bias).clamp(min=0)  # eval: running statistics
+            soft = torch.sigmoid(alpha * torch.cat([e_d, z], 1) @ pruner.linear.weight.T)
+            weight = beta * soft if form == "fusion" else soft
+            pi = torch.where(weight >= eps, weight if form == "fusion" else torch.ones_like(weight), 0.0)
+            h, softs, pis = pi * z, [*softs, soft], [*pis, pi]
+        return h, softs, pis
+
+    for form in ("fusion", "binarization"):
+        net = perturbed(AdaSparse(SCHEMA, embedded(2), layer_sizes=[3], form=form, epsilon=0.6, beta=1.5, alpha=2.0))
+        h, _, pis = by_hand(net, form, alpha=2.0, beta=1.5, eps=0.6)
+        assert all(0 < int((pi == 0).sum()) < pi.numel() for pi in pis)  # every layer prunes some neurons, not all
+        out = net(batch)
+        torch.testing.assert_close(out.h, h)
+        torch.testing.assert_close(out.logits, h @ net.output.weight.T + net.output.bias)
+    net = AdaSparse(SCHEMA, embedded(2), [3], delta_alpha=0.5, sparsity_weight=2.0, target_sparsity=0.25)
+    net.train()(batch)
+    net.train()(batch)
+    assert float(net.alpha) == 2.0
+    net = perturbed(net)
+    _, softs, _ = by_hand(net, "fusion", alpha=2.0, beta=2.0, eps=0.01)
+    expected = 2.0 * sum((1 - soft.mean() - 0.25) ** 2 for soft in softs)
+    torch.testing.assert_close(net(batch).aux_loss, expected)
