@@ -14,6 +14,7 @@ from torch import nn
 
 from mdrec.data.batch import Batch
 from mdrec.models.adasparse import AdaSparse
+from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.m2m import M2M
 from mdrec.models.mmoe import MMoE
@@ -42,6 +43,9 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False),
     "adasparse": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], sparsity_weight=0.1, target_sparsity=0.2),
     "adasparse_binarization": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], form="binarization"),
+    "apg": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], rank=4, hyper_sizes=[6]),
+    "apg_domain": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], condition="domain", rank=4, overparam=8),
+    "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mdrec.models.adasparse import AdaSparse
+from mdrec.models.apg import APG
 from mdrec.models.m2m import M2M
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
@@ -173,3 +174,28 @@ def test_adasparse_prunes_neurons_with_domain_aware_factors() -> None:
     _, softs, _ = by_hand(net, "fusion", alpha=2.0, beta=2.0, eps=0.01)
     expected = 2.0 * sum((1 - soft.mean() - 0.25) ** 2 for soft in softs)
     torch.testing.assert_close(net(batch).aux_loss, expected)
+
+
+def test_apg_generates_each_rows_low_rank_weight() -> None:
+    """``h = ReLU(x U S(z) V + b(z))`` with ``[vec S(z), b(z)] = A z + a`` and z = e_d (domain), x (self) or
+    ``[e_d, x]`` (mix); with ``overparam`` U = U_l U_r and V = V_l V_r."""
+    torch.manual_seed(0)
+    batch = make_batch(rows=5)
+    for condition, overparam in (("domain", None), ("self", 3), ("mix", None)):
+        net = perturbed(
+            APG(SCHEMA, embedded(2), [3], condition=condition, rank=2, overparam=overparam, batch_norm=False)
+        )
+        layer = net.layers[0]
+        u, v = layer.factors[0], layer.factors[1]
+        if overparam is not None:
+            u, v = layer.factors[0] @ layer.factors[1], layer.factors[2] @ layer.factors[3]
+        x0 = net.input(batch)
+        for i, d in enumerate(batch.domain.tolist()):
+            e_d = None if net.domain_embedding is None else net.domain_embedding[d]
+            z = {"domain": e_d, "self": x0[i], "mix": torch.cat([e_d, x0[i]]) if e_d is not None else None}[condition]
+            generated = layer.hyper[0].weight @ z + layer.hyper[0].bias
+            core, bias = generated[:4].view(2, 2), generated[4:]
+            h = (x0[i] @ u @ core @ v + bias).clamp(min=0)
+            out = net(batch)
+            torch.testing.assert_close(out.h[i], h)
+            torch.testing.assert_close(out.logits[i], net.output.weight @ h + net.output.bias)
