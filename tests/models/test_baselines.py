@@ -16,6 +16,7 @@ from mdrec.data.batch import Batch
 from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
+from mdrec.models.hamur import HAMUR
 from mdrec.models.m2m import M2M
 from mdrec.models.mmoe import MMoE
 from mdrec.models.pepnet import PEPNet
@@ -46,6 +47,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "apg": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], rank=4, hyper_sizes=[6]),
     "apg_domain": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], condition="domain", rank=4, overparam=8),
     "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False),
+    "hamur": lambda: HAMUR(SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), 4, 3, [6]),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

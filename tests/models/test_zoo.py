@@ -4,11 +4,15 @@ them in tests/models/test_baselines.py."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
 from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
+from mdrec.models.dnn import DNNBackbone
+from mdrec.models.hamur import HAMUR
 from mdrec.models.m2m import M2M
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
@@ -199,3 +203,28 @@ def test_apg_generates_each_rows_low_rank_weight() -> None:
             out = net(batch)
             torch.testing.assert_close(out.h[i], h)
             torch.testing.assert_close(out.logits[i], net.output.weight @ h + net.output.bias)
+
+
+def test_hamur_adapter_with_hyper_generated_weights() -> None:
+    """Row i of domain d: ``Z = A2 ReLU(A1 x0 + a1) + a2`` (``[R, R]``), ``t = σ(h U1_d Z V1_d + b1_d)``,
+    ``u = t U2_d Z V2_d + b2_d``, ``h' = h + γ_d (u - μ_d) / sqrt(σ²_d + ε) + β_d`` (the domain's running statistics
+    in eval), ``s = w_d · h' + c_d``."""
+    torch.manual_seed(0)
+    bottom = functools.partial(DNNBackbone, input=embedded(2), layer_sizes=[4])
+    net = perturbed(HAMUR(SCHEMA, bottom, bottleneck=2, rank=3, hyper_sizes=[5]))
+    with torch.no_grad():
+        net.norm.running_mean.normal_()
+        net.norm.running_var.uniform_(0.5, 2.0)
+    batch = make_batch(rows=6)
+    h, x0 = net.backbone(batch).h, net.backbone.input(batch)
+    hidden, last = net.hyper[0].layers[0], net.hyper[1]
+    out = net(batch)
+    for i, d in enumerate(batch.domain.tolist()):
+        z = (last.weight @ (hidden.weight @ x0[i] + hidden.bias).clamp(min=0) + last.bias).view(3, 3)
+        t = torch.sigmoid(h[i] @ net.down_u[d] @ z @ net.down_v[d] + net.down_bias[d])
+        u = t @ net.up_u[d] @ z @ net.up_v[d] + net.up_bias[d]
+        norm = net.norm
+        dn = norm.weight[d] * (u - norm.running_mean[d]) / torch.sqrt(norm.running_var[d] + norm.eps) + norm.bias[d]
+        adapted = h[i] + dn
+        torch.testing.assert_close(out.h[i], adapted)
+        torch.testing.assert_close(out.logits[i], net.output.weight[d] @ adapted + net.output.bias[d])
