@@ -21,6 +21,7 @@ from mdrec.models.m2m import M2M
 from mdrec.models.mmoe import MMoE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
+from mdrec.models.sarnet import SARNet
 from mdrec.models.shared_bottom import SharedBottom
 from mdrec.models.single_domain import SingleDomain
 from mdrec.models.star import STAR
@@ -48,6 +49,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "apg_domain": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], condition="domain", rank=4, overparam=8),
     "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False),
     "hamur": lambda: HAMUR(SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), 4, 3, [6]),
+    "sarnet": lambda: SARNet(SCHEMA, embedded(8), 3, 2, expert_sizes=[8], layer_sizes=[8]),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

@@ -16,6 +16,7 @@ from mdrec.models.hamur import HAMUR
 from mdrec.models.m2m import M2M
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
+from mdrec.models.sarnet import SARNet
 from mdrec.nn.gates import GateNU
 from tests.helpers import SCHEMA, K, embedded, make_batch
 
@@ -228,3 +229,31 @@ def test_hamur_adapter_with_hyper_generated_weights() -> None:
         adapted = h[i] + dn
         torch.testing.assert_close(out.h[i], adapted)
         torch.testing.assert_close(out.logits[i], net.output.weight[d] @ adapted + net.output.bias[d])
+
+
+def test_sarnet_transforms_the_input_per_domain_and_mixes_shared_and_own_experts() -> None:
+    """Row i of domain d: ``x' = BN(x0 ⊙ w_d + b_d)`` (running statistics), experts ``ReLU(x' W + c)``:
+    domain d's then the shared ones, ``m = Σ softmax(G_d x' + g_d)_j f_j``, ``h = ReLU(W_h m + c_h)``,
+    ``s = w_o · h + b_o``."""
+    torch.manual_seed(0)
+    net = perturbed(
+        SARNet(SCHEMA, embedded(2), num_shared_experts=2, num_domain_experts=1, expert_sizes=[3], layer_sizes=[2])
+    )
+    with torch.no_grad():
+        net.norm.running_mean.normal_()
+        net.norm.running_var.uniform_(0.5, 2.0)
+    batch = make_batch(rows=6)
+    x0, out = net.input(batch), net(batch)
+    bn, cgc, mlp = net.norm, net.experts, net.mlp.layers[0]
+    for i, d in enumerate(batch.domain.tolist()):
+        x = x0[i] * net.scale[d] + net.shift[d]
+        x = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        own = cgc.domain_experts
+        experts = [(x @ own.weights[0][d, 0] + own.biases[0][d, 0]).clamp(min=0)]
+        shared = cgc.shared_experts
+        experts += [(x @ shared.weights[0][j] + shared.biases[0][j]).clamp(min=0) for j in range(2)]
+        gate = torch.softmax(cgc.gate.weight[d] @ x + cgc.gate.bias[d], 0)
+        mixed = sum(g * e for g, e in zip(gate, experts, strict=True))
+        h = (mlp.weight @ mixed + mlp.bias).clamp(min=0)
+        torch.testing.assert_close(out.h[i], h)
+        torch.testing.assert_close(out.logits[i], net.output.weight @ h + net.output.bias)
