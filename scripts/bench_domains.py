@@ -1,7 +1,7 @@
 """Training step time of the multi-domain networks as the number of domains K grows, beside peer references.
 
 For STAR, MMoE, PLE, shared-bottom and the zoo of docs/models.md (PEPNet, EPNet, PPNet, M2M, AdaSparse, APG,
-HAMUR, SAR-Net: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom and HAMUR on the
+HAMUR, SAR-Net, M3oE: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom and HAMUR on the
 ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
 configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
 ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
@@ -43,6 +43,7 @@ import mdrec.models.adasparse
 import mdrec.models.apg
 import mdrec.models.hamur
 import mdrec.models.m2m
+import mdrec.models.m3oe
 import mdrec.models.mmoe
 import mdrec.models.pepnet
 import mdrec.models.ple
@@ -68,6 +69,7 @@ MODELS = {
     "apg": mdrec.models.apg,
     "hamur": mdrec.models.hamur,
     "sarnet": mdrec.models.sarnet,
+    "m3oe": mdrec.models.m3oe,
 }
 TARGET_RATIO = 3.0
 

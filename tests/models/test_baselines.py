@@ -18,6 +18,7 @@ from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.hamur import HAMUR
 from mdrec.models.m2m import M2M
+from mdrec.models.m3oe import M3oE
 from mdrec.models.mmoe import MMoE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
@@ -50,6 +51,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False),
     "hamur": lambda: HAMUR(SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), 4, 3, [6]),
     "sarnet": lambda: SARNet(SCHEMA, embedded(8), 3, 2, expert_sizes=[8], layer_sizes=[8]),
+    "m3oe": lambda: M3oE(SCHEMA, embedded(8), star_sizes=[16, 8], num_experts=2, expert_sizes=[8], tower_sizes=[4]),
+    "m3oe_own": lambda: M3oE(SCHEMA, embedded(8), [16, 8], num_experts=2, expert_sizes=[8], balance=False),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }
@@ -104,8 +107,9 @@ def test_mixed_batch_equals_single_domain_batches(name: str) -> None:
         torch.testing.assert_close(mixed.h[mask], alone.h, atol=1e-5, rtol=1e-5)
 
 
-# below its last level, the paper's PLE mixes every domain's experts into every row's shared input
-SHARED_BY_DESIGN = {"ple"}
+# below its last level, the paper's PLE mixes every domain's experts into every row's shared input; M3oE's balanced
+# domain expert mixes every domain's expert into every row's
+SHARED_BY_DESIGN = {"ple", "m3oe"}
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m not in SHARED_BY_DESIGN])

@@ -14,6 +14,7 @@ from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.hamur import HAMUR
 from mdrec.models.m2m import M2M
+from mdrec.models.m3oe import M3oE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.sarnet import SARNet
@@ -257,3 +258,33 @@ def test_sarnet_transforms_the_input_per_domain_and_mixes_shared_and_own_experts
         h = (mlp.weight @ mixed + mlp.bias).clamp(min=0)
         torch.testing.assert_close(out.h[i], h)
         torch.testing.assert_close(out.logits[i], net.output.weight @ h + net.output.bias)
+
+
+def test_m3oe_fuses_gated_shared_experts_with_the_balanced_domain_expert() -> None:
+    """Row i of domain d: ``z = ReLU(LN(A (W ⊙ W_d x + b + b_d) + a)) + ReLU(LN(C x + c))``, shared experts
+    ``e_i = ReLU(z E_i + ε_i)`` mixed by ``softmax(G_d z + g_d)``, domain experts ``f_j = ReLU(z F_j + φ_j)``,
+    ``g_d = w_bal f_d + (1 - w_bal) / (K - 1) Σ_{j≠d} f_j``, ``h = Σ gate e + w_exp g_d``, ``s = w_d · h + c_d``."""
+    torch.manual_seed(0)
+    net = perturbed(M3oE(SCHEMA, embedded(2), star_sizes=[4, 3], num_experts=2, expert_sizes=[2], tower_sizes=[]))
+    batch = make_batch(rows=6)
+    x0, out = net.input(batch), net(batch)
+
+    def lin_ln_relu(block: nn.Sequential, x: Tensor) -> Tensor:
+        linear, norm = block[0], block[1]
+        y = linear.weight @ x + linear.bias
+        y = (y - y.mean()) / torch.sqrt(y.var(unbiased=False) + norm.eps) * norm.weight + norm.bias
+        return y.clamp(min=0)
+
+    w_bal, w_exp = torch.sigmoid(net.balance_logit), torch.sigmoid(net.expert_logit)
+    for i, d in enumerate(batch.domain.tolist()):
+        star = (net.star.shared_weight * net.star.weight[d]) @ x0[i] + net.star.shared_bias + net.star.bias[d]
+        z = lin_ln_relu(net.star_mlp, star) + lin_ln_relu(net.skip, x0[i])
+        shared = [(z @ net.experts.weights[0][j] + net.experts.biases[0][j]).clamp(min=0) for j in range(2)]
+        gate = torch.softmax(net.gate.weight[d] @ z + net.gate.bias[d], 0)
+        own = net.domain_experts
+        f = [(z @ own.weights[0][k, 0] + own.biases[0][k, 0]).clamp(min=0) for k in range(K)]
+        g = w_bal * f[d] + (1 - w_bal) / (K - 1) * sum(f[k] for k in range(K) if k != d)
+        h = gate[0] * shared[0] + gate[1] * shared[1] + w_exp * g
+        torch.testing.assert_close(out.h[i], h)
+        output = net.tower.output
+        torch.testing.assert_close(out.logits[i], output.weight[d] @ h + output.bias[d])
