@@ -1,9 +1,9 @@
 """Training step time of the multi-domain networks as the number of domains K grows, beside peer references.
 
 For STAR, MMoE, PLE, shared-bottom and the zoo of docs/models.md (PEPNet, EPNet, PPNet, M2M, AdaSparse, APG,
-HAMUR, SAR-Net, M3oE: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom and HAMUR on the
-``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam step of the
-configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
+HAMUR, SAR-Net, M3oE, HMoE: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom and HAMUR
+on the ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam
+step of the configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
 ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
 networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
 them, in the same process:
@@ -15,7 +15,8 @@ them, in the same process:
 
 mdrec's way (``grouped``, :mod:`mdrec.nn.domain`) sorts the rows by domain once per forward and runs one matmul
 per present domain on its contiguous block. Target (issue 3): STAR at K = 100 costs at most 3x STAR at K = 1; every
-zoo model too (issue 21). Networks that compute per row (PEPNet, AdaSparse, APG with a per-row condition) have no
+zoo model too (issue 21), except where the method itself runs every domain's experts or towers on every row (M3oE's
+balance, HMoE). Networks that compute per row (PEPNet, AdaSparse, APG with a per-row condition) have no
 per-domain layer to loop over: their loop and mask-all columns time the same computation.
 
 Usage::
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 import mdrec.models.adasparse
 import mdrec.models.apg
 import mdrec.models.hamur
+import mdrec.models.hmoe
 import mdrec.models.m2m
 import mdrec.models.m3oe
 import mdrec.models.mmoe
@@ -70,6 +72,7 @@ MODELS = {
     "hamur": mdrec.models.hamur,
     "sarnet": mdrec.models.sarnet,
     "m3oe": mdrec.models.m3oe,
+    "hmoe": mdrec.models.hmoe,
 }
 TARGET_RATIO = 3.0
 

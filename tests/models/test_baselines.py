@@ -17,6 +17,7 @@ from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.hamur import HAMUR
+from mdrec.models.hmoe import HMoE
 from mdrec.models.m2m import M2M
 from mdrec.models.m3oe import M3oE
 from mdrec.models.mmoe import MMoE
@@ -53,6 +54,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "sarnet": lambda: SARNet(SCHEMA, embedded(8), 3, 2, expert_sizes=[8], layer_sizes=[8]),
     "m3oe": lambda: M3oE(SCHEMA, embedded(8), star_sizes=[16, 8], num_experts=2, expert_sizes=[8], tower_sizes=[4]),
     "m3oe_own": lambda: M3oE(SCHEMA, embedded(8), [16, 8], num_experts=2, expert_sizes=[8], balance=False),
+    "hmoe": lambda: HMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16], tower_sizes=[8]),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

@@ -13,6 +13,7 @@ from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.hamur import HAMUR
+from mdrec.models.hmoe import HMoE
 from mdrec.models.m2m import M2M
 from mdrec.models.m3oe import M3oE
 from mdrec.models.pepnet import PEPNet
@@ -288,3 +289,25 @@ def test_m3oe_fuses_gated_shared_experts_with_the_balanced_domain_expert() -> No
         torch.testing.assert_close(out.h[i], h)
         output = net.tower.output
         torch.testing.assert_close(out.logits[i], output.weight[d] @ h + output.bias[d])
+
+
+def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
+    """Row i of domain d: experts ``f_j = ReLU(x W_j + c_j)``; for every domain k ``t_k = ReLU(T_k Σ_j softmax(G_k x +
+    g_k)_j f_j + τ_k)``; ``w = softmax(Ω_d x + ω_d)``, ``z = Σ_k w_k t_k``, ``s = u_d · z + c_d`` (the stop-gradient
+    on the other domains' towers: tests/models/test_baselines.py, per-domain parameters)."""
+    torch.manual_seed(0)
+    net = perturbed(HMoE(SCHEMA, embedded(2), num_experts=2, expert_sizes=[3], tower_sizes=[2]))
+    batch = make_batch(rows=6)
+    x0, out = net.input(batch), net(batch)
+    for i, d in enumerate(batch.domain.tolist()):
+        x = x0[i]
+        f = [(x @ net.experts.weights[0][j] + net.experts.biases[0][j]).clamp(min=0) for j in range(2)]
+        t = []
+        for k in range(K):
+            gate = torch.softmax(net.gate.weight[k] @ x + net.gate.bias[k], 0)
+            mixed = gate[0] * f[0] + gate[1] * f[1]
+            t.append((mixed @ net.towers.weights[0][k, 0] + net.towers.biases[0][k, 0]).clamp(min=0))
+        w = torch.softmax(net.weights.weight[d] @ x + net.weights.bias[d], 0)
+        z = sum(w[k] * t[k] for k in range(K))
+        torch.testing.assert_close(out.h[i], z)
+        torch.testing.assert_close(out.logits[i], net.output.weight[d] @ z + net.output.bias[d])
