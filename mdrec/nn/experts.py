@@ -153,9 +153,12 @@ class CGCLayer(nn.Module):
 
     Example:
         >>> cgc = CGCLayer(3, 8, num_domain_experts=2, num_shared_experts=1, expert_sizes=[4], shared_gate=True)
-        >>> g = DomainGroups(torch.tensor([0, 0, 1, 2]), 3)
         >>> x = torch.randn(4, 8)
-        >>> [t.shape for t in cgc.grouped(x, x, g)]
+        >>> [t.shape for t in cgc.every_domain(x, x)]  # every domain's output, the shared output
+        [torch.Size([4, 3, 4]), torch.Size([4, 4])]
+        >>> own = CGCLayer(3, 8, 2, 1, expert_sizes=[4], shared_gate=True, shared_gate_experts="own")
+        >>> g = DomainGroups(torch.tensor([0, 0, 1, 2]), 3)
+        >>> [t.shape for t in own.grouped(x, x, g)]
         [torch.Size([4, 4]), torch.Size([4, 4])]
     """
 
