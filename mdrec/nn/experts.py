@@ -5,9 +5,9 @@ and applied with one matmul (first layer: every expert reads the same input) or 
 Per-domain experts and per-domain gates are stacked ``[K, ...]`` and run on the rows of their own domain only,
 through :class:`mdrec.nn.domain.DomainGroups` (see that module for why grouped matmuls, not per-row gathers).
 A row therefore computes the shared experts, its own domain's experts and its own domain's gate: nothing of the
-other K - 1 domains. The one exception is the paper's form of PLE's shared gate below its last level, which mixes
-every domain's experts for every row (:meth:`CGCLayer.every_domain`): K times the compute of those levels, by
-definition.
+other K - 1 domains. The exceptions are methods that by definition mix every domain's experts into every row (PLE's
+shared gate below its last level, :meth:`CGCLayer.every_domain`; M3oE's balanced domain experts; HMoE's towers):
+``every_domain`` runs them, K times the compute of ``grouped``.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ class Experts(nn.Module):
 
     def every_domain(self, x: Tensor) -> Tensor:
         """Every domain's experts on every row: ``x [B, in]`` (one input for all domains) or ``[B, K, in]`` (one per
-        domain) -> ``[B, K, E, out]`` (K times the compute of ``grouped``; PLE's paper form needs it)."""
+        domain) -> ``[B, K, E, out]`` (K times the compute of ``grouped``, for methods that mix every domain's
+        experts into every row)."""
         if self.num_domains is None:
             raise ValueError("shared experts have no domains: call them directly")
         first = "bi" if x.dim() == 2 else "bki"
