@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -311,3 +312,16 @@ def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
         z = sum(w[k] * t[k] for k in range(K))
         torch.testing.assert_close(out.h[i], z)
         torch.testing.assert_close(out.logits[i], net.output.weight[d] @ z + net.output.bias[d])
+
+
+def test_bad_options_name_the_option_and_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"prior_fields \['user'\] are not embedded fields .* \['row', 'item'\]"):
+        PEPNet(SCHEMA, embedded(2), prior_fields=["user"])
+    with pytest.raises(ValueError, match="epnet=true, ppnet=true or both"):
+        PEPNet(SCHEMA, embedded(2), epnet=False, ppnet=False)
+    with pytest.raises(ValueError, match=r"form must be one of \['binarization', 'scaling', 'fusion'\], got 'hard'"):
+        AdaSparse(SCHEMA, embedded(2), form="hard")
+    with pytest.raises(ValueError, match=r"condition must be one of \['domain', 'self', 'mix'\], got 'row'"):
+        APG(SCHEMA, embedded(2), condition="row")
+    with pytest.raises(ValueError, match=r"shared_gate_experts must be one of \['all', 'own'\], got 'some'"):
+        PLE(SCHEMA, embedded(2), num_levels=2, shared_gate_experts="some")
