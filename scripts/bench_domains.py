@@ -1,10 +1,11 @@
 """Training step time of the multi-domain networks as the number of domains K grows, beside peer references.
 
 For STAR, MMoE, PLE, shared-bottom and the zoo of docs/models.md (PEPNet, EPNet, PPNet, M2M, AdaSparse, APG,
-HAMUR, SAR-Net, M3oE, HMoE: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom and HAMUR
-on the ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE, backward, Adam
-step of the configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed: the median over
-``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by step. The same
+HAMUR, SAR-Net, M3oE, HMoE, AdaptDHM: the networks and sizes of ``mdrec/conf/model/<name>.yaml``; shared-bottom
+and HAMUR on the ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE,
+backward, Adam step of the configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed:
+the median over ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by
+step. The same
 networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
 them, in the same process:
 
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
+import mdrec.models.adaptdhm
 import mdrec.models.adasparse
 import mdrec.models.apg
 import mdrec.models.hamur
@@ -73,6 +75,7 @@ MODELS = {
     "sarnet": mdrec.models.sarnet,
     "m3oe": mdrec.models.m3oe,
     "hmoe": mdrec.models.hmoe,
+    "adaptdhm": mdrec.models.adaptdhm,
 }
 TARGET_RATIO = 3.0
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdrec.data.batch import Batch
+from mdrec.models.adaptdhm import AdaptDHM
 from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
@@ -55,6 +56,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "m3oe": lambda: M3oE(SCHEMA, embedded(8), star_sizes=[16, 8], num_experts=2, expert_sizes=[8], tower_sizes=[4]),
     "m3oe_own": lambda: M3oE(SCHEMA, embedded(8), [16, 8], num_experts=2, expert_sizes=[8], balance=False),
     "hmoe": lambda: HMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16], tower_sizes=[8]),
+    "adaptdhm": lambda: AdaptDHM(SCHEMA, embedded(8), layer_sizes=[16, 8], num_clusters=2),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
     "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
 }

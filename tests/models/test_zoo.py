@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from mdrec.models.adaptdhm import AdaptDHM
 from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
 from mdrec.models.dnn import DNNBackbone
@@ -325,3 +326,30 @@ def test_bad_options_name_the_option_and_the_choices() -> None:
         APG(SCHEMA, embedded(2), condition="row")
     with pytest.raises(ValueError, match=r"shared_gate_experts must be one of \['all', 'own'\], got 'some'"):
         PLE(SCHEMA, embedded(2), num_levels=2, shared_gate_experts="some")
+
+
+def test_adaptdhm_routes_rows_to_clusters_and_moves_the_centres() -> None:
+    """``x = [x0, e_d]``; training moves the centres ``μ <- normalise(β μ + (1 - β) softmax(x μ^T)^T x)`` per
+    iteration; row i goes to ``c = argmax_j x_i · μ_j`` and ``s = (w ⊙ w_c) · ReLU((W ⊙ W_c) x_i + b + b_c) + v +
+    v_c``."""
+    torch.manual_seed(0)
+    net = AdaptDHM(SCHEMA, embedded(2), layer_sizes=[3], num_clusters=2, beta=0.5, routing_iterations=2)
+    batch = make_batch(rows=8)
+    x = torch.cat([net.input(batch), net.domain_embedding[batch.domain]], 1).detach()
+    mu = net.centers.clone()
+    for _ in range(2):
+        r = torch.softmax(x @ mu.T, 1)
+        mu = 0.5 * mu + 0.5 * r.T @ x
+        mu = mu / mu.norm(dim=1, keepdim=True)
+    net.train()(batch)
+    torch.testing.assert_close(net.centers, mu)
+    net = perturbed(net)
+    x = torch.cat([net.input(batch), net.domain_embedding[batch.domain]], 1)
+    clusters = (x @ net.centers.T).argmax(1)
+    assert set(clusters.tolist()) == {0, 1}  # both clusters in use
+    out = net(batch)
+    w, b, wc, bc = net.weights, net.biases, net.cluster_weights, net.cluster_biases
+    for i, c in enumerate(clusters.tolist()):
+        h = ((w[0] * wc[0][c]) @ x[i] + b[0] + bc[0][c]).clamp(min=0)
+        torch.testing.assert_close(out.h[i], h)
+        torch.testing.assert_close(out.logits[i], (w[1] * wc[1][c]) @ h + b[1] + bc[1][c])
