@@ -5,9 +5,8 @@ HAMUR, SAR-Net, M3oE, HMoE, AdaptDHM: the networks and sizes of ``mdrec/conf/mod
 and HAMUR on the ``mdrec/conf/backbone/dnn.yaml`` DNN) and K = 1, 10, 100, one training step (forward, BCE,
 backward, Adam step of the configured optimiser) on a synthetic batch of B rows with uniform domain ids is timed:
 the median over ``--repeats`` steps after ``--warmup`` untimed ones, in ms, the values of K taking turns step by
-step. The same
-networks, with the same weights, are timed with their per-domain layers run the two ways peer libraries run
-them, in the same process:
+step. The same networks, with the same weights, are timed with their per-domain layers run the two ways peer
+libraries run them, in the same process:
 
 - ``loop``: a Python loop over the present domains in every per-domain layer, each selecting its rows with a
   boolean mask (``nonzero``) and writing its output back with ``index_put`` (no grouping shared by the layers);
@@ -22,7 +21,8 @@ per-domain layer to loop over: their loop and mask-all columns time the same com
 
 Usage::
 
-    python scripts/bench_domains.py                        # B = 4096, 1 thread, about 2 min on 2 CPU cores
+    python scripts/bench_domains.py --models star          # B = 4096, 1 thread, about 1 min on 2 CPU cores
+    python scripts/bench_domains.py                        # every model: about 15 min
     python scripts/bench_domains.py --domains 1 10 --repeats 30 --threads 2
 """
 
