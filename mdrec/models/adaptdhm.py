@@ -1,6 +1,6 @@
-"""AdaptDHM ("AdaptDHM: Adaptive Distribution Hierarchical Model for Multi-Domain CTR Prediction", arXiv 2022), as
-Scenario-Wise-Rec implements it: rows routed to learned clusters of the input distribution, then a star-topology
-network per cluster."""
+"""AdaptDHM (Li et al., "AdaptDHM: Adaptive Distribution Hierarchical Model for Multi-Domain CTR Prediction",
+arXiv 2022), as Scenario-Wise-Rec implements it: rows routed to learned clusters of the input distribution, then a
+star-topology network per cluster."""
 
 from __future__ import annotations
 
