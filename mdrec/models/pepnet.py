@@ -91,14 +91,14 @@ class PEPNet(nn.Module):
         e = self.input(batch)  # [B, in]
         e_d = self.domain_embedding[batch.domain]  # [B, D]
         o_ep = e if self.ep_gate is None else self.ep_gate(torch.cat([e_d, e.detach()], dim=1)) * e  # [B, in]
-        h, condition = o_ep, None
+        deltas = []  # PPNet's gate of each layer's input
         if self.pp_gates is not None:
             prior = torch.cat([e_d, e.index_select(1, self.prior_columns)], dim=1)  # [B, D (1 + priors)]
             condition = torch.cat([prior, o_ep.detach()], dim=1)
+            deltas = [gate(condition) for gate in self.pp_gates]  # [B, width of layer l's input] each
+        h = o_ep
         for i, linear in enumerate(self.linears):
-            if self.pp_gates is not None and condition is not None:
-                h = self.pp_gates[i](condition) * h  # [B, width of layer i's input]
-            h = linear(h)
+            h = linear(deltas[i] * h if deltas else h)
             if self.norms is not None:
                 h = self.norms[i](h)
             h = self.dropout(torch.relu(h))
