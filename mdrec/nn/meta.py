@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mdrec.nn.domain import DomainGroups
+from mdrec.nn.mlp import MLP
 
 
 class MetaLinear(nn.Module):
@@ -97,14 +98,11 @@ class APGLinear(nn.Module):
             raise ValueError(f"overparam needs a rank and must be >= it, got overparam={overparam}, rank={rank}")
         self.rank, self.out_features = rank, out_features
         self.shape = (rank, rank) if rank is not None else (in_features, out_features)
-        self.generate_bias = generate_bias
-        layers: list[nn.Module] = []
-        width = cond_features
-        for size in hyper_sizes or []:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        layers.append(nn.Linear(width, self.shape[0] * self.shape[1] + (out_features if generate_bias else 0)))
-        self.hyper = nn.Sequential(*layers)
+        width = hyper_sizes[-1] if hyper_sizes else cond_features
+        self.hyper = nn.Sequential(
+            MLP(cond_features, hyper_sizes) if hyper_sizes else nn.Identity(),
+            nn.Linear(width, self.shape[0] * self.shape[1] + (out_features if generate_bias else 0)),
+        )
         self.bias = None if generate_bias else nn.Parameter(torch.zeros(out_features))
         self.factors = nn.ParameterList()
         if rank is not None:

@@ -202,7 +202,7 @@ def test_apg_generates_each_rows_low_rank_weight() -> None:
         for i, d in enumerate(batch.domain.tolist()):
             e_d = None if net.domain_embedding is None else net.domain_embedding[d]
             z = {"domain": e_d, "self": x0[i], "mix": torch.cat([e_d, x0[i]]) if e_d is not None else None}[condition]
-            generated = layer.hyper[0].weight @ z + layer.hyper[0].bias
+            generated = layer.hyper[1].weight @ z + layer.hyper[1].bias  # hyper[0]: no hidden layers
             core, bias = generated[:4].view(2, 2), generated[4:]
             h = (x0[i] @ u @ core @ v + bias).clamp(min=0)
             out = net(batch)
