@@ -186,6 +186,11 @@ class Encoding:
         """The encoding a run directory carries (``encoding.json``, checked against its checksum)."""
         run_dir = RunDir(Path(run))
         encoding = cls.from_json(run_dir.read_encoding(), run_dir.file(RunDir.ENCODING))
+        if not run_dir.exists(RunDir.DATA_REPORT):
+            raise FileNotFoundError(
+                f"{run_dir.file(RunDir.DATA_REPORT)} is missing: {run_dir.path} is not a finished run's directory, or "
+                "it was copied in part; copy the whole run directory"
+            )
         trained = run_dir.read_json(RunDir.DATA_REPORT).get("domains")  # the domains the run trained, in id order
         if trained != list(encoding.schema.domains):
             raise ValueError(
@@ -364,6 +369,7 @@ class AlignedSource:
         >>> vocab = {"user_id": [f"u{i}" for i in range(1, 10)], "movie_id": [f"m{i}" for i in range(1, 20)],
         ...          "genre": ["a", "b", "c", "d"]}
         >>> Encoding(schema, vocab, scalers={"age": (0.0, 1.0)}).save(tmp_dir / "run")
+        >>> RunDir(tmp_dir / "run").write_json(RunDir.DATA_REPORT, {"domains": list(schema.domains)})  # as a run has
         >>> _ = (tmp_dir / "p.csv").write_text("user_id,movie_id,genre,age,domain,click\\nu1,m2,G3,0.5,new,1\\n")
         >>> _ = (tmp_dir / "g.csv").write_text("target_value,source_value\\nG3,c\\n")
         >>> src = AlignedSource("partner", str(tmp_dir / "run"), data_files=str(tmp_dir / "p.csv"),
