@@ -42,6 +42,7 @@ from mdrec.rundir import RunDir
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import TOLERANCE, AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls
+from mdrec.serve.variants import export_variants, variant
 
 
 def with_unknown_domains(batch: Batch, num_domains: int, every: int = 10) -> Batch:
@@ -193,6 +194,12 @@ def trim(argv: list[str] | None = None) -> int:
         help="latency mode: the AUC loss allowed per domain; beyond it the budget is not reachable (default 0.005)",
     )
     parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also write topology A: per domain a network without its dropped features (variants/<domain>.pt, "
+        "variants/routing.json; DNN backbone, adapter lora, mlora or none)",
+    )
+    parser.add_argument(
         "--tradeoff",
         type=float,
         nargs="+",
@@ -217,6 +224,11 @@ def trim(argv: list[str] | None = None) -> int:
         budgets = read_budgets(args.latency_budget_ms, list(schema.domains)) if args.latency_budget_ms else None
     except (ValueError, OSError) as error:
         parser.error(str(error))
+    if args.variants:
+        try:  # refused before any work: a backbone or adapter variants do not cover
+            variant(run.net, schema, 0, torch.zeros(len(features), dtype=torch.bool))
+        except ValueError as error:
+            parser.error(str(error))
     fit, check = split_halves(concat(run.batches("val")), args.seed)
     test = concat(run.batches("test"))
     model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
@@ -230,6 +242,7 @@ def trim(argv: list[str] | None = None) -> int:
         test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
     timed = domain_model_ms({"full": full, "trimmed": trimmed}, check, schema.num_domains, args.latency_rows)
     export(trimmed, check.rows(torch.arange(min(64, check.size))), run.directory / "serving_trimmed.pt")
+    routing = export_variants(run.net, schema, plan.drop, check, run.directory / "variants") if args.variants else None
     fetch_before, fetch_after = costs.sum(), (costs * ~plan.drop).sum(1)
     mode = (
         f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g})"
@@ -268,6 +281,17 @@ def trim(argv: list[str] | None = None) -> int:
             "|",
             "|---|---|---|---|---|---|---|---|",
             *per_domain,
+            *(
+                [
+                    "",
+                    f"Topology A: a variant per domain without its dropped features in {run.directory / 'variants'} "
+                    f"(routing.json: each domain's file and features); largest difference to the trimmed model "
+                    f"{routing['max_abs_difference']:.2e} on {routing['rows_checked']} rows. Time them with "
+                    "scripts/bench_trim.py.",
+                ]
+                if routing is not None
+                else []
+            ),
             "",
             "Permutation importance on the choosing half (AUC drop when the feature is shuffled within the domain):",
             "",
@@ -302,6 +326,10 @@ def trim(argv: list[str] | None = None) -> int:
         )
     )
     print(report)
+    if routing is not None and routing["max_abs_difference"] > TOLERANCE:
+        difference = routing["max_abs_difference"]
+        print(f"mdrec-trim: a variant differs from the trimmed model by {difference:.2e}", file=sys.stderr)
+        return 1
     if args.tradeoff:
         tradeoff(run, full, fit, check, test_before, test, plan, sorted({args.budget, *args.tradeoff}), args.min_rows)
     return 0

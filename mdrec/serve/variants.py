@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +25,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
+from mdrec.rundir import load_checked, save_checked
 
 
 class Variant(nn.Module):
@@ -113,3 +117,35 @@ def split_inputs(batch: Batch, drop: Tensor) -> tuple[Tensor, Tensor]:
     """``batch``'s ``sparse`` and ``dense`` columns that a variant without ``drop`` (bool ``[F + N]``) takes."""
     f = batch.sparse.shape[1]
     return batch.sparse[:, ~drop[:f]], batch.dense[:, ~drop[f:]].float()
+
+
+ROUTING = "routing.json"
+
+
+def export_variants(net: AdaptedNet, schema: Schema, drop: Tensor, data: Batch, directory: Path) -> dict[str, Any]:
+    """Every domain's variant without its features ``drop`` (bool ``[K, F + N]``), traced to TorchScript as
+    ``<directory>/<domain>.pt`` (checksummed), and ``routing.json``: per domain its file and the features its requests
+    carry, in order; each file is loaded back and checked against ``net`` with the features blanked on the domain's
+    rows of ``data`` (``max_abs_difference``, the largest over domains). A request's domain picks its file; an
+    unknown domain has none (serve it the full model)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    routes: dict[str, dict[str, Any]] = {}
+    worst = 0.0
+    for d, name in enumerate(schema.domains):
+        rows = data.rows(torch.nonzero(data.domain == d).flatten())
+        if rows.size == 0:
+            raise ValueError(f"no rows of domain {name!r} to trace and check its variant with")
+        model = variant(net, schema, d, drop[d])
+        inputs = split_inputs(rows, drop[d])
+        path = directory / f"{name}.pt"
+        with torch.no_grad():
+            traced = torch.jit.trace(model, inputs, check_trace=False)
+        save_checked(path, lambda f, t=traced: torch.jit.save(t, f))
+        served = load_checked(path, torch.jit.load, "a TorchScript module", "export the variants again")
+        with torch.no_grad():
+            expected = torch.sigmoid(net(rows.blanked(drop)).logits)
+            worst = max(worst, float((served(*inputs) - expected).abs().max()))
+        routes[name] = {"file": path.name, "sparse": model.sparse_names, "dense": model.dense_names}
+    report = {"domains": routes, "max_abs_difference": worst, "rows_checked": data.size}
+    (directory / ROUTING).write_text(json.dumps(report, indent=2))
+    return report

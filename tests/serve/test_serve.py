@@ -126,7 +126,11 @@ def test_trimmed_parallel_model_blanks_each_domains_dropped_features(tmp_path: P
 def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     train(train_cfg(["stage=adapt", "adapter=lora", "trainer.max_epochs=1"]))
     args = [str(tmp_path / "run"), "--budget", "0.002", "--latency-rows", "64", "--min-rows", "100"]
-    assert trim_main([*args, "--tradeoff", "0.01", "0"]) == 0
+    assert trim_main([*args, "--tradeoff", "0.01", "0", "--variants"]) == 0
+    routing = json.loads((tmp_path / "run" / "variants" / "routing.json").read_text())
+    assert routing["max_abs_difference"] <= 1e-5 and len(routing["domains"]) == 4  # every domain: a file of its own
+    for d, route in routing["domains"].items():
+        assert (tmp_path / "run" / "variants" / route["file"]).exists()
     report = json.loads((tmp_path / "run" / "trim.json").read_text())
     tradeoff = json.loads((tmp_path / "run" / "trim_tradeoff.json").read_text())
     assert tradeoff["budgets"] == [0.0, 0.002, 0.01]
@@ -142,6 +146,9 @@ def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     assert any(report["dropped"].values())  # the synthetic default has fields that do not matter to some domains
     assert (tmp_path / "run" / "serving_trimmed.pt").exists()
     assert "| feature |" in (tmp_path / "run" / "trim.md").read_text()
+    report = json.loads((tmp_path / "run" / "trim.json").read_text())
+    for d, route in routing["domains"].items():  # each variant's requests carry the features its plan keeps
+        assert route["sparse"] + route["dense"] == [f for f in report["features"] if f not in report["dropped"][d]]
 
 
 def test_trim_cli_meets_a_latency_budget_where_fetching_dominates(train_cfg: TrainCfg, tmp_path: Path) -> None:
