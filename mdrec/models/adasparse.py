@@ -4,6 +4,7 @@ Click-Through Rate Prediction"): one DNN whose neurons a domain-aware pruner wei
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,8 @@ from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.parameter import DomainParameter
 
-FORMS = ("binarization", "scaling", "fusion")
+Form = Literal["binarization", "scaling", "fusion"]
+FORMS = get_args(Form)
 
 
 class Pruner(nn.Module):
@@ -77,7 +79,7 @@ class AdaSparse(nn.Module):
         schema: Schema,
         input: InputFactory = EmbeddedInput,
         layer_sizes: Sequence[int] = (256, 128),
-        form: str = "fusion",
+        form: Form = "fusion",
         epsilon: float = 1e-2,
         beta: float = 2.0,
         alpha: float = 1.0,

@@ -4,6 +4,7 @@ Prediction"): a DNN whose layers' weights are generated from a condition, low-ra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +18,8 @@ from mdrec.nn.domain import DomainGroups
 from mdrec.nn.meta import APGLinear
 from mdrec.nn.parameter import DomainParameter
 
-CONDITIONS = ("domain", "self", "mix")
+Condition = Literal["domain", "self", "mix"]
+CONDITIONS = get_args(Condition)
 
 
 class APG(nn.Module):
@@ -52,7 +54,7 @@ class APG(nn.Module):
         schema: Schema,
         input: InputFactory = EmbeddedInput,
         layer_sizes: Sequence[int] = (256, 128),
-        condition: str = "mix",
+        condition: Condition = "mix",
         rank: int | None = 32,
         overparam: int | None = None,
         generate_bias: bool = True,

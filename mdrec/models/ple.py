@@ -13,7 +13,7 @@ from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.domain import DomainGroups, DomainTower
-from mdrec.nn.experts import CGCLayer
+from mdrec.nn.experts import CGCLayer, SharedGateExperts
 
 
 class PLE(nn.Module):
@@ -54,7 +54,7 @@ class PLE(nn.Module):
         expert_sizes: Sequence[int] = (16,),
         tower_sizes: Sequence[int] = (8,),
         dropout: float = 0.0,
-        shared_gate_experts: str = "all",
+        shared_gate_experts: SharedGateExperts = "all",
     ) -> None:
         super().__init__()
         if num_levels < 1:

@@ -12,6 +12,8 @@ shared gate below its last level, :meth:`CGCLayer.every_domain`; M3oE's balanced
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,7 +21,8 @@ from torch import Tensor, nn
 from mdrec.nn.domain import DomainGroups, DomainLinear, init_like_linear
 from mdrec.nn.parameter import DomainParameter
 
-SHARED_GATE_EXPERTS = ("all", "own")
+SharedGateExperts = Literal["all", "own"]
+SHARED_GATE_EXPERTS = get_args(SharedGateExperts)
 
 
 def experts_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -172,7 +175,7 @@ class CGCLayer(nn.Module):
         expert_sizes: list[int],
         dropout: float = 0.0,
         shared_gate: bool = False,
-        shared_gate_experts: str = "all",
+        shared_gate_experts: SharedGateExperts = "all",
     ) -> None:
         super().__init__()
         if shared_gate_experts not in SHARED_GATE_EXPERTS:
