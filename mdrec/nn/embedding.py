@@ -43,3 +43,31 @@ class FieldEmbedding(nn.Module):
     def lookup(self, ids: Tensor, field: int) -> Tensor:
         """Ids of one field, any shape ``[...]`` (e.g. a sequence sharing the field's vocabulary) -> ``[..., D]``."""
         return self.table(ids + self.offsets[field])
+
+
+class SkippingEmbedding(FieldEmbedding):
+    """A :class:`FieldEmbedding` for serving a trimmed model (one shared model with a per-domain feature mask): an id
+    of -1 marks a field the row's domain dropped; it is not looked up and gets the field's id-0 vector, which is
+    what looking up the blanked id 0 gives. Built from a trained embedding (its table is shared, not copied).
+
+    Example:
+        >>> emb = FieldEmbedding([10, 5], embedding_dim=4)
+        >>> skip = SkippingEmbedding(emb)
+        >>> ids = torch.tensor([[3, -1], [-1, 4]])
+        >>> torch.equal(skip(ids), emb(ids.clamp(min=0)))
+        True
+    """
+
+    def __init__(self, trained: FieldEmbedding) -> None:
+        nn.Module.__init__(self)
+        self.num_fields, self.embedding_dim = trained.num_fields, trained.embedding_dim
+        self.register_buffer("offsets", trained.offsets.clone(), persistent=False)  # [F]
+        self.table = trained.table
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``ids`` int64 ``[B, F]`` (-1: skipped) -> ``[B, F, D]``: one gather of the kept ids only."""
+        keep = ids >= 0  # [B, F]
+        blank = self.table.weight[self.offsets]  # [F, D]: each field's id-0 vector
+        out = blank.expand(ids.shape[0], -1, -1).clone()
+        out[keep] = self.table((ids + self.offsets)[keep])
+        return out

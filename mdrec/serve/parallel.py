@@ -11,9 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from mdrec.adapters.base import FALLBACK_DOMAIN, AdaptedNet, AdapterFactory, grow
+from mdrec.adapters.iak import IAK
+from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.dcnv2 import DCNv2Backbone
+from mdrec.models.dnn import DNNBackbone
 from mdrec.nn.domain import DomainLinear
+from mdrec.nn.embedding import SkippingEmbedding
 
 TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, the fallback slot's probe
 
@@ -33,6 +38,15 @@ def with_fallback_slot(net: AdaptedNet, schema: Schema, make_adapter: AdapterFac
             w = module.weight.data  # the per-row product reads weight.mT ([K, in, out]) without a copy per call
             module.weight.data = w.mT.contiguous().mT
     return AdaptedNet(extended, backbone, adapter, freeze=["*"]).eval()
+
+
+def skips_lookups(net: AdaptedNet) -> bool:
+    """Whether a trimmed serving graph of ``net`` can leave the dropped fields' lookups out: its backbone reads the
+    sparse ids only through its input layer's embedding (DNN, DCNv2) and its adapter reads none (LoRA, MLoRA, IAK;
+    the Wide&Deep head and a Wide&Deep backbone read ids of their own)."""
+    backbone = net.backbone
+    plain = type(backbone) in (DNNBackbone, DCNv2Backbone) and backbone.input.embedding is not None
+    return plain and isinstance(net.adapter, LoRA | IAK)
 
 
 def probe_batch(schema: Schema, rows: int, domain: int, seed: int = 0) -> Batch:
@@ -165,8 +179,10 @@ class ParallelModel(nn.Module):
         schema: its data's schema.
         make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
         drop: per-domain feature trimming (:mod:`mdrec.eval.trim`), bool ``[K, F + N]`` (sparse fields, then dense
-            features): each row's dropped features are blanked before the backbone; None: no trimming. Unknown
-            domains keep every feature.
+            features): each row's dropped features are blanked before the backbone (a sparse field as its id-0
+            vector, a dense feature as 0); where :func:`skips_lookups` allows, a dropped field is not looked up at
+            all (:class:`~mdrec.nn.embedding.SkippingEmbedding`), else it is looked up as id 0. None: no trimming.
+            Unknown domains keep every feature.
 
     Example:
         >>> from mdrec.adapters.lora import LoRA
@@ -212,6 +228,9 @@ class ParallelModel(nn.Module):
                 f"drop must be bool [K={self.num_domains}, F+N={width}], got {drop.dtype} {tuple(drop.shape)}"
             )
         self.trimmed = drop is not None
+        self.skipping = self.trimmed and skips_lookups(net)  # the adapter as trained (its serving form differs)
+        if self.skipping:  # the serving copy's embedding; the caller's network is left as it is
+            self.net.backbone.input.embedding = SkippingEmbedding(self.net.backbone.input.embedding)
         slots = torch.zeros(self.num_domains + 1, width, dtype=torch.bool)  # the fallback slot keeps everything
         self.register_buffer("drop", slots if drop is None else torch.cat([drop, slots[-1:]]))
         self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
@@ -239,7 +258,10 @@ class ParallelModel(nn.Module):
         known = (domain >= 0) & (domain < self.num_domains)
         self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
-        batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
         if self.trimmed:
-            batch = batch.blanked(self.drop)
+            gone = self.drop[slot]  # [B, F + N]
+            f = sparse.shape[1]
+            sparse = sparse.masked_fill(gone[:, :f], -1 if self.skipping else 0)  # -1: not looked up
+            dense = dense.masked_fill(gone[:, f:], 0.0)
+        batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
         return torch.sigmoid(self.net(batch, static=True).logits)

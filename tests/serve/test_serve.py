@@ -111,16 +111,24 @@ def test_export_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None
         export_main([str(tmp_path)])
 
 
-def test_trimmed_parallel_model_blanks_each_domains_dropped_features(tmp_path: Path) -> None:
-    net = perturb(adapted("dnn", "lora")).eval()
+@pytest.mark.parametrize(
+    ("backbone", "adapter", "skips"),
+    [("dnn", "lora", True), ("dcnv2", "iak", True), ("wide_deep", "lora", False), ("dnn", "head", False)],
+)
+def test_trimmed_parallel_model_blanks_each_domains_dropped_features(
+    tmp_path: Path, backbone: str, adapter: str, skips: bool
+) -> None:
+    net = perturb(adapted(backbone, adapter)).eval()
     drop = torch.tensor([[True, False, False], [False, True, True], [False, False, False]])  # [K, row item age]
-    model = ParallelModel(net, SCHEMA, ADAPTERS["lora"], drop)
+    model = ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop)
+    assert model.skipping == skips  # the dropped fields are not looked up where nothing else reads their ids
     batch = make_batch(64, seed=5)
     served = export(model, batch, tmp_path / "trimmed.pt")
     expected = torch.sigmoid(net(batch.blanked(drop)).logits)
     torch.testing.assert_close(served(batch.sparse, batch.dense, batch.domain), expected, rtol=1e-5, atol=1e-6)
+
     with pytest.raises(ValueError, match="drop must be bool"):
-        ParallelModel(net, SCHEMA, ADAPTERS["lora"], drop[:, :2])
+        ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop[:, :2])
 
 
 def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
@@ -129,7 +137,7 @@ def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     assert trim_main([*args, "--tradeoff", "0.01", "0", "--variants"]) == 0
     routing = json.loads((tmp_path / "run" / "variants" / "routing.json").read_text())
     assert routing["max_abs_difference"] <= 1e-5 and len(routing["domains"]) == 4  # every domain: a file of its own
-    for d, route in routing["domains"].items():
+    for route in routing["domains"].values():
         assert (tmp_path / "run" / "variants" / route["file"]).exists()
     report = json.loads((tmp_path / "run" / "trim.json").read_text())
     tradeoff = json.loads((tmp_path / "run" / "trim_tradeoff.json").read_text())
