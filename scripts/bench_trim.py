@@ -8,12 +8,14 @@ Given a run on which ``mdrec-trim <run dir> --variants`` has run (``trim.json``:
 - ``full``: the parallel serving graph with every feature (``mdrec.serve.parallel.ParallelModel``), traced;
 - ``mask``: the same graph with the domain's plan as a feature mask (topology B: the dropped features are blanked,
   still looked up as id 0), traced;
+- ``skip``: the same mask with the dropped lookups left out (``ParallelModel(skip_lookups=True)``: a gather of the
+  kept ids only; DNN/DCNv2 backbones with LoRA, MLoRA or IAK), traced;
 - ``variant``: the domain's own network without its dropped features (topology A, ``variants/<domain>.pt``: its
   adapter merged, the first layer narrowed), taking only the kept features;
 - ``merged``: the same network with every feature (the domain's adapter merged, nothing dropped), traced: what the
   variant gains by the merge alone; ``variant / merged`` is what trimming itself saves.
 
-The four take turns call by call (``mdrec.serve.timing.time_calls``), ``--repeats`` calls each after ``--warmup``;
+The five take turns call by call (``mdrec.serve.timing.time_calls``), ``--repeats`` calls each after ``--warmup``;
 p50 and p99 in ms and p50 over the full model's. With ``--feature-costs costs.csv`` (``feature,microseconds`` per
 request) each line also gives the predicted time of a request: the model's p50 plus the costs of the features the
 request carries (every feature for ``full``, the kept ones otherwise).
@@ -82,13 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:  # the traced graphs, loaded back as a server would
         full = export(run.serving_model(), example, Path(scratch) / "full.pt")
         mask = export(run.serving_model(drop), example, Path(scratch) / "mask.pt")
+        skip = export(run.serving_model(drop, skip_lookups=True), example, Path(scratch) / "skip.pt")
     print(
         f"{args.run}: one thread, {args.repeats} calls per model after {args.warmup}, p50 (p99) ms; predicted: "
         f"+ the per-request costs of {args.feature_costs or 'no cost file (0)'}"
     )
     print(
-        f"{'domain':>8} {'kept':>6} {'B':>5} {'full':>15} {'mask':>15} {'merged':>15} {'variant':>15} "
-        f"{'mask/full':>9} {'var/full':>8} {'var/merged':>10} {'predicted full / variant ms':>28}"
+        f"{'domain':>8} {'kept':>6} {'B':>5} {'full':>15} {'mask':>15} {'skip':>15} {'merged':>15} {'variant':>15} "
+        f"{'mask/full':>9} {'skip/full':>9} {'var/full':>8} {'var/merged':>10} {'predicted full / variant ms':>28}"
     )
     verdicts = []
     for d, name in enumerate(schema.domains):
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             calls = {
                 "full": functools.partial(full, *inputs),
                 "mask": functools.partial(mask, *inputs),
+                "skip": functools.partial(skip, *inputs),
                 "merged": functools.partial(merged, *split_inputs(batch, nothing)),
                 "variant": functools.partial(served, *split_inputs(batch, drop[d])),
             }
@@ -118,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             predicted = (p50["full"] + float(costs.sum()), p50["variant"] + float((costs * ~drop[d]).sum()))
             print(
                 f"{name:>8} {kept:>3}/{len(features):<2} {b:>5} "
-                + " ".join(f"{p50[k]:>7.3f} ({p99[k]:>5.2f})" for k in ("full", "mask", "merged", "variant"))
-                + f" {p50['mask'] / p50['full']:>9.2f} {p50['variant'] / p50['full']:>8.2f}"
+                + " ".join(f"{p50[k]:>7.3f} ({p99[k]:>5.2f})" for k in ("full", "mask", "skip", "merged", "variant"))
+                + f" {p50['mask'] / p50['full']:>9.2f} {p50['skip'] / p50['full']:>9.2f}"
+                + f" {p50['variant'] / p50['full']:>8.2f}"
                 + f" {p50['variant'] / p50['merged']:>10.2f}"
                 + f" {predicted[0]:>13.3f} / {predicted[1]:.3f}"
             )

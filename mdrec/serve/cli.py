@@ -83,8 +83,8 @@ class AdaptRun:
             out.append(self.datamodule.on_before_batch_transfer(batch, 0))
         return out
 
-    def serving_model(self, drop: torch.Tensor | None = None) -> ParallelModel:
-        return ParallelModel(self.net, self.schema, self.make_adapter, drop)
+    def serving_model(self, drop: torch.Tensor | None = None, skip_lookups: bool = False) -> ParallelModel:
+        return ParallelModel(self.net, self.schema, self.make_adapter, drop, skip_lookups)
 
 
 def load_run(directory: Path, tool: str) -> AdaptRun:

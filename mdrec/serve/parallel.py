@@ -180,9 +180,11 @@ class ParallelModel(nn.Module):
         make_adapter: builds ``net.adapter``'s kind for a schema on a backbone (here: K + 1 slots).
         drop: per-domain feature trimming (:mod:`mdrec.eval.trim`), bool ``[K, F + N]`` (sparse fields, then dense
             features): each row's dropped features are blanked before the backbone (a sparse field as its id-0
-            vector, a dense feature as 0); where :func:`skips_lookups` allows, a dropped field is not looked up at
-            all (:class:`~mdrec.nn.embedding.SkippingEmbedding`), else it is looked up as id 0. None: no trimming.
-            Unknown domains keep every feature.
+            vector, looked up as id 0; a dense feature as 0). None: no trimming. Unknown domains keep every feature.
+        skip_lookups: with ``drop``, leave the dropped fields' lookups out (:class:`~mdrec.nn.embedding.
+            SkippingEmbedding`: a gather of the kept ids only, the same probabilities); needs a network whose ids
+            only the input layer reads (:func:`skips_lookups`). On CPU the masked gather costs more than the lookups
+            it saves (scripts/bench_trim.py), hence off by default.
 
     Example:
         >>> from mdrec.adapters.lora import LoRA
@@ -196,7 +198,12 @@ class ParallelModel(nn.Module):
     """
 
     def __init__(
-        self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory, drop: Tensor | None = None
+        self,
+        net: AdaptedNet,
+        schema: Schema,
+        make_adapter: AdapterFactory,
+        drop: Tensor | None = None,
+        skip_lookups: bool = False,
     ) -> None:
         super().__init__()
         if net.adapter is None:
@@ -228,7 +235,13 @@ class ParallelModel(nn.Module):
                 f"drop must be bool [K={self.num_domains}, F+N={width}], got {drop.dtype} {tuple(drop.shape)}"
             )
         self.trimmed = drop is not None
-        self.skipping = self.trimmed and skips_lookups(net)  # the adapter as trained (its serving form differs)
+        if skip_lookups and not (self.trimmed and skips_lookups(net)):  # the adapter as trained, not its serving form
+            raise ValueError(
+                "skip_lookups needs a drop mask and a network whose sparse ids only its input layer reads (a DNN or "
+                f"DCNv2 backbone with a LoRA, MLoRA or IAK adapter); this one has {type(net.backbone).__name__} and "
+                f"{type(net.adapter).__name__}"
+            )
+        self.skipping = skip_lookups
         if self.skipping:  # the serving copy's embedding; the caller's network is left as it is
             self.net.backbone.input.embedding = SkippingEmbedding(self.net.backbone.input.embedding)
         slots = torch.zeros(self.num_domains + 1, width, dtype=torch.bool)  # the fallback slot keeps everything

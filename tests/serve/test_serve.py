@@ -120,12 +120,15 @@ def test_trimmed_parallel_model_blanks_each_domains_dropped_features(
 ) -> None:
     net = perturb(adapted(backbone, adapter)).eval()
     drop = torch.tensor([[True, False, False], [False, True, True], [False, False, False]])  # [K, row item age]
-    model = ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop)
-    assert model.skipping == skips  # the dropped fields are not looked up where nothing else reads their ids
     batch = make_batch(64, seed=5)
-    served = export(model, batch, tmp_path / "trimmed.pt")
     expected = torch.sigmoid(net(batch.blanked(drop)).logits)
-    torch.testing.assert_close(served(batch.sparse, batch.dense, batch.domain), expected, rtol=1e-5, atol=1e-6)
+    for skip in (False, True) if skips else (False,):  # the lookups left out where nothing else reads their ids
+        model = ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop, skip_lookups=skip)
+        served = export(model, batch, tmp_path / "trimmed.pt")
+        torch.testing.assert_close(served(batch.sparse, batch.dense, batch.domain), expected, rtol=1e-5, atol=1e-6)
+    if not skips:
+        with pytest.raises(ValueError, match="skip_lookups needs"):
+            ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop, skip_lookups=True)
 
     with pytest.raises(ValueError, match="drop must be bool"):
         ParallelModel(net, SCHEMA, ADAPTERS[adapter], drop[:, :2])
