@@ -194,6 +194,9 @@ def trim(argv: list[str] | None = None) -> int:
         help="latency mode: the AUC loss allowed per domain; beyond it the budget is not reachable (default 0.005)",
     )
     parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the whole run and its latency checks (default 1)"
+    )
+    parser.add_argument(
         "--variants",
         action="store_true",
         help="also write topology A: per domain a network without its dropped features (variants/<domain>.pt, "
@@ -208,6 +211,9 @@ def trim(argv: list[str] | None = None) -> int:
         "(trim_tradeoff.json, trim_tradeoff.png)",
     )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     if args.latency_rows < 1:
         parser.error(f"--latency-rows must be at least 1 (the rows of one request), got {args.latency_rows}")
     if args.tradeoff and args.latency_budget_ms:
