@@ -14,6 +14,12 @@ With z = w_d . x (unit variance),
 
 click ~ Bernoulli(sigmoid(logit_click)); conversion = click AND Bernoulli(sigmoid(logit_cvr)) (the CTCVR label).
 The true probabilities are kept as oracle columns, so every evaluation can report the Bayes AUC per domain.
+
+Drift over time (off by default): ``period`` t > 0 draws other rows of the same world; with ``drift_domain`` and
+``drift`` = a in [0, 1], that domain's own click direction turns by a x 90 degrees towards a new direction v
+(orthogonal to the u's, drawn from its own seed), ``u_d -> cos(a pi / 2) u_d + sin(a pi / 2) v`` (concept drift: the
+model's fit decays), and its rows' dense features are drawn with mean a instead of 0 (covariate drift: the inputs'
+distribution moves; its categorical ids keep their distribution).
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class SyntheticSource:
         ctr_range: base click rates of the domains are drawn uniformly from this range.
         cvr_rate: base conversion rate after a click.
         seed: every random choice follows from it.
+        period: the draw of rows: 0 the data set's own, t > 0 another draw of the same world (fresh rows "later").
+        drift_domain: the domain (its name, ``d<i>``) whose parameters drift; None: no drift.
+        drift: a in [0, 1], how far ``drift_domain`` drifts (module docstring); 0 with a domain: fresh rows only.
 
     Example:
         >>> src = SyntheticSource(num_rows=10_000, num_domains=3, relatedness=0.5)
@@ -77,6 +86,9 @@ class SyntheticSource:
     ctr_range: tuple[float, float] = (0.1, 0.35)
     cvr_rate: float = 0.15
     seed: int = 0
+    period: int = 0
+    drift_domain: str | None = None
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_rows < 1 or self.num_domains < 1:
@@ -90,6 +102,13 @@ class SyntheticSource:
             raise ValueError(f"domain_shares {self.domain_shares} must be positive numbers (a list of at least one)")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes {self.vocab_sizes} must be a non-empty list of positive sizes")
+        if self.period < 0 or not 0 <= self.drift <= 1:
+            raise ValueError(f"period ({self.period}) must be >= 0 and drift ({self.drift}) in [0, 1]")
+        names = [f"d{d}" for d in range(self.num_domains)]
+        if self.drift_domain is not None and self.drift_domain not in names:
+            raise ValueError(f"drift_domain {self.drift_domain!r} is not one of the domains {names}")
+        if self.drift and self.drift_domain is None:
+            raise ValueError(f"drift={self.drift} needs the domain that drifts: set drift_domain (e.g. d3)")
         self._r = r
         self._build_world()
 
@@ -112,10 +131,17 @@ class SyntheticSource:
         u = np.linalg.qr(raw)[0] if p >= cols else raw / np.linalg.norm(raw, axis=0)
         # per field, project each id's latent vector onto every direction once: [V_f + 1, cols] (row 0 unused)
         self._tables = []
+        drifted = self.drift_domain is not None and self.drift > 0
+        v_new = _orthogonal_direction(u, np.random.default_rng((self.seed, 2))) if drifted else None
+        self._drift_tables = []  # per field, each id's latent vector projected on v (drift only)
         for f, v in enumerate(self.vocab_sizes):
             latent = rng.standard_normal((v + 1, m))
             self._tables.append(latent @ u[f * m : (f + 1) * m])
+            if v_new is not None:
+                self._drift_tables.append(latent @ v_new[f * m : (f + 1) * m])
         self._dense_proj = u[len(self.vocab_sizes) * m :]  # [N, cols]
+        self._drift_dense = v_new[len(self.vocab_sizes) * m :] if v_new is not None else None  # [N]
+        self._drift_id = int(self.drift_domain[1:]) if drifted else -1
         self._alpha = rng.standard_normal(self.num_sines)
         self._beta = rng.standard_normal(self.num_sines)
         lo, hi = self.ctr_range
@@ -132,6 +158,13 @@ class SyntheticSource:
         for f, table in enumerate(self._tables):
             shared += table[sparse[:, f], offset]
             own += table[sparse[:, f], offset + 1 + domain]
+        if offset == 0 and self._drift_id >= 0:  # the drifted domain's own click direction turns towards v
+            rows = domain == self._drift_id
+            towards = dense[rows] @ self._drift_dense
+            for f, table in enumerate(self._drift_tables):
+                towards += table[sparse[rows, f]]
+            angle = self.drift * np.pi / 2
+            own[rows] = np.cos(angle) * own[rows] + np.sin(angle) * towards
         r = self._r[domain]
         return np.sqrt(r) * shared + np.sqrt(1 - r) * own
 
@@ -157,7 +190,8 @@ class SyntheticSource:
     def generate_chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """The columns of ``CHUNK_ROWS`` rows at a time, in row order (``prepare`` holds one chunk at a time)."""
         for i, start in enumerate(range(0, self.num_rows, CHUNK_ROWS)):
-            rng = np.random.default_rng((self.seed, 1) if i == 0 else (self.seed, 1, i))
+            key = (self.seed, 1) if i == 0 else (self.seed, 1, i)
+            rng = np.random.default_rng(key if self.period == 0 else (self.seed, 1, i, self.period))
             yield self._rows(rng, start, min(CHUNK_ROWS, self.num_rows - start))
 
     def _rows(self, rng: np.random.Generator, start: int, n: int) -> dict[str, np.ndarray]:
@@ -168,6 +202,8 @@ class SyntheticSource:
             sparse[:, f] = np.searchsorted(cdf, rng.random(n)) + 1
         np.minimum(sparse, np.asarray(self.vocab_sizes), out=sparse)  # guard the float edge of the last bucket
         dense = rng.standard_normal((n, self.num_dense))
+        if self._drift_id >= 0:
+            dense[domain == self._drift_id] += self.drift
         p_click = _sigmoid(self.click_logits(sparse, dense, domain))
         p_cvr = _sigmoid(self.cvr_logits(sparse, dense, domain))
         click = rng.random(n) < p_click
@@ -232,6 +268,13 @@ def stretched_shares(profile: list[float], k: int) -> np.ndarray:
         return shares
     curve = np.concatenate([[0.0], np.cumsum(shares) / shares.sum()])
     return np.diff(np.interp(np.linspace(0, 1, k + 1), np.linspace(0, 1, len(shares) + 1), curve))
+
+
+def _orthogonal_direction(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector ``[P]`` orthogonal to the columns of ``u [P, C]`` (orthonormal ones; nearly so when P < C)."""
+    v = rng.standard_normal(u.shape[0])
+    v -= u @ (u.T @ v)
+    return v / np.linalg.norm(v)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

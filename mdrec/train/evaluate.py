@@ -34,16 +34,16 @@ from mdrec.train.typecheck import check_types
 SPLITS = ("val", "test")
 
 
-def compose_eval(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
-    """``mdrec/conf/eval.yaml`` with ``overrides``; its ``data`` is the run's own data node (``config.yaml``'s, as
-    the option ``data=run``) unless an override picks another data config (``data=<option>``); ``data.<key>=...``
-    changes either."""
+def compose_eval(run_dir: RunDir, overrides: Sequence[str], config_name: str = "eval") -> DictConfig:
+    """``mdrec/conf/<config_name>.yaml`` (``eval``, or ``drift``) with ``overrides``; its ``data`` is the run's own
+    data node (``config.yaml``'s, as the option ``data=run``) unless an override picks another data config
+    (``data=<option>``); ``data.<key>=...`` changes either."""
     data = run_dir.read_config().get("data")
     if not isinstance(data, DictConfig):
         raise ValueError(f"{run_dir.file(RunDir.CONFIG)} has no data node: give the directory of an mdrec run")
     ConfigStore.instance().store(group="data", name="run", node=data)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides))
 
 
 def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
@@ -111,9 +111,7 @@ def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
         cfg.paths.output_dir = str(out)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    datamodule: MultiDomainDataModule = safe_instantiate(cfg.data, run_dir.file(RunDir.CONFIG), "data")
-    datamodule.prepare_data()
-    datamodule.setup()
+    datamodule = prepared_data(run_dir, cfg)
     schema = datamodule.schema
     check_domains(run_dir, schema)
     model_cfg = run_dir.read_config().model
@@ -129,6 +127,15 @@ def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
     result.write_config(cfg)
     result.write_metrics(metrics)
     return Evaluation(metrics, cfg.split, list(schema.domains), out)
+
+
+def prepared_data(run_dir: RunDir, cfg: DictConfig) -> MultiDomainDataModule:
+    """The data of ``cfg.data`` (from the run's ``config.yaml`` or a data option: its targets checked), prepared and
+    set up."""
+    datamodule: MultiDomainDataModule = safe_instantiate(cfg.data, run_dir.file(RunDir.CONFIG), "data")
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
 
 
 def check_domains(run_dir: RunDir, schema: Schema) -> None:
