@@ -9,8 +9,14 @@ d0-d3 and ``new_share`` for d4) is written as two data sets, each with its own t
   source value), and per renamed field a mapping file ``<field>_mapping.csv`` (``target_value,source_value``) of
   the partner's codes onto the source's values (those the source's training rows hold).
 
-Command line: ``python -m mdrec.data.partner [out] [--rows N] [--seed S]`` (default ``data/partner``: where the
-``partner_source`` and ``partner`` data configs look with the default ``paths.data_dir``).
+Fresh files of the same world, later (``--period 1``; the drift check of the walk-through): other rows, the same
+partner codes and mapping files, and with ``--drift-domain d4 --drift 1`` the partner's domain drifted
+(``mdrec.data.synthetic``: its click function turns, its dense features move). The ``partner_fresh`` data config reads
+``data/partner_fresh/new``.
+
+Command line: ``python -m mdrec.data.partner [out] [--rows N] [--seed S] [--period T] [--drift-domain D --drift A]``
+(default ``data/partner``: where the ``partner_source`` and ``partner`` data configs look with the default
+``paths.data_dir``).
 """
 
 from __future__ import annotations
@@ -42,11 +48,21 @@ def write_partner_files(
     new_share: float = 0.05,
     renamed: Sequence[str] = ("cat_1", "cat_2"),
     seed: int = 0,
+    period: int = 0,
+    drift_domain: str | None = None,
+    drift: float = 0.0,
 ) -> dict[str, Path]:
     """Write the source and new-partner files (module docstring) under ``out``; return the directories and
-    mapping files by name (``source``, ``new``, ``<field>_mapping``)."""
+    mapping files by name (``source``, ``new``, ``<field>_mapping``). ``period``, ``drift_domain``, ``drift``: the
+    synthetic generator's (fresh rows of the same world, one domain drifted)."""
     source = SyntheticSource(
-        num_rows=num_rows, num_domains=SOURCE_DOMAINS + 1, domain_shares=[*SOURCE_SHARES, new_share], seed=seed
+        num_rows=num_rows,
+        num_domains=SOURCE_DOMAINS + 1,
+        domain_shares=[*SOURCE_SHARES, new_share],
+        seed=seed,
+        period=period,
+        drift_domain=drift_domain,
+        drift=drift,
     )
     unknown = sorted(set(renamed) - set(source.field_names))
     if unknown:
@@ -90,8 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", nargs="?", type=Path, default=Path("data/partner"), help="default: data/partner")
     parser.add_argument("--rows", type=int, default=300_000, help="rows of all five domains (default 300000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--period", type=int, default=0, help="0: the data set; t > 0: fresh rows of the same world")
+    parser.add_argument("--drift-domain", default=None, help="the domain that drifts (d0 ... d4)")
+    parser.add_argument("--drift", type=float, default=0.0, help="how far it drifts, in [0, 1]")
     args = parser.parse_args(argv)
-    for name, path in write_partner_files(args.out, args.rows, seed=args.seed).items():
+    written = write_partner_files(
+        args.out, args.rows, seed=args.seed, period=args.period, drift_domain=args.drift_domain, drift=args.drift
+    )
+    for name, path in written.items():
         print(f"{name}: {path}")
 
 

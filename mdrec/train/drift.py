@@ -45,7 +45,7 @@ from mdrec.eval.plots import reliability_plot
 from mdrec.rundir import RunDir, check_targets
 from mdrec.train.evaluate import SPLITS, compose_eval, load_selected, prepared_data
 from mdrec.train.onboarding import batches, drift_reference, model_columns
-from mdrec.train.run import train
+from mdrec.train.run import oracle_metrics, train
 from mdrec.train.stages import Runner, check_same_fields
 from mdrec.train.typecheck import check_types
 
@@ -83,8 +83,9 @@ def first_label_probabilities(net: torch.nn.Module, data: MultiDomainDataModule,
 
 def check_drift(run_path: Path, overrides: Sequence[str], run: Runner = train) -> DriftResult:
     """Check the run in ``run_path`` on the fresh data ``overrides`` compose (module docstring); write
-    ``drift.json``, ``drift.md``, ``reliability.png`` and ``config.yaml`` into ``output_dir`` (default
-    ``<run dir>/drift/<time>``); with ``readapt`` re-adapt the flagged domains with ``run`` (a config to completion).
+    ``drift.json`` (with ``oracle``: the true probabilities' figures on synthetic data), ``drift.md``,
+    ``reliability.png`` and ``config.yaml`` into ``output_dir`` (default ``<run dir>/drift/<time>``); with ``readapt``
+    re-adapt the flagged domains with ``run`` (a config to completion).
 
     Raises:
         FileNotFoundError: the run has no ``drift_reference.npz`` or ``encoding.json`` (the error says what to do).
@@ -134,6 +135,7 @@ def check_drift(run_path: Path, overrides: Sequence[str], run: Runner = train) -
     report = RunDir(out)
     report.write_config(cfg)
     record = drift_json(checks, skipped, thresholds)
+    record["oracle"] = oracle_metrics(data, cfg.split)  # the true probabilities' metrics (synthetic data only)
     markdown = drift_markdown(checks, skipped, thresholds, f"Drift check of {run_dir.path}")
     reliability_plot(
         {c.domain: [(b.predicted, b.observed) for b in c.bins] for c in checks},
