@@ -1,5 +1,6 @@
 """The drift check of an adapted (or onboarded) run on fresh data, and the re-adaptation of the domains that moved
-(``python -m mdrec.train.drift <run dir> [--readapt] [overrides]``, docs/methods.md, Drift re-evaluation).
+(``mdrec-drift <run dir> [--readapt] [overrides]`` or ``python -m mdrec.train.drift ...``, docs/methods.md, Drift
+re-evaluation).
 
 The fresh data come as ``mdrec-eval``'s do (:func:`~mdrec.train.evaluate.compose_eval` of ``mdrec/conf/drift.yaml``:
 the run's own data config with other rows, or ``data=aligned`` files encoded with the run's ``encoding.json``) and
@@ -234,8 +235,8 @@ def write_reference(run_path: Path, overrides: Sequence[str]) -> list[str]:
     return list(reference)
 
 
-USAGE = """usage: python -m mdrec.train.drift <run dir> [--readapt] [key=value ...]
-       python -m mdrec.train.drift <run dir> --write-reference [key=value ...]
+USAGE = """usage: mdrec-drift <run dir> [--readapt] [key=value ...]      (or python -m mdrec.train.drift ...)
+       mdrec-drift <run dir> --write-reference [key=value ...]
 
 Check an adapted (or onboarded) run on fresh data, per domain: AUC and log loss against the run's own test rows,
 calibration, and the PSI of every field against the run's training rows; name the domains that moved and write
