@@ -16,10 +16,11 @@ click ~ Bernoulli(sigmoid(logit_click)); conversion = click AND Bernoulli(sigmoi
 The true probabilities are kept as oracle columns, so every evaluation can report the Bayes AUC per domain.
 
 Drift over time (off by default): ``period`` t > 0 draws other rows of the same world; with ``drift_domain`` and
-``drift`` = a in [0, 1], that domain's own click direction turns by a x 90 degrees towards a new direction v
-(orthogonal to the u's, drawn from its own seed), ``u_d -> cos(a pi / 2) u_d + sin(a pi / 2) v`` (concept drift: the
-model's fit decays), and its rows' dense features are drawn with mean a instead of 0 (covariate drift: the inputs'
-distribution moves; its categorical ids keep their distribution).
+``drift`` = a in [0, 1], that domain's click direction turns by a x 90 degrees towards a random direction v of the dense
+features (drawn from its own seed), ``z -> cos(a pi / 2) w_d . x + sin(a pi / 2) v . dense`` (concept drift: what the
+model learned of the domain decays; at a = 1 its clicks follow the dense features alone), and its rows' dense
+features are drawn with mean a instead of 0 (covariate drift: the inputs' distribution moves; its categorical ids
+keep their distribution).
 """
 
 from __future__ import annotations
@@ -131,17 +132,14 @@ class SyntheticSource:
         u = np.linalg.qr(raw)[0] if p >= cols else raw / np.linalg.norm(raw, axis=0)
         # per field, project each id's latent vector onto every direction once: [V_f + 1, cols] (row 0 unused)
         self._tables = []
-        drifted = self.drift_domain is not None and self.drift > 0
-        v_new = _orthogonal_direction(u, np.random.default_rng((self.seed, 2))) if drifted else None
-        self._drift_tables = []  # per field, each id's latent vector projected on v (drift only)
         for f, v in enumerate(self.vocab_sizes):
             latent = rng.standard_normal((v + 1, m))
             self._tables.append(latent @ u[f * m : (f + 1) * m])
-            if v_new is not None:
-                self._drift_tables.append(latent @ v_new[f * m : (f + 1) * m])
         self._dense_proj = u[len(self.vocab_sizes) * m :]  # [N, cols]
-        self._drift_dense = v_new[len(self.vocab_sizes) * m :] if v_new is not None else None  # [N]
+        drifted = self.drift_domain is not None and self.drift > 0
         self._drift_id = int(self.drift_domain[1:]) if drifted else -1
+        direction = np.random.default_rng((self.seed, 2)).standard_normal(self.num_dense)
+        self._drift_dense = direction / max(np.linalg.norm(direction), 1e-12)  # [N] v, a unit direction
         self._alpha = rng.standard_normal(self.num_sines)
         self._beta = rng.standard_normal(self.num_sines)
         lo, hi = self.ctr_range
@@ -158,15 +156,13 @@ class SyntheticSource:
         for f, table in enumerate(self._tables):
             shared += table[sparse[:, f], offset]
             own += table[sparse[:, f], offset + 1 + domain]
-        if offset == 0 and self._drift_id >= 0:  # the drifted domain's own click direction turns towards v
-            rows = domain == self._drift_id
-            towards = dense[rows] @ self._drift_dense
-            for f, table in enumerate(self._drift_tables):
-                towards += table[sparse[rows, f]]
-            angle = self.drift * np.pi / 2
-            own[rows] = np.cos(angle) * own[rows] + np.sin(angle) * towards
         r = self._r[domain]
-        return np.sqrt(r) * shared + np.sqrt(1 - r) * own
+        z = np.sqrt(r) * shared + np.sqrt(1 - r) * own
+        if offset == 0 and self._drift_id >= 0:  # the drifted domain's click direction turns towards v
+            rows = domain == self._drift_id
+            angle = self.drift * np.pi / 2
+            z[rows] = np.cos(angle) * z[rows] + np.sin(angle) * (dense[rows] @ self._drift_dense)
+        return z
 
     def click_logits(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray) -> np.ndarray:
         """True click logit of rows ``sparse [B, F]`` (ids 1..V), ``dense [B, N]`` scored as domain ``domain [B]``."""
@@ -268,13 +264,6 @@ def stretched_shares(profile: list[float], k: int) -> np.ndarray:
         return shares
     curve = np.concatenate([[0.0], np.cumsum(shares) / shares.sum()])
     return np.diff(np.interp(np.linspace(0, 1, k + 1), np.linspace(0, 1, len(shares) + 1), curve))
-
-
-def _orthogonal_direction(u: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A unit vector ``[P]`` orthogonal to the columns of ``u [P, C]`` (orthonormal ones; nearly so when P < C)."""
-    v = rng.standard_normal(u.shape[0])
-    v -= u @ (u.T @ v)
-    return v / np.linalg.norm(v)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
