@@ -1,7 +1,7 @@
 """The drift study's table and plot (experiments/drift/README.md): per adapter and drift amount of d2, how often
 the check flagged d2 and the other domains (over seeds), and d2's test AUC: the adapt run's own test rows, the fresh
 rows before re-adapting, after, and the oracle on the fresh rows; mean ± sample std over seeds, the re-adaptation's
-paired gain with its paired t-test p-value.
+paired gain with its paired t-test p-value; then the drifted domain's figures per seed. Writes auc.png beside it.
 
     python experiments/drift/table.py <root>     (<root>/<adapter>/drift_<seed>_<amount>/drift.json)
 """
@@ -73,6 +73,17 @@ def main(root: Path) -> None:
             v = np.array([x for x in values if not np.isnan(x)])
             curve[name].append((v.mean(), v.std(ddof=1)) if len(v) > 1 else (np.nan, np.nan))
         curve["run"].append((np.mean(run), np.std(run, ddof=1)))
+    print(f"\nPer seed, {DRIFTED} on the drifted fresh rows (AUC run / fresh / re-adapted / oracle; why flagged):\n")
+    print("| adapter | drift | seed | AUC run test | AUC fresh | AUC re-adapted | oracle | flagged by |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (adapter, amount), records in sorted(rows.items()):
+        for r in sorted(records, key=lambda r: r["seed"]) if amount > 0 else []:
+            d, after = r["domains"][DRIFTED], r.get("readapt", {}).get(f"readapt/auc_after/{DRIFTED}", np.nan)
+            why = ", ".join(x.split(":")[0] for x in d["reasons"]) or "-"
+            print(
+                f"| {adapter} | {amount:g} | {r['seed']} | {d['auc']['run']:.4f} | {d['auc']['fresh']:.4f} | "
+                f"{after:.4f} | {r['oracle'].get(f'oracle/auc/{DRIFTED}', np.nan):.4f} | {why} |"
+            )
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), sharey=True, squeeze=False)
     for ax, (adapter, curve) in zip(axes[0], curves.items(), strict=True):
         x = np.array(curve["amount"])
