@@ -376,6 +376,8 @@ class RunDir:
                 "it was made by an mdrec older than encoding.json; re-run the adapt job"
             )
         remedy = f"Delete it and re-run the job that wrote {self.path}, or copy the run directory again"
+        if not checksum_file(path).exists():  # every encoding.json was written with one: none is no older mdrec's
+            raise ValueError(f"{path} has no checksum ({checksum_file(path).name}) beside it. {remedy}")
         value = load_checked(path, lambda p: json.loads(p.read_text()), "a JSON mapping", remedy)
         if not isinstance(value, dict):
             raise ValueError(f"{path} holds a JSON {type(value).__name__}, not a mapping. {remedy}")

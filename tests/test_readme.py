@@ -13,8 +13,9 @@ What runs (``plan``: the fast test checks it, the slow one runs it in README ord
 - pyproject's other console scripts (mdrec-report, mdrec-gate, ...) and ``python -m mdrec.<module>`` (a tool of
   mdrec's, e.g. the example files of mdrec.data.sources.tabular) run as written; a non-zero exit passes only where
   OUTCOMES documents it (the gate's verdict).
-- ``data=tabular`` trains on files an earlier README command writes (``python -m mdrec.data.sources.tabular
-  --example``): the command's paths are relative to the scratch directory every command runs from.
+- A data set in WRITTEN (``data=tabular``, ``data=partner``, ...) trains on files an earlier README command writes
+  (``python -m <the module WRITTEN names>``): its paths are relative to the scratch directory every command runs
+  from.
 - A placeholder ``<...>`` is replaced by the run directory of the README command PLACEHOLDERS names for it, which
   must come earlier in the README. An unknown placeholder, program or data set fails the test: a new README command
   is either run here or exempt with its reason.
@@ -89,6 +90,7 @@ def parse(part: str) -> Step:
     protected = PLACEHOLDER.sub(lambda m: m[0].replace(" ", "\0"), part)
     argv = [a.replace("\0", " ") for a in shlex.split(protected)]
     assert not SHELL & set(argv), f"README command {part!r}: shell syntax the README test does not run"
+    argv[0] = argv[0].removeprefix(".venv/bin/") if argv[0].startswith(".venv/bin/mdrec-") else argv[0]
     if argv[0] in PYTHONS and argv[1:2] == ["-m"] and argv[2].split(".")[0] == "mdrec":
         return Step(part, TRAIN if argv[2] == "mdrec.train" else "python", tuple(argv[3:]), module=argv[2])
     assert argv[0] in SCRIPTS, (
@@ -118,8 +120,11 @@ def plan(markdown: str) -> tuple[list[Step], dict[str, str]]:
                     f"README command {part!r}: {placeholder} is the run directory of `{producer}`, which no earlier "
                     "README command runs"
                 )
-            if step.program == TRAIN:
-                dataset(step.args)  # a data set the test can serve
+            if step.program == TRAIN and (name := dataset(step.args)) in WRITTEN:
+                assert WRITTEN[name] in [s.module for s in steps], (
+                    f"README command {part!r}: data={name} reads the files `python -m {WRITTEN[name]}` writes, which "
+                    "no earlier README command runs"
+                )
             steps.append(step)
     return steps, exempt
 
@@ -131,7 +136,7 @@ def keys(args: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def dataset(args: tuple[str, ...] | list[str]) -> str:
     name = keys(args).get("data", "synthetic")
-    assert name in ("synthetic", "tabular") or name in FIXTURES, (
+    assert name == "synthetic" or name in FIXTURES or name in WRITTEN, (
         f"README command `mdrec-train {' '.join(args)}`: data={name} has no fixture in tests/test_readme.py "
         "FIXTURES (the test has no network): write one"
     )
@@ -188,6 +193,12 @@ def movielens_1m(work: Path) -> list[str]:
 
 
 FIXTURES = {"ml1m": movielens_1m}
+# data set -> the mdrec module whose `python -m` README command (earlier in the README) writes its files
+WRITTEN = {
+    "tabular": "mdrec.data.sources.tabular",
+    "partner_source": "mdrec.data.partner",
+    "partner": "mdrec.data.partner",
+}
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
@@ -206,6 +217,7 @@ def test_the_plan_refuses_what_it_cannot_run() -> None:
         ("```bash\nmdrec-gate <new run dir>\n```\n", "placeholder <new run dir> is not in"),
         ("```bash\nmdrec-export <adapt run dir>\n```\n", "which no earlier README command runs"),
         ("```bash\nmdrec-train data=kuairand\n```\n", "data=kuairand has no fixture"),
+        ("```bash\nmdrec-train data=partner\n```\n", "which no earlier README command runs"),
         ("```bash\nbash run.sh\n```\n", "'bash' is neither a console script"),
         ("```bash\npython -m pip install x\n```\n", "'python' is neither a console script"),
         ("```bash\nmdrec-report logs | tee out\n```\n", "shell syntax"),

@@ -4,6 +4,7 @@ representation into a Gaussian bottleneck, decode the domain's missing knowledge
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -14,8 +15,9 @@ from mdrec.models.backbone import Backbone
 from mdrec.nn.domain import DomainGroups, DomainLinear
 from mdrec.nn.parameter import DomainParameter
 
-PLACEMENTS = ("head", "layers")
-PRIORS = ("standard", "learned")
+Placement = Literal["head", "layers"]
+Prior = Literal["standard", "learned"]
+PLACEMENTS, PRIORS = get_args(Placement), get_args(Prior)
 
 
 class Kernel(nn.Module):
@@ -46,7 +48,7 @@ class Kernel(nn.Module):
         width: int,
         bottleneck: int,
         hidden: int,
-        prior: str,
+        prior: Prior,
         kl: bool,
         encoder_only: bool,
         residual: bool,
@@ -172,8 +174,8 @@ class IAK(Adapter):
         bottleneck: int = 50,
         hidden: int = 64,
         beta: float = 1e-3,
-        prior: str = "standard",
-        placement: str = "head",
+        prior: Prior = "standard",
+        placement: Placement = "head",
         layer_targets: Sequence[str] = ("*mlp.layers.*",),
         kl: bool = True,
         encoder_only: bool = False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -14,7 +15,8 @@ from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import DomainParameter
 
-VARIANTS = ("lora", "mlora")
+Variant = Literal["lora", "mlora"]
+VARIANTS = get_args(Variant)
 
 
 class LowRankDelta(nn.Module):
@@ -71,7 +73,7 @@ class LoRA(Adapter):
         schema: Schema,
         backbone: Backbone,
         targets: Sequence[str] = ("*",),
-        variant: str = "lora",
+        variant: Variant = "lora",
         rank: int = 8,
         alpha: float = 16.0,
     ) -> None:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from mdrec.data.datamodule import MultiDomainDataModule
-from mdrec.data.ingest import DENSE_SCALINGS, Fitted, SequenceSpec, TableSpec, encode_ids
+from mdrec.data.ingest import DENSE_SCALINGS, DenseScaling, Fitted, SequenceSpec, TableSpec, encode_ids
 from mdrec.data.schema import Schema
 from mdrec.data.sources.raw import file_signature
 from mdrec.data.sources.tabular import MissingColumnsError, RawRows, TabularSource
@@ -90,7 +90,7 @@ class Encoding:
     schema: Schema
     vocabularies: dict[str, list[str]]
     unseen: dict[str, list[int]] = field(default_factory=dict)
-    dense_scaling: str = "none"
+    dense_scaling: DenseScaling = "none"
     scalers: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
@@ -143,16 +143,26 @@ class Encoding:
             raise bad(f"version {obj.get('version')!r} is not {ENCODING_VERSION}")
         try:
             schema = Schema.from_json(obj["schema"])
-        except (KeyError, TypeError, ValueError) as error:
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise bad(f"its schema does not read ({type(error).__name__}: {error})") from None
+        domains = obj["schema"].get("domains")
+        if (
+            not isinstance(domains, list)
+            or not all(isinstance(d, str) for d in domains)
+            or len(set(domains)) < len(domains)
+        ):
+            raise bad(f"its domains {domains!r} are not a list of distinct names")
+        sizes = [f.vocab_size for f in schema.sparse] + [s.max_len for s in [schema.sequence] if s is not None]
+        if not all(type(n) is int and n > 0 for n in sizes):
+            raise bad(f"its vocabulary sizes and sequence length {sizes} are not positive integers")
         vocabularies, unseen, scalers = obj.get("vocabularies"), obj.get("unseen", {}), obj.get("scalers")
         if not isinstance(vocabularies, dict) or not isinstance(unseen, dict) or not isinstance(scalers, dict):
             raise bad("vocabularies, unseen and scalers must be mappings")
         for f in schema.sparse:
             values = vocabularies.get(f.name)
             strings = isinstance(values, list) and all(isinstance(v, str) for v in values)
-            if not strings or len(values) != f.vocab_size - 1:
-                raise bad(f"the vocabulary of {f.name!r} is not a list of {f.vocab_size - 1} strings")
+            if not strings or len(values) != f.vocab_size - 1 or len(set(values)) < len(values):
+                raise bad(f"the vocabulary of {f.name!r} is not a list of {f.vocab_size - 1} distinct strings")
             ids = unseen.get(f.name, [])
             if not isinstance(ids, list) or not all(isinstance(i, int) and 0 < i < f.vocab_size for i in ids):
                 raise bad(f"the unseen ids of {f.name!r} are not ids in 1..{f.vocab_size - 1}")
@@ -175,7 +185,15 @@ class Encoding:
     def of_run(cls, run: str | Path) -> Encoding:
         """The encoding a run directory carries (``encoding.json``, checked against its checksum)."""
         run_dir = RunDir(Path(run))
-        return cls.from_json(run_dir.read_encoding(), run_dir.file(RunDir.ENCODING))
+        encoding = cls.from_json(run_dir.read_encoding(), run_dir.file(RunDir.ENCODING))
+        trained = run_dir.read_json(RunDir.DATA_REPORT).get("domains")  # the domains the run trained, in id order
+        if trained != list(encoding.schema.domains):
+            raise ValueError(
+                f"{run_dir.file(RunDir.ENCODING)} lists the domains {list(encoding.schema.domains)}, but the run "
+                f"trained {trained} ({run_dir.file(RunDir.DATA_REPORT)}): a domain's rows would run through another "
+                "domain's adapter. The files were edited or come from different runs: copy the run directory again"
+            )
+        return encoding
 
     def save(self, run: str | Path) -> None:
         """Write ``encoding.json`` into the run directory ``run``."""
@@ -240,8 +258,8 @@ def read_mapping(path: str | Path, name: str, encoding: Encoding) -> dict[str, s
 
     Raises:
         AlignmentError: ``name`` is not a sparse field, the file does not read as such a CSV, or a value is empty.
-        DuplicateTargetValuesError: a target value is mapped more than once (the error lists them with their lines).
-        UnknownSourceValuesError: a source value is not in the run's vocabulary of ``name`` (listed with their lines).
+        DuplicateTargetValuesError: a target value is mapped more than once (the error lists them with their rows).
+        UnknownSourceValuesError: a source value is not in the run's vocabulary of ``name`` (listed with their rows).
     """
     path = Path(path)
     if name not in encoding.schema.sparse_names:
@@ -268,23 +286,24 @@ def read_mapping(path: str | Path, name: str, encoding: Encoding) -> dict[str, s
             f"{list(MAPPING_COLUMNS)}: the new data's code, then the run's value it means"
         )
     targets, sources = (table.column(c).to_pylist() for c in MAPPING_COLUMNS)
-    empty = [i + 2 for i, (t, s) in enumerate(zip(targets, sources, strict=True)) if t is None or s is None]
+    # rows are numbered after the header, 1 for the first, blank lines not counted (the CSV reader skips them)
+    empty = [i + 1 for i, (t, s) in enumerate(zip(targets, sources, strict=True)) if t is None or s is None]
     if empty:
-        raise AlignmentError(f"mapping file {path} of field {name!r}: empty value(s) on line(s) {empty[:SHOWN]}")
-    lines: dict[str, list[int]] = {}
+        raise AlignmentError(f"mapping file {path} of field {name!r}: empty value(s) in row(s) {empty[:SHOWN]}")
+    rows: dict[str, list[int]] = {}
     for i, t in enumerate(targets):
-        lines.setdefault(t, []).append(i + 2)
-    duplicated = {t: ls for t, ls in lines.items() if len(ls) > 1}
+        rows.setdefault(t, []).append(i + 1)
+    duplicated = {t: ls for t, ls in rows.items() if len(ls) > 1}
     if duplicated:
-        shown = "; ".join(f"{t!r} on lines {ls}" for t, ls in list(duplicated.items())[:SHOWN])
+        shown = "; ".join(f"{t!r} in rows {ls}" for t, ls in list(duplicated.items())[:SHOWN])
         raise DuplicateTargetValuesError(
             f"mapping file {path} of field {name!r} maps {len(duplicated)} target value(s) more than once: {shown}. "
             "Each code of the new data must mean one value: keep one row per target_value"
         )
     known = set(encoding.vocabularies[name])
-    unknown = [(i + 2, s) for i, s in enumerate(sources) if s not in known]
+    unknown = [(i + 1, s) for i, s in enumerate(sources) if s not in known]
     if unknown:
-        shown = ", ".join(f"{s!r} (line {line})" for line, s in unknown[:SHOWN])
+        shown = ", ".join(f"{s!r} (row {row})" for row, s in unknown[:SHOWN])
         raise UnknownSourceValuesError(
             f"mapping file {path} of field {name!r}: {len(unknown)} source value(s) are not in the run's vocabulary of "
             f"{name!r} ({len(known)} values, e.g. {sorted(known)[:SHOWN]}): {shown}. Map onto values the run knows "

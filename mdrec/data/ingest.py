@@ -38,6 +38,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,8 @@ import pyarrow.compute as pc
 from mdrec.data.schema import SPLIT_COLUMN, SPLIT_NAMES, Schema, SequenceField, SparseField, seq_length_column
 from mdrec.data.store import write_store
 
-DENSE_SCALINGS = ("minmax", "standard", "none")
+DenseScaling = Literal["minmax", "standard", "none"]
+DENSE_SCALINGS = get_args(DenseScaling)
 COLLAPSE_TAIL = 0.01  # share of the fitted rows at each end left out of the bulk whose scaled spread is checked
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23: float32 resolution relative to a value
 _ENCODE_BATCH_ROWS = 1 << 17  # rows per slice encoded at once
@@ -125,7 +127,7 @@ class TableSpec:
     time: str | None = None
     sequence: SequenceSpec | None = None
     min_count: int = 1
-    dense_scaling: str = "minmax"
+    dense_scaling: DenseScaling = "minmax"
 
     def __post_init__(self) -> None:
         # Hydra hands lists over as ListConfig: freeze them so the spec hashes and fingerprints stably; a single name

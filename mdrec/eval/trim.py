@@ -104,8 +104,10 @@ class LatencyModel:
     serialisation cost of every feature the domain still sends.
 
     Args:
-        model_ms: ``[K]`` the model's measured time per call for each domain's requests (milliseconds).
-        cost_ms: ``[F]`` per feature, milliseconds per request (fetch + serialisation; 0 for a free feature).
+        model_ms: ``[K]`` the model's measured time for one request of each domain (milliseconds per call on the
+            request's rows, e.g. the candidates of one auction).
+        cost_ms: ``[F]`` per feature, milliseconds per request (fetch + serialisation of the feature for all the
+            request's rows; 0 for a free feature).
         budget_ms: ``[K]`` each domain's latency budget.
     """
 
@@ -306,8 +308,11 @@ def trim_table(plan: TrimPlan) -> str:
 def _read_pairs(path: str | Path, header: tuple[str, str], known: list[str]) -> dict[str, float]:
     """The rows of a two-column CSV file ``path`` (first line ``header``) as ``{name: value}``: every name one of
     ``known`` and listed once, every value a finite number >= 0; errors name the file and the line."""
-    with open(path, newline="") as file:
-        lines = list(csv.reader(file))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:  # a byte-order mark (Excel's CSV) is read past
+            lines = list(csv.reader(file))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error}); save it as UTF-8 CSV") from None
     if not lines or tuple(c.strip() for c in lines[0]) != header:
         raise ValueError(f"{path}: the first line must be the header {','.join(header)!r}, got {lines[:1]}")
     values: dict[str, float] = {}

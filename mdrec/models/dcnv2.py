@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -15,7 +16,8 @@ from mdrec.models.output import ModelOutput
 from mdrec.nn.cross import CrossNetwork
 from mdrec.nn.mlp import MLP
 
-STRUCTURES = ("stacked", "parallel")
+Structure = Literal["stacked", "parallel"]
+STRUCTURES = get_args(Structure)
 
 
 class DCNv2Backbone(Backbone):
@@ -49,7 +51,7 @@ class DCNv2Backbone(Backbone):
         num_cross_layers: int = 3,
         cross_rank: int | None = None,
         layer_sizes: Sequence[int] = (256, 128),
-        structure: str = "stacked",
+        structure: Structure = "stacked",
         dropout: float = 0.0,
         batch_norm: bool = True,
         num_tasks: int = 1,

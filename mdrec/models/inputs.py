@@ -4,6 +4,7 @@ check of its task count against the schema's labels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,8 @@ from mdrec.data.schema import Schema
 from mdrec.nn.embedding import FieldEmbedding
 from mdrec.nn.sequence import MeanPooling, TargetAttentionPooling
 
-SEQUENCE_POOLINGS = ("mean", "din")
+SequencePooling = Literal["mean", "din"]
+SEQUENCE_POOLINGS = get_args(SequencePooling)
 
 
 def check_num_tasks(schema: Schema, num_tasks: int) -> int:
@@ -56,7 +58,7 @@ class EmbeddedInput(nn.Module):
         schema: Schema,
         embedding_dim: int = 16,
         init_std: float = 1e-2,
-        sequence_pooling: str = "mean",
+        sequence_pooling: SequencePooling = "mean",
         attention_layer_sizes: Sequence[int] = (80, 40),
         attention_softmax: bool = False,
         domain_as_feature: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from mdrec.data.batch import Batch
@@ -20,10 +21,11 @@ class PLE(nn.Module):
 
     Level j: each domain has ``num_domain_experts`` experts of its own plus ``num_shared_experts`` shared ones; a
     per-domain gate on the row's domain input mixes its own and the shared experts into its next domain input;
-    below the last level a shared gate on the shared input mixes the same experts into the next shared input.
-    Each row computes only the shared experts and its own domain's experts, gate and tower (other domains' experts
-    are never run on it, so the shared gate mixes the experts computed for the row). ``h`` is the last level's
-    output for the row's domain.
+    below the last level a shared gate on the shared input mixes experts into the next shared input: every
+    domain's and the shared ones (``shared_gate_experts="all"``, the paper), so the levels below the last carry
+    every domain's input for every row (K times their compute); or the row's own domain's and the shared ones
+    (``"own"``), so that each row only ever computes the shared experts and its own domain's. The last level and the
+    tower run each row's own domain only. ``h`` is the last level's output for the row's domain.
 
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
@@ -34,6 +36,7 @@ class PLE(nn.Module):
         expert_sizes: hidden widths of every expert (the same at every level).
         tower_sizes: hidden widths of each domain's tower.
         dropout: dropout after each expert and tower activation.
+        shared_gate_experts: what the shared gates below the last level mix, ``"all"`` or ``"own"`` (see above).
 
     Example:
         >>> net = PLE(schema, num_levels=2, num_domain_experts=2, num_shared_experts=1)
@@ -51,6 +54,7 @@ class PLE(nn.Module):
         expert_sizes: Sequence[int] = (16,),
         tower_sizes: Sequence[int] = (8,),
         dropout: float = 0.0,
+        shared_gate_experts: str = "all",
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -68,15 +72,23 @@ class PLE(nn.Module):
                 sizes,
                 dropout,
                 shared_gate=level < num_levels - 1,
+                shared_gate_experts=shared_gate_experts,
             )
             for level, width in enumerate(widths)
         )
         self.tower = DomainTower(self.num_domains, sizes[-1], list(tower_sizes), dropout)
+        self.every_domain = shared_gate_experts == "all"
 
     def forward(self, batch: Batch) -> ModelOutput:
         groups = DomainGroups(batch.domain, self.num_domains)
         domain_in = shared_in = groups.group(self.input(batch))  # [B, in] grouped order
-        for level in self.levels:
+        last = len(self.levels) - 1
+        if self.every_domain and last > 0:
+            for level in self.levels[:last]:
+                domain_in, shared_in = level.every_domain(domain_in, shared_in)  # [B, K, H], [B, H]
+            rows = torch.arange(domain_in.shape[0], device=domain_in.device)
+            domain_in = domain_in[rows, groups.domain]  # [B, H] each row's own domain
+        for level in self.levels[last if self.every_domain else 0 :]:
             domain_in, shared_in = level.grouped(domain_in, shared_in, groups)  # [B, H], [B, H] or None
         _, logits = self.tower.grouped(domain_in, groups)  # [B, 1]
         return ModelOutput(logits=groups.ungroup(logits), aux_loss=logits.new_zeros(()), h=groups.ungroup(domain_in))

@@ -5,7 +5,9 @@ and applied with one matmul (first layer: every expert reads the same input) or 
 Per-domain experts and per-domain gates are stacked ``[K, ...]`` and run on the rows of their own domain only,
 through :class:`mdrec.nn.domain.DomainGroups` (see that module for why grouped matmuls, not per-row gathers).
 A row therefore computes the shared experts, its own domain's experts and its own domain's gate: nothing of the
-other K - 1 domains.
+other K - 1 domains. The exceptions are methods that by definition mix every domain's experts into every row (PLE's
+shared gate below its last level, :meth:`CGCLayer.every_domain`; M3oE's balanced domain experts; HMoE's towers):
+``every_domain`` runs them, K times the compute of ``grouped``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from torch import Tensor, nn
 
 from mdrec.nn.domain import DomainGroups, DomainLinear, init_like_linear
 from mdrec.nn.parameter import DomainParameter
+
+SHARED_GATE_EXPERTS = ("all", "own")
 
 
 def experts_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -105,6 +109,18 @@ class Experts(nn.Module):
             return self.forward(xs)
         return groups.map(self.stack, xs, *(groups.take(p) for p in (*self.weights, *self.biases)))
 
+    def every_domain(self, x: Tensor) -> Tensor:
+        """Every domain's experts on every row: ``x [B, in]`` (one input for all domains) or ``[B, K, in]`` (one per
+        domain) -> ``[B, K, E, out]`` (K times the compute of ``grouped``, for methods that mix every domain's
+        experts into every row)."""
+        if self.num_domains is None:
+            raise ValueError("shared experts have no domains: call them directly")
+        first = "bi" if x.dim() == 2 else "bki"
+        for weight, bias in zip(self.weights, self.biases, strict=True):
+            x = self.dropout(F.relu(torch.einsum(f"{first},keio->bkeo", x, weight) + bias))  # [B, K, E, out_l]
+            first = "bkei"
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         if self.num_domains is not None:
             raise ValueError("per-domain experts need the rows' domains: call `grouped(xs, groups)`")
@@ -116,10 +132,11 @@ class CGCLayer(nn.Module):
 
     Each domain has ``num_domain_experts`` experts of its own; ``num_shared_experts`` are shared. A row's
     domain gate (softmax of a per-domain linear map of its domain input) mixes its own domain's experts and the
-    shared ones. With ``shared_gate``, a shared gate on the shared input mixes the same experts into the next
-    level's shared input: for a row, "all experts" are the ones computed for it (the shared experts and its own
-    domain's); other domains' experts are never evaluated on its rows. ``num_domain_experts=0`` with one level
-    is MMoE (docs/methods.md, MMoE).
+    shared ones. With ``shared_gate``, a shared gate on the shared input mixes experts into the next level's shared
+    input: with ``shared_gate_experts="all"`` (the paper) every domain's experts and the shared ones, which needs
+    every domain's experts on every row (``every_domain``); with ``"own"`` the experts computed for the row (its
+    own domain's and the shared ones, ``grouped``: other domains' experts are never evaluated on its rows).
+    ``num_domain_experts=0`` with one level is MMoE (docs/methods.md, MMoE).
 
     Args:
         num_domains: K.
@@ -129,15 +146,20 @@ class CGCLayer(nn.Module):
         expert_sizes: hidden widths of every expert.
         dropout: dropout in the experts.
         shared_gate: also produce the next level's shared input.
+        shared_gate_experts: what the shared gate mixes, ``"all"`` or ``"own"`` (see above).
 
     Shapes: ``grouped(domain_in [B, in], shared_in [B, in], groups)`` (grouped row order) ->
-    ``(domain_out [B, out], shared_out [B, out] or None)``.
+    ``(domain_out [B, out], shared_out [B, out] or None)``; ``every_domain(domain_in [B, in] or [B, K, in],
+    shared_in [B, in])`` -> ``(domain_out [B, K, out], shared_out [B, out])``.
 
     Example:
         >>> cgc = CGCLayer(3, 8, num_domain_experts=2, num_shared_experts=1, expert_sizes=[4], shared_gate=True)
-        >>> g = DomainGroups(torch.tensor([0, 0, 1, 2]), 3)
         >>> x = torch.randn(4, 8)
-        >>> [t.shape for t in cgc.grouped(x, x, g)]
+        >>> [t.shape for t in cgc.every_domain(x, x)]  # every domain's output, the shared output
+        [torch.Size([4, 3, 4]), torch.Size([4, 4])]
+        >>> own = CGCLayer(3, 8, 2, 1, expert_sizes=[4], shared_gate=True, shared_gate_experts="own")
+        >>> g = DomainGroups(torch.tensor([0, 0, 1, 2]), 3)
+        >>> [t.shape for t in own.grouped(x, x, g)]
         [torch.Size([4, 4]), torch.Size([4, 4])]
     """
 
@@ -150,8 +172,13 @@ class CGCLayer(nn.Module):
         expert_sizes: list[int],
         dropout: float = 0.0,
         shared_gate: bool = False,
+        shared_gate_experts: str = "all",
     ) -> None:
         super().__init__()
+        if shared_gate_experts not in SHARED_GATE_EXPERTS:
+            raise ValueError(
+                f"shared_gate_experts must be one of {list(SHARED_GATE_EXPERTS)}, got {shared_gate_experts!r}"
+            )
         if num_domain_experts < 0 or num_shared_experts < 0 or num_domain_experts + num_shared_experts < 1:
             raise ValueError(
                 f"need at least one expert: num_domain_experts={num_domain_experts}, "
@@ -164,11 +191,16 @@ class CGCLayer(nn.Module):
         self.shared_experts = (
             Experts(num_shared_experts, in_features, expert_sizes, dropout) if num_shared_experts else None
         )
+        self.num_domains = num_domains
         self.gate = DomainLinear(num_domains, in_features, total)
-        self.shared_gate = nn.Linear(in_features, total) if shared_gate else None
+        self.mixes_all = shared_gate_experts == "all"
+        shared_total = num_domains * num_domain_experts + num_shared_experts if self.mixes_all else total
+        self.shared_gate = nn.Linear(in_features, shared_total) if shared_gate else None
         self.out_features = expert_sizes[-1]
 
     def grouped(self, domain_in: Tensor, shared_in: Tensor, groups: DomainGroups) -> tuple[Tensor, Tensor | None]:
+        if self.shared_gate is not None and self.mixes_all:
+            raise ValueError("a shared gate over all experts needs every domain's experts: call `every_domain`")
         parts = []
         if self.domain_experts is not None:
             parts.append(self.domain_experts.grouped(domain_in, groups))  # [B, E_d, H]
@@ -179,3 +211,25 @@ class CGCLayer(nn.Module):
         if self.shared_gate is None:
             return domain_out, None
         return domain_out, mix(torch.softmax(self.shared_gate(shared_in), dim=-1), experts)
+
+    def every_domain(self, domain_in: Tensor, shared_in: Tensor) -> tuple[Tensor, Tensor]:
+        """Every domain's output and the shared output on every row, in any row order (the paper's PLE below its
+        last level)."""
+        if self.shared_gate is None or not self.mixes_all:
+            raise ValueError("every_domain is the level below the last of PLE with shared_gate_experts='all'")
+        b, k = shared_in.shape[0], self.num_domains
+        per_domain = domain_in if domain_in.dim() == 3 else domain_in[:, None].expand(b, k, domain_in.shape[-1])
+        parts, pooled = [], []
+        if self.domain_experts is not None:
+            own = self.domain_experts.every_domain(domain_in)  # [B, K, E_d, H]
+            parts.append(own)
+            pooled.append(own.flatten(1, 2))  # [B, K * E_d, H]
+        if self.shared_experts is not None:
+            shared = self.shared_experts(shared_in)  # [B, E_s, H]
+            parts.append(shared[:, None].expand(b, k, *shared.shape[1:]))
+            pooled.append(shared)
+        experts = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # [B, K, E_d + E_s, H]
+        logits = torch.einsum("bki,kti->bkt", per_domain, self.gate.weight) + self.gate.bias  # [B, K, E_d + E_s]
+        domain_out = (torch.softmax(logits, dim=-1)[..., None] * experts).sum(2)  # [B, K, H]
+        everything = torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]  # [B, K * E_d + E_s, H]
+        return domain_out, mix(torch.softmax(self.shared_gate(shared_in), dim=-1), everything)

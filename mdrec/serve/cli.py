@@ -140,18 +140,26 @@ def click_probability(model: torch.nn.Module) -> Predict:
     return lambda batch: model(*serving_inputs(batch))[:, 0]
 
 
-def domain_model_ms(model: torch.nn.Module, data: Batch, num_domains: int, batch_rows: int) -> torch.Tensor:
-    """``[K]`` p50 milliseconds per call of ``model`` on ``batch_rows`` requests of each domain (its rows of
-    ``data``, repeated when it has fewer), the domains taking turns."""
-    batches = {}
+def domain_model_ms(
+    models: dict[str, torch.nn.Module], data: Batch, num_domains: int, batch_rows: int
+) -> dict[str, torch.Tensor]:
+    """Per model, ``[K]`` p50 milliseconds per call on ``batch_rows`` rows of each domain (its rows of ``data``,
+    repeated when it has fewer; 0 for a domain without rows); every model and domain take turns call by call."""
+    calls = {}
     for d in range(num_domains):
         rows = torch.nonzero(data.domain == d).flatten()
         if rows.numel():
-            batches[str(d)] = data.rows(rows[torch.arange(batch_rows) % rows.numel()])
-    inputs = {d: serving_inputs(b) for d, b in batches.items()}
+            inputs = serving_inputs(data.rows(rows[torch.arange(batch_rows) % rows.numel()]))
+            calls |= {(name, d): functools.partial(m, *inputs) for name, m in models.items()}
     with torch.no_grad():
-        times = time_calls({d: functools.partial(model, *x) for d, x in inputs.items()}, repeats=30, warmup=3)
-    return torch.tensor([percentile(times[str(d)], 0.5) * 1e3 if str(d) in times else 0.0 for d in range(num_domains)])
+        times = time_calls(calls, repeats=30, warmup=3)
+    return {
+        name: torch.tensor(
+            [percentile(times[name, d], 0.5) * 1e3 if (name, d) in times else 0.0 for d in range(num_domains)],
+            dtype=torch.float64,
+        )
+        for name in models
+    }
 
 
 def trim(argv: list[str] | None = None) -> int:
@@ -160,16 +168,23 @@ def trim(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=0.001, help="AUC loss allowed per domain (default 0.001)")
     parser.add_argument("--min-rows", type=int, default=2000, help="domains with fewer validation rows keep all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and of the two halves")
-    parser.add_argument("--latency-rows", type=int, default=512, help="batch size of the latency check")
+    parser.add_argument(
+        "--latency-rows",
+        type=int,
+        default=512,
+        help="rows of one request (one call of the model: e.g. the candidates of one auction) in the latency check "
+        "(default 512)",
+    )
     parser.add_argument(
         "--feature-costs",
         type=Path,
-        help="CSV 'feature,microseconds': each feature's fetch + serialisation cost per request (default 0)",
+        help="CSV 'feature,microseconds': each feature's fetch + serialisation cost per request of --latency-rows rows "
+        "(default 0)",
     )
     parser.add_argument(
         "--latency-budget-ms",
         help="latency mode: per domain, drop features until the model's time plus the features' costs meets this "
-        "budget (milliseconds per call of --latency-rows requests; one number, or a CSV 'domain,budget_ms')",
+        "budget (milliseconds per request of --latency-rows rows; one number, or a CSV 'domain,budget_ms')",
     )
     parser.add_argument(
         "--max-auc-loss",
@@ -186,6 +201,8 @@ def trim(argv: list[str] | None = None) -> int:
         "(trim_tradeoff.json, trim_tradeoff.png)",
     )
     args = parser.parse_args(argv)
+    if args.latency_rows < 1:
+        parser.error(f"--latency-rows must be at least 1 (the rows of one request), got {args.latency_rows}")
     if args.tradeoff and args.latency_budget_ms:
         parser.error("--tradeoff plans with AUC budgets: leave out --latency-budget-ms")
     run = load_run(args.run, "mdrec-trim")
@@ -202,7 +219,7 @@ def trim(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     fit, check = split_halves(concat(run.batches("val")), args.seed)
     test = concat(run.batches("test"))
-    model_ms = domain_model_ms(full, check, schema.num_domains, args.latency_rows).double()
+    model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
     latency = LatencyModel(model_ms, costs, budgets) if budgets is not None else None
     limit = args.max_auc_loss if latency is not None else args.budget
     with torch.no_grad():
@@ -211,7 +228,7 @@ def trim(argv: list[str] | None = None) -> int:
         trimmed = run.serving_model(plan.drop)
         test_before = domain_aucs(click_probability(full), test, schema.num_domains)
         test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
-    trimmed_ms = domain_model_ms(trimmed, check, schema.num_domains, args.latency_rows).double()
+    timed = domain_model_ms({"full": full, "trimmed": trimmed}, check, schema.num_domains, args.latency_rows)
     export(trimmed, check.rows(torch.arange(min(64, check.size))), run.directory / "serving_trimmed.pt")
     fetch_before, fetch_after = costs.sum(), (costs * ~plan.drop).sum(1)
     mode = (
@@ -223,9 +240,10 @@ def trim(argv: list[str] | None = None) -> int:
         f"| {name} | " + " | ".join(f"{float(importance[f, d]):+.4f}" for d in range(schema.num_domains)) + " |"
         for f, name in enumerate(plan.features)
     ]
+    full_ms, trimmed_ms = timed["full"], timed["trimmed"]
     per_domain = [
         f"| {d} | {float(test_before[i]):.4f} | {float(test_after[i]):.4f} | "
-        f"{float(test_after[i] - test_before[i]):+.4f} | {float(model_ms[i]):.3f} | {float(trimmed_ms[i]):.3f} | "
+        f"{float(test_after[i] - test_before[i]):+.4f} | {float(full_ms[i]):.3f} | {float(trimmed_ms[i]):.3f} | "
         f"{float(fetch_before):.3f} | {float(fetch_after[i]):.3f} |"
         for i, d in enumerate(schema.domains)
     ]
@@ -275,8 +293,8 @@ def trim(argv: list[str] | None = None) -> int:
                 "check_auc_after": by_domain(plan.check_after),
                 "test_auc_before": by_domain(test_before),
                 "test_auc_after": by_domain(test_after),
-                "model_ms": by_domain(model_ms),
-                "trimmed_model_ms": by_domain(trimmed_ms),
+                "model_ms": by_domain(model_ms),  # measured before planning: the latency plan's
+                "timed_model_ms": {name: by_domain(t) for name, t in timed.items()},  # full and trimmed, in turns
                 "features_ms": float(fetch_before),
                 "trimmed_features_ms": by_domain(fetch_after),
             },

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
 
 
-def time_calls(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, list[float]]:
+def time_calls(fns: dict[Key, Callable[[], object]], repeats: int, warmup: int) -> dict[Key, list[float]]:
     """Seconds per call of each function over ``repeats`` rounds after ``warmup`` untimed calls each; the functions
     take turns call by call, so a slow phase of a noisy machine hits them alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Key, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()

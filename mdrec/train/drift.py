@@ -68,10 +68,9 @@ class DriftResult:
 
 
 def compose_drift(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
-    """``mdrec/conf/drift.yaml`` for the run ``run_dir``: its seed and ``stage.adapted`` (the run) first, then
-    ``overrides``."""
-    seed = run_dir.read_config().get("seed", 0)
-    return compose_eval(run_dir, [f"seed={seed}", f"stage.adapted={run_dir.path}", *overrides], "drift")
+    """``mdrec/conf/drift.yaml`` for the run ``run_dir`` (its seed and ``stage.adapted``, the run, set by
+    :func:`~mdrec.train.evaluate.compose_eval`), then ``overrides``."""
+    return compose_eval(run_dir, overrides, "drift")
 
 
 @torch.no_grad()

@@ -38,12 +38,16 @@ def compose_eval(run_dir: RunDir, overrides: Sequence[str], config_name: str = "
     """``mdrec/conf/<config_name>.yaml`` (``eval``, or ``drift``) with ``overrides``; its ``data`` is the run's own
     data node (``config.yaml``'s, as the option ``data=run``) unless an override picks another data config
     (``data=<option>``); ``data.<key>=...`` changes either."""
-    data = run_dir.read_config().get("data")
-    if not isinstance(data, DictConfig):
-        raise ValueError(f"{run_dir.file(RunDir.CONFIG)} has no data node: give the directory of an mdrec run")
+    recorded = run_dir.read_config()
+    data, seed = recorded.get("data"), recorded.get("seed")
+    if not isinstance(data, DictConfig) or not isinstance(seed, int):
+        raise ValueError(
+            f"{run_dir.file(RunDir.CONFIG)} has no data node or no integer seed: give the directory of an mdrec run"
+        )
     ConfigStore.instance().store(group="data", name="run", node=data)
+    own = [f"seed={seed}", f"stage.adapted={run_dir.path.resolve()}"]  # the user's overrides come after: they win
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        return compose(config_name, overrides=[*own, *overrides])
 
 
 def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pytorch_lightning as pl
@@ -20,7 +20,8 @@ from mdrec.eval.metrics import GatheredRows, domain_metrics
 from mdrec.models.output import ModelOutput
 from mdrec.train.checkpoint import rng_states, set_rng_states
 
-LOSS_NORMALIZATIONS = ("batch", "domain")
+LossNormalization = Literal["batch", "domain"]
+LOSS_NORMALIZATIONS = get_args(LossNormalization)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # The metrics of the gathered rows (and DynamicDomainLR's factors) are the same on every process: they are logged
 # without sync_dist, which would cost a collective per key, and Lightning's reminder to sync them does not apply.
@@ -62,7 +63,7 @@ class RankingModule(pl.LightningModule):
         net: nn.Module,
         schema: Schema,
         optimizer: OptimizerFactory,
-        loss_normalization: str = "batch",
+        loss_normalization: LossNormalization = "batch",
         domain_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__()

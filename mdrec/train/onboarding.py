@@ -8,6 +8,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.eval.drift import DenseHistogram, DomainReference, Histogram, SparseHistogram
 from mdrec.nn.parameter import per_domain_parameters
 
-INITS = ("identity", "nearest", "weighted")
+Init = Literal["identity", "nearest", "weighted"]
+INITS = get_args(Init)
 
 
 class NoNewDomainRowsError(ValueError):
@@ -100,14 +102,16 @@ def routed_logloss(net: AdaptedNet, data: MultiDomainDataModule, rows: np.ndarra
     return out / max(len(rows), 1)
 
 
-def init_weights(logloss: Tensor, init: str, temperature: float) -> Tensor | None:
-    """The weights ``[n, K]`` of the K existing slices in the start of n new ones, from the log loss ``[n, K]`` of
-    each new domain's training rows routed through each existing slice: ``nearest`` one-hot on the smallest,
-    ``weighted`` ``softmax(-logloss / temperature)`` over K; ``identity`` None (the new slices stay as built).
+def init_weights(logloss: Tensor, init: Init, temperature: float) -> Tensor | None:
+    """The weights ``[n, K + 1]`` of the candidates in the start of n new slices: the K existing slices and, last,
+    the new slice as built (the identity: the backbone), from the log loss ``[n, K + 1]`` of each new domain's
+    training rows routed through each candidate: ``nearest`` one-hot on the smallest (the identity, when every
+    existing slice fits worse than the backbone alone), ``weighted`` ``softmax(-logloss / temperature)``;
+    ``identity`` None (the new slices stay as built).
 
     Example:
-        >>> init_weights(torch.tensor([[0.50, 0.40, 0.45]]), "nearest", 0.01).tolist()
-        [[0.0, 1.0, 0.0]]
+        >>> init_weights(torch.tensor([[0.50, 0.40, 0.45, 0.42]]), "nearest", 0.01).tolist()
+        [[0.0, 1.0, 0.0, 0.0]]
     """
     if init not in INITS:
         raise ValueError(f"stage.init={init!r} is not one of {INITS}")
@@ -123,10 +127,13 @@ def init_weights(logloss: Tensor, init: str, temperature: float) -> Tensor | Non
 @torch.no_grad()
 def warm_start(adapter: Adapter, k: int, targets: Sequence[int], weights: Tensor) -> None:
     """Set the slices ``targets`` (n new domains' ids) of every per-domain parameter of ``adapter`` to the
-    ``weights [n, K]``-weighted sums of its first K slices (a one-hot row copies a slice: 1 x w + 0 x the others
-    is w exactly)."""
+    ``weights [n, K + 1]``-weighted sums of its first K slices and, last, the target's own slice as built (a one-hot
+    row copies a slice: 1 x w + 0 x the others is w exactly)."""
     for _, param in per_domain_parameters(adapter):
-        param[list(targets)] = torch.einsum("nk,k...->n...", weights.to(param.dtype), param[:k])
+        w = weights.to(param.dtype)
+        own = param[list(targets)]  # [n, ...] as built
+        shape = (-1, *[1] * (param.dim() - 1))
+        param[list(targets)] = torch.einsum("nk,k...->n...", w[:, :k], param[:k]) + w[:, k].view(shape) * own
 
 
 def train_only_domains(adapter: Adapter, domains: Sequence[int]) -> None:

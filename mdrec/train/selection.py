@@ -177,6 +177,12 @@ class DomainSelection(pl.Callback):
         self.best, self.best_epoch = dict(state_dict["best"]), dict(state_dict["best_epoch"])
         self.unrankable = set(state_dict["unrankable"])
         self.stale, self.snapshots = state_dict["stale"], dict(state_dict["snapshots"])
+        if self.guard is not None and set(state_dict.get("val_labels", {})) != set(self.best):
+            raise ValueError(
+                "this checkpoint was written by a run without stage.guard (or by an mdrec older than the guard): the "
+                "guard needs each domain's validation predictions at step 0, which the checkpoint does not hold; "
+                "resume with the run's own stage.guard options, or start the run again"
+            )
         self.step0 = dict(state_dict.get("step0", {}))  # checkpoints from before the guard lack these
         for key in ("val_probs", "step0_probs", "val_labels"):
             setattr(self, key, {k: v.numpy() for k, v in state_dict.get(key, {}).items()})

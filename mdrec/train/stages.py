@@ -41,6 +41,7 @@ from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.onboarding import (
     INITS,
     GateOptions,
+    Init,
     NegativeTransferError,
     NoNewDomainRowsError,
     backbone_probabilities,
@@ -314,7 +315,7 @@ class Onboard(AdapterStage):
         adapted: str,
         optimizer: OptimizerFactory,
         domains: Sequence[str] | None = None,
-        init: str = "identity",
+        init: Init = "identity",
         temperature: float = 0.01,
         min_coverage: dict[str, float] | None = None,
         force: bool = False,
@@ -431,7 +432,7 @@ class Onboard(AdapterStage):
         for i in new:
             rows = split_rows(self.data, "train", [i])
             loss = routed_logloss(net, self.data, rows, [*range(self.k), i])
-            losses.append(loss[: self.k])
+            losses.append(loss)  # the K existing slices, then the new one as built (the identity)
             name = schema.domains[i]
             out.update(
                 {
@@ -445,13 +446,14 @@ class Onboard(AdapterStage):
             warm_start(net.adapter, self.k, new, weights)
             for row, i in zip(weights, new, strict=True):
                 name = schema.domains[i]
-                out.update(
-                    {
-                        f"onboard/init_weight/{name}/{d}": float(w)
-                        for d, w in zip(schema.domains, row.tolist(), strict=False)
-                    }
-                )
-            log.info("stage.init=%s: weights of the existing slices per new domain %s", self.init, weights.tolist())
+                candidates = [*schema.domains[: self.k], "identity"]
+                weighted = zip(candidates, row.tolist(), strict=True)
+                out.update({f"onboard/init_weight/{name}/{d}": float(w) for d, w in weighted})
+            log.info(
+                "stage.init=%s: weights of the existing slices and the identity per new domain %s",
+                self.init,
+                weights.tolist(),
+            )
         return out
 
     def trained_domains(self) -> list[str]:
@@ -466,9 +468,13 @@ class Onboard(AdapterStage):
 
     @torch.no_grad()
     def _reset(self, adapter: nn.Module, slices: Sequence[int]) -> None:
-        """Put ``slices`` of every per-domain parameter back to the identity (the freshly built adapter's)."""
+        """Put ``slices`` of every per-domain parameter back to what each served before this run: a new domain's to
+        the identity (the freshly built adapter's), a known domain's to the adapted run's slice."""
+        new = [s for s in slices if s >= self.k]
+        old = [s for s in slices if s < self.k]
         for name, param in per_domain_parameters(adapter):
-            param[list(slices)] = self.identity[name][list(slices)].to(param.device)
+            param[new] = self.identity[name][new].to(param.device)
+            param[old] = self.loaded[name][old].to(param.device)
 
     def after_fit(self, trainer: pl.Trainer, module: RankingModule) -> None:
         """Every other domain's adapter slices as loaded, bit for bit, whatever the optimiser did."""
@@ -530,7 +536,12 @@ class Onboard(AdapterStage):
             f"(zero-shot){' and a model trained from scratch on the same rows' if g.scratch else ''}; paired "
             f"bootstrap ({g.resamples} resamples) of AUC onboarded - best other, delta {g.delta}.\n\n"
             f"{gate_table(rows, g.confidence)}\n\nFlagged (not promoted): {verdict}"
-            + (" (stage.gate.strict: their slices are the identity in adapter.pt)" if g.strict and self.flagged else "")
+            + (
+                " (stage.gate.strict: in adapter.pt their slices are those served before: the identity for a new "
+                "domain, the adapted run's for a known one)"
+                if g.strict and self.flagged
+                else ""
+            )
             + "\n"
         )
         log.info("%s", self.gate_report)
@@ -550,8 +561,9 @@ class Onboard(AdapterStage):
         if self.gate.strict and self.flagged:
             raise NegativeTransferError(
                 f"the negative-transfer gate flagged {self.flagged} (stage.gate.strict): onboarding them is worse than "
-                f"the alternatives beyond the noise (gate.md); their slices are the identity in adapter.pt, so a "
-                "serving file exported from this run gives their requests the backbone"
+                f"the alternatives beyond the noise (gate.md); in adapter.pt their slices are those they served "
+                "before this run (a new domain's the identity: a serving file exported from this run gives its "
+                "requests the backbone)"
             )
 
 

@@ -3,8 +3,9 @@
 Hydra passes a value to its constructor as it is: ``backbone.dropout=high`` would fail only when the network is
 built, after data preparation, with a ``TypeError`` that names no key. :func:`check_types` visits every node with a
 ``_target_`` and compares each given argument with the annotation of that parameter. Plain annotations are checked
-(``int``, ``float``, ``bool``, ``str``, ``None``, their unions, ``Sequence[...]``/``list[...]``/``tuple[...]`` of
-them, ``dict``); anything else (callables, classes, ``Any``) is left to the constructor.
+(``int``, ``float``, ``bool``, ``str``, ``None``, ``Literal[...]`` choices, their unions, ``Sequence[...]``/
+``list[...]``/``tuple[...]`` of them, ``dict``); anything else (callables, classes, ``Any``) is left to the
+constructor.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def _fits(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any or hint is object:
         return True
+    if origin is typing.Literal:
+        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, h) for h in typing.get_args(hint))
     if hint in SIMPLE:
@@ -97,4 +100,6 @@ def _describe(hint: Any) -> str:
     """``hint`` as a person reads it: ``a float``, ``Sequence[int]``, ``int | None``."""
     if hint in SIMPLE:
         return "None" if hint is type(None) else ("an int" if hint is int else f"a {hint.__name__}")
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
     return "of type " + str(hint).replace("typing.", "").replace("collections.abc.", "")

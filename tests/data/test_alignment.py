@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,11 +57,16 @@ def partner_files(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def toy_run(directory: Path, encoding: Encoding) -> Path:
+    """A run directory with ``encoding`` and the domains it trained (data_report.json), nothing else."""
+    encoding.save(directory)
+    RunDir(directory).write_json(RunDir.DATA_REPORT, {"domains": list(encoding.schema.domains)})
+    return directory
+
+
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
-    directory = tmp_path / "run"
-    toy_encoding({"movie_id": [4]}).save(directory)
-    return directory
+    return toy_run(tmp_path / "run", toy_encoding({"movie_id": [4]}))
 
 
 def test_new_files_get_the_runs_ids_through_the_mapping_and_its_scalers(run: Path, tmp_path: Path) -> None:
@@ -92,8 +98,7 @@ def test_new_files_get_the_runs_ids_through_the_mapping_and_its_scalers(run: Pat
 
 
 def test_partner_codes_that_match_nothing_reach_full_coverage_with_a_mapping(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    toy_encoding().save(run)
+    run = toy_run(tmp_path / "run", toy_encoding())
     codes = [f"P{i:03d}" for i in range(1, 20)]
     rows = [f"u{1 + i % 9},{codes[i % 19]},g1,12,p,{i % 2}" for i in range(200)]
     files = {
@@ -119,12 +124,12 @@ def test_bad_mapping_files_are_named_errors(tmp_path: Path) -> None:
     unknown = write(tmp_path / "unknown.csv", "target_value,source_value\nA,g1\nB,g7\nC,7\n")
     with pytest.raises(
         UnknownSourceValuesError,
-        match=r"unknown.csv of field 'genre': 2 source value\(s\).*'g7' \(line 3\), '7' \(line 4\)",
+        match=r"unknown.csv of field 'genre': 2 source value\(s\).*'g7' \(row 2\), '7' \(row 3\)",
     ):
         read_mapping(unknown, "genre", encoding)
-    twice = write(tmp_path / "twice.csv", "target_value,source_value\nA,g1\nB,g2\nA,g3\n")
+    twice = write(tmp_path / "twice.csv", "target_value,source_value\n\nA,g1\nB,g2\n\nA,g3\n")  # blank lines
     with pytest.raises(
-        DuplicateTargetValuesError, match=r"twice.csv of field 'genre' maps 1 target value.*'A' on lines \[2, 4\]"
+        DuplicateTargetValuesError, match=r"twice.csv of field 'genre' maps 1 target value.*'A' in rows \[1, 3\]"
     ):
         read_mapping(twice, "genre", encoding)
     columns = write(tmp_path / "columns.csv", "partner,source\nA,g1\n")
@@ -156,5 +161,30 @@ def test_an_edited_encoding_is_refused_naming_the_file(run: Path) -> None:
     with pytest.raises(ValueError, match=r"encoding.json is corrupted"):  # the checksum catches it first
         Encoding.of_run(run)
     Path(f"{path}.sha256").unlink()
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"the vocabulary of 'genre' is not a list of 4"):
+    with pytest.raises(ValueError, match=r"encoding.json has no checksum"):  # every encoding.json is written with one
+        Encoding.of_run(run)
+    with pytest.raises(ValueError, match=r"the vocabulary of 'genre' is not a list of 4 distinct strings"):
+        Encoding.from_json(value, path)
+
+
+def test_a_malformed_or_reordered_encoding_is_refused(run: Path) -> None:
+    good = toy_encoding().to_json()
+    domains = list(toy_schema().domains)
+    cases = [
+        (lambda v: v["schema"].update(domains=[domains[0], *domains]), "are not a list of distinct names"),
+        (lambda v: v["schema"].update(domains="".join(domains)), "are not a list of distinct names"),
+        (lambda v: v["schema"].update(oracle_columns=["x"]), "its schema does not read"),
+        (lambda v: v["schema"]["sparse"][0].update(vocab_size=10.0), "are not positive integers"),
+        (lambda v: v["vocabularies"]["user_id"].__setitem__(1, "u1"), "9 distinct strings"),
+    ]
+    for edit, message in cases:
+        value = json.loads(json.dumps(good))
+        edit(value)
+        with pytest.raises(ValueError, match=message):
+            Encoding.from_json(value, Path("encoding.json"))
+    # a domain order other than the run's: rows would run through another domain's adapter
+    swapped = toy_encoding()
+    schema = dataclasses.replace(swapped.schema, domains=tuple(reversed(domains)))
+    dataclasses.replace(swapped, schema=schema).save(run)
+    with pytest.raises(ValueError, match=r"but the run trained"):
         Encoding.of_run(run)

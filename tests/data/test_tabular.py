@@ -270,6 +270,17 @@ def test_a_pattern_matching_nothing_names_it_and_lists_the_header(tmp_path: Path
         TabularSource("shop", spec, data_files=str(tmp_path / "d.csv")).encode(tmp_path / "raw")
 
 
+def test_patterns_that_match_other_columns_in_another_file_are_refused_in_either_order(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text(WIDE_CSV)
+    lines = WIDE_CSV.splitlines()  # b.csv: the same rows and one more column, cat_c, that cat_* matches
+    (tmp_path / "b.csv").write_text("\n".join(f"{line},{'cat_c' if i == 0 else 'x'}" for i, line in enumerate(lines)))
+    spec = TableSpec(sparse=("user", "cat_*"), domain="region", labels="click")
+    for files in (["a.csv", "b.csv"], ["b.csv", "a.csv"]):
+        paths = [str(tmp_path / f) for f in files]
+        with pytest.raises(ValueError, match=r"give sparse .* in '.*' but sparse .* give every file the same columns"):
+            TabularSource("shop", spec, data_files=paths).encode(tmp_path / "raw")
+
+
 def test_parquet_files_of_other_types_are_cast_or_refused(tmp_path: Path) -> None:
     table = {"user": ["u1", "u2"], "country": ["de", "fr"], "click": [1, 0], "price": [1.5, 2.5]}
     pq.write_table(pa.table(table), tmp_path / "a.parquet")

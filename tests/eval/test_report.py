@@ -59,7 +59,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(sweep: tuple[Path, subp
     ]
     failures = load_failures(root)
     assert [f.overrides["model.loss_normalization"] for f in failures] == ["bogus", "bogus"]
-    assert all("loss_normalization 'bogus' is not one of" in f.error for f in failures)
+    assert all("model.loss_normalization='bogus' is not one of 'batch', 'domain'" in f.error for f in failures)
     assert "Traceback" in json.loads((failures[0].path / "failure.json").read_text())["traceback"]
 
 

@@ -161,6 +161,12 @@ def test_cost_and_budget_files_are_checked(tmp_path) -> None:
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             read_feature_costs(bad, features)
+    bom = tmp_path / "bom.csv"  # as Excel saves a CSV: a byte-order mark first
+    bom.write_bytes(b"\xef\xbb\xbffeature,microseconds\nnoise,250\n")
+    assert read_feature_costs(bom, features).tolist() == [0.0, 0.0, 0.25, 0.0]
+    bom.write_bytes(b"feature,microseconds\nnois\xe9,250\n")  # Latin-1
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        read_feature_costs(bom, features)
     assert read_budgets("2.5", ["a", "b"]).tolist() == [2.5, 2.5]
     budgets = tmp_path / "budgets.csv"
     budgets.write_text("domain,budget_ms\na,1\nb,4\n")

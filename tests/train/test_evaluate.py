@@ -51,6 +51,14 @@ def test_an_evaluation_repeats_the_run_s_own_metrics(runs: dict[str, Path], stag
 
 
 @pytest.mark.slow
+def test_another_data_option_on_the_run_s_schema_gives_the_same_metrics(runs: dict[str, Path], tmp_path: Path) -> None:
+    # data=<option>: a data config of the tree (here the synthetic one with the run's settings), prepared anew
+    recorded = RunDir(runs["adapt"]).read_metrics()
+    options = ["data=synthetic", *TINY[:2], f"paths.data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'o'}"]
+    assert_same(evaluate_run(runs["adapt"], options).metrics, recorded, "test")
+
+
+@pytest.mark.slow
 def test_the_command_line_prints_the_table_and_refuses_what_it_cannot_evaluate(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

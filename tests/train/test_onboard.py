@@ -56,24 +56,32 @@ def test_grow_copies_the_existing_slices_bit_for_bit_and_keeps_the_new_one_fresh
 
 
 def test_nearest_and_weighted_starts_by_hand() -> None:
-    logloss = torch.tensor([[0.50, 0.40, 0.45]], dtype=torch.float64)
+    # the log loss through slices a, b, c and, last, through the new slice as built (the identity)
+    logloss = torch.tensor([[0.50, 0.40, 0.45, 0.42]], dtype=torch.float64)
     assert init_weights(logloss, "identity", 0.1) is None
-    assert init_weights(logloss, "nearest", 0.1).tolist() == [[0.0, 1.0, 0.0]]
-    # softmax(-logloss / 0.1) = exp(-5, -4, -4.5) / (0.006738 + 0.018316 + 0.011109)
+    assert init_weights(logloss, "nearest", 0.1).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    # softmax(-logloss / 0.1) = exp(-5, -4, -4.5, -4.2) / (0.006738 + 0.018316 + 0.011109 + 0.014996)
     weighted = init_weights(logloss, "weighted", 0.1)
-    assert weighted.tolist()[0] == pytest.approx([0.186324, 0.506480, 0.307196], abs=1e-6)
-    table = Table(replace(SCHEMA, domains=("a", "b", "c", "new")))
+    assert weighted.tolist()[0] == pytest.approx([0.131708, 0.358020, 0.217150, 0.293122], abs=1e-6)
+    table = Table(replace(SCHEMA, domains=("a", "b", "c", "new")))  # the new slice as built: ones
     with torch.no_grad():
         table.w[:3] = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0], [-1.0, 0.0, 1.0]])
     warm_start(table, 3, [3], init_weights(logloss, "nearest", 0.1))
     assert torch.equal(table.w[3], table.w[1])  # a copy of the nearest slice
+    with torch.no_grad():
+        table.w[3] = 1.0
     warm_start(table, 3, [3], weighted)
     by_hand = (
-        0.186324 * 1 + 0.506480 * 10 - 0.307196,
-        0.186324 * 2 + 0.506480 * 20,
-        0.186324 * 3 + 0.506480 * 30 + 0.307196,
+        0.131708 * 1 + 0.358020 * 10 - 0.217150 + 0.293122,
+        0.131708 * 2 + 0.358020 * 20 + 0.293122,
+        0.131708 * 3 + 0.358020 * 30 + 0.217150 + 0.293122,
     )
     assert table.w[3].tolist() == pytest.approx(by_hand, abs=1e-4)
+    # every existing slice fits worse than the backbone alone: nearest keeps the slice as built
+    with torch.no_grad():
+        table.w[3] = 1.0
+    warm_start(table, 3, [3], init_weights(torch.tensor([[0.5, 0.6, 0.7, 0.3]]), "nearest", 0.1))
+    assert table.w[3].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match=r"stage.init='closest' is not one of"):
         init_weights(logloss, "closest", 0.1)
 
@@ -110,8 +118,9 @@ def test_onboarding_a_domain_the_adapted_run_never_saw(adapted: Path) -> None:
     assert {"gate/flagged/d4", "gate/low/d4", "gate/high/d4", "gate/auc_zero_shot/d4"} <= set(saved)
     assert "| d4 |" in (root / "d4" / "gate.md").read_text()
     assert json.loads((root / "d4" / "alignment.json").read_text())["coverage"]["d4"]["cat_1"]["coverage"] > 0.95
-    losses = [metrics[f"onboard/init_logloss/d4/d{i}"] for i in range(4)]
-    assert metrics[f"onboard/init_weight/d4/d{int(np.argmin(losses))}"] == 1.0
+    candidates = ["d0", "d1", "d2", "d3", "identity"]  # the existing slices and the fresh one
+    losses = [metrics[f"onboard/init_logloss/d4/{c}"] for c in candidates]
+    assert metrics[f"onboard/init_weight/d4/{candidates[int(np.argmin(losses))]}"] == 1.0
     # the new run serves 5 domains; the adapted run's 4 slices are in it bit for bit
     assert RunDir(root / "d4").read_encoding()["schema"]["domains"] == ["d0", "d1", "d2", "d3", "d4"]
     before = torch.load(root / "adapt" / "adapter.pt")
@@ -187,6 +196,7 @@ def test_several_new_domains_in_one_run(adapted: Path) -> None:
     assert metrics["onboard/other_domains_max_abs_change"] == 0.0
     for d in ("d4", "d5"):
         assert f"gate/flagged/{d}" in metrics and f"selection/epoch/{d}" in metrics
-        assert sum(metrics[f"onboard/init_weight/{d}/d{i}"] for i in range(4)) == pytest.approx(1.0)
+        weights = [metrics[f"onboard/init_weight/{d}/{c}"] for c in ("d0", "d1", "d2", "d3", "identity")]
+        assert sum(weights) == pytest.approx(1.0)  # the existing slices and the fresh one
     before, after = torch.load(root / "adapt" / "adapter.pt"), torch.load(root / "two" / "adapter.pt")
     assert all(after[k].shape[0] == 6 and torch.equal(after[k][:4], before[k]) for k in before)

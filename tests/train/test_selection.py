@@ -108,6 +108,13 @@ def test_the_guard_keeps_step_0_where_the_gain_is_not_significant_or_the_rows_to
     assert selection.metrics()["selection/not_significant/c"] == 1.0
 
 
+def test_a_guard_refuses_to_resume_a_checkpoint_written_without_one() -> None:
+    state = DomainSelection(["a"]).state_dict() | {"best": {"a": 0.7}, "best_epoch": {"a": 2}}
+    with pytest.raises(ValueError, match="written by a run without stage.guard"):
+        DomainSelection(["a"], guard=Guard(min_rows=100)).load_state_dict(state)
+    DomainSelection(["a"]).load_state_dict(state)  # without a guard: as before
+
+
 def test_the_guard_bound_is_the_bootstrap_percentile_of_the_paired_auc_gain() -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random(300) < 0.3).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,22 @@ def test_adapter_and_stage_arguments_are_checked(train_cfg: TrainCfg) -> None:
         check_types(train_cfg(["stage=adapt", "adapter=lora", "adapter.rank=[1]"]))
     with pytest.raises(TypeError, match=r"stage.patience='x' is not of type int \| None"):
         check_types(train_cfg(["stage=adapt", "stage.patience=x"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stage=adapt", "adapter.placement=all"], "adapter.placement='all' is not one of 'head', 'layers'"),
+        (["model.loss_normalization=row"], "model.loss_normalization='row' is not one of 'batch', 'domain'"),
+        (["backbone=dcnv2", "backbone.structure=1"], "backbone.structure=1 is not one of 'stacked', 'parallel'"),
+        (["stage=onboard", "stage.adapted=run", "stage.init=best"], "stage.init='best' is not one of 'identity'"),
+    ],
+)
+def test_a_choice_outside_its_literal_fails_naming_the_choices(
+    train_cfg: TrainCfg, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        check_types(train_cfg(overrides))
 
 
 GROUPS = ["data", "model", "backbone", "adapter", "trainer", "callbacks", "logger", "experiment", "debug", "stage"]

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mdrec.data.ingest import DENSE_SCALINGS, EncodedTable, TableSpec, encode_table
+from mdrec.data.ingest import DENSE_SCALINGS, DenseScaling, EncodedTable, TableSpec, encode_table
 from mdrec.data.schema import SPLIT_NAMES
 from mdrec.data.sources.raw import (
     BLOCK_BYTES,
@@ -147,7 +147,7 @@ class AliExpress:
     val_fraction: float = 0.1
     split_seed: int = 2022
     min_count: int = 1
-    dense_scaling: str = "none"
+    dense_scaling: DenseScaling = "none"
     block_bytes: int = BLOCK_BYTES
 
     def __post_init__(self) -> None:

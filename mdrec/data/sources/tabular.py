@@ -382,6 +382,17 @@ class TabularSource:
         delimiter = self._delimiter(first)
         with self._errors(first, delimiter):
             spec = self.spec.expand(self._header(first, delimiter), f"data set {self.name!r}, file {first!r}")
+        if spec != self.spec:  # patterns: every file must give them the same columns, whatever the files' order
+            for _, path in files[1:]:
+                with self._errors(path, delimiter):
+                    other = self.spec.expand(self._header(path, delimiter), f"data set {self.name!r}, file {path!r}")
+                if other != spec:
+                    raise ValueError(
+                        f"data set {self.name!r}: the column patterns {list(self.spec.sparse)} / "
+                        f"{list(self.spec.dense)} give sparse {list(other.sparse)} and dense {list(other.dense)} in "
+                        f"{path!r} but sparse {list(spec.sparse)} and dense {list(spec.dense)} in {first!r}: give "
+                        "every file the same columns, or name the columns instead of matching them"
+                    )
         columns = spec.columns()
         parts = [self._read(p, delimiter, columns, Path(raw_dir) / "arrow") for _, p in files]
         for split in groups:

@@ -1,0 +1,78 @@
+"""HMoE (Li et al., CIKM 2020, "Improving Multi-Scenario Learning to Rank in E-commerce by Exploiting Task
+Relationships in the Label Space"), as MMLRec implements it with scenarios as tasks: MMoE, then each scenario's
+prediction mixes every scenario's tower output with learned per-row weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+from mdrec.models.backbone import InputFactory
+from mdrec.models.inputs import EmbeddedInput
+from mdrec.models.output import ModelOutput
+from mdrec.nn.domain import DomainGroups, DomainLinear
+from mdrec.nn.experts import Experts
+
+
+class HMoE(nn.Module):
+    """``t_k = tower_k(Σ_i softmax(G_k x0)_i f_i(x0))`` for every domain k, then for the row's domain d
+    ``z = w_d · t_d + Σ_{k≠d} w_k ∅(t_k)`` with ``w = softmax(Ω_d x0)`` and ``s = u_d · z + c_d`` (docs/models.md,
+    HMoE).
+
+    The experts run once on the whole batch; every domain's gate and tower run on every row (the method reads every
+    scenario's prediction: K times the gates' and towers' compute), the other domains' through a stop-gradient, so a
+    domain's parameters still learn from its own rows only. ``h`` is z.
+
+    Args:
+        schema: the data's schema (K = ``schema.num_domains``).
+        input: the input layer's factory (``EmbeddedInput`` with its options bound; the ``input`` config node).
+        num_experts: shared experts.
+        expert_sizes: hidden widths of every expert.
+        tower_sizes: hidden widths of every domain's tower (ReLU after each).
+        dropout: dropout after each expert and tower activation.
+
+    Example:
+        >>> net = HMoE(schema, num_experts=2, expert_sizes=[8], tower_sizes=[4])
+        >>> out = net(batch); out.logits.shape, out.h.shape
+        (torch.Size([8, 1]), torch.Size([8, 4]))
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        input: InputFactory = EmbeddedInput,
+        num_experts: int = 4,
+        expert_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_domains = schema.num_domains
+        self.input = input(schema)
+        width, k = self.input.out_features, self.num_domains
+        self.experts = Experts(num_experts, width, list(expert_sizes), dropout)
+        self.gate = DomainLinear(k, width, num_experts)
+        self.towers = Experts(1, self.experts.out_features, list(tower_sizes), dropout, num_domains=k)
+        self.weights = DomainLinear(k, width, k)
+        self.output = DomainLinear(k, self.towers.out_features, 1)
+
+    def every_tower(self, xs: Tensor) -> Tensor:
+        """``t_k`` of every domain k on every row: ``xs [B, in]`` -> ``[B, K, T]``."""
+        experts = self.experts(xs)  # [B, E, H]
+        gates = torch.softmax(torch.einsum("bi,kei->bke", xs, self.gate.weight) + self.gate.bias, dim=-1)
+        return self.towers.every_domain(gates @ experts).squeeze(2)  # [B, K, H] -> [B, K, T]
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        groups = DomainGroups(batch.domain, self.num_domains)
+        xs = groups.group(self.input(batch))  # [B, in] grouped order
+        towers = self.every_tower(xs)  # [B, K, T]
+        own = torch.nn.functional.one_hot(groups.domain, self.num_domains).to(towers.dtype)[..., None]  # [B, K, 1]
+        towers = own * towers + (1 - own) * towers.detach()  # other domains' outputs through a stop-gradient
+        w = torch.softmax(self.weights.grouped(xs, groups), dim=-1)  # [B, K]
+        z = (w[..., None] * towers).sum(1)  # [B, T]
+        logits = self.output.grouped(z, groups)
+        return ModelOutput(logits=groups.ungroup(logits), aux_loss=logits.new_zeros(()), h=groups.ungroup(z))

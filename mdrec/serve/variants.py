@@ -1,0 +1,115 @@
+"""Per-domain trimmed variants (docs/methods.md, Feature trimming: topology A): for a domain with a trimming plan, a
+plain network that no longer has the dropped features at all (their embedding lookups gone, the first layer
+narrowed), served by routing the domain's requests to it.
+
+A blanked sparse field (id 0) adds a constant to the first layer's input, ``W[:, f] e_0(f)``, and a blanked dense
+feature (0) adds nothing: folding those constants into the first layer's bias and removing the fields' columns gives
+exactly the blanked model, with fewer lookups and a narrower first matrix product. The domain's adapter is merged into
+the backbone first (:meth:`mdrec.adapters.lora.LoRA.merged`), so the variant is one plain network.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.lora import LoRA
+from mdrec.data.batch import Batch
+from mdrec.data.schema import Schema
+from mdrec.models.dnn import DNNBackbone
+from mdrec.models.inputs import EmbeddedInput
+
+
+class Variant(nn.Module):
+    """One domain's trimmed network: ``forward(sparse, dense)`` -> ``[B, T]`` probabilities, ``sparse`` int64
+    ``[B, F']`` and ``dense`` float32 ``[B, N']`` holding only the kept features (``sparse_names``, ``dense_names``,
+    in that order)."""
+
+    def __init__(self, network: DNNBackbone, schema: Schema) -> None:
+        super().__init__()
+        self.network = network.eval()
+        self.sparse_names, self.dense_names = list(schema.sparse_names), list(schema.dense)
+        self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
+        sparse = sparse.masked_fill((sparse < 0) | (sparse >= self.vocab_sizes), 0)  # out of vocabulary: id 0
+        domain = torch.zeros(sparse.shape[0], dtype=torch.long, device=sparse.device)  # unused by a plain network
+        return torch.sigmoid(self.network(Batch.unlabelled(sparse, dense, domain)).logits)
+
+
+def variant(net: AdaptedNet, schema: Schema, domain: int, drop: Tensor) -> Variant:
+    """Domain ``domain``'s variant of ``net`` without the features ``drop`` (bool ``[F + N]``, sparse fields then
+    dense features): equal to ``net`` with those features blanked on the domain's rows (up to rounding).
+
+    Raises:
+        ValueError: a backbone other than the DNN, an input with a sequence or the domain as a feature, an adapter
+            that does not merge into the backbone (only LoRA and MLoRA do; none is fine), or a ``drop`` of another
+            width.
+    """
+    backbone = net.backbone
+    if type(backbone) is not DNNBackbone or backbone.input.domain_as_feature or schema.sequence is not None:
+        raise ValueError(
+            "trimmed variants (topology A) narrow the first layer of a DNN backbone (backbone=dnn) without a sequence "
+            f"field or the domain as a feature; this run has {type(backbone).__name__}: serve its trimmed mask "
+            "instead (mdrec-trim without --variants)"
+        )
+    width = len(schema.sparse) + len(schema.dense)
+    if drop.dtype != torch.bool or tuple(drop.shape) != (width,):
+        raise ValueError(f"drop must be bool [F+N={width}], got {drop.dtype} {tuple(drop.shape)}")
+    if net.adapter is not None and not isinstance(net.adapter, LoRA):
+        raise ValueError(
+            f"trimmed variants (topology A) merge the domain's adapter into the backbone; {type(net.adapter).__name__} "
+            "does not merge (adapter=lora and mlora do): serve its trimmed mask instead (mdrec-trim without --variants)"
+        )
+    plain = net.adapter.merged(backbone, domain) if isinstance(net.adapter, LoRA) else copy.deepcopy(backbone)
+    return Variant(narrowed(plain.eval(), schema, drop), kept_schema(schema, drop))
+
+
+def kept_schema(schema: Schema, drop: Tensor) -> Schema:
+    """``schema`` with only the features ``drop`` keeps (a dropped user field is no user field any more)."""
+    f = len(schema.sparse)
+    sparse = tuple(s for s, gone in zip(schema.sparse, drop[:f].tolist(), strict=True) if not gone)
+    dense = tuple(d for d, gone in zip(schema.dense, drop[f:].tolist(), strict=True) if not gone)
+    user = schema.user_field if schema.user_field in {s.name for s in sparse} else None
+    return dataclasses.replace(schema, sparse=sparse, dense=dense, user_field=user)
+
+
+@torch.no_grad()
+def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor) -> DNNBackbone:
+    """A copy of ``backbone`` whose input holds only the kept features: the kept fields' embedding rows, the first
+    layer's kept columns, and its bias plus ``W[:, f] e_0(f)`` for every dropped sparse field f (what the blanked id
+    0 fed it)."""
+    old = backbone.input
+    out = copy.deepcopy(backbone)
+    sub = kept_schema(schema, drop)
+    out.input = EmbeddedInput(sub, embedding_dim=old.embedding_dim, init_std=old.init_std)
+    f, d = len(schema.sparse), old.embedding_dim
+    kept_fields = [i for i in range(f) if not drop[i]]
+    table = old.embedding.table.weight  # [sum V, D]
+    offsets = [0, *torch.tensor(schema.vocab_sizes).cumsum(0).tolist()]
+    if out.input.embedding is not None:
+        out.input.embedding.table.weight.copy_(torch.cat([table[offsets[i] : offsets[i + 1]] for i in kept_fields]))
+    first: nn.Linear = backbone.mlp.layers[0]
+    columns = [*(c for i in kept_fields for c in range(i * d, (i + 1) * d))]
+    columns += [f * d + j for j in range(len(schema.dense)) if not drop[f + j]]
+    blanked = [i for i in range(f) if drop[i]]
+    constant = sum(
+        (first.weight[:, i * d : (i + 1) * d] @ table[offsets[i]] for i in blanked), torch.zeros(first.out_features)
+    )
+    layer = nn.Linear(len(columns), first.out_features)
+    layer.weight.copy_(first.weight[:, columns])
+    layer.bias.copy_(first.bias + constant)
+    out.mlp.layers[0] = layer
+    return out
+
+
+def split_inputs(batch: Batch, drop: Tensor) -> tuple[Tensor, Tensor]:
+    """``batch``'s ``sparse`` and ``dense`` columns that a variant without ``drop`` (bool ``[F + N]``) takes."""
+    f = batch.sparse.shape[1]
+    return batch.sparse[:, ~drop[:f]], batch.dense[:, ~drop[f:]].float()
