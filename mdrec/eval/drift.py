@@ -83,18 +83,21 @@ class DenseHistogram:
             >>> h.edges.tolist(), h.counts.tolist()
             ([4.5], [5, 5])
         """
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-        return cls(edges.astype(np.float64), np.zeros(0, np.int64)).with_counts(values)
-
-    def with_counts(self, values: np.ndarray) -> DenseHistogram:
-        return DenseHistogram(self.edges, self.count(values))
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])).astype(np.float64)
+        return cls(edges, bin_counts(edges, values))
 
     def count(self, values: np.ndarray) -> np.ndarray:
         """``[E + 1]``: the rows of ``values [n]`` in this histogram's bins."""
-        return np.bincount(np.searchsorted(self.edges, values, side="right"), minlength=len(self.edges) + 1)
+        return bin_counts(self.edges, values)
+
+
+def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``[E + 1]``: the rows of ``values`` in the bins ``edges [E]`` cut (a value equal to an edge: the bin above)."""
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
 
 
 Histogram = SparseHistogram | DenseHistogram
+KINDS = {SparseHistogram: "sparse", DenseHistogram: "dense"}  # how drift_reference.npz names them
 
 
 def psi(reference: np.ndarray, fresh: np.ndarray, floor: float = PSI_FLOOR) -> float:
@@ -138,17 +141,12 @@ def reference_arrays(reference: Mapping[str, DomainReference]) -> dict[str, np.n
     """``reference`` (domain name -> its reference) as the plain arrays of ``drift_reference.npz``: ``domains``,
     ``fields`` and ``kinds`` (``sparse`` / ``dense``) name them; ``<i>/rows``, ``<i>/<j>/keys`` (ids or edges),
     ``<i>/<j>/counts``, ``<i>/test_prob``, ``<i>/test_label`` hold domain i's entries for field j."""
-    fields = list(next(iter(reference.values())).histograms) if reference else []
+    histograms = next(iter(reference.values())).histograms if reference else {}
+    fields = list(histograms)
     out: dict[str, np.ndarray] = {
         "domains": np.asarray(list(reference), dtype=str),
         "fields": np.asarray(fields, dtype=str),
-        "kinds": np.asarray(
-            [
-                "sparse" if isinstance(h, SparseHistogram) else "dense"
-                for h in (next(iter(reference.values())).histograms.values() if reference else [])
-            ],
-            dtype=str,
-        ),
+        "kinds": np.asarray([KINDS[type(h)] for h in histograms.values()], dtype=str),
     }
     for i, ref in enumerate(reference.values()):
         out[f"{i}/rows"] = np.asarray(ref.rows, dtype=np.int64)
@@ -183,7 +181,7 @@ def reference_of(arrays: Mapping[str, np.ndarray], source: Path) -> dict[str, Do
         return value
 
     domains, fields, kinds = (get(k, "U").tolist() for k in ("domains", "fields", "kinds"))
-    if len(kinds) != len(fields) or set(kinds) - {"sparse", "dense"}:
+    if len(kinds) != len(fields) or set(kinds) - set(KINDS.values()):
         raise bad(f"kinds {kinds} are not one of sparse/dense per field {fields}")
     out: dict[str, DomainReference] = {}
     for i, d in enumerate(domains):
