@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 INITS = ("identity", "nearest", "weighted")
-NEW, SOURCES = "d4", ("d0", "d1", "d2", "d3")
+NEW, CANDIDATES = "d4", ("d0", "d1", "d2", "d3", "identity")  # the warm starts' candidates
 
 
 def cell(v: np.ndarray) -> str:
@@ -35,10 +35,10 @@ def main(root: Path) -> None:
         runs[(float(fraction), init)][int(seed)] = json.loads(path.read_text())
     fractions = sorted({f for f, _ in runs})
     print(
-        f"| share of {NEW}'s training rows | init | seeds | test AUC | - identity (p) | step 0 AUC | oracle "
-        "| nearest's source (seeds) | weight on d0 / d1 / d2 / d3 |"
+        f"| share of {NEW}'s training rows | init | seeds | test AUC | - identity (p) | step 0 AUC "
+        "| nearest's pick (seeds) | weights d0 / d1 / d2 / d3 / identity |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for f in fractions:
         base = runs[(f, "identity")]
@@ -48,21 +48,20 @@ def main(root: Path) -> None:
             auc = np.array([by_seed[s][f"test/auc/{NEW}"] for s in seeds])
             ref = np.array([base[s][f"test/auc/{NEW}"] for s in seeds])
             start = np.array([by_seed[s][f"zeroshot/test/auc/{NEW}"] for s in seeds])
-            oracle = np.array([by_seed[s][f"oracle/auc/{NEW}"] for s in seeds])
             diff = "-"
             if init != "identity":
                 p = stats.ttest_rel(auc, ref).pvalue if np.any(auc != ref) else 1.0
                 diff = f"{(auc - ref).mean():+.4f} (p {p:.2f})"
             weights = np.array(
-                [[by_seed[s].get(f"onboard/init_weight/{NEW}/{d}", np.nan) for d in SOURCES] for s in seeds]
+                [[by_seed[s].get(f"onboard/init_weight/{NEW}/{d}", np.nan) for d in CANDIDATES] for s in seeds]
             )
             picked, mean_weights = "-", "-"
             if init != "identity":
-                counts = np.bincount(np.nanargmax(weights, axis=1), minlength=len(SOURCES))
-                picked = ", ".join(f"{d} {c}" for d, c in zip(SOURCES, counts, strict=True) if c)
+                counts = np.bincount(np.nanargmax(weights, axis=1), minlength=len(CANDIDATES))
+                picked = ", ".join(f"{d} {c}" for d, c in zip(CANDIDATES, counts, strict=True) if c)
                 mean_weights = " / ".join(f"{w:.2f}" for w in weights.mean(0))
             print(
-                f"| {f:g} | {init} | {len(seeds)} | {cell(auc)} | {diff} | {cell(start)} | {cell(oracle)} "
+                f"| {f:g} | {init} | {len(seeds)} | {cell(auc)} | {diff} | {cell(start)} "
                 f"| {picked if init == 'nearest' else '-'} | {mean_weights if init == 'weighted' else '-'} |"
             )
             curves[init].append((auc.mean(), auc.std(ddof=1)))
