@@ -180,10 +180,8 @@ class AdapterStage(Stage):
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         """The selection's metrics; also makes the drift reference of the domains this run trained (their
         training rows' histograms and test predictions), the others' taken from the run it started from."""
-        trained = drift_reference(self.data, predictions, self.trained_domains())
-        inherited = self.inherited_reference()
-        self.reference = {d: trained.get(d, inherited.get(d)) for d in self.data.schema.domains}
-        self.reference = {d: r for d, r in self.reference.items() if r is not None}
+        merged = {**self.inherited_reference(), **drift_reference(self.data, predictions, self.trained_domains())}
+        self.reference = {d: merged[d] for d in self.data.schema.domains if d in merged}
         return self.selection.metrics() if self.selection is not None else {}
 
     def trained_domains(self) -> list[str]:
