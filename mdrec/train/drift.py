@@ -35,6 +35,7 @@ from mdrec.data.alignment import Encoding
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.eval.drift import (
     DomainDrift,
+    DomainReference,
     Thresholds,
     check_domain,
     drift_json,
@@ -109,26 +110,7 @@ def check_drift(run_path: Path, overrides: Sequence[str], run: Runner = train) -
     check_same_fields(encoding.schema, schema, run_dir.path, "mdrec.train.drift")
     k = encoding.schema.num_domains
     net = load_selected(run_dir, replace(schema, domains=schema.domains[:k]))
-    domain = np.asarray(data.store.column(schema.domain_field))
-    split_rows = data.splits[cfg.split]
-    checks, skipped = [], {}
-    for d, name in enumerate(schema.domains[:k]):
-        rows = np.flatnonzero(domain == d)
-        if name not in reference:
-            skipped[name] = f"the run's reference has no rows of it ({run_dir.file(RunDir.DRIFT_REFERENCE)})"
-        elif not len(rows):
-            skipped[name] = "the fresh data hold no row of it"
-        else:
-            test = split_rows[domain[split_rows] == d]
-            labels = np.asarray(data.store.column(schema.labels[0])[test], dtype=np.float64)
-            probs = first_label_probabilities(net, data, test)
-            fresh = model_columns(data, rows)
-            check = check_domain(
-                name, reference[name], fresh, probs, labels, thresholds, cfg.calibration_bins, cfg.resamples, cfg.seed
-            )
-            checks.append(check)
-    for name in schema.domains[k:]:
-        skipped[name] = "a domain the run does not know: onboard it (stage=onboard)"
+    checks, skipped = domain_checks(cfg, data, net, reference, k, thresholds)
     for name, why in skipped.items():
         log.warning("drift check of %s: %s skipped: %s", run_dir.path, name, why)
     flagged = [c.domain for c in checks if c.flagged]
@@ -152,6 +134,48 @@ def check_drift(run_path: Path, overrides: Sequence[str], run: Runner = train) -
     report.write_json(DRIFT_JSON, record)
     report.file(DRIFT_MD).write_text(markdown)
     return DriftResult(checks, skipped, flagged, readapted, out)
+
+
+def domain_checks(
+    cfg: DictConfig,
+    data: MultiDomainDataModule,
+    net: torch.nn.Module,
+    reference: dict[str, DomainReference],
+    k: int,
+    thresholds: Thresholds,
+) -> tuple[list[DomainDrift], dict[str, str]]:
+    """The check of each of the run's ``k`` domains on ``data`` (``mdrec.eval.drift.check_domain``: every fresh row
+    for the PSI, the ``cfg.split`` rows for quality and calibration), and the domains skipped with why: without a
+    reference, without fresh rows, or unknown to the run (the data's domains after the first ``k``)."""
+    schema = data.schema
+    domain = np.asarray(data.store.column(schema.domain_field))
+    split_rows = data.splits[cfg.split]
+    checks, skipped = [], {}
+    for d, name in enumerate(schema.domains[:k]):
+        rows = np.flatnonzero(domain == d)
+        if name not in reference:
+            skipped[name] = "the run's reference (drift_reference.npz) has no rows of it"
+        elif not len(rows):
+            skipped[name] = "the fresh data hold no row of it"
+        else:
+            test = split_rows[domain[split_rows] == d]
+            labels = np.asarray(data.store.column(schema.labels[0])[test], dtype=np.float64)
+            probs = first_label_probabilities(net, data, test)
+            check = check_domain(
+                name,
+                reference[name],
+                model_columns(data, rows),
+                probs,
+                labels,
+                thresholds,
+                cfg.calibration_bins,
+                cfg.resamples,
+                cfg.seed,
+            )
+            checks.append(check)
+    for name in schema.domains[k:]:
+        skipped[name] = "a domain the run does not know: onboard it (stage=onboard)"
+    return checks, skipped
 
 
 def readapt(run_dir: RunDir, cfg: DictConfig, flagged: list[str], out: Path, run: Runner) -> dict[str, float]:
