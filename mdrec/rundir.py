@@ -2,8 +2,9 @@
 
 A run writes ``config.yaml`` (the resolved config), ``provenance.json``, ``metrics.json``, ``predictions.npz`` (when
 tested), ``data_report.json`` and, by stage, ``backbone.pt`` + ``backbone.yaml`` (the backbone and the config that
-rebuilds it) and ``adapter.pt``; a failed run leaves ``failure.json``; Lightning writes ``checkpoints/``; the serving
-tools add ``serving.pt``. Loading is strict: a mismatch names the missing and unexpected keys and the shapes.
+rebuilds it) and ``adapter.pt``, ``encoding.json`` and ``drift_reference.npz`` (adapt and onboard runs); a failed run
+leaves ``failure.json``; Lightning writes ``checkpoints/``; the serving tools add ``serving.pt``. Loading is strict:
+a mismatch names the missing and unexpected keys and the shapes.
 
 Every binary file mdrec writes for later loading (checkpoints, ``backbone.pt``, ``adapter.pt``, ``serving.pt``,
 ``predictions.npz``) is written by :func:`save_checked`: atomically, with its sha256 beside it (``<file>.sha256``,
@@ -265,6 +266,7 @@ class RunDir:
     BACKBONE_CONFIG = "backbone.yaml"
     ADAPTER = "adapter.pt"
     ENCODING = "encoding.json"
+    DRIFT_REFERENCE = "drift_reference.npz"
     SERVING = "serving.pt"
     CHECKPOINTS = "checkpoints"
 
@@ -380,6 +382,26 @@ class RunDir:
         if not isinstance(value, dict):
             raise ValueError(f"{path} holds a JSON {type(value).__name__}, not a mapping. {remedy}")
         return value
+
+    # --- the reference of drift checks ---------------------------------------------------------------------------
+    def write_drift_reference(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """``drift_reference.npz``: per domain, the training rows' histograms and the test predictions a drift check
+        compares fresh data with (``mdrec.eval.drift.reference_arrays``), with its checksum."""
+        save_checked(self.file(self.DRIFT_REFERENCE), lambda f: np.savez_compressed(f, **arrays))
+
+    def read_drift_reference(self) -> dict[str, np.ndarray]:
+        """``drift_reference.npz`` (arrays only), checked against its checksum (its content is checked by
+        ``mdrec.eval.drift.reference_of``)."""
+        path = self.file(self.DRIFT_REFERENCE)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: {self.path} holds no reference for a drift check (the training rows' "
+                "histograms and test predictions that stage=adapt and stage=onboard runs write since mdrec writes "
+                "them). Re-run the adapt (or onboard) job that made it, or write the reference from the run's own "
+                "data: python -m mdrec.train.drift <run dir> --write-reference"
+            )
+        remedy = f"Delete it and re-run the job that wrote {self.path} (or write it again with --write-reference)"
+        return load_checked(path, _read_arrays, "numpy arrays", remedy)
 
     # --- backbone and adapter ---------------------------------------------------------------------------------------
     def save_backbone(self, backbone: nn.Module, backbone_cfg: DictConfig) -> None:

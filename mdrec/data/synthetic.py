@@ -14,6 +14,13 @@ With z = w_d . x (unit variance),
 
 click ~ Bernoulli(sigmoid(logit_click)); conversion = click AND Bernoulli(sigmoid(logit_cvr)) (the CTCVR label).
 The true probabilities are kept as oracle columns, so every evaluation can report the Bayes AUC per domain.
+
+Drift over time (off by default): ``period`` t > 0 draws other rows of the same world; with ``drift_domain`` and
+``drift`` = a in [0, 1], that domain's click direction turns by a x 90 degrees towards a random direction v of the dense
+features (drawn from its own seed), ``z -> cos(a pi / 2) w_d . x + sin(a pi / 2) v . dense`` (concept drift: what the
+model learned of the domain decays; at a = 1 its clicks follow the dense features alone), and its rows' dense
+features are drawn with mean a instead of 0 (covariate drift: the inputs' distribution moves; its categorical ids
+keep their distribution).
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ class SyntheticSource:
         ctr_range: base click rates of the domains are drawn uniformly from this range.
         cvr_rate: base conversion rate after a click.
         seed: every random choice follows from it.
+        period: the draw of rows: 0 the data set's own, t > 0 another draw of the same world (fresh rows "later").
+        drift_domain: the domain (its name, ``d<i>``) whose parameters drift; None: no drift.
+        drift: a in [0, 1], how far ``drift_domain`` drifts (module docstring); 0 with a domain: fresh rows only.
 
     Example:
         >>> src = SyntheticSource(num_rows=10_000, num_domains=3, relatedness=0.5)
@@ -77,6 +87,9 @@ class SyntheticSource:
     ctr_range: tuple[float, float] = (0.1, 0.35)
     cvr_rate: float = 0.15
     seed: int = 0
+    period: int = 0
+    drift_domain: str | None = None
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_rows < 1 or self.num_domains < 1:
@@ -90,6 +103,13 @@ class SyntheticSource:
             raise ValueError(f"domain_shares {self.domain_shares} must be positive numbers (a list of at least one)")
         if not self.vocab_sizes or min(self.vocab_sizes) < 1:
             raise ValueError(f"vocab_sizes {self.vocab_sizes} must be a non-empty list of positive sizes")
+        if self.period < 0 or not 0 <= self.drift <= 1:
+            raise ValueError(f"period ({self.period}) must be >= 0 and drift ({self.drift}) in [0, 1]")
+        names = [f"d{d}" for d in range(self.num_domains)]
+        if self.drift_domain is not None and self.drift_domain not in names:
+            raise ValueError(f"drift_domain {self.drift_domain!r} is not one of the domains {names}")
+        if self.drift and self.drift_domain is None:
+            raise ValueError(f"drift={self.drift} needs the domain that drifts: set drift_domain (e.g. d3)")
         self._r = r
         self._build_world()
 
@@ -116,6 +136,10 @@ class SyntheticSource:
             latent = rng.standard_normal((v + 1, m))
             self._tables.append(latent @ u[f * m : (f + 1) * m])
         self._dense_proj = u[len(self.vocab_sizes) * m :]  # [N, cols]
+        drifted = self.drift_domain is not None and self.drift > 0
+        self._drift_id = int(self.drift_domain[1:]) if drifted else -1
+        direction = np.random.default_rng((self.seed, 2)).standard_normal(self.num_dense)
+        self._drift_dense = direction / max(np.linalg.norm(direction), 1e-12)  # [N] v, a unit direction
         self._alpha = rng.standard_normal(self.num_sines)
         self._beta = rng.standard_normal(self.num_sines)
         lo, hi = self.ctr_range
@@ -133,7 +157,12 @@ class SyntheticSource:
             shared += table[sparse[:, f], offset]
             own += table[sparse[:, f], offset + 1 + domain]
         r = self._r[domain]
-        return np.sqrt(r) * shared + np.sqrt(1 - r) * own
+        z = np.sqrt(r) * shared + np.sqrt(1 - r) * own
+        if offset == 0 and self._drift_id >= 0:  # the drifted domain's click direction turns towards v
+            rows = domain == self._drift_id
+            angle = self.drift * np.pi / 2
+            z[rows] = np.cos(angle) * z[rows] + np.sin(angle) * (dense[rows] @ self._drift_dense)
+        return z
 
     def click_logits(self, sparse: np.ndarray, dense: np.ndarray, domain: np.ndarray) -> np.ndarray:
         """True click logit of rows ``sparse [B, F]`` (ids 1..V), ``dense [B, N]`` scored as domain ``domain [B]``."""
@@ -157,7 +186,8 @@ class SyntheticSource:
     def generate_chunks(self) -> Iterator[dict[str, np.ndarray]]:
         """The columns of ``CHUNK_ROWS`` rows at a time, in row order (``prepare`` holds one chunk at a time)."""
         for i, start in enumerate(range(0, self.num_rows, CHUNK_ROWS)):
-            rng = np.random.default_rng((self.seed, 1) if i == 0 else (self.seed, 1, i))
+            key = (self.seed, 1) if i == 0 else (self.seed, 1, i)
+            rng = np.random.default_rng(key if self.period == 0 else (self.seed, 1, i, self.period))
             yield self._rows(rng, start, min(CHUNK_ROWS, self.num_rows - start))
 
     def _rows(self, rng: np.random.Generator, start: int, n: int) -> dict[str, np.ndarray]:
@@ -168,6 +198,8 @@ class SyntheticSource:
             sparse[:, f] = np.searchsorted(cdf, rng.random(n)) + 1
         np.minimum(sparse, np.asarray(self.vocab_sizes), out=sparse)  # guard the float edge of the last bucket
         dense = rng.standard_normal((n, self.num_dense))
+        if self._drift_id >= 0:
+            dense[domain == self._drift_id] += self.drift
         p_click = _sigmoid(self.click_logits(sparse, dense, domain))
         p_cvr = _sigmoid(self.cvr_logits(sparse, dense, domain))
         click = rng.random(n) < p_click

@@ -143,3 +143,26 @@ def tradeoff_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def reliability_plot(bins: dict[str, Sequence[tuple[float, float]]], path: Path, title: str) -> Path:
+    """A reliability diagram: per domain, the observed rate against the mean predicted probability of each bin
+    (``bins``: domain -> ``(predicted, observed)`` per bin), and the diagonal of a calibrated model."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    top = max([0.05, *(max(p, o) for points in bins.values() for p, o in points)])
+    ax.plot([0, top], [0, top], color="grey", lw=1, ls="--", label="calibrated")
+    for i, (name, points) in enumerate(bins.items()):
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, marker="o", ms=3, lw=1.2, color=colour(i, len(bins)), label=name)
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed rate (bin)")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, top * 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -34,10 +34,10 @@ from mdrec.train.typecheck import check_types
 SPLITS = ("val", "test")
 
 
-def compose_eval(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
-    """``mdrec/conf/eval.yaml`` with ``overrides``; its ``data`` is the run's own data node (``config.yaml``'s, as
-    the option ``data=run``) unless an override picks another data config (``data=<option>``); ``data.<key>=...``
-    changes either."""
+def compose_eval(run_dir: RunDir, overrides: Sequence[str], config_name: str = "eval") -> DictConfig:
+    """``mdrec/conf/<config_name>.yaml`` (``eval``, or ``drift``) with ``overrides``; its ``data`` is the run's own
+    data node (``config.yaml``'s, as the option ``data=run``) unless an override picks another data config
+    (``data=<option>``); ``data.<key>=...`` changes either."""
     recorded = run_dir.read_config()
     data, seed = recorded.get("data"), recorded.get("seed")
     if not isinstance(data, DictConfig) or not isinstance(seed, int):
@@ -47,7 +47,7 @@ def compose_eval(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
     ConfigStore.instance().store(group="data", name="run", node=data)
     own = [f"seed={seed}", f"stage.adapted={run_dir.path.resolve()}"]  # the user's overrides come after: they win
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("eval", overrides=[*own, *overrides])
+        return compose(config_name, overrides=[*own, *overrides])
 
 
 def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
@@ -115,9 +115,7 @@ def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
         cfg.paths.output_dir = str(out)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    datamodule: MultiDomainDataModule = safe_instantiate(cfg.data, run_dir.file(RunDir.CONFIG), "data")
-    datamodule.prepare_data()
-    datamodule.setup()
+    datamodule = prepared_data(run_dir, cfg)
     schema = datamodule.schema
     check_domains(run_dir, schema)
     model_cfg = run_dir.read_config().model
@@ -133,6 +131,15 @@ def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
     result.write_config(cfg)
     result.write_metrics(metrics)
     return Evaluation(metrics, cfg.split, list(schema.domains), out)
+
+
+def prepared_data(run_dir: RunDir, cfg: DictConfig) -> MultiDomainDataModule:
+    """The data of ``cfg.data`` (from the run's ``config.yaml`` or a data option: its targets checked), prepared and
+    set up."""
+    datamodule: MultiDomainDataModule = safe_instantiate(cfg.data, run_dir.file(RunDir.CONFIG), "data")
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
 
 
 def check_domains(run_dir: RunDir, schema: Schema) -> None:

@@ -1,6 +1,6 @@
 """What onboarding domains into an adapted model needs besides training them (docs/methods.md, Onboarding): rows of
 one domain as batches, the warm start of new slices from similar domains, the check that the other domains' predictions
-did not move, and the negative-transfer gate's options."""
+did not move, the negative-transfer gate's options, and the reference later drift checks compare fresh rows with."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from torch import Tensor
 from mdrec.adapters.base import AdaptedNet, Adapter
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
+from mdrec.eval.drift import DenseHistogram, DomainReference, Histogram, SparseHistogram
 from mdrec.nn.parameter import per_domain_parameters
 
 Init = Literal["identity", "nearest", "weighted"]
@@ -202,3 +203,41 @@ def scratch_config(cfg: DictConfig, backbone_cfg: DictConfig, output_dir: Path) 
         if sub.get("callbacks"):
             sub.callbacks.pop("dynamic_lr", None)
     return sub
+
+
+def model_columns(data: MultiDomainDataModule, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Every sparse and dense column of the store's ``rows`` (sorted row numbers), the sparse ids as the model sees
+    them (mapped through ``data.vocab_domains``' vocabulary, as batches are)."""
+    schema, store = data.schema, data.store
+    out: dict[str, np.ndarray] = {}
+    for index, f in enumerate(schema.sparse):
+        ids = np.asarray(store.column(f.name)[rows]).astype(np.int64)
+        if data.id_map is not None:
+            ids = data.id_map[torch.from_numpy(ids) + data.id_offsets[index]].numpy()
+        out[f.name] = ids
+    out.update({c: np.asarray(store.column(c)[rows], dtype=np.float64) for c in schema.dense})
+    return out
+
+
+def drift_reference(
+    data: MultiDomainDataModule, predictions: dict[str, np.ndarray], domains: Sequence[str]
+) -> dict[str, DomainReference]:
+    """The drift reference of ``domains`` (``mdrec.eval.drift``): per domain with training rows, the histogram of
+    every field over them and, from the test ``predictions`` (``prob [n, T]``, ``label``, ``domain``; empty when the
+    run was not tested), the first label's predictions on its test rows."""
+    schema = data.schema
+    out: dict[str, DomainReference] = {}
+    for name in domains:
+        d = schema.domains.index(name)
+        rows = split_rows(data, "train", [d])
+        if not len(rows):
+            continue
+        columns = model_columns(data, rows)
+        histograms: dict[str, Histogram] = {f: SparseHistogram.of(columns[f]) for f in schema.sparse_names}
+        histograms.update({c: DenseHistogram.of(columns[c]) for c in schema.dense})
+        prob = label = None
+        if "prob" in predictions:
+            mine = predictions["domain"] == d
+            prob, label = predictions["prob"][mine, 0], predictions["label"][mine, 0]
+        out[name] = DomainReference(len(rows), histograms, prob, label)
+    return out

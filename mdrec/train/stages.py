@@ -31,6 +31,7 @@ from mdrec.adapters.base import AdaptedNet, grow
 from mdrec.data.alignment import Encoding, coverage_table
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
+from mdrec.eval.drift import DomainReference, reference_arrays, reference_of
 from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import per_domain_parameters
@@ -44,6 +45,7 @@ from mdrec.train.onboarding import (
     NegativeTransferError,
     NoNewDomainRowsError,
     backbone_probabilities,
+    drift_reference,
     init_weights,
     keep_other_domains,
     other_domains_change,
@@ -161,6 +163,8 @@ class AdapterStage(Stage):
         self.source: Path | None = None  # the run directory the backbone comes from
         self.selection: DomainSelection | None = None
         self.encoding: Encoding | None = None  # how this run's data is encoded (encoding.json), set in prepare
+        self.data: MultiDomainDataModule | None = None  # set in prepare
+        self.reference: dict[str, DomainReference] = {}  # of later drift checks (drift_reference.npz), set in metrics
 
     def callbacks(self, callbacks: list[pl.Callback], module: RankingModule) -> list[pl.Callback]:
         if self.selection is None:
@@ -174,7 +178,19 @@ class AdapterStage(Stage):
             super().after_fit(trainer, module)
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        """The selection's metrics; also makes the drift reference of the domains this run trained (their
+        training rows' histograms and test predictions), the others' taken from the run it started from."""
+        merged = {**self.inherited_reference(), **drift_reference(self.data, predictions, self.trained_domains())}
+        self.reference = {d: merged[d] for d in self.data.schema.domains if d in merged}
         return self.selection.metrics() if self.selection is not None else {}
+
+    def trained_domains(self) -> list[str]:
+        """The domains whose adapters this run trains."""
+        return list(self.data.schema.domains)
+
+    def inherited_reference(self) -> dict[str, DomainReference]:
+        """The drift reference of the domains this run does not train (none)."""
+        return {}
 
     def save(self, run_dir: RunDir, module: RankingModule) -> None:
         net: AdaptedNet = module.net
@@ -183,6 +199,8 @@ class AdapterStage(Stage):
             run_dir.save_adapter(net.adapter)
         if self.encoding is not None:  # what new files need to be encoded for this model (stage=onboard)
             self.encoding.save(run_dir.path)
+        if self.reference:  # what a drift check compares fresh rows with (mdrec.train.drift)
+            run_dir.write_drift_reference(reference_arrays(self.reference))
 
 
 class Adapt(AdapterStage):
@@ -225,6 +243,7 @@ class Adapt(AdapterStage):
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
         self.encoding = Encoding.from_datamodule(data)
+        self.data = data
         if plain_value(cfg.model.net) != plain_value(cfg.backbone):
             raise ValueError(
                 f"stage=adapt adapts a pre-trained backbone with per-domain adapters, but model.net is "
@@ -435,6 +454,16 @@ class Onboard(AdapterStage):
             )
         return out
 
+    def trained_domains(self) -> list[str]:
+        return list(self.domains)
+
+    def inherited_reference(self) -> dict[str, DomainReference]:
+        """The adapted run's drift reference (none if it has no ``drift_reference.npz``)."""
+        source = RunDir(self.source)
+        if not source.exists(RunDir.DRIFT_REFERENCE):
+            return {}
+        return reference_of(source.read_drift_reference(), source.file(RunDir.DRIFT_REFERENCE))
+
     @torch.no_grad()
     def _reset(self, adapter: nn.Module, slices: Sequence[int]) -> None:
         """Put ``slices`` of every per-domain parameter back to what each served before this run: a new domain's to
@@ -546,9 +575,9 @@ ALIGNMENT_REPORT = "alignment.md"
 GATE_REPORT = "gate.md"
 
 
-def check_same_fields(adapted: Schema, data: Schema, source: Path) -> None:
+def check_same_fields(adapted: Schema, data: Schema, source: Path, user: str = "stage=onboard") -> None:
     """Refuse data whose fields, vocabulary sizes, dense features, labels or sequence differ from the adapted run's,
-    or whose domains do not start with the run's, naming every difference."""
+    or whose domains do not start with the run's, naming every difference (``user``: who refuses them)."""
     differ = [
         f"{what}: {theirs!r} in the run, {ours!r} here"
         for what, theirs, ours in (
@@ -562,7 +591,7 @@ def check_same_fields(adapted: Schema, data: Schema, source: Path) -> None:
     ]
     if differ:
         raise ValueError(
-            f"stage=onboard: the data do not read as the adapted run {source} read its own: {'; '.join(differ)}. "
+            f"{user}: the data do not read as the adapted run {source} read its own: {'; '.join(differ)}. "
             "Encode new files with the run's encoding (data=aligned, which takes data.source.run=<that run>), or use "
             "the run's own data config"
         )

@@ -96,3 +96,30 @@ def test_chunked_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert store.report()["rows_per_domain"] == dict(zip(("d0", "d1", "d2"), counts, strict=True))
     chunked = src.generate()
     assert all(np.array_equal(store.column(k), v.astype(store.column(k).dtype)) for k, v in chunked.items())
+
+
+def test_a_later_period_and_a_drifting_domain() -> None:
+    base = SyntheticSource(num_rows=20_000, seed=1)
+    later = SyntheticSource(num_rows=20_000, seed=1, period=1)
+    moved = SyntheticSource(num_rows=20_000, seed=1, period=1, drift_domain="d1", drift=1.0)
+    a, b, c = base.generate(), later.generate(), moved.generate()
+    assert not np.array_equal(a["user_id"], b["user_id"])  # other rows ...
+    sparse = np.stack([b[n] for n in later.field_names], axis=1)
+    dense = np.stack([b[f"dense_{i}"] for i in range(4)], axis=1)
+    assert np.array_equal(base.click_logits(sparse, dense, b["domain"]), later.click_logits(sparse, dense, b["domain"]))
+    # ... of the same world; the drift moves d1 alone: its dense features' mean by 1, its click function
+    d1 = c["domain"] == 1
+    assert np.array_equal(c["user_id"], b["user_id"]) and np.array_equal(c["click"][~d1], b["click"][~d1])
+    assert abs(c["dense_0"][d1].mean() - 1.0) < 0.05 and abs(c["dense_0"][~d1].mean()) < 0.05
+    logits = moved.click_logits(sparse, dense, b["domain"])
+    assert np.array_equal(logits[b["domain"] != 1], later.click_logits(sparse, dense, b["domain"])[b["domain"] != 1])
+    # turned by 90 degrees: d1's clicks follow its dense features alone (other ids, the same logits)
+    other_ids = np.maximum(sparse[::-1], 1)
+    d1_rows = b["domain"] == 1
+    assert np.allclose(moved.click_logits(other_ids, dense, b["domain"])[d1_rows], logits[d1_rows])
+    half = SyntheticSource(num_rows=10, seed=1, drift_domain="d1", drift=0.5)
+    assert not np.allclose(half.click_logits(other_ids, dense, b["domain"])[d1_rows], logits[d1_rows])
+    with pytest.raises(ValueError, match="drift_domain 'd9' is not one of the domains"):
+        SyntheticSource(num_rows=10, drift_domain="d9", drift=0.5)
+    with pytest.raises(ValueError, match="needs the domain that drifts"):
+        SyntheticSource(num_rows=10, drift=0.5)

@@ -19,8 +19,12 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-# tabular needs the user's files; aligned and partner a run's encoding (tests/train/test_onboard.py)
-@pytest.mark.parametrize("data", [d for d in options("data") if d not in ("tabular", "aligned", "partner")])
+# tabular needs the user's files; aligned, partner and partner_fresh a run's encoding (tests/train/test_onboard.py,
+# tests/test_readme.py)
+NEEDS_FILES = ("tabular", "aligned", "partner", "partner_fresh")
+
+
+@pytest.mark.parametrize("data", [d for d in options("data") if d not in NEEDS_FILES])
 def test_data_options_instantiate(train_cfg: TrainCfg, data: str) -> None:
     dm = hydra.utils.instantiate(train_cfg([f"data={data}"]).data)
     assert isinstance(dm, MultiDomainDataModule) and dm.batch_size > 0
