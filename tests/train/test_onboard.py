@@ -200,3 +200,20 @@ def test_several_new_domains_in_one_run(adapted: Path) -> None:
         assert sum(weights) == pytest.approx(1.0)  # the existing slices and the fresh one
     before, after = torch.load(root / "adapt" / "adapter.pt"), torch.load(root / "two" / "adapter.pt")
     assert all(after[k].shape[0] == 6 and torch.equal(after[k][:4], before[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_the_mapping_files_raise_the_new_domains_coverage_and_auc(tmp_path: Path) -> None:
+    # the partner's categories are renamed (P0001, ...): no code matches a source value unless the mapping says so
+    write_partner_files(tmp_path / "data" / "partner", num_rows=60_000, seed=1)
+    train(cfg_of(tmp_path, ["stage=adapt", "data=partner_source", "seed=1"], "adapt"))
+    onboard = ["stage=onboard", f"stage.adapted={tmp_path / 'adapt'}", "data=partner", "seed=1"]
+    mapped = train(cfg_of(tmp_path, onboard, "mapped"))
+    plain = train(cfg_of(tmp_path, [*onboard, "data.source.mappings=null"], "plain"))
+    coverage = json.loads((tmp_path / "mapped" / "alignment.json").read_text())["coverage"]["d4"]
+    renamed = [f for f, c in coverage.items() if c["values"]["mapped"] > 0]
+    assert renamed and all(coverage[f]["coverage"] >= 0.95 for f in renamed)
+    unmapped = json.loads((tmp_path / "plain" / "alignment.json").read_text())["coverage"]["d4"]
+    assert all(unmapped[f]["values"]["exact"] == 0.0 for f in renamed)  # nothing matches without the mapping
+    # measured: 0.728 with the mapping, 0.684 without (seed 1; 0.691 against 0.645 with 100,000 rows, seed 0)
+    assert mapped["test/auc/d4"] > plain["test/auc/d4"] + 0.02
