@@ -90,6 +90,8 @@ class DomainSelection(pl.Callback):
 
     Attributes:
         best: per domain, the best AUC seen; ``best_epoch``: the epoch it came from (-1: step 0, before fitting);
+        ``best_step``: the optimiser step it came from (0: before fitting; it tells apart validations within an
+        epoch, ``stage.val_check_interval`` < 1);
         ``unrankable``: the domains whose validation AUC was undefined; ``too_few_rows`` and ``not_significant``:
         the domains whose best epoch the guard overruled, by reason; ``gain_low``: per domain tested, the bound.
     """
@@ -110,6 +112,7 @@ class DomainSelection(pl.Callback):
         self.only = set(only) if only is not None else set(domains)
         self.best: dict[str, float] = {}
         self.best_epoch: dict[str, int] = {}
+        self.best_step: dict[str, int] = {}
         self.unrankable: set[str] = set()
         self.snapshots: dict[str, dict[str, Tensor]] = {}
         self.step0: dict[str, dict[str, Tensor]] = {}  # with a guard: each domain's step-0 slices
@@ -146,6 +149,7 @@ class DomainSelection(pl.Callback):
                 self.unrankable.add(name)
             if step0 or auc > self.best.get(name, -math.inf):  # NaN never improves
                 self.best[name], self.best_epoch[name] = auc, epoch
+                self.best_step[name] = 0 if step0 else trainer.global_step
                 self.snapshots[name] = {key: p[d].detach().clone() for key, p in params.items()}
                 improved |= not step0
                 if self.guard is not None:
@@ -164,6 +168,7 @@ class DomainSelection(pl.Callback):
         return {
             "best": self.best,
             "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
             "unrankable": sorted(self.unrankable),
             "stale": self.stale,
             "snapshots": self.snapshots,
@@ -175,6 +180,7 @@ class DomainSelection(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = dict(state_dict["best"]), dict(state_dict["best_epoch"])
+        self.best_step = dict(state_dict.get("best_step", {}))  # checkpoints from before steps were recorded
         self.unrankable = set(state_dict["unrankable"])
         self.stale, self.snapshots = state_dict["stale"], dict(state_dict["snapshots"])
         if self.guard is not None and set(state_dict.get("val_labels", {})) != set(self.best):
@@ -225,14 +231,16 @@ class DomainSelection(pl.Callback):
                 if not self.gain_low[name] > 0:  # NaN (no resample with both classes) is no evidence either
                     self.not_significant.add(name)
             if name in self.too_few_rows | self.not_significant:
-                self.snapshots[name], self.best_epoch[name] = self.step0[name], -1
+                self.snapshots[name], self.best_epoch[name], self.best_step[name] = self.step0[name], -1, 0
 
     def metrics(self) -> dict[str, float]:
-        """``selection/epoch/<domain>`` (-1: step 0) and ``selection/unrankable/<domain>`` (1: no validation AUC,
-        step 0 kept) of every selected domain; with a guard, ``selection/too_few_rows/<domain>`` and
-        ``selection/not_significant/<domain>`` (1: the guard kept step 0, for that reason) and
+        """``selection/epoch/<domain>`` (-1: step 0), ``selection/step/<domain>`` (the optimiser step; 0: step 0)
+        and ``selection/unrankable/<domain>`` (1: no validation AUC, step 0 kept) of every selected domain; with a
+        guard, ``selection/too_few_rows/<domain>`` and ``selection/not_significant/<domain>`` (1: the guard kept
+        step 0, for that reason) and
         ``selection/gain_low/<domain>`` (the lower bound, where it was computed)."""
         out = {f"selection/epoch/{d}": float(e) for d, e in self.best_epoch.items()}
+        out.update({f"selection/step/{d}": float(s) for d, s in self.best_step.items()})
         out.update({f"selection/unrankable/{d}": float(d in self.unrankable) for d in self.best_epoch})
         if self.guard is not None:
             out.update({f"selection/too_few_rows/{d}": float(d in self.too_few_rows) for d in self.best_epoch})

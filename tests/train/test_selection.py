@@ -35,6 +35,7 @@ def validate(selection: DomainSelection, module: Slices, fn: str, epoch: int, au
         sanity_checking=False,
         state=SimpleNamespace(fn=fn),
         current_epoch=epoch,
+        global_step=10 * (epoch + 1),
         callback_metrics={f"val/auc/{d}": torch.tensor(v) for d, v in aucs.items()},
         should_stop=False,
     )
@@ -55,6 +56,7 @@ def test_a_domain_without_validation_auc_keeps_step_0_and_does_not_hold_off_stop
     assert second.should_stop  # neither a nor b improved; e's NaN is no improvement either
     selection.on_fit_end(second, module)
     assert selection.best_epoch == {"a": 0, "b": -1, "e": -1}
+    assert selection.metrics()["selection/step/a"] == 10.0 and selection.metrics()["selection/step/b"] == 0.0
     assert module.w[:, 0].tolist() == [1.0, 0.0, 0.0]  # a from epoch 0, b and e from step 0: what is reported
     metrics = selection.metrics()
     assert metrics["selection/unrankable/e"] == 1.0 and metrics["selection/unrankable/a"] == 0.0
