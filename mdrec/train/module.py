@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args
@@ -19,6 +20,8 @@ from mdrec.data.schema import Schema
 from mdrec.eval.metrics import GatheredRows, domain_metrics
 from mdrec.models.output import ModelOutput
 from mdrec.train.checkpoint import rng_states, set_rng_states
+
+log = logging.getLogger(__name__)
 
 LossNormalization = Literal["batch", "domain"]
 LOSS_NORMALIZATIONS = get_args(LossNormalization)
@@ -50,6 +53,9 @@ class RankingModule(pl.LightningModule):
             share of rows; ``"domain"``: each domain's loss is averaged over its own rows first, then the present
             domains are averaged (weighted by ``domain_weights``), so a small domain counts as much as a big one.
         domain_weights: loss weight per domain name (missing domains weigh 1); None: all 1.
+        compile: run the network through ``torch.compile`` (dynamic batch sizes; the module's parameters and state
+            dict are the network's own, so checkpoints do not change). Where the backend fails (no C++ compiler,
+            an unsupported operation), the run says why and goes on eagerly.
 
     Example:
         >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -65,6 +71,7 @@ class RankingModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         loss_normalization: LossNormalization = "batch",
         domain_weights: dict[str, float] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # plain values only: a checkpoint loads with torch.load(weights_only=True) (the run's config.yaml has the rest)
@@ -76,6 +83,10 @@ class RankingModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"domain_weights name unknown domain(s) {unknown}; domains: {list(schema.domains)}")
         self.net = net
+        # a compiled function, not a module: it holds no parameters of its own and adds nothing to the state dict
+        self.compiled: Callable[[Batch], ModelOutput] | None = (
+            torch.compile(net.forward, dynamic=True) if compile else None
+        )
         self.schema = schema
         self.optimizer_factory = optimizer
         self.loss_normalization = loss_normalization
@@ -93,7 +104,18 @@ class RankingModule(pl.LightningModule):
         self.val_auc_best.persistent(True)  # kept in checkpoints: the best value survives a resume
 
     def forward(self, batch: Batch) -> ModelOutput:
-        return self.net(batch)
+        if self.compiled is None:
+            return self.net(batch)
+        try:
+            return self.compiled(batch)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # e.g. no C++ compiler for the CPU backend
+            cause = getattr(error, "inner_exception", error)  # the backend's own error says what is missing
+            first = (str(cause).strip().splitlines() or [""])[0][:300]
+            log.warning(
+                "model.compile=true: torch.compile failed (%s: %s); training on eagerly", type(cause).__name__, first
+            )
+            self.compiled = None
+            return self.net(batch)
 
     def loss(self, out: ModelOutput, batch: Batch) -> Tensor:
         """Task loss (BCE averaged over tasks, reduced over rows by ``loss_normalization``) + auxiliary loss."""
@@ -111,13 +133,13 @@ class RankingModule(pl.LightningModule):
         return (w_d * loss_d / rows_d.clamp(min=1e-12)).sum() / w_d.sum() + out.aux_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        out = self.net(batch)
+        out = self(batch)
         loss = self.loss(out, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.size)
         return loss
 
     def _eval_step(self, batch: Batch, rows: GatheredRows, stage: str) -> None:
-        out = self.net(batch)
+        out = self(batch)
         self.log(f"{stage}/loss", self.loss(out, batch), batch_size=batch.size, sync_dist=True)
         users = () if self.user_col is None else (batch.sparse[:, self.user_col],)
         rows.update(torch.sigmoid(out.logits), batch.labels, batch.domain, *users)
