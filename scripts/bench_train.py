@@ -5,7 +5,9 @@ from the same seed on the same batches (epoch 0 of the DataModule's training Bat
 framework
 side is ``Trainer.fit`` of ``RankingModule`` with the ``MultiDomainDataModule`` and the trainer, CSV logger and
 progress bar of ``mdrec/conf/train.yaml`` (validation, checkpointing and early stopping off); the bare side is forward,
-BCE, backward, step. Runs alternate (F B B F ...) to cancel drift; the first ``--warmup`` steps of every run are
+BCE, backward, step; a third method is the framework with ``model.compile=true`` (the network through
+``torch.compile``, compiled in the untimed warm-up steps). Runs alternate (in turns, the order reversed every other
+round) to cancel drift; the first ``--warmup`` steps of every run are
 not timed. The ratio is taken on the best run of each (the least disturbed by other processes on a shared machine),
 the medians beside it. Peak memory is the process's peak RSS during each run (reset between runs through
 ``/proc/self/clear_refs`` where Linux allows).
@@ -21,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import logging
 import resource
@@ -142,9 +145,10 @@ def framework_trainer(warmup: int, steps: int, timer: StepTimer, out_dir: str) -
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_checkpointing=False)
 
 
-def run_framework(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int) -> RunResult:
-    """``Trainer.fit`` of a RankingModule for ``warmup + steps`` batches; the last ``steps`` are timed."""
-    module = RankingModule(build_net(dm.schema, seed), dm.schema, optimizer_factory())
+def run_framework(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int, compile: bool = False) -> RunResult:
+    """``Trainer.fit`` of a RankingModule for ``warmup + steps`` batches; the last ``steps`` are timed (with
+    ``compile``: the network through ``torch.compile``, compiled within the untimed steps)."""
+    module = RankingModule(build_net(dm.schema, seed), dm.schema, optimizer_factory(), compile=compile)
     timer = StepTimer(warmup)
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = framework_trainer(warmup, steps, timer, out_dir)
@@ -188,7 +192,11 @@ def main() -> None:
 
     dm = bench_datamodule(args)
     dm.setup()
-    methods = {"Lightning (RankingModule + DataModule)": run_framework, "bare PyTorch loop": run_bare}
+    methods = {
+        "Lightning (RankingModule + DataModule)": run_framework,
+        "Lightning, model.compile=true": functools.partial(run_framework, compile=True),
+        "bare PyTorch loop": run_bare,
+    }
     results: dict[str, list[RunResult]] = {name: [] for name in methods}
     for r in range(args.repeats):
         for name in list(methods)[:: 1 if r % 2 == 0 else -1]:
@@ -212,8 +220,13 @@ def main() -> None:
             f"{name:<40} {best[name]:>8,.0f} {median[name]:>9,.0f} {1e3 * dm.batch_size / best[name]:>8.1f} "
             f"{each:>24} {peak:>13,.0f} {runs[-1].last_loss:>10.5f}"
         )
-    ratio, median_ratio = (framework / bare for framework, bare in (best.values(), median.values()))
+    eager, compiled, bare = list(methods)
+    ratio, median_ratio = best[eager] / best[bare], median[eager] / median[bare]
     print(f"\nframework / bare: {ratio:.3f} on the best run of each ({median_ratio:.3f} on the medians)")
+    print(
+        f"compiled framework / bare: {best[compiled] / best[bare]:.3f} on the best run of each "
+        f"({median[compiled] / median[bare]:.3f} on the medians)"
+    )
     print(f"target >= {TARGET_RATIO}: {'PASS' if ratio >= TARGET_RATIO else 'FAIL'}")
     if not reset_peak_rss():
         print("(peak RSS could not be reset between runs: it is the process's peak so far)")
