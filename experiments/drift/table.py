@@ -17,9 +17,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
+
+from mdrec.eval.plots import save  # noqa: E402
 
 DRIFTED = "d2"
 
@@ -96,10 +98,7 @@ def main(root: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("AUC (mean ± std over seeds)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(__file__).with_name("auc.png")
-    fig.savefig(out, dpi=120)
-    print(f"\nwritten: {out}")
+    print(f"\nwritten: {save(fig, Path(__file__).with_name('auc.png'))}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
+
+from mdrec.eval.plots import save  # noqa: E402
 
 INITS = ("identity", "nearest", "weighted")
 NEW, CANDIDATES = "d4", ("d0", "d1", "d2", "d3", "identity")  # the warm starts' candidates
@@ -75,10 +77,7 @@ def main(root: Path) -> None:
     ax.set_title("onboarding a new domain: stage.init")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(__file__).with_name("auc.png")
-    fig.savefig(out, dpi=120)
-    print(f"\nwritten: {out}")
+    print(f"\nwritten: {save(fig, Path(__file__).with_name('auc.png'))}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from mdrec.eval.summary import Run, mean_and_std, metric_key, values_of  # noqa: E402
 
 
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (PNG, 120 dpi), close it; return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def colour(i: int, n: int) -> tuple[float, ...]:
     """The i-th of n distinct colours (tab10 up to 10 groups, tab20 beyond)."""
     return plt.get_cmap("tab10" if n <= 10 else "tab20")(i % 20)
@@ -48,10 +56,7 @@ def bar_plot(groups: dict[str, list[Run]], metric: str, domains: Sequence[str], 
     ax.set_title(f"{metric}: mean ± std over seeds")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def numeric(run: Run, key: str) -> float:
@@ -100,10 +105,7 @@ def curve_plot(
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _xs(groups: dict[str, list[Run]], x: str) -> set[float]:
@@ -139,10 +141,7 @@ def tradeoff_plot(
         ax.set_xlabel("budget: validation AUC loss allowed per domain")
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def reliability_plot(bins: dict[str, Sequence[tuple[float, float]]], path: Path, title: str) -> Path:
@@ -162,7 +161,4 @@ def reliability_plot(bins: dict[str, Sequence[tuple[float, float]]], path: Path,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

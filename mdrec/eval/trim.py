@@ -195,16 +195,14 @@ def plan_trimming(
     order = torch.argsort(importance.T + torch.where(free, torch.inf, 0.0), dim=1, stable=True)  # [K, F]
     candidates = f - int(free.sum())
     base = domain_aucs(predict, fit, k)
-    steps = _greedy(predict, fit, k, order, base, limit, candidates, latency, rows >= min_rows)  # [K] drops each
+    steps, fit_auc = _greedy(predict, fit, k, order, base, limit, candidates, latency, rows >= min_rows)
     # the honest check: each domain's prefix of its greedy sequence, on the rows that did not choose it
     check_base = domain_aucs(predict, check, k)
     within = torch.zeros(k, f + 1, dtype=torch.bool)  # [K, prefix length]: AUC loss on check within the limit
     within[:, 0] = True
     check_auc = check_base[:, None].repeat(1, f + 1)
-    fit_auc = base[:, None].repeat(1, f + 1)
     for n in range(1, int(steps.max()) + 1):  # K >= 1
         drop = _prefix(order, torch.minimum(steps, torch.tensor(n)))
-        fit_auc[:, n] = domain_aucs(lambda b, c=drop: predict(b.blanked(c)), fit, k)
         check_auc[:, n] = domain_aucs(lambda b, c=drop: predict(b.blanked(c)), check, k)
         within[:, n] = check_base - check_auc[:, n] <= limit
     lengths = torch.arange(f + 1)
@@ -245,10 +243,12 @@ def _greedy(
     candidates: int,
     latency: LatencyModel | None,
     allowed: Tensor,
-) -> Tensor:
-    """``[K]`` how many features of its ``order`` each domain drops: every step evaluates every open domain's next
-    candidate in one pass over ``data`` (rows read only their own domain's mask)."""
+) -> tuple[Tensor, Tensor]:
+    """``[K]`` how many features of its ``order`` each domain drops, and ``[K, F + 1]`` the AUC on ``data`` with the
+    first n dropped (filled for n up to the domain's drops): every step evaluates every open domain's next candidate
+    in one pass over ``data`` (rows read only their own domain's mask)."""
     steps = torch.zeros(k, dtype=torch.long)
+    aucs = base[:, None].repeat(1, order.shape[1] + 1)
     open_ = allowed & ~torch.isnan(base)
     for _ in range(candidates):
         if latency is not None:
@@ -259,8 +259,9 @@ def _greedy(
         auc = domain_aucs(lambda b, c=candidate: predict(b.blanked(c)), data, k)
         accept = open_ & (base - auc <= limit)
         steps += accept.long()
+        aucs[accept, steps[accept]] = auc[accept]
         open_ &= accept
-    return steps
+    return steps, aucs
 
 
 def _verdicts(
