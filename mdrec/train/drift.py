@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +44,7 @@ from mdrec.eval.drift import (
 )
 from mdrec.eval.plots import reliability_plot
 from mdrec.rundir import RunDir, check_targets
-from mdrec.train.evaluate import SPLITS, compose_eval, load_selected, prepared_data
+from mdrec.train.evaluate import compose_eval, job_config, load_selected, prepared_data
 from mdrec.train.onboarding import batches, drift_reference, model_columns
 from mdrec.train.run import oracle_metrics, train
 from mdrec.train.stages import Runner, check_same_fields
@@ -68,12 +67,6 @@ class DriftResult:
     output_dir: Path
 
 
-def compose_drift(run_dir: RunDir, overrides: Sequence[str]) -> DictConfig:
-    """``mdrec/conf/drift.yaml`` for the run ``run_dir`` (its seed and ``stage.adapted``, the run, set by
-    :func:`~mdrec.train.evaluate.compose_eval`), then ``overrides``."""
-    return compose_eval(run_dir, overrides, "drift")
-
-
 @torch.no_grad()
 def first_label_probabilities(net: torch.nn.Module, data: MultiDomainDataModule, rows: np.ndarray) -> np.ndarray:
     """``[n]``: the network's probability of the first label on the store's ``rows`` (eval mode, the CPU)."""
@@ -93,17 +86,10 @@ def check_drift(run_path: Path, overrides: Sequence[str], run: Runner = train) -
         ValueError: a bad split, data with other fields than the run's, or a file refused by :mod:`mdrec.rundir`.
     """
     run_dir = RunDir(run_path)
-    cfg = compose_drift(run_dir, overrides)
-    if cfg.split not in SPLITS:
-        raise ValueError(f"split={cfg.split} is not one of {SPLITS}")
-    check_types(cfg)
+    cfg = job_config(run_dir, overrides, "drift")
+    out = Path(cfg.paths.output_dir)
     reference = reference_of(run_dir.read_drift_reference(), run_dir.file(RunDir.DRIFT_REFERENCE))
     encoding = Encoding.of_run(run_dir.path)
-    out = Path(cfg.output_dir or run_dir.path / "drift" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     thresholds: Thresholds = hydra.utils.instantiate(cfg.thresholds)
     data = prepared_data(run_dir, cfg)
     schema = data.schema
@@ -247,7 +233,7 @@ def write_reference(run_path: Path, overrides: Sequence[str]) -> list[str]:
     ``data.data_dir=...``; its training rows must still be there) and its ``predictions.npz``; return the domains
     written (those with training rows in that data)."""
     run_dir = RunDir(run_path)
-    cfg = compose_drift(run_dir, overrides)
+    cfg = compose_eval(run_dir, overrides, "drift")
     check_types(cfg)
     data = prepared_data(run_dir, cfg)
     encoding = Encoding.of_run(run_dir.path)

@@ -50,6 +50,25 @@ def compose_eval(run_dir: RunDir, overrides: Sequence[str], config_name: str = "
         return compose(config_name, overrides=[*own, *overrides])
 
 
+def job_config(run_dir: RunDir, overrides: Sequence[str], config_name: str) -> DictConfig:
+    """:func:`compose_eval`'s config, checked before any work (``split``, the constructors' types), with its
+    ``paths.output_dir`` set (``output_dir``, default ``<run dir>/<config_name>/<time>``) and torch's threads.
+
+    Raises:
+        ValueError: a split other than ``val`` or ``test``; TypeError: a value of the wrong type.
+    """
+    cfg = compose_eval(run_dir, overrides, config_name)
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split} is not one of {SPLITS}")
+    check_types(cfg)
+    out = Path(cfg.output_dir or run_dir.path / config_name / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
 def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
     """The network the run selected (and tested), rebuilt for ``schema`` and loaded strictly: an adapted network
     (``adapter.pt``: adapt and onboard runs), else the backbone (``backbone.pt``: pretrain runs, adapt runs without
@@ -106,15 +125,8 @@ def evaluate_run(run_path: Path, overrides: Sequence[str]) -> Evaluation:
         ValueError: a bad split, data on other domains than the run's, or a file refused by :mod:`mdrec.rundir`.
     """
     run_dir = RunDir(run_path)
-    cfg = compose_eval(run_dir, overrides)
-    if cfg.split not in SPLITS:
-        raise ValueError(f"split={cfg.split} is not one of {SPLITS}")
-    check_types(cfg)
-    out = Path(cfg.output_dir or run_dir.path / "eval" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    cfg = job_config(run_dir, overrides, "eval")
+    out = Path(cfg.paths.output_dir)
     datamodule = prepared_data(run_dir, cfg)
     schema = datamodule.schema
     check_domains(run_dir, schema)
