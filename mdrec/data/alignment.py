@@ -437,7 +437,7 @@ class AlignedSource:
                 "for a sparse field; a dense column must hold numbers)"
             ) from None
         report = self.alignment_report(raw, mappings)
-        encoded = self.files.encode(raw_dir, self.encoding.fitted(mappings))
+        encoded = self.files.encode_rows(raw, self.encoding.fitted(mappings))  # the files as read above
         encoded.report["alignment"] = report
         encoded.write(directory)
 

@@ -51,12 +51,14 @@ class Batch:
         """The rows ``index [B']`` (int64 positions) of every tensor, in that order."""
         return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
 
-    def blanked(self, drop: Tensor) -> Batch:
+    def blanked(self, drop: Tensor, sparse_fill: int = 0) -> Batch:
         """Each row's dropped features blank (feature trimming): ``drop`` is bool ``[K, F + N]`` per domain, the
-        sparse fields then the dense features; a dropped sparse id becomes 0 (unknown), a dropped dense value 0."""
+        sparse fields then the dense features; a dropped sparse id becomes ``sparse_fill`` (0: unknown; -1: not
+        looked up at all, ``mdrec.nn.embedding.SkippingEmbedding``), a dropped dense value 0."""
         d = drop[self.domain]  # [B, F + N]
         f = self.sparse.shape[1]
-        return replace(self, sparse=self.sparse.masked_fill(d[:, :f], 0), dense=self.dense.masked_fill(d[:, f:], 0.0))
+        sparse = self.sparse.masked_fill(d[:, :f], sparse_fill)
+        return replace(self, sparse=sparse, dense=self.dense.masked_fill(d[:, f:], 0.0))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch with every tensor on ``device``."""

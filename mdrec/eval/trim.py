@@ -147,11 +147,6 @@ class TrimPlan:
     verdict: list[Verdict]
     latency: LatencyModel | None = None
 
-    @property
-    def budget(self) -> float:
-        """The AUC loss allowed per domain."""
-        return self.limit
-
     def dropped(self, domain: str) -> list[str]:
         """The features ``domain`` drops."""
         row = self.drop[self.domains.index(domain)]

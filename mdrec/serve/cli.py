@@ -237,8 +237,10 @@ def trim(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     fit, check = split_halves(concat(run.batches("val")), args.seed)
     test = concat(run.batches("test"))
-    model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
-    latency = LatencyModel(model_ms, costs, budgets) if budgets is not None else None
+    latency = None  # latency mode: the model's own time per domain, measured before planning
+    if budgets is not None:
+        model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
+        latency = LatencyModel(model_ms, costs, budgets)
     limit = args.max_auc_loss if latency is not None else args.budget
     with torch.no_grad():
         importance = permutation_importance(click_probability(full), fit, schema, seed=args.seed)
@@ -323,7 +325,7 @@ def trim(argv: list[str] | None = None) -> int:
                 "check_auc_after": by_domain(plan.check_after),
                 "test_auc_before": by_domain(test_before),
                 "test_auc_after": by_domain(test_after),
-                "model_ms": by_domain(model_ms),  # measured before planning: the latency plan's
+                "model_ms": by_domain(latency.model_ms) if latency is not None else None,  # the latency plan's
                 "timed_model_ms": {name: by_domain(t) for name, t in timed.items()},  # full and trimmed, in turns
                 "features_ms": float(fetch_before),
                 "trimmed_features_ms": by_domain(fetch_after),

@@ -271,10 +271,7 @@ class ParallelModel(nn.Module):
         known = (domain >= 0) & (domain < self.num_domains)
         self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
-        if self.trimmed:
-            gone = self.drop[slot]  # [B, F + N]
-            f = sparse.shape[1]
-            sparse = sparse.masked_fill(gone[:, :f], -1 if self.skipping else 0)  # -1: not looked up
-            dense = dense.masked_fill(gone[:, f:], 0.0)
         batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
+        if self.trimmed:
+            batch = batch.blanked(self.drop, -1 if self.skipping else 0)  # -1: not looked up
         return torch.sigmoid(self.net(batch, static=True).logits)

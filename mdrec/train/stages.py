@@ -406,7 +406,7 @@ class Onboard(AdapterStage):
         run_dir = RunDir(self.source)
         old = replace(schema, domains=schema.domains[: self.k])
         self.adapted = run_dir.load_adapted(old).eval()  # the run's model as is: the other domains' reference
-        loaded = run_dir.load_adapted(old)
+        loaded = copy.deepcopy(self.adapted)  # the one this run grows and trains (the files are read once)
         pl.seed_everything(cfg.seed, workers=True)  # the new slices' initialisation
         fresh = run_dir.adapter_factory()(schema, loaded.backbone)
         self.identity = {k: v.detach().clone() for k, v in fresh.state_dict().items()}

@@ -11,7 +11,7 @@ import torch
 
 from mdrec.adapters.base import AdaptedNet
 from mdrec.serve.variants import kept_schema, split_inputs, variant
-from tests.helpers import ADAPTERS, SCHEMA, K, adapted, make_batch, perturb, pretrained
+from tests.helpers import SCHEMA, K, adapted, make_batch, perturb, pretrained
 
 
 @pytest.mark.parametrize("adapter", ["lora", "mlora", None])
@@ -47,4 +47,3 @@ def test_a_variant_needs_a_dnn_backbone_and_a_mergeable_adapter() -> None:
         variant(adapted("wide_deep", "lora"), SCHEMA, 0, drop)
     with pytest.raises(ValueError, match=r"drop must be bool \[F\+N=3\]"):
         variant(adapted("dnn", "lora"), SCHEMA, 0, drop[:2])
-    assert ADAPTERS  # the adapters the zoo tests build

@@ -409,9 +409,12 @@ class TabularSource:
         return RawRows(table, spec, input_rows, codes, split)
 
     def encode(self, raw_dir: Path, fitted: Fitted | None = None) -> EncodedTable:
-        """Parse every file once (:meth:`read`) and encode them with ``encode_table`` (with ``fitted``: the
-        vocabularies, scalers and known domains of an earlier preparation, ``mdrec.data.ingest.Fitted``)."""
-        raw = self.read(raw_dir)
+        """Parse every file once (:meth:`read`) and encode them (:meth:`encode_rows`)."""
+        return self.encode_rows(self.read(raw_dir), fitted)
+
+    def encode_rows(self, raw: RawRows, fitted: Fitted | None = None) -> EncodedTable:
+        """Encode the parsed files ``raw`` with ``encode_table`` (with ``fitted``: the vocabularies, scalers and known
+        domains of an earlier preparation, ``mdrec.data.ingest.Fitted``)."""
         if raw.split is None or raw.file_splits is None:
             encoded = encode_table(raw.rows, raw.spec, self.dataset_id, input_rows=raw.input_rows, fitted=fitted)
         else:
