@@ -401,12 +401,12 @@ class AlignedSource:
         self.files = TabularSource(
             self.name,
             self.encoding.spec(self.domains, self.time, self.sequence_delimiter),
-            self.data_files,
-            self.train_files,
-            self.val_files,
-            self.test_files,
-            self.delimiter,
-            self.max_train_overlap,
+            data_files=self.data_files,
+            train_files=self.train_files,
+            val_files=self.val_files,
+            test_files=self.test_files,
+            delimiter=self.delimiter,
+            max_train_overlap=self.max_train_overlap,
         )
         for f in self.mappings:
             if f not in self.encoding.schema.sparse_names:

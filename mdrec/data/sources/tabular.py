@@ -427,20 +427,15 @@ class TabularSource:
                 input_rows=raw.input_rows,
                 fitted=fitted,
             )
-            encoded.report["rows_also_in_train"] = self._check_overlap(raw.rows, raw.file_splits, raw.input_rows)
+            encoded.report["rows_also_in_train"] = self._check_overlap(raw)
         encoded.report["input_rows"] = raw.input_rows
         return encoded
 
-    def _check_overlap(self, table: pa.Table, codes: list[int], input_rows: dict[str, int]) -> dict:
+    def _check_overlap(self, raw: RawRows) -> dict:
         """The share of the validation and of the test rows (and of each of their files) that also appear whole in
-        the train files (``row_hashes``); warns above ``WARN_TRAIN_OVERLAP``, raises above ``max_train_overlap``.
-
-        Args:
-            table: the rows of every file, in file order (the spec's columns).
-            codes: the split code of each file (0 train, 1 validation, 2 test).
-            input_rows: the rows of each file, ``{path: rows}`` in file order.
-        """
-        split = np.repeat(np.array(codes, dtype=np.int8), list(input_rows.values()))
+        the train files (``row_hashes``) of ``raw``, the files with their own split; warns above
+        ``WARN_TRAIN_OVERLAP``, raises above ``max_train_overlap``."""
+        table, codes, input_rows, split = raw.rows, raw.file_splits, raw.input_rows, raw.split
         hashes = row_hashes(table, table.column_names)
         in_train = np.isin(hashes, hashes[split == 0])
         file_of_row = np.repeat(np.arange(len(codes)), list(input_rows.values()))
