@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdrec.eval.gate import weighted_auc
+from mdrec.eval.gate import resample_weights, weighted_auc
 
 TOP_IDS = 20  # a sparse field's bins: its reference's most frequent ids, and "other"
 DENSE_BINS = 10  # a dense field's bins: quantiles of its reference
@@ -216,11 +216,9 @@ def bootstrap_figures(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(auc [R], logloss [R], calibration [R])`` on R bootstrap resamples of the rows (``calibration``: the mean
     predicted over the observed rate, inf where a resample holds no positive)."""
-    n = len(label)
     rng = np.random.default_rng((seed, 3))
     aucs, losses, ratios = [], [], []
-    for start in range(0, resamples, 100):  # 100 resamples at a time bound the memory to 100 x n weights
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, resamples - start)).astype(np.float64)
+    for w in resample_weights(len(label), resamples, rng):
         aucs.append(weighted_auc(prob[None, :], label, w)[0])
         losses.append(logloss(prob, label, w))
         with np.errstate(divide="ignore", invalid="ignore"):

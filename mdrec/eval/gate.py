@@ -10,7 +10,7 @@ alternative by more than ``delta``, beyond the noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +50,16 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
 def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, num_resamples: int = 1000, seed: int = 0) -> np.ndarray:
     """``[M, R]`` AUCs of M score vectors on R paired bootstrap resamples of their n rows (the same resamples for
     every model), see :func:`weighted_auc`."""
-    n = labels.shape[0]
     rng = np.random.default_rng((seed, 1))
-    chunks = []
-    for start in range(0, num_resamples, 100):  # 100 resamples at a time bound the memory to 100 x n weights
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, num_resamples - start))  # [r, n]
-        chunks.append(weighted_auc(scores, labels, counts.astype(np.float64)))
+    chunks = [weighted_auc(scores, labels, w) for w in resample_weights(labels.shape[0], num_resamples, rng)]
     return np.concatenate(chunks, axis=1)
+
+
+def resample_weights(n: int, num_resamples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Bootstrap row weights (multinomial counts of n rows) as float64 ``[r, n]`` chunks of at most 100 resamples,
+    ``num_resamples`` rows in all: chunks bound the memory to 100 x n weights."""
+    for start in range(0, num_resamples, 100):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(100, num_resamples - start)).astype(np.float64)
 
 
 @dataclass(frozen=True)
