@@ -5,6 +5,7 @@ did not move, the negative-transfer gate's options, and the reference later drif
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -72,15 +73,17 @@ def split_rows(data: MultiDomainDataModule, split: str, domains: Sequence[int]) 
     return rows[np.isin(data.split_column(split, data.schema.domain_field), domains)]
 
 
-def batches(
-    data: MultiDomainDataModule, rows: np.ndarray, domain: int | None = None, device: torch.device | None = None
-) -> Iterator[Batch]:
+def batches(data: MultiDomainDataModule, rows: np.ndarray, device: torch.device | None = None) -> Iterator[Batch]:
     """``rows`` of the store as batches of ``data.eval_batch_size`` (ids mapped as in training) on ``device`` (None:
-    the CPU); ``domain``: every row routed to that domain id instead of its own."""
+    the CPU)."""
     for start in range(0, len(rows), data.eval_batch_size):
         batch = data.on_before_batch_transfer(data.store.take(rows[start : start + data.eval_batch_size]), 0)
-        batch = batch if domain is None else replace(batch, domain=torch.full_like(batch.domain, domain))
         yield batch if device is None else batch.to(device)
+
+
+def routed(batch: Batch, domain: int) -> Batch:
+    """``batch`` with every row routed to domain id ``domain`` instead of its own."""
+    return replace(batch, domain=torch.full_like(batch.domain, domain))
 
 
 def device_of(net: AdaptedNet) -> torch.device:
@@ -94,9 +97,9 @@ def routed_logloss(net: AdaptedNet, data: MultiDomainDataModule, rows: np.ndarra
     ``rows`` routed through each domain's slice of ``net`` (eval mode; no auxiliary loss)."""
     net.eval()
     out = torch.zeros(len(domains), dtype=torch.float64)
-    for i, d in enumerate(domains):
-        for batch in batches(data, rows, d, device_of(net)):
-            logits = net(batch).logits
+    for batch in batches(data, rows, device_of(net)):
+        for i, d in enumerate(domains):
+            logits = net(routed(batch, d)).logits
             bce = F.binary_cross_entropy_with_logits(logits, batch.labels[:, : logits.shape[1]], reduction="none")
             out[i] += bce.mean(1).sum().double().cpu()
     return out / max(len(rows), 1)
@@ -167,14 +170,15 @@ def other_domains_change(
     before.to(device).eval(), after.eval()
     kept = [d for d in range(k) if d not in trained]
     change, compared = 0.0, 0
-    routes = [(split_rows(data, "test", kept), None)]
-    others = split_rows(data, "test", [d for d in range(data.schema.num_domains) if d not in kept])
-    routes += [(others, d) for d in kept]
-    for rows, domain in routes:
-        for batch in batches(data, rows, domain, device):
-            diff = torch.sigmoid(before(batch).logits) - torch.sigmoid(after(batch).logits)
-            change = max(change, float(diff.abs().max()) if diff.numel() else 0.0)
-            compared += batch.size
+    own = batches(data, split_rows(data, "test", kept), device)
+    others = batches(
+        data, split_rows(data, "test", [d for d in range(data.schema.num_domains) if d not in kept]), device
+    )
+    compared_batches = itertools.chain(own, (routed(batch, d) for batch in others for d in kept))
+    for batch in compared_batches:
+        diff = torch.sigmoid(before(batch).logits) - torch.sigmoid(after(batch).logits)
+        change = max(change, float(diff.abs().max()) if diff.numel() else 0.0)
+        compared += batch.size
     return change, compared
 
 
@@ -184,7 +188,7 @@ def backbone_probabilities(net: AdaptedNet, data: MultiDomainDataModule) -> np.n
     its order."""
     net.eval()
     rows = data.splits["test"]
-    probs = [torch.sigmoid(net.backbone(batch).logits).cpu() for batch in batches(data, rows, device=device_of(net))]
+    probs = [torch.sigmoid(net.backbone(batch).logits).cpu() for batch in batches(data, rows, device_of(net))]
     return torch.cat(probs).numpy() if probs else np.zeros((0, 1), dtype=np.float32)
 
 
