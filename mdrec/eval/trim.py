@@ -1,6 +1,7 @@
-"""Per-domain feature trimming (docs/methods.md, Feature trimming): permutation importance of every feature within
-each domain on validation data, then a per-domain plan that drops the least important features while the domain's
-AUC loss stays within a budget.
+"""Per-domain feature trimming (docs/methods.md, Feature trimming): the importance of every feature within each
+domain on validation data (permutation: the feature shuffled among the domain's rows; ablation: the feature blanked and
+the domain's adapter briefly re-trained without it), then a per-domain plan that drops the least important features
+while the domain's AUC loss stays within a budget.
 
 A dropped feature is served blank: a sparse field's id becomes 0 (the unknown id every vocabulary reserves), a
 dense feature 0. The plan is checked with the blanked features, not estimated from the importances: each step
@@ -15,11 +16,13 @@ import dataclasses
 import enum
 import math
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from mdrec.adapters.base import AdaptedNet
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import grouped_auc
@@ -42,11 +45,101 @@ def concat(batches: Iterable[Batch]) -> Batch:
 
 
 @torch.no_grad()
-def domain_aucs(predict: Predict, data: Batch, num_domains: int, chunk: int = 16384) -> Tensor:
-    """Per-domain AUC ``[K]`` of ``predict`` on ``data``, predicted in chunks of ``chunk`` rows."""
-    index = torch.arange(data.size)
-    probs = torch.cat([predict(data.rows(rows)) for rows in index.split(chunk)])
-    return grouped_auc(probs, data.labels[:, 0], data.domain, num_domains)[0]
+def predictions(predict: Predict, data: Batch, chunk: int = 16384) -> Tensor:
+    """``[n]`` ``predict`` on every row of ``data``, in chunks of ``chunk`` rows."""
+    return torch.cat([predict(data.rows(rows)) for rows in torch.arange(data.size).split(chunk)])
+
+
+def domain_aucs(predict: Predict, data: Batch, num_domains: int) -> Tensor:
+    """Per-domain AUC ``[K]`` of ``predict`` on ``data``."""
+    return grouped_auc(predictions(predict, data), data.labels[:, 0], data.domain, num_domains)[0]
+
+
+def auc_change_se(before: Tensor, after: Tensor, data: Batch, num_domains: int, replicates: int = 200) -> Tensor:
+    """``[K]`` standard error of each domain's AUC change ``after - before`` (predictions ``[n]`` on ``data``'s
+    rows): the spread over ``replicates`` paired bootstrap resamples of each domain's rows (seeded; NaN where a
+    domain lacks a class). One grouped AUC over all replicates: ``replicates * n`` rows."""
+    n, k = data.size, num_domains
+    g = torch.Generator().manual_seed(0)
+    order = torch.argsort(data.domain, stable=True)
+    counts = torch.bincount(data.domain, minlength=k)
+    start = torch.cumsum(counts, 0) - counts
+    # each replicate draws each row's stand-in among the rows of the row's domain
+    u = torch.rand(replicates, n, generator=g, dtype=torch.float64)
+    domain = data.domain[None].expand(replicates, n)
+    rows = order[start[domain] + (u * counts[domain]).long()]  # [R, n]
+    groups = (torch.arange(replicates)[:, None] * k + domain).flatten()
+    labels = data.labels[rows.flatten(), 0]
+    change = [
+        grouped_auc(p[rows.flatten()], labels, groups, replicates * k)[0].view(replicates, k) for p in (before, after)
+    ]
+    return (change[1] - change[0]).std(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retraining:
+    """A brief re-training: ``steps`` Adam steps of learning rate ``lr``, each on ``rows`` rows of every domain
+    (drawn with replacement from the domain's rows, seeded by ``seed``)."""
+
+    steps: int = 200
+    rows: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.rows < 1 or not self.lr > 0:
+            raise ValueError(f"re-training needs steps >= 0, rows >= 1 and lr > 0, got {self}")
+
+
+def retrain(logits: Callable[[Batch], Tensor], params: list[Tensor], data: Batch, how: Retraining) -> list[float]:
+    """Fit ``params`` (and nothing else) to ``data``: ``how.steps`` Adam steps on the binary cross-entropy of
+    ``logits(batch)`` (``[B, T]``) against the batch's first T label columns, each batch ``how.rows`` rows of every
+    domain in ``data`` (so every domain weighs the same). Returns the loss of each step (before its update)."""
+    if not params:
+        raise ValueError("nothing to re-train: no parameters given")
+    g = torch.Generator().manual_seed(how.seed)
+    order = torch.argsort(data.domain, stable=True)
+    counts = torch.bincount(data.domain)
+    counts, start = counts[counts > 0], (torch.cumsum(counts, 0) - counts)[counts > 0]  # the domains with rows
+    opt = torch.optim.Adam(params, lr=how.lr)
+    losses = []
+    with torch.enable_grad():
+        for _ in range(how.steps):
+            u = torch.rand(counts.numel(), how.rows, generator=g, dtype=torch.float64)
+            batch = data.rows(order[(start[:, None] + (u * counts[:, None]).long()).flatten()])
+            out = logits(batch)  # the model's T tasks: the first T label columns
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.labels[:, : out.shape[1]].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def adapter_retrainer(net: AdaptedNet, train: Batch, how: Retraining) -> Callable[[Tensor], Predict]:
+    """``retrained(drop)``: for bool ``drop [F + N]`` (the same features for every domain), a copy of ``net`` whose
+    adapter (every domain's slice, each on its own rows of ``train``) is re-trained by :func:`retrain` with those
+    features blanked on every row, as a ``Predict`` that blanks them too. The backbone stays as it is.
+
+    Raises:
+        ValueError: ``net`` has no adapter (nothing per domain to re-train).
+    """
+    if net.adapter is None or not any(True for _ in net.adapter.parameters()):
+        raise ValueError("ablation importance re-trains each domain's adapter; this run has none (adapter=none)")
+    k = net.num_domains
+
+    def retrained(drop: Tensor) -> Predict:
+        copy = deepcopy(net).train()
+        copy.requires_grad_(False)
+        params = list(copy.adapter.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        every = drop.expand(k, -1)
+        retrain(lambda b: copy(b.blanked(every)).logits, params, train, how)
+        copy.eval().requires_grad_(False)
+        return lambda b: torch.sigmoid(copy(b.blanked(every)).logits[:, 0])
+
+    return retrained
 
 
 def permuted_within_domains(column: Tensor, domain: Tensor, generator: torch.Generator) -> Tensor:
@@ -59,18 +152,34 @@ def permuted_within_domains(column: Tensor, domain: Tensor, generator: torch.Gen
     return out
 
 
+def _auc_drops(base: Tensor, without: Callable[[int], Tensor], features: int) -> Tensor:
+    """``[F, K]``: ``base [K]`` minus ``without(f) [K]`` (the domains' AUCs without feature f) for every f."""
+    return torch.stack([base - without(f) for f in range(features)])
+
+
 def permutation_importance(predict: Predict, data: Batch, schema: Schema, seed: int = 0) -> Tensor:
     """``[F, K]``: domain d's AUC minus its AUC with feature f shuffled among d's rows (F passes over ``data``)."""
     k, f_sparse = schema.num_domains, len(schema.sparse)
-    base = domain_aucs(predict, data, k)
     g = torch.Generator().manual_seed(seed)
-    drops = []
-    for f in range(len(feature_names(schema))):
+
+    def shuffled(f: int) -> Tensor:
         table, col = ("sparse", f) if f < f_sparse else ("dense", f - f_sparse)
         values = getattr(data, table).clone()
         values[:, col] = permuted_within_domains(values[:, col], data.domain, g)
-        drops.append(base - domain_aucs(predict, dataclasses.replace(data, **{table: values}), k))
-    return torch.stack(drops)
+        return domain_aucs(predict, dataclasses.replace(data, **{table: values}), k)
+
+    return _auc_drops(domain_aucs(predict, data, k), shuffled, len(feature_names(schema)))
+
+
+def ablation_importance(retrained: Callable[[Tensor], Predict], data: Batch, schema: Schema) -> Tensor:
+    """``[F, K]``: domain d's AUC after the brief re-training with every feature (``retrained`` of no drop) minus
+    its AUC after the same re-training with feature f blanked (``retrained`` of f alone, e.g.
+    :func:`adapter_retrainer`): what the domain loses when f is gone and its model has adapted to that, not what a
+    shuffle costs a model that still reads f. F + 1 re-trainings, one pass over ``data`` each."""
+    k, f = schema.num_domains, len(feature_names(schema))
+    one_hot = torch.eye(f, dtype=torch.bool)
+    base = domain_aucs(retrained(torch.zeros(f, dtype=torch.bool)), data, k)
+    return _auc_drops(base, lambda i: domain_aucs(retrained(one_hot[i]), data, k), f)
 
 
 def split_halves(data: Batch, seed: int = 0) -> tuple[Batch, Batch]:
@@ -162,6 +271,7 @@ def plan_trimming(
     limit: float,
     min_rows: int = 2000,
     latency: LatencyModel | None = None,
+    per_cost: bool = False,
 ) -> TrimPlan:
     """Greedy per domain on the ``fit`` rows, from the least important feature up, each step checked with the
     features blanked; then the plan is checked on the ``check`` rows and cut back to its longest prefix whose AUC
@@ -170,7 +280,9 @@ def plan_trimming(
     AUC mode (``latency`` None): drop features while the domain's AUC loss stays within ``limit``.
     Latency mode: drop the least important features that cost something (``latency.cost_ms > 0``) until the
     domain's predicted time meets its budget; when the next drop would cost more than ``limit`` AUC, or nothing is
-    left to drop, the budget is not reachable and the plan keeps what it dropped within the limit.
+    left to drop, the budget is not reachable and the plan keeps what it dropped within the limit. With
+    ``per_cost`` the order is the importance per millisecond the feature costs (the least AUC lost per millisecond
+    saved first: an expensive feature of little importance goes before a cheap one of none).
 
     A domain with fewer than ``min_rows`` validation rows (both halves together) keeps every feature: on a few
     hundred rows the AUC changes of single features are noise.
@@ -185,9 +297,12 @@ def plan_trimming(
         raise ValueError(f"the AUC loss allowed per domain must be >= 0, got {limit}")
     k, f = schema.num_domains, importance.shape[0]
     rows = torch.bincount(fit.domain, minlength=k) + torch.bincount(check.domain, minlength=k)
+    if per_cost and latency is None:
+        raise ValueError("per_cost orders the drops by what they save in a latency budget: give a latency model")
     free = torch.zeros(f, dtype=torch.bool) if latency is None else latency.cost_ms <= 0
-    # least important first; in latency mode the free features last (never dropped)
-    order = torch.argsort(importance.T + torch.where(free, torch.inf, 0.0), dim=1, stable=True)  # [K, F]
+    key = importance.T / torch.where(free, 1.0, latency.cost_ms) if per_cost else importance.T  # [K, F]
+    # least important (per millisecond) first; in latency mode the free features last (never dropped)
+    order = torch.argsort(torch.where(free, torch.inf, key.double()), dim=1, stable=True)  # [K, F]
     candidates = f - int(free.sum())
     base = domain_aucs(predict, fit, k)
     steps, fit_auc = _greedy(predict, fit, k, order, base, limit, candidates, latency, rows >= min_rows)
