@@ -201,6 +201,7 @@ class Verdict(enum.Enum):
 
     TRIMMED = "trimmed"  # the plan drops features (AUC mode), or meets the latency budget (latency mode)
     NOTHING_TO_DROP = "nothing to drop"  # AUC mode: every feature costs more AUC than the budget allows
+    REFUSED = "the checking half refused every drop: keeps every feature"  # AUC mode: chosen, not confirmed
     MEETS_UNTRIMMED = "meets the budget with every feature"
     NOT_REACHABLE = "budget not reachable within the AUC limit"
     TOO_FEW_ROWS = "too few validation rows: keeps every feature"
@@ -385,7 +386,9 @@ def _verdicts(
         elif torch.isnan(base[d]):
             out.append(Verdict.UNRANKABLE)
         elif met is None:
-            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.NOTHING_TO_DROP)
+            out.append(
+                Verdict.TRIMMED if kept[d] > 0 else Verdict.REFUSED if steps[d] > 0 else Verdict.NOTHING_TO_DROP
+            )
         elif met[d]:
             out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.MEETS_UNTRIMMED)
         else:

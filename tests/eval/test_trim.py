@@ -122,6 +122,11 @@ def test_a_plan_that_only_helps_the_rows_that_chose_it_is_cut_back() -> None:
     importance = permutation_importance(true_model, fit, SCHEMA)
     plan = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=0.002)
     assert "local" not in plan.dropped("a")  # chosen on fit, refused on check
+    first = importance.clone()
+    first[1, 0] = -1.0  # local tried first in a: the first step fails the check, nothing of a's plan survives
+    refused = plan_trimming(true_model, fit, check, SCHEMA, first, limit=0.002)
+    assert refused.dropped("a") == [] and refused.verdict[0] == Verdict.REFUSED
+    assert "the checking half refused every drop" in trim_table(refused)
     assert set(plan.dropped("a")) <= {"noise", "x"} and set(plan.dropped("b")) == {"local", "noise", "x"}
     assert (plan.check_before - plan.check_after).max() <= 0.002
 
