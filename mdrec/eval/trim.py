@@ -386,9 +386,7 @@ def _verdicts(
         elif torch.isnan(base[d]):
             out.append(Verdict.UNRANKABLE)
         elif met is None:
-            out.append(
-                Verdict.TRIMMED if kept[d] > 0 else Verdict.REFUSED if steps[d] > 0 else Verdict.NOTHING_TO_DROP
-            )
+            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.REFUSED if steps[d] > 0 else Verdict.NOTHING_TO_DROP)
         elif met[d]:
             out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.MEETS_UNTRIMMED)
         else:
