@@ -467,16 +467,27 @@ def read_budgets(value: str, domains: list[str]) -> Tensor:
         ValueError: a budget that is not a positive finite number; a file with another header, a domain missing,
             unknown or repeated (naming the file and line).
     """
+    return read_domain_ms(value, domains, "--latency-budget-ms", "budget_ms")
+
+
+def read_domain_ms(value: str, domains: list[str], option: str, column: str) -> Tensor:
+    """``[K]`` milliseconds per domain given to ``option``: one number for every domain, or a CSV file with the header
+    ``domain,<column>`` naming every domain once; each a positive finite number.
+
+    Raises:
+        ValueError: naming ``option`` or the file (and line): not a number nor a file, another header, a domain
+            missing, unknown or repeated, a value that is not a positive finite number.
+    """
     try:
-        budgets, where = dict.fromkeys(domains, float(value)), "--latency-budget-ms"
+        values, where = dict.fromkeys(domains, float(value)), option
     except ValueError:
         if not Path(value).is_file():
-            raise ValueError(f"--latency-budget-ms {value!r} is neither a number of milliseconds nor a file") from None
-        budgets, where = _read_pairs(value, ("domain", "budget_ms"), domains), value
-        missing = [d for d in domains if d not in budgets]
+            raise ValueError(f"{option} {value!r} is neither a number of milliseconds nor a file") from None
+        values, where = _read_pairs(value, ("domain", column), domains), value
+        missing = [d for d in domains if d not in values]
         if missing:
-            raise ValueError(f"{value} gives no budget for domains {missing}: list every domain") from None
-    bad = {d: b for d, b in budgets.items() if not (math.isfinite(b) and b > 0)}
+            raise ValueError(f"{value} gives no {option} for domains {missing}: list every domain") from None
+    bad = {d: b for d, b in values.items() if not (math.isfinite(b) and b > 0)}
     if bad:
-        raise ValueError(f"{where}: latency budgets must be positive milliseconds, got {bad}")
-    return torch.tensor([budgets[d] for d in domains], dtype=torch.float64)
+        raise ValueError(f"{where}: {option} must be positive milliseconds, got {bad}")
+    return torch.tensor([values[d] for d in domains], dtype=torch.float64)

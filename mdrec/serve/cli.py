@@ -42,6 +42,7 @@ from mdrec.eval.trim import (
     plan_trimming,
     predictions,
     read_budgets,
+    read_domain_ms,
     read_feature_costs,
     split_halves,
     trim_table,
@@ -202,6 +203,11 @@ def trim(argv: list[str] | None = None) -> int:
         "budget (milliseconds per request of --latency-rows rows; one number, or a CSV 'domain,budget_ms')",
     )
     parser.add_argument(
+        "--model-ms",
+        help="latency mode: the model's own time per request of --latency-rows rows on the serving system (one "
+        "number, or a CSV 'domain,model_ms'; default: measured here, one call of the serving graph, p50)",
+    )
+    parser.add_argument(
         "--max-auc-loss",
         type=float,
         default=0.005,
@@ -258,6 +264,8 @@ def trim(argv: list[str] | None = None) -> int:
         parser.error(f"--latency-rows must be at least 1 (the rows of one request), got {args.latency_rows}")
     if args.tradeoff and args.latency_budget_ms:
         parser.error("--tradeoff plans with AUC budgets: leave out --latency-budget-ms")
+    if args.model_ms and not args.latency_budget_ms:
+        parser.error("--model-ms is the model's time in a latency budget: give --latency-budget-ms too")
     run = load_run(args.run, "mdrec-trim")
     schema, full = run.schema, run.serving_model()
     features = feature_names(schema)
@@ -268,6 +276,9 @@ def trim(argv: list[str] | None = None) -> int:
             else torch.zeros(len(features), dtype=torch.float64)
         )
         budgets = read_budgets(args.latency_budget_ms, list(schema.domains)) if args.latency_budget_ms else None
+        given_ms = (
+            read_domain_ms(args.model_ms, list(schema.domains), "--model-ms", "model_ms") if args.model_ms else None
+        )
     except (ValueError, OSError) as error:
         parser.error(str(error))
     if args.variants:
@@ -288,10 +299,11 @@ def trim(argv: list[str] | None = None) -> int:
             retrained = adapter_retrainer(run.net, train, how)
         except ValueError as error:
             parser.error(str(error))
-    latency = None  # latency mode: the model's own time per domain, measured before planning
+    latency = None  # latency mode: the model's own time per domain, given or measured before planning
     if budgets is not None:
-        model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
-        latency = LatencyModel(model_ms, costs, budgets)
+        if given_ms is None:
+            given_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
+        latency = LatencyModel(given_ms, costs, budgets)
     limit = args.max_auc_loss if latency is not None else args.budget
     per_cost = latency is not None and args.drop_order == "per-cost"
     with torch.no_grad():
@@ -314,7 +326,8 @@ def trim(argv: list[str] | None = None) -> int:
     fetch_before, fetch_after = costs.sum(), (costs * ~plan.drop).sum(1)
     order = "least AUC per millisecond saved first" if per_cost else "least important first"
     mode = (
-        f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g}; {order})"
+        f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g}; {order}; the "
+        f"model's time {f'given by --model-ms {args.model_ms}' if args.model_ms else 'measured here'})"
         if latency is not None
         else f"AUC loss <= {limit:g} per domain"
     )

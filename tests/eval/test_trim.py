@@ -21,6 +21,7 @@ from mdrec.eval.trim import (
     permuted_within_domains,
     plan_trimming,
     read_budgets,
+    read_domain_ms,
     read_feature_costs,
     retrain,
     split_halves,
@@ -184,12 +185,17 @@ def test_cost_and_budget_files_are_checked(tmp_path) -> None:
     budgets.write_text("domain,budget_ms\na,1\nb,4\n")
     assert read_budgets(str(budgets), ["a", "b"]).tolist() == [1.0, 4.0]
     budgets.write_text("domain,budget_ms\na,1\n")
-    with pytest.raises(ValueError, match=r"no budget for domains \['b'\]"):
+    with pytest.raises(ValueError, match=r"no --latency-budget-ms for domains \[.b.\]"):
         read_budgets(str(budgets), ["a", "b"])
     with pytest.raises(ValueError, match="positive"):
         read_budgets("0", ["a", "b"])
     with pytest.raises(ValueError, match="neither a number"):
         read_budgets("soon", ["a", "b"])
+    model = tmp_path / "model.csv"  # the model's own time on the user's system (--model-ms), read the same way
+    model.write_text("domain,model_ms\na,0.5\nb,2\n")
+    assert read_domain_ms(str(model), ["a", "b"], "--model-ms", "model_ms").tolist() == [0.5, 2.0]
+    with pytest.raises(ValueError, match="--model-ms must be positive"):
+        read_domain_ms("-1", ["a", "b"], "--model-ms", "model_ms")
 
 
 def test_retraining_fits_only_its_parameters_on_equal_rows_of_every_domain() -> None:

@@ -197,6 +197,10 @@ def test_trim_cli_meets_a_latency_budget_where_fetching_dominates(train_cfg: Tra
     report = json.loads((run / "trim.json").read_text())
     assert set(report["verdict"].values()) <= {"budget not reachable within the AUC limit", small}
     assert report["importance_method"] == "permutation"
+    # the model's time on the user's system, given: 0.5 ms on every domain, in the plan and the report
+    assert trim_main([*args, "--latency-budget-ms", str(budget), "--model-ms", "0.5", "--retrain-steps", "3"]) == 0
+    report = json.loads((run / "trim.json").read_text())
+    assert set(report["model_ms"].values()) == {0.5} and "given by --model-ms 0.5" in (run / "trim.md").read_text()
     # ablation importance (a few re-training steps here): another ranking, the same checked plan
     ablation = ["--importance", "ablation", "--retrain-steps", "3"]
     assert trim_main([*args, "--latency-budget-ms", str(budget), *ablation]) == 0
