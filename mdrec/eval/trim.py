@@ -94,7 +94,8 @@ class Retraining:
 def retrain(logits: Callable[[Batch], Tensor], params: list[Tensor], data: Batch, how: Retraining) -> list[float]:
     """Fit ``params`` (and nothing else) to ``data``: ``how.steps`` Adam steps on the binary cross-entropy of
     ``logits(batch)`` (``[B, T]``) against the batch's first T label columns, each batch ``how.rows`` rows of every
-    domain in ``data`` (so every domain weighs the same). Returns the loss of each step (before its update)."""
+    domain in ``data`` (so every domain weighs the same); the draws and any dropout are seeded by ``how.seed`` (the
+    global generator is left as it was). Returns the loss of each step (before its update)."""
     if not params:
         raise ValueError("nothing to re-train: no parameters given")
     g = torch.Generator().manual_seed(how.seed)
@@ -103,7 +104,8 @@ def retrain(logits: Callable[[Batch], Tensor], params: list[Tensor], data: Batch
     counts, start = counts[counts > 0], (torch.cumsum(counts, 0) - counts)[counts > 0]  # the domains with rows
     opt = torch.optim.Adam(params, lr=how.lr)
     losses = []
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):  # dropout draws from the seeded global generator
+        torch.manual_seed(how.seed)
         for _ in range(how.steps):
             u = torch.rand(counts.numel(), how.rows, generator=g, dtype=torch.float64)
             batch = data.rows(order[(start[:, None] + (u * counts[:, None]).long()).flatten()])

@@ -212,6 +212,12 @@ def test_retraining_fits_only_its_parameters_on_equal_rows_of_every_domain() -> 
     assert torch.equal(frozen, torch.ones(21)) and w.abs().sum() > 0
     assert sum(losses[-10:]) < sum(losses[:10])  # ``signal`` explains the click: the fit lowers the loss
     assert retrain(logits, [w], data, Retraining(steps=0)) == []
+    runs = []  # with dropout: seeded, the same twice
+    for _ in range(2):
+        v = torch.zeros(21, requires_grad=True)
+        dropped = lambda b, v=v: torch.nn.functional.dropout(v[b.sparse[:, 0]], 0.5, training=True)[:, None]  # noqa: E731
+        runs.append(retrain(dropped, [v], data, Retraining(steps=5, rows=32, lr=0.1)))
+    assert runs[0] == runs[1]
     with pytest.raises(ValueError, match="steps >= 0"):
         Retraining(steps=-1)
 
