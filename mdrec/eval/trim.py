@@ -491,5 +491,5 @@ def read_domain_ms(value: str, domains: list[str], option: str, column: str) -> 
             raise ValueError(f"{value} gives no {option} for domains {missing}: list every domain") from None
     bad = {d: b for d, b in values.items() if not (math.isfinite(b) and b > 0)}
     if bad:
-        raise ValueError(f"{where}: {option} must be positive milliseconds, got {bad}")
+        raise ValueError(f"{where}: every value must be positive milliseconds, got {bad}")
     return torch.tensor([values[d] for d in domains], dtype=torch.float64)

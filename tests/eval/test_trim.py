@@ -194,7 +194,7 @@ def test_cost_and_budget_files_are_checked(tmp_path) -> None:
     model = tmp_path / "model.csv"  # the model's own time on the user's system (--model-ms), read the same way
     model.write_text("domain,model_ms\na,0.5\nb,2\n")
     assert read_domain_ms(str(model), ["a", "b"], "--model-ms", "model_ms").tolist() == [0.5, 2.0]
-    with pytest.raises(ValueError, match="--model-ms must be positive"):
+    with pytest.raises(ValueError, match="--model-ms: every value must be positive"):
         read_domain_ms("-1", ["a", "b"], "--model-ms", "model_ms")
 
 
