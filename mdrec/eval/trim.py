@@ -16,13 +16,11 @@ import dataclasses
 import enum
 import math
 from collections.abc import Callable, Iterable
-from copy import deepcopy
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from mdrec.adapters.base import AdaptedNet
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import grouped_auc
@@ -118,32 +116,6 @@ def retrain(logits: Callable[[Batch], Tensor], params: list[Tensor], data: Batch
     return losses
 
 
-def adapter_retrainer(net: AdaptedNet, train: Batch, how: Retraining) -> Callable[[Tensor], Predict]:
-    """``retrained(drop)``: for bool ``drop [F + N]`` (the same features for every domain), a copy of ``net`` whose
-    adapter (every domain's slice, each on its own rows of ``train``) is re-trained by :func:`retrain` with those
-    features blanked on every row, as a ``Predict`` that blanks them too. The backbone stays as it is.
-
-    Raises:
-        ValueError: ``net`` has no adapter (nothing per domain to re-train).
-    """
-    if net.adapter is None or not any(True for _ in net.adapter.parameters()):
-        raise ValueError("ablation importance re-trains each domain's adapter; this run has none (adapter=none)")
-    k = net.num_domains
-
-    def retrained(drop: Tensor) -> Predict:
-        copy = deepcopy(net).train()
-        copy.requires_grad_(False)
-        params = list(copy.adapter.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        every = drop.expand(k, -1)
-        retrain(lambda b: copy(b.blanked(every)).logits, params, train, how)
-        copy.eval().requires_grad_(False)
-        return lambda b: torch.sigmoid(copy(b.blanked(every)).logits[:, 0])
-
-    return retrained
-
-
 def permuted_within_domains(column: Tensor, domain: Tensor, generator: torch.Generator) -> Tensor:
     """``column [n, ...]`` with its values shuffled among the rows of each domain (each domain keeps its values)."""
     key = domain.double() + torch.rand(domain.shape[0], generator=generator, dtype=torch.float64)
@@ -176,8 +148,8 @@ def permutation_importance(predict: Predict, data: Batch, schema: Schema, seed: 
 def ablation_importance(retrained: Callable[[Tensor], Predict], data: Batch, schema: Schema) -> Tensor:
     """``[F, K]``: domain d's AUC after the brief re-training with every feature (``retrained`` of no drop) minus
     its AUC after the same re-training with feature f blanked (``retrained`` of f alone, e.g.
-    :func:`adapter_retrainer`): what the domain loses when f is gone and its model has adapted to that, not what a
-    shuffle costs a model that still reads f. F + 1 re-trainings, one pass over ``data`` each."""
+    :func:`mdrec.serve.ablation.adapter_retrainer`): what the domain loses when f is gone and its model has adapted
+    to that, not what a shuffle costs a model that still reads f. F + 1 re-trainings, one pass over ``data`` each."""
     k, f = schema.num_domains, len(feature_names(schema))
     one_hot = torch.eye(f, dtype=torch.bool)
     base = domain_aucs(retrained(torch.zeros(f, dtype=torch.bool)), data, k)

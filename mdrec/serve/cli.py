@@ -33,7 +33,6 @@ from mdrec.eval.trim import (
     Retraining,
     TrimPlan,
     ablation_importance,
-    adapter_retrainer,
     auc_change_se,
     concat,
     domain_aucs,
@@ -48,6 +47,7 @@ from mdrec.eval.trim import (
     trim_table,
 )
 from mdrec.rundir import RunDir
+from mdrec.serve.ablation import adapter_retrainer
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import TOLERANCE, AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls

@@ -15,7 +15,6 @@ from mdrec.eval.trim import (
     Retraining,
     Verdict,
     ablation_importance,
-    adapter_retrainer,
     auc_change_se,
     permutation_importance,
     permuted_within_domains,
@@ -28,6 +27,7 @@ from mdrec.eval.trim import (
     trim_table,
 )
 from mdrec.models.dnn import DNNBackbone
+from mdrec.serve.ablation import adapter_retrainer
 from tests.helpers import embedded
 
 SCHEMA = Schema(
