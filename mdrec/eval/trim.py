@@ -1,6 +1,7 @@
-"""Per-domain feature trimming (docs/methods.md, Feature trimming): permutation importance of every feature within
-each domain on validation data, then a per-domain plan that drops the least important features while the domain's
-AUC loss stays within a budget.
+"""Per-domain feature trimming (docs/methods.md, Feature trimming): the importance of every feature within each
+domain on validation data (permutation: the feature shuffled among the domain's rows; ablation: the feature blanked and
+the domain's adapter briefly re-trained without it), then a per-domain plan that drops the least important features
+while the domain's AUC loss stays within a budget.
 
 A dropped feature is served blank: a sparse field's id becomes 0 (the unknown id every vocabulary reserves), a
 dense feature 0. The plan is checked with the blanked features, not estimated from the importances: each step
@@ -42,11 +43,77 @@ def concat(batches: Iterable[Batch]) -> Batch:
 
 
 @torch.no_grad()
-def domain_aucs(predict: Predict, data: Batch, num_domains: int, chunk: int = 16384) -> Tensor:
-    """Per-domain AUC ``[K]`` of ``predict`` on ``data``, predicted in chunks of ``chunk`` rows."""
-    index = torch.arange(data.size)
-    probs = torch.cat([predict(data.rows(rows)) for rows in index.split(chunk)])
-    return grouped_auc(probs, data.labels[:, 0], data.domain, num_domains)[0]
+def predictions(predict: Predict, data: Batch, chunk: int = 16384) -> Tensor:
+    """``[n]`` ``predict`` on every row of ``data``, in chunks of ``chunk`` rows."""
+    return torch.cat([predict(data.rows(rows)) for rows in torch.arange(data.size).split(chunk)])
+
+
+def domain_aucs(predict: Predict, data: Batch, num_domains: int) -> Tensor:
+    """Per-domain AUC ``[K]`` of ``predict`` on ``data``."""
+    return grouped_auc(predictions(predict, data), data.labels[:, 0], data.domain, num_domains)[0]
+
+
+def auc_change_se(before: Tensor, after: Tensor, data: Batch, num_domains: int, replicates: int = 200) -> Tensor:
+    """``[K]`` standard error of each domain's AUC change ``after - before`` (predictions ``[n]`` on ``data``'s
+    rows): the spread over ``replicates`` paired bootstrap resamples of each domain's rows (seeded; NaN where a
+    domain lacks a class). One grouped AUC over all replicates: ``replicates * n`` rows."""
+    n, k = data.size, num_domains
+    g = torch.Generator().manual_seed(0)
+    order = torch.argsort(data.domain, stable=True)
+    counts = torch.bincount(data.domain, minlength=k)
+    start = torch.cumsum(counts, 0) - counts
+    # each replicate draws each row's stand-in among the rows of the row's domain
+    u = torch.rand(replicates, n, generator=g, dtype=torch.float64)
+    domain = data.domain[None].expand(replicates, n)
+    rows = order[start[domain] + (u * counts[domain]).long()]  # [R, n]
+    groups = (torch.arange(replicates)[:, None] * k + domain).flatten()
+    labels = data.labels[rows.flatten(), 0]
+    change = [
+        grouped_auc(p[rows.flatten()], labels, groups, replicates * k)[0].view(replicates, k) for p in (before, after)
+    ]
+    return (change[1] - change[0]).std(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retraining:
+    """A brief re-training: ``steps`` Adam steps of learning rate ``lr``, each on ``rows`` rows of every domain
+    (drawn with replacement from the domain's rows, seeded by ``seed``)."""
+
+    steps: int = 200
+    rows: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.rows < 1 or not self.lr > 0:
+            raise ValueError(f"re-training needs steps >= 0, rows >= 1 and lr > 0, got {self}")
+
+
+def retrain(logits: Callable[[Batch], Tensor], params: list[Tensor], data: Batch, how: Retraining) -> list[float]:
+    """Fit ``params`` (and nothing else) to ``data``: ``how.steps`` Adam steps on the binary cross-entropy of
+    ``logits(batch)`` (``[B, T]``) against the batch's first T label columns, each batch ``how.rows`` rows of every
+    domain in ``data`` (so every domain weighs the same); the draws and any dropout are seeded by ``how.seed`` (the
+    global generator is left as it was). Returns the loss of each step (before its update)."""
+    if not params:
+        raise ValueError("nothing to re-train: no parameters given")
+    g = torch.Generator().manual_seed(how.seed)
+    order = torch.argsort(data.domain, stable=True)
+    counts = torch.bincount(data.domain)
+    counts, start = counts[counts > 0], (torch.cumsum(counts, 0) - counts)[counts > 0]  # the domains with rows
+    opt = torch.optim.Adam(params, lr=how.lr)
+    losses = []
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):  # dropout draws from the seeded global generator
+        torch.manual_seed(how.seed)
+        for _ in range(how.steps):
+            u = torch.rand(counts.numel(), how.rows, generator=g, dtype=torch.float64)
+            batch = data.rows(order[(start[:, None] + (u * counts[:, None]).long()).flatten()])
+            out = logits(batch)  # the model's T tasks: the first T label columns
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, batch.labels[:, : out.shape[1]].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return losses
 
 
 def permuted_within_domains(column: Tensor, domain: Tensor, generator: torch.Generator) -> Tensor:
@@ -59,18 +126,34 @@ def permuted_within_domains(column: Tensor, domain: Tensor, generator: torch.Gen
     return out
 
 
+def _auc_drops(base: Tensor, without: Callable[[int], Tensor], features: int) -> Tensor:
+    """``[F, K]``: ``base [K]`` minus ``without(f) [K]`` (the domains' AUCs without feature f) for every f."""
+    return torch.stack([base - without(f) for f in range(features)])
+
+
 def permutation_importance(predict: Predict, data: Batch, schema: Schema, seed: int = 0) -> Tensor:
     """``[F, K]``: domain d's AUC minus its AUC with feature f shuffled among d's rows (F passes over ``data``)."""
     k, f_sparse = schema.num_domains, len(schema.sparse)
-    base = domain_aucs(predict, data, k)
     g = torch.Generator().manual_seed(seed)
-    drops = []
-    for f in range(len(feature_names(schema))):
+
+    def shuffled(f: int) -> Tensor:
         table, col = ("sparse", f) if f < f_sparse else ("dense", f - f_sparse)
         values = getattr(data, table).clone()
         values[:, col] = permuted_within_domains(values[:, col], data.domain, g)
-        drops.append(base - domain_aucs(predict, dataclasses.replace(data, **{table: values}), k))
-    return torch.stack(drops)
+        return domain_aucs(predict, dataclasses.replace(data, **{table: values}), k)
+
+    return _auc_drops(domain_aucs(predict, data, k), shuffled, len(feature_names(schema)))
+
+
+def ablation_importance(retrained: Callable[[Tensor], Predict], data: Batch, schema: Schema) -> Tensor:
+    """``[F, K]``: domain d's AUC after the brief re-training with every feature (``retrained`` of no drop) minus
+    its AUC after the same re-training with feature f blanked (``retrained`` of f alone, e.g.
+    :func:`mdrec.serve.ablation.adapter_retrainer`): what the domain loses when f is gone and its model has adapted
+    to that, not what a shuffle costs a model that still reads f. F + 1 re-trainings, one pass over ``data`` each."""
+    k, f = schema.num_domains, len(feature_names(schema))
+    one_hot = torch.eye(f, dtype=torch.bool)
+    base = domain_aucs(retrained(torch.zeros(f, dtype=torch.bool)), data, k)
+    return _auc_drops(base, lambda i: domain_aucs(retrained(one_hot[i]), data, k), f)
 
 
 def split_halves(data: Batch, seed: int = 0) -> tuple[Batch, Batch]:
@@ -92,6 +175,7 @@ class Verdict(enum.Enum):
 
     TRIMMED = "trimmed"  # the plan drops features (AUC mode), or meets the latency budget (latency mode)
     NOTHING_TO_DROP = "nothing to drop"  # AUC mode: every feature costs more AUC than the budget allows
+    REFUSED = "the checking half refused every drop: keeps every feature"  # AUC mode: chosen, not confirmed
     MEETS_UNTRIMMED = "meets the budget with every feature"
     NOT_REACHABLE = "budget not reachable within the AUC limit"
     TOO_FEW_ROWS = "too few validation rows: keeps every feature"
@@ -162,6 +246,7 @@ def plan_trimming(
     limit: float,
     min_rows: int = 2000,
     latency: LatencyModel | None = None,
+    per_cost: bool = False,
 ) -> TrimPlan:
     """Greedy per domain on the ``fit`` rows, from the least important feature up, each step checked with the
     features blanked; then the plan is checked on the ``check`` rows and cut back to its longest prefix whose AUC
@@ -170,7 +255,9 @@ def plan_trimming(
     AUC mode (``latency`` None): drop features while the domain's AUC loss stays within ``limit``.
     Latency mode: drop the least important features that cost something (``latency.cost_ms > 0``) until the
     domain's predicted time meets its budget; when the next drop would cost more than ``limit`` AUC, or nothing is
-    left to drop, the budget is not reachable and the plan keeps what it dropped within the limit.
+    left to drop, the budget is not reachable and the plan keeps what it dropped within the limit. With
+    ``per_cost`` the order is the importance per millisecond the feature costs (the least AUC lost per millisecond
+    saved first: an expensive feature of little importance goes before a cheap one of none).
 
     A domain with fewer than ``min_rows`` validation rows (both halves together) keeps every feature: on a few
     hundred rows the AUC changes of single features are noise.
@@ -185,9 +272,12 @@ def plan_trimming(
         raise ValueError(f"the AUC loss allowed per domain must be >= 0, got {limit}")
     k, f = schema.num_domains, importance.shape[0]
     rows = torch.bincount(fit.domain, minlength=k) + torch.bincount(check.domain, minlength=k)
+    if per_cost and latency is None:
+        raise ValueError("per_cost orders the drops by what they save in a latency budget: give a latency model")
     free = torch.zeros(f, dtype=torch.bool) if latency is None else latency.cost_ms <= 0
-    # least important first; in latency mode the free features last (never dropped)
-    order = torch.argsort(importance.T + torch.where(free, torch.inf, 0.0), dim=1, stable=True)  # [K, F]
+    key = importance.T / torch.where(free, 1.0, latency.cost_ms) if per_cost else importance.T  # [K, F]
+    # least important (per millisecond) first; in latency mode the free features last (never dropped)
+    order = torch.argsort(torch.where(free, torch.inf, key.double()), dim=1, stable=True)  # [K, F]
     candidates = f - int(free.sum())
     base = domain_aucs(predict, fit, k)
     steps, fit_auc = _greedy(predict, fit, k, order, base, limit, candidates, latency, rows >= min_rows)
@@ -270,7 +360,7 @@ def _verdicts(
         elif torch.isnan(base[d]):
             out.append(Verdict.UNRANKABLE)
         elif met is None:
-            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.NOTHING_TO_DROP)
+            out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.REFUSED if steps[d] > 0 else Verdict.NOTHING_TO_DROP)
         elif met[d]:
             out.append(Verdict.TRIMMED if kept[d] > 0 else Verdict.MEETS_UNTRIMMED)
         else:
@@ -351,16 +441,27 @@ def read_budgets(value: str, domains: list[str]) -> Tensor:
         ValueError: a budget that is not a positive finite number; a file with another header, a domain missing,
             unknown or repeated (naming the file and line).
     """
+    return read_domain_ms(value, domains, "--latency-budget-ms", "budget_ms")
+
+
+def read_domain_ms(value: str, domains: list[str], option: str, column: str) -> Tensor:
+    """``[K]`` milliseconds per domain given to ``option``: one number for every domain, or a CSV file with the header
+    ``domain,<column>`` naming every domain once; each a positive finite number.
+
+    Raises:
+        ValueError: naming ``option`` or the file (and line): not a number nor a file, another header, a domain
+            missing, unknown or repeated, a value that is not a positive finite number.
+    """
     try:
-        budgets, where = dict.fromkeys(domains, float(value)), "--latency-budget-ms"
+        values, where = dict.fromkeys(domains, float(value)), option
     except ValueError:
         if not Path(value).is_file():
-            raise ValueError(f"--latency-budget-ms {value!r} is neither a number of milliseconds nor a file") from None
-        budgets, where = _read_pairs(value, ("domain", "budget_ms"), domains), value
-        missing = [d for d in domains if d not in budgets]
+            raise ValueError(f"{option} {value!r} is neither a number of milliseconds nor a file") from None
+        values, where = _read_pairs(value, ("domain", column), domains), value
+        missing = [d for d in domains if d not in values]
         if missing:
-            raise ValueError(f"{value} gives no budget for domains {missing}: list every domain") from None
-    bad = {d: b for d, b in budgets.items() if not (math.isfinite(b) and b > 0)}
+            raise ValueError(f"{value} gives no {option} for domains {missing}: list every domain") from None
+    bad = {d: b for d, b in values.items() if not (math.isfinite(b) and b > 0)}
     if bad:
-        raise ValueError(f"{where}: latency budgets must be positive milliseconds, got {bad}")
-    return torch.tensor([budgets[d] for d in domains], dtype=torch.float64)
+        raise ValueError(f"{where}: every value must be positive milliseconds, got {bad}")
+    return torch.tensor([values[d] for d in domains], dtype=torch.float64)

@@ -4,8 +4,9 @@
 checked against the model as trained on validation batches: as they are, routed through every domain in turn, and
 both with unknown domain ids mixed in.
 
-``mdrec-trim <run dir>``: per-domain feature trimming on the validation rows (permutation importance, a plan
-under an AUC-loss budget), the trimmed serving graph, and a report of features kept, AUC and latency per domain.
+``mdrec-trim <run dir>``: per-domain feature trimming on the validation rows (permutation or ablation importance, a
+plan under an AUC-loss or a latency budget), the trimmed serving graph, optionally the per-domain variants (briefly
+re-trained), and a report of features kept, AUC and latency per domain.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,26 +25,33 @@ from mdrec.adapters.base import AdaptedNet
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
+from mdrec.eval.metrics import grouped_auc
 from mdrec.eval.plots import tradeoff_plot
 from mdrec.eval.trim import (
     LatencyModel,
     Predict,
+    Retraining,
     TrimPlan,
+    ablation_importance,
+    auc_change_se,
     concat,
     domain_aucs,
     feature_names,
     permutation_importance,
     plan_trimming,
+    predictions,
     read_budgets,
+    read_domain_ms,
     read_feature_costs,
     split_halves,
     trim_table,
 )
 from mdrec.rundir import RunDir
+from mdrec.serve.ablation import adapter_retrainer
 from mdrec.serve.export import export, max_difference, serving_inputs
 from mdrec.serve.parallel import TOLERANCE, AdapterFactory, ParallelModel
 from mdrec.serve.timing import percentile, time_calls
-from mdrec.serve.variants import export_variants, variant
+from mdrec.serve.variants import blanked_difference, export_variants, recovered, split_inputs, variant
 
 
 def with_unknown_domains(batch: Batch, num_domains: int, every: int = 10) -> Batch:
@@ -74,8 +83,14 @@ class AdaptRun:
         return self.datamodule.schema
 
     def batches(self, split: str, limit: int | None = None) -> list[Batch]:
-        """Up to ``limit`` batches of ``split`` (``"val"`` or ``"test"``; all when None), ids mapped as in training."""
-        loader = {"val": self.datamodule.val_dataloader, "test": self.datamodule.test_dataloader}[split]()
+        """Up to ``limit`` batches of ``split`` (``"train"``, ``"val"`` or ``"test"``; all when None), ids mapped as
+        in training."""
+        loaders = {
+            "train": self.datamodule.train_dataloader,
+            "val": self.datamodule.val_dataloader,
+            "test": self.datamodule.test_dataloader,
+        }
+        loader = loaders[split]()
         out = []
         for i, batch in enumerate(loader):
             if i == limit:
@@ -188,18 +203,49 @@ def trim(argv: list[str] | None = None) -> int:
         "budget (milliseconds per request of --latency-rows rows; one number, or a CSV 'domain,budget_ms')",
     )
     parser.add_argument(
+        "--model-ms",
+        help="latency mode: the model's own time per request of --latency-rows rows on the serving system (one "
+        "number, or a CSV 'domain,model_ms'; default: measured here, one call of the serving graph, p50)",
+    )
+    parser.add_argument(
         "--max-auc-loss",
         type=float,
         default=0.005,
         help="latency mode: the AUC loss allowed per domain; beyond it the budget is not reachable (default 0.005)",
     )
     parser.add_argument(
+        "--drop-order",
+        choices=["per-cost", "importance"],
+        default="per-cost",
+        help="latency mode: drop the feature with the least AUC lost per millisecond saved first (per-cost, default) "
+        "or the least important first (importance)",
+    )
+    parser.add_argument(
+        "--importance",
+        choices=["permutation", "ablation"],
+        default="permutation",
+        help="permutation (default): the feature shuffled within the domain; ablation: the feature blanked and every "
+        "domain's adapter briefly re-trained without it (--retrain-*; F + 1 re-trainings)",
+    )
+    parser.add_argument(
+        "--retrain-steps",
+        type=int,
+        default=200,
+        help="the brief re-training of ablation importance and of the variants (--variants; 0: variants as sliced): "
+        "Adam steps (default 200)",
+    )
+    parser.add_argument(
+        "--retrain-rows", type=int, default=256, help="re-training: training rows of each domain per step (256)"
+    )
+    parser.add_argument("--retrain-lr", type=float, default=1e-3, help="re-training: Adam's learning rate (1e-3)")
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of the whole run and its latency checks (default 1)"
     )
     parser.add_argument(
         "--variants",
         action="store_true",
-        help="also write topology A: per domain a network without its dropped features (variants/<domain>.pt, "
+        help="also write topology A: per domain a network without its dropped features, its dense layers re-trained "
+        "on the domain's training rows where that helps on the checking half (variants/<domain>.pt, "
         "variants/routing.json; DNN backbone, adapter lora, mlora or none)",
     )
     parser.add_argument(
@@ -218,6 +264,8 @@ def trim(argv: list[str] | None = None) -> int:
         parser.error(f"--latency-rows must be at least 1 (the rows of one request), got {args.latency_rows}")
     if args.tradeoff and args.latency_budget_ms:
         parser.error("--tradeoff plans with AUC budgets: leave out --latency-budget-ms")
+    if args.model_ms and not args.latency_budget_ms:
+        parser.error("--model-ms is the model's time in a latency budget: give --latency-budget-ms too")
     run = load_run(args.run, "mdrec-trim")
     schema, full = run.schema, run.serving_model()
     features = feature_names(schema)
@@ -228,6 +276,9 @@ def trim(argv: list[str] | None = None) -> int:
             else torch.zeros(len(features), dtype=torch.float64)
         )
         budgets = read_budgets(args.latency_budget_ms, list(schema.domains)) if args.latency_budget_ms else None
+        given_ms = (
+            read_domain_ms(args.model_ms, list(schema.domains), "--model-ms", "model_ms") if args.model_ms else None
+        )
     except (ValueError, OSError) as error:
         parser.error(str(error))
     if args.variants:
@@ -235,25 +286,48 @@ def trim(argv: list[str] | None = None) -> int:
             variant(run.net, schema, 0, torch.zeros(len(features), dtype=torch.bool))
         except ValueError as error:
             parser.error(str(error))
+    try:
+        how = Retraining(args.retrain_steps, args.retrain_rows, args.retrain_lr, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
     fit, check = split_halves(concat(run.batches("val")), args.seed)
     test = concat(run.batches("test"))
-    latency = None  # latency mode: the model's own time per domain, measured before planning
+    needs_train = args.importance == "ablation" or (args.variants and how.steps > 0)
+    train = concat(run.batches("train")) if needs_train else None
+    if args.importance == "ablation":
+        try:  # refused before any work: a run without an adapter
+            retrained = adapter_retrainer(run.net, train, how)
+        except ValueError as error:
+            parser.error(str(error))
+    latency = None  # latency mode: the model's own time per domain, given or measured before planning
     if budgets is not None:
-        model_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
-        latency = LatencyModel(model_ms, costs, budgets)
+        if given_ms is None:
+            given_ms = domain_model_ms({"full": full}, check, schema.num_domains, args.latency_rows)["full"]
+        latency = LatencyModel(given_ms, costs, budgets)
     limit = args.max_auc_loss if latency is not None else args.budget
+    per_cost = latency is not None and args.drop_order == "per-cost"
     with torch.no_grad():
-        importance = permutation_importance(click_probability(full), fit, schema, seed=args.seed)
-        plan = plan_trimming(click_probability(full), fit, check, schema, importance, limit, args.min_rows, latency)
+        if args.importance == "ablation":
+            importance = ablation_importance(retrained, fit, schema)
+        else:
+            importance = permutation_importance(click_probability(full), fit, schema, seed=args.seed)
+        predict = click_probability(full)
+        plan = plan_trimming(predict, fit, check, schema, importance, limit, args.min_rows, latency, per_cost)
         trimmed = run.serving_model(plan.drop)
-        test_before = domain_aucs(click_probability(full), test, schema.num_domains)
-        test_after = domain_aucs(click_probability(trimmed), test, schema.num_domains)
+        probs_before, probs_after = predictions(predict, test), predictions(click_probability(trimmed), test)
+    labels = test.labels[:, 0]
+    test_before, test_after = (
+        grouped_auc(p, labels, test.domain, schema.num_domains)[0] for p in (probs_before, probs_after)
+    )
+    test_se = auc_change_se(probs_before, probs_after, test, schema.num_domains)
     timed = domain_model_ms({"full": full, "trimmed": trimmed}, check, schema.num_domains, args.latency_rows)
     export(trimmed, check.rows(torch.arange(min(64, check.size))), run.directory / "serving_trimmed.pt")
-    routing = export_variants(run.net, schema, plan.drop, check, run.directory / "variants") if args.variants else None
+    variants = trimmed_variants(run, plan.drop, check, test, train, how) if args.variants else None
     fetch_before, fetch_after = costs.sum(), (costs * ~plan.drop).sum(1)
+    order = "least AUC per millisecond saved first" if per_cost else "least important first"
     mode = (
-        f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g})"
+        f"latency budget per domain ({args.latency_budget_ms} ms; the AUC loss allowed {limit:g}; {order}; the "
+        f"model's time {f'given by --model-ms {args.model_ms}' if args.model_ms else 'measured here'})"
         if latency is not None
         else f"AUC loss <= {limit:g} per domain"
     )
@@ -264,7 +338,8 @@ def trim(argv: list[str] | None = None) -> int:
     full_ms, trimmed_ms = timed["full"], timed["trimmed"]
     per_domain = [
         f"| {d} | {float(test_before[i]):.4f} | {float(test_after[i]):.4f} | "
-        f"{float(test_after[i] - test_before[i]):+.4f} | {float(full_ms[i]):.3f} | {float(trimmed_ms[i]):.3f} | "
+        f"{float(test_after[i] - test_before[i]):+.4f} ± {float(test_se[i]):.4f} | {float(full_ms[i]):.3f} | "
+        f"{float(trimmed_ms[i]):.3f} | "
         f"{float(fetch_before):.3f} | {float(fetch_after[i]):.3f} |"
         for i, d in enumerate(schema.domains)
     ]
@@ -283,25 +358,15 @@ def trim(argv: list[str] | None = None) -> int:
             f"{args.latency_rows} of the domain's requests, one process; features: the per-feature costs of "
             f"{args.feature_costs or 'none given (0)'}, summed over the features sent). Blanked features are still "
             "looked up in this serving graph (id 0): the model time changes little; the saving is in the features "
-            "no longer fetched.",
+            "no longer fetched. The change's ± is its standard error (paired bootstrap over the domain's test rows).",
             "",
-            "| domain | test AUC | trimmed | change | model ms | trimmed model ms | features ms | trimmed features ms "
-            "|",
+            "| domain | test AUC | trimmed | change ± s.e. | model ms | trimmed model ms | features ms "
+            "| trimmed features ms |",
             "|---|---|---|---|---|---|---|---|",
             *per_domain,
-            *(
-                [
-                    "",
-                    f"Topology A: a variant per domain without its dropped features in {run.directory / 'variants'} "
-                    f"(routing.json: each domain's file and features); largest difference to the trimmed model "
-                    f"{routing['max_abs_difference']:.2e} on {routing['rows_checked']} rows. Time them with "
-                    "scripts/bench_trim.py.",
-                ]
-                if routing is not None
-                else []
-            ),
+            *(variants_section(variants, run.directory / "variants", how) if variants is not None else []),
             "",
-            "Permutation importance on the choosing half (AUC drop when the feature is shuffled within the domain):",
+            IMPORTANCE_TITLES[args.importance],
             "",
             "| feature | " + " | ".join(schema.domains) + " |",
             "|---|" + "---|" * schema.num_domains,
@@ -329,18 +394,95 @@ def trim(argv: list[str] | None = None) -> int:
                 "timed_model_ms": {name: by_domain(t) for name, t in timed.items()},  # full and trimmed, in turns
                 "features_ms": float(fetch_before),
                 "trimmed_features_ms": by_domain(fetch_after),
+                "test_auc_change_se": by_domain(test_se),
+                "importance_method": args.importance,
+                "importance": {f: by_domain(importance[i]) for i, f in enumerate(plan.features)},
+                "variants": variants,
             },
             indent=2,
         )
     )
     print(report)
-    if routing is not None and routing["max_abs_difference"] > TOLERANCE:
-        difference = routing["max_abs_difference"]
-        print(f"mdrec-trim: a variant differs from the trimmed model by {difference:.2e}", file=sys.stderr)
+    if variants is not None and max(variants["sliced_difference"], variants["max_abs_difference"]) > TOLERANCE:
+        difference = max(variants["sliced_difference"], variants["max_abs_difference"])
+        print(f"mdrec-trim: a variant differs from what it must equal by {difference:.2e}", file=sys.stderr)
         return 1
     if args.tradeoff:
         tradeoff(run, full, fit, check, test_before, test, plan, sorted({args.budget, *args.tradeoff}), args.min_rows)
     return 0
+
+
+IMPORTANCE_TITLES = {
+    "permutation": "Permutation importance on the choosing half (AUC drop when the feature is shuffled within the "
+    "domain):",
+    "ablation": "Ablation importance on the choosing half (AUC drop when the feature is blanked and every domain's "
+    "adapter briefly re-trained without it, against the same re-training with every feature):",
+}
+
+
+def trimmed_variants(
+    run: AdaptRun, drop: torch.Tensor, check: Batch, test: Batch, train: Batch | None, how: Retraining
+) -> dict[str, Any]:
+    """Topology A: every domain's variant without its features ``drop`` (bool ``[K, F + N]``), checked against the
+    blanked model on ``check`` (``sliced_difference``), then (``how.steps`` > 0) its dense layers re-trained on the
+    domain's rows of ``train``; the re-trained variant is kept where its AUC on the domain's ``check`` rows is no
+    lower than the sliced one's. Exported to ``<run>/variants`` (:func:`export_variants`); returns the routing
+    report with, per domain, the AUC of the sliced and the re-trained variant on ``check`` and ``test`` and which
+    was kept."""
+    schema = run.schema
+    sliced_difference = blanked_difference(run.net, schema, drop, check)
+    chosen, results = {}, {}
+    for d, name in enumerate(schema.domains):
+        model = variant(run.net, schema, d, drop[d])
+        aucs = {"sliced": [variant_auc(model, data, d, drop[d]) for data in (check, test)]}
+        served = "sliced"
+        if how.steps > 0 and train is not None and bool((train.domain == d).any()):
+            rows = train.rows(torch.nonzero(train.domain == d).flatten())
+            again, losses = recovered(model, rows, drop[d], how)
+            aucs["retrained"] = [variant_auc(again, data, d, drop[d]) for data in (check, test)]
+            if not aucs["retrained"][0] < aucs["sliced"][0]:  # kept unless it loses on the checking half (NaN: kept)
+                model, served = again, "retrained"
+            aucs["loss"] = [sum(losses[:10]) / 10, sum(losses[-10:]) / 10]  # the first and last ten steps
+        chosen[name] = model
+        results[name] = {
+            "check_auc_sliced": aucs["sliced"][0],
+            "test_auc_sliced": aucs["sliced"][1],
+            "check_auc_retrained": aucs.get("retrained", [None, None])[0],
+            "test_auc_retrained": aucs.get("retrained", [None, None])[1],
+            "train_loss_first_last": aucs.get("loss"),
+            "served": served,
+        }
+    routing = export_variants(chosen, drop, check, run.directory / "variants")
+    return routing | {"sliced_difference": sliced_difference, "auc": results}
+
+
+def variant_auc(model: torch.nn.Module, data: Batch, domain: int, drop: torch.Tensor) -> float:
+    """AUC of a variant of ``domain`` (without ``drop``) on that domain's rows of ``data`` (NaN: one class)."""
+    rows = data.rows(torch.nonzero(data.domain == domain).flatten())
+    with torch.no_grad():
+        probs = model(*split_inputs(rows, drop))[:, 0]
+    return float(grouped_auc(probs, rows.labels[:, 0], torch.zeros_like(rows.domain), 1)[0][0])
+
+
+def variants_section(variants: dict[str, Any], directory: Path, how: Retraining) -> list[str]:
+    """trim.md's lines on topology A."""
+    lines = [
+        "",
+        f"Topology A: a variant per domain without its dropped features in {directory} (routing.json: each domain's "
+        f"file and the features its requests carry). As sliced, the variants equal the trimmed model (largest "
+        f"difference {variants['sliced_difference']:.2e}); each was then re-trained ({how.steps} Adam steps of "
+        f"{how.rows} of its domain's training rows, learning rate {how.lr:g}, its dense layers only) and the "
+        "re-trained one is served unless it loses AUC on the checking half. Exported files match their modules to "
+        f"{variants['max_abs_difference']:.2e}. Time them with scripts/bench_trim.py.",
+        "",
+        "| domain | AUC checking half: sliced | re-trained | test: sliced | re-trained | served |",
+        "|---|---|---|---|---|---|",
+    ]
+    number = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    for name, r in variants["auc"].items():
+        cells = [r["check_auc_sliced"], r["check_auc_retrained"], r["test_auc_sliced"], r["test_auc_retrained"]]
+        lines.append(f"| {name} | " + " | ".join(number(c) for c in cells) + f" | {r['served']} |")
+    return lines
 
 
 def tradeoff(

@@ -5,7 +5,8 @@ narrowed), served by routing the domain's requests to it.
 A blanked sparse field (id 0) adds a constant to the first layer's input, ``W[:, f] e_0(f)``, and a blanked dense
 feature (0) adds nothing: folding those constants into the first layer's bias and removing the fields' columns gives
 exactly the blanked model, with fewer lookups and a narrower first matrix product. The domain's adapter is merged into
-the backbone first (:meth:`mdrec.adapters.lora.LoRA.merged`), so the variant is one plain network.
+the backbone first (:meth:`mdrec.adapters.lora.LoRA.merged`), so the variant is one plain network. A variant can then
+be briefly re-trained on its domain's rows (:func:`recovered`) to make up for what the dropped features carried.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mdrec.adapters.base import AdaptedNet
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.eval.trim import Retraining, retrain
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.rundir import load_checked, save_checked
@@ -75,6 +77,24 @@ def variant(net: AdaptedNet, schema: Schema, domain: int, drop: Tensor) -> Varia
     return Variant(narrowed(plain.eval(), schema, drop), kept_schema(schema, drop))
 
 
+def recovered(model: Variant, rows: Batch, drop: Tensor, how: Retraining) -> tuple[Variant, list[float]]:
+    """A copy of ``model`` (a domain's variant without ``drop``, bool ``[F + N]``) whose dense layers (every layer
+    after the embeddings: the narrowed first layer, the rest of the MLP, the output) are re-trained by
+    :func:`mdrec.eval.trim.retrain` on ``rows`` (the domain's training rows, every feature; their domain ids are
+    not read); the embeddings, ``model`` and every other network stay as they are. Returns the copy and the loss of
+    each step."""
+    out = copy.deepcopy(model)
+    network = out.network.train()
+    params = [p for name, p in network.named_parameters() if not name.startswith("input.")]
+    for p in params:
+        p.requires_grad_(True)
+    sparse, dense = split_inputs(rows, drop)
+    kept = Batch(sparse, dense, torch.zeros(rows.size, dtype=torch.long), rows.labels)
+    losses = retrain(lambda b: network(b).logits, params, kept, how)
+    network.eval().requires_grad_(False)
+    return out, losses
+
+
 def kept_schema(schema: Schema, drop: Tensor) -> Schema:
     """``schema`` with only the features ``drop`` keeps (a dropped user field is no user field any more)."""
     f = len(schema.sparse)
@@ -122,20 +142,33 @@ def split_inputs(batch: Batch, drop: Tensor) -> tuple[Tensor, Tensor]:
 ROUTING = "routing.json"
 
 
-def export_variants(net: AdaptedNet, schema: Schema, drop: Tensor, data: Batch, directory: Path) -> dict[str, Any]:
-    """Every domain's variant without its features ``drop`` (bool ``[K, F + N]``), traced to TorchScript as
-    ``<directory>/<domain>.pt`` (checksummed), and ``routing.json``: per domain its file and the features its requests
-    carry, in order; each file is loaded back and checked against ``net`` with the features blanked on the domain's
-    rows of ``data`` (``max_abs_difference``, the largest over domains). A request's domain picks its file; an
-    unknown domain has none (serve it the full model)."""
+@torch.no_grad()
+def blanked_difference(net: AdaptedNet, schema: Schema, drop: Tensor, data: Batch) -> float:
+    """The largest absolute difference between every domain's variant (:func:`variant`, as sliced) and ``net`` with
+    the features ``drop`` (bool ``[K, F + N]``) blanked, on the domain's rows of ``data`` (a domain without rows
+    there is not checked)."""
+    worst = 0.0
+    for d in range(schema.num_domains):
+        rows = data.rows(torch.nonzero(data.domain == d).flatten())
+        if rows.size:
+            served = variant(net, schema, d, drop[d])(*split_inputs(rows, drop[d]))
+            worst = max(worst, float((served - torch.sigmoid(net(rows.blanked(drop)).logits)).abs().max()))
+    return worst
+
+
+def export_variants(models: dict[str, Variant], drop: Tensor, data: Batch, directory: Path) -> dict[str, Any]:
+    """Every domain's variant ``models[domain]`` (in the schema's domain order; without the features ``drop``, bool
+    ``[K, F + N]``), traced to TorchScript as ``<directory>/<domain>.pt`` (checksummed), and ``routing.json``: per
+    domain its file and the features its requests carry, in order; each file is loaded back and checked against its
+    module on the domain's rows of ``data`` (``max_abs_difference``, the largest over domains). A request's domain
+    picks its file; an unknown domain has none (serve it the full model)."""
     directory.mkdir(parents=True, exist_ok=True)
     routes: dict[str, dict[str, Any]] = {}
     worst = 0.0
-    for d, name in enumerate(schema.domains):
+    for d, (name, model) in enumerate(models.items()):
         rows = data.rows(torch.nonzero(data.domain == d).flatten())
         if rows.size == 0:
             raise ValueError(f"no rows of domain {name!r} to trace and check its variant with")
-        model = variant(net, schema, d, drop[d])
         inputs = split_inputs(rows, drop[d])
         path = directory / f"{name}.pt"
         with torch.no_grad():
@@ -143,8 +176,7 @@ def export_variants(net: AdaptedNet, schema: Schema, drop: Tensor, data: Batch, 
         save_checked(path, lambda f, t=traced: torch.jit.save(t, f))
         served = load_checked(path, torch.jit.load, "a TorchScript module", "export the variants again")
         with torch.no_grad():
-            expected = torch.sigmoid(net(rows.blanked(drop)).logits)
-            worst = max(worst, float((served(*inputs) - expected).abs().max()))
+            worst = max(worst, float((served(*inputs) - model(*inputs)).abs().max()))
         routes[name] = {"file": path.name, "sparse": model.sparse_names, "dense": model.dense_names}
     report = {"domains": routes, "max_abs_difference": worst, "rows_checked": data.size}
     (directory / ROUTING).write_text(json.dumps(report, indent=2))

@@ -1,25 +1,33 @@
-"""Per-domain feature trimming: permutation importance within domains, and a plan that drops a field for the
-domain where it is noise while the other domain keeps it."""
+"""Per-domain feature trimming: permutation and ablation importance within domains, the brief re-training, and a
+plan that drops a field for the domain where it is noise while the other domain keeps it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.eval.trim import (
     LatencyModel,
+    Retraining,
     Verdict,
+    ablation_importance,
+    auc_change_se,
     permutation_importance,
     permuted_within_domains,
     plan_trimming,
     read_budgets,
+    read_domain_ms,
     read_feature_costs,
+    retrain,
     split_halves,
     trim_table,
 )
 from mdrec.models.dnn import DNNBackbone
+from mdrec.serve.ablation import adapter_retrainer
 from tests.helpers import embedded
 
 SCHEMA = Schema(
@@ -39,9 +47,9 @@ def world(rows: int, seed: int) -> Batch:
     return Batch(sparse, torch.rand(rows, 1, generator=g), domain, labels)
 
 
-def trained() -> DNNBackbone:
+def trained(domain_as_feature: bool = True) -> DNNBackbone:
     torch.manual_seed(0)
-    net = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=True), [32])
+    net = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=domain_as_feature), [32])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     data = world(20_000, seed=0)
     for step in range(300):
@@ -115,6 +123,11 @@ def test_a_plan_that_only_helps_the_rows_that_chose_it_is_cut_back() -> None:
     importance = permutation_importance(true_model, fit, SCHEMA)
     plan = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=0.002)
     assert "local" not in plan.dropped("a")  # chosen on fit, refused on check
+    first = importance.clone()
+    first[1, 0] = -1.0  # local tried first in a: the first step fails the check, nothing of a's plan survives
+    refused = plan_trimming(true_model, fit, check, SCHEMA, first, limit=0.002)
+    assert refused.dropped("a") == [] and refused.verdict[0] == Verdict.REFUSED
+    assert "the checking half refused every drop" in trim_table(refused)
     assert set(plan.dropped("a")) <= {"noise", "x"} and set(plan.dropped("b")) == {"local", "noise", "x"}
     assert (plan.check_before - plan.check_after).max() <= 0.002
 
@@ -172,9 +185,93 @@ def test_cost_and_budget_files_are_checked(tmp_path) -> None:
     budgets.write_text("domain,budget_ms\na,1\nb,4\n")
     assert read_budgets(str(budgets), ["a", "b"]).tolist() == [1.0, 4.0]
     budgets.write_text("domain,budget_ms\na,1\n")
-    with pytest.raises(ValueError, match=r"no budget for domains \['b'\]"):
+    with pytest.raises(ValueError, match=r"no --latency-budget-ms for domains \[.b.\]"):
         read_budgets(str(budgets), ["a", "b"])
     with pytest.raises(ValueError, match="positive"):
         read_budgets("0", ["a", "b"])
     with pytest.raises(ValueError, match="neither a number"):
         read_budgets("soon", ["a", "b"])
+    model = tmp_path / "model.csv"  # the model's own time on the user's system (--model-ms), read the same way
+    model.write_text("domain,model_ms\na,0.5\nb,2\n")
+    assert read_domain_ms(str(model), ["a", "b"], "--model-ms", "model_ms").tolist() == [0.5, 2.0]
+    with pytest.raises(ValueError, match="--model-ms: every value must be positive"):
+        read_domain_ms("-1", ["a", "b"], "--model-ms", "model_ms")
+
+
+def test_retraining_fits_only_its_parameters_on_equal_rows_of_every_domain() -> None:
+    data = world(2_000, seed=4)
+    w, frozen = torch.zeros(21, requires_grad=True), torch.ones(21, requires_grad=True)
+    seen = []
+
+    def logits(batch: Batch) -> torch.Tensor:
+        seen.append(torch.bincount(batch.domain, minlength=2))
+        return (w[batch.sparse[:, 0]] * frozen[batch.sparse[:, 0]])[:, None]
+
+    losses = retrain(logits, [w], data, Retraining(steps=60, rows=32, lr=0.1))
+    assert all(c.tolist() == [32, 32] for c in seen)  # every step: 32 rows of each domain
+    assert torch.equal(frozen, torch.ones(21)) and w.abs().sum() > 0
+    assert sum(losses[-10:]) < sum(losses[:10])  # ``signal`` explains the click: the fit lowers the loss
+    assert retrain(logits, [w], data, Retraining(steps=0)) == []
+    runs = []  # with dropout: seeded, the same twice
+    for _ in range(2):
+        v = torch.zeros(21, requires_grad=True)
+        dropped = lambda b, v=v: torch.nn.functional.dropout(v[b.sparse[:, 0]], 0.5, training=True)[:, None]  # noqa: E731
+        runs.append(retrain(dropped, [v], data, Retraining(steps=5, rows=32, lr=0.1)))
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="steps >= 0"):
+        Retraining(steps=-1)
+
+
+def test_ablation_importance_is_the_auc_lost_without_the_feature() -> None:
+    # the defining equation on a model that ignores what it is not given: exactly 0 for the unused features
+    fit = world(8_000, seed=1)
+    blanking = lambda drop: lambda b: true_model(b.blanked(drop.expand(2, -1)))  # noqa: E731
+    importance = ablation_importance(blanking, fit, SCHEMA)
+    base = torch.stack([importance[f] for f in (2, 3)])
+    assert torch.equal(base, torch.zeros(2, 2))  # noise and x: not read, nothing lost
+    assert importance[0].min() > 0.1 and importance[1, 0] > 0.05 and importance[1, 1] == 0  # local: a only
+
+
+@pytest.mark.slow
+def test_ablation_importance_re_trains_each_domains_adapter() -> None:
+    backbone = trained(domain_as_feature=False)  # shared by both domains: local's effect in a is the adapter's job
+    torch.manual_seed(1)
+    net = AdaptedNet(SCHEMA, backbone, LoRA(SCHEMA, backbone, rank=4)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    retrained = adapter_retrainer(net, world(20_000, seed=2), Retraining(steps=150, rows=128, lr=1e-2))
+    importance = ablation_importance(retrained, world(20_000, seed=3), SCHEMA)  # [F, K]: signal, local, noise, x
+    assert importance[0].min() > 0.05  # the click depends on signal in both domains
+    assert importance[1, 0] > 0.02  # and on local in a
+    assert importance[1:, 1].abs().max() < 0.005 and importance[2:, 0].abs().max() < 0.005  # on nothing else
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the run's network untouched
+    with pytest.raises(ValueError, match="has none"):
+        adapter_retrainer(AdaptedNet(SCHEMA, backbone, None), world(10, seed=0), Retraining())
+
+
+def test_auc_change_se_is_the_bootstrap_spread_of_the_paired_change() -> None:
+    data = world(4_000, seed=5)
+    probs = true_model(data)
+    noisy = probs + 0.3 * torch.rand(data.size, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(auc_change_se(probs, probs, data, 2, replicates=50), torch.zeros(2))  # the same: no spread
+    se = auc_change_se(probs, noisy, data, 2, replicates=50)
+    assert (se > 0.001).all() and (se < 0.02).all()  # about 2,000 rows a domain: a spread of a few thousandths
+
+
+def test_per_cost_order_drops_the_least_auc_per_millisecond_first() -> None:
+    # domain b: local costs 5 ms and nothing in AUC (importance 0.0005, say by noise), noise 0.1 ms and less;
+    # importance order drops noise then local to meet 3 ms; per millisecond, local alone meets it
+    fit, check = split_halves(world(20_000, seed=1))
+    importance = torch.tensor([[0.3, 0.3], [0.1, 0.0005], [0.0, 0.0001], [0.0, 0.0]])  # [F, K]
+    latency = LatencyModel(
+        model_ms=torch.tensor([1.0, 1.0], dtype=torch.float64),
+        cost_ms=torch.tensor([1.0, 5.0, 0.1, 0.0], dtype=torch.float64),
+        budget_ms=torch.tensor([100.0, 3.0], dtype=torch.float64),
+    )
+    by_importance = plan_trimming(true_model, fit, check, SCHEMA, importance, limit=0.01, latency=latency)
+    per_cost = plan_trimming(true_model, fit, check, SCHEMA, importance, 0.01, latency=latency, per_cost=True)
+    assert by_importance.dropped("b") == ["local", "noise"]
+    assert per_cost.dropped("b") == ["local"]  # keys: local 0.0001 / ms, noise 0.001 / ms, signal 0.3 / ms
+    assert per_cost.verdict[1] == Verdict.TRIMMED and latency.predicted_ms(per_cost.drop)[1] == 2.1
+    assert per_cost.dropped("a") == [] and per_cost.verdict[0] == Verdict.MEETS_UNTRIMMED  # 7.1 ms <= 100
+    with pytest.raises(ValueError, match="latency model"):
+        plan_trimming(true_model, fit, check, SCHEMA, importance, 0.01, per_cost=True)

@@ -140,6 +140,13 @@ def test_trim_cli_on_an_adapt_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     assert trim_main([*args, "--tradeoff", "0.01", "0", "--variants"]) == 0
     routing = json.loads((tmp_path / "run" / "variants" / "routing.json").read_text())
     assert routing["max_abs_difference"] <= 1e-5 and len(routing["domains"]) == 4  # every domain: a file of its own
+    variants = json.loads((tmp_path / "run" / "trim.json").read_text())["variants"]
+    assert variants["sliced_difference"] <= 1e-5  # as sliced, each variant is the blanked model on its rows
+    for result in variants["auc"].values():  # re-trained (200 steps by default), served where it does not lose
+        assert result["check_auc_retrained"] is not None
+        lost = result["check_auc_retrained"] < result["check_auc_sliced"]
+        assert result["served"] == ("sliced" if lost else "retrained")
+    assert "re-trained" in (tmp_path / "run" / "trim.md").read_text()
     for route in routing["domains"].values():
         assert (tmp_path / "run" / "variants" / route["file"]).exists()
     report = json.loads((tmp_path / "run" / "trim.json").read_text())
@@ -185,9 +192,23 @@ def test_trim_cli_meets_a_latency_budget_where_fetching_dominates(train_cfg: Tra
         assert np.isnan(held_out) or held_out <= 0.01 + 1e-9
     assert "trimmed" in report["verdict"].values()  # the large domains can drop three features within 0.01
     assert "budget" in (run / "trim.md").read_text()
-    with pytest.raises(SystemExit):  # a cost file naming a feature the model does not have: a usage error
-        costs.write_text("feature,microseconds\nprice,3\n")
-        trim_main(args)
+    # a budget below the model's own time on the serving system (given: 5 ms), not reachable even with every
+    # feature dropped (an AUC limit of 1 allows it)
+    given = ["--model-ms", "5", "--latency-budget-ms", "4", "--max-auc-loss", "1"]
+    assert trim_main([*args, *given]) == 0
+    report = json.loads((run / "trim.json").read_text())
+    assert set(report["verdict"].values()) <= {"budget not reachable within the AUC limit", small}
+    assert set(report["model_ms"].values()) == {5.0} and "given by --model-ms 5" in (run / "trim.md").read_text()
+    assert report["importance_method"] == "permutation"
+    # ablation importance (a few re-training steps here): another ranking, the same checked plan
+    ablation = ["--importance", "ablation", "--retrain-steps", "3"]
+    assert trim_main([*args, "--latency-budget-ms", str(budget), *ablation]) == 0
+    report = json.loads((run / "trim.json").read_text())
+    assert report["importance_method"] == "ablation" and "Ablation importance" in (run / "trim.md").read_text()
+    for text in ("feature,microseconds\nprice,3\n", "feature,microseconds\nuser_id,-3\n"):
+        costs.write_text(text)  # a feature the model does not have, a negative cost: usage errors
+        with pytest.raises(SystemExit):
+            trim_main(args)
 
 
 def test_parallel_model_refuses_a_backbone_that_embeds_the_domain() -> None:
