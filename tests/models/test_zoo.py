@@ -22,6 +22,7 @@ from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.sarnet import SARNet
 from mdrec.nn.gates import GateNU
+from mdrec.nn.parameter import per_domain_parameters
 from tests.helpers import SCHEMA, K, embedded, make_batch
 
 
@@ -315,6 +316,33 @@ def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
         torch.testing.assert_close(out.logits[i], net.output.weight[d] @ z + net.output.bias[d])
 
 
+def test_hmoe_gradients_are_those_of_every_domains_towers_with_a_stop_gradient() -> None:
+    """HMoE's gradients (own tower with gradient, every tower by value, mixed in blocks of rows) equal those of the
+    written-out form: every domain's gate and tower on every row, the other domains' outputs detached."""
+    torch.manual_seed(0)
+    net = perturbed(HMoE(SCHEMA, embedded(2), num_experts=2, expert_sizes=[3], tower_sizes=[4, 2]))
+    batch = make_batch(rows=9)
+    params = list(net.parameters())
+    out = net(batch)
+    got = torch.autograd.grad(out.logits.square().sum() + out.h.sum(), params, allow_unused=True)
+    x = net.input(batch)
+    experts = net.experts(x)  # [B, E, H]
+    gates = torch.softmax(torch.einsum("bi,kei->bke", x, net.gate.weight) + net.gate.bias, dim=-1)
+    towers = gates @ experts  # [B, K, H]
+    for weight, bias in zip(net.towers.weights, net.towers.biases, strict=True):
+        towers = (torch.einsum("bki,kio->bko", towers, weight[:, 0]) + bias[:, 0]).clamp(min=0)
+    own = nn.functional.one_hot(batch.domain, K)[..., None].float()
+    towers = own * towers + (1 - own) * towers.detach()
+    w = torch.einsum("bi,bki->bk", x, net.weights.weight[batch.domain]) + net.weights.bias[batch.domain]
+    w = torch.softmax(w, -1)
+    z = (w[..., None] * towers).sum(1)
+    logits = (z * net.output.weight[batch.domain, 0]).sum(1, keepdim=True) + net.output.bias[batch.domain]
+    torch.testing.assert_close(out.logits, logits)
+    expected = torch.autograd.grad(logits.square().sum() + z.sum(), params, allow_unused=True)
+    for name, a, b in zip([n for n, _ in net.named_parameters()], got, expected, strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_bad_options_name_the_option_and_the_choices() -> None:
     with pytest.raises(ValueError, match=r"prior_fields \['user'\] are not embedded fields .* \['row', 'item'\]"):
         PEPNet(SCHEMA, embedded(2), prior_fields=["user"])
@@ -348,8 +376,10 @@ def test_adaptdhm_routes_rows_to_clusters_and_moves_the_centres() -> None:
     clusters = (x @ net.centers.T).argmax(1)
     assert set(clusters.tolist()) == {0, 1}  # both clusters in use
     out = net(batch)
-    w, b, wc, bc = net.weights, net.biases, net.cluster_weights, net.cluster_biases
+    first, second = net.layers
     for i, c in enumerate(clusters.tolist()):
-        h = ((w[0] * wc[0][c]) @ x[i] + b[0] + bc[0][c]).clamp(min=0)
+        h = ((first.shared_weight * first.weight[c]) @ x[i] + first.shared_bias + first.bias[c]).clamp(min=0)
         torch.testing.assert_close(out.h[i], h)
-        torch.testing.assert_close(out.logits[i], (w[1] * wc[1][c]) @ h + b[1] + bc[1][c])
+        logit = (second.shared_weight * second.weight[c]) @ h + second.shared_bias + second.bias[c]
+        torch.testing.assert_close(out.logits[i], logit)
+    assert not list(per_domain_parameters(net.layers))  # the per-cluster factors are not per-domain parameters
