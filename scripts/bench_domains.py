@@ -15,9 +15,10 @@ layers run the two ways peer libraries run them, in the same process:
 
 mdrec's way (``grouped``, :mod:`mdrec.nn.domain`) sorts the rows by domain once per forward and runs one matmul
 per present domain on its contiguous block. Target (issue 3): STAR at K = 100 costs at most 3x STAR at K = 1; every
-zoo model too (issue 21), except where the method itself runs every domain's experts or towers on every row (M3oE's
-balance, HMoE). Networks that compute per row (PEPNet, AdaSparse, APG with a per-row condition) have no
-per-domain layer to loop over: their loop and mask-all columns time the same computation.
+zoo model too (issue 21), except M3oE's balance, whose every domain's experts learn from every row by the method's
+definition (docs/models.md, M3oE; ``model.net.balance=false`` is cost-flat). Networks that compute per row
+(PEPNet, AdaSparse, APG with a per-row condition) have no per-domain layer to loop over: their loop and mask-all
+columns time the same computation.
 
 With ``--ml1m`` it measures training throughput on MovieLens-1M instead (the ``data=ml1m`` data set, 3 age domains
 by default, B = 4096): samples/s of each model over the shuffled training batches of mdrec's ``BatchLoader``
@@ -278,9 +279,11 @@ def ml1m_throughput(args: argparse.Namespace) -> None:
     for model in args.models:
         net, opt = build(model, schema, seed=0)
         ref_net, ref_opt = build(model, schema, seed=0)  # the same weights
+        ours_batches = endless(lambda: dm.loader("train"))
+        ref_batches = endless(lambda: row_batches(rows, args.batch_size))
         calls = {
-            "mdrec": fed_step(net.train(), opt, endless(lambda: dm.loader("train")), "grouped"),
-            "reference": fed_step(ref_net.train(), ref_opt, endless(lambda: row_batches(rows, args.batch_size)), "loop"),
+            "mdrec": fed_step(net.train(), opt, ours_batches, "grouped"),
+            "reference": fed_step(ref_net.train(), ref_opt, ref_batches, "loop"),
         }
         seconds = interleaved(calls, args.repeats, args.threads, args.warmup)
         ours, ref = (args.batch_size / seconds[name].median for name in ("mdrec", "reference"))

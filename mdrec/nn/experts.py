@@ -7,7 +7,8 @@ through :class:`mdrec.nn.domain.DomainGroups` (see that module for why grouped m
 A row therefore computes the shared experts, its own domain's experts and its own domain's gate: nothing of the
 other K - 1 domains. The exceptions are methods that by definition mix every domain's experts into every row (PLE's
 shared gate below its last level, :meth:`CGCLayer.every_domain`; M3oE's balanced domain experts; HMoE's towers):
-``every_domain`` runs them, K times the compute of ``grouped``.
+:meth:`Experts.every_domain` runs them with one matmul on the stacked weights per layer, K times the compute of
+``grouped``.
 """
 
 from __future__ import annotations

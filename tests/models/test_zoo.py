@@ -21,6 +21,7 @@ from mdrec.models.m3oe import M3oE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.sarnet import SARNet
+from mdrec.nn.domain import DomainGroups
 from mdrec.nn.gates import GateNU
 from mdrec.nn.parameter import per_domain_parameters
 from tests.helpers import SCHEMA, K, embedded, make_batch
@@ -292,6 +293,29 @@ def test_m3oe_fuses_gated_shared_experts_with_the_balanced_domain_expert() -> No
         torch.testing.assert_close(out.h[i], h)
         output = net.tower.output
         torch.testing.assert_close(out.logits[i], output.weight[d] @ h + output.bias[d])
+
+
+def test_m3oe_balance_gradients_are_those_of_every_domains_expert_on_every_row() -> None:
+    """M3oE's balanced expert, ``(w_bal - c) f_d + c Σ_k f_k``, has the value and gradients of the written-out
+    ``w_bal f_d + c Σ_{k≠d} f_k`` with every domain's expert run on every row."""
+    torch.manual_seed(0)
+    net = perturbed(M3oE(SCHEMA, embedded(2), star_sizes=[4, 3], num_experts=2, expert_sizes=[3, 2], tower_sizes=[]))
+    batch = make_batch(rows=9)
+    z = torch.randn(9, 3, requires_grad=True)
+    groups = DomainGroups(batch.domain, K)
+    params = [z, *net.domain_experts.parameters(), net.balance_logit]
+    probe = torch.randn(9, 2)
+    got = torch.autograd.grad((net.domain_expert(groups.group(z), groups) * groups.group(probe)).sum(), params)
+    every = z
+    for weight, bias in zip(net.domain_experts.weights, net.domain_experts.biases, strict=True):
+        every = torch.einsum("bi,kio->bko" if every.dim() == 2 else "bki,kio->bko", every, weight[:, 0]) + bias[:, 0]
+        every = every.clamp(min=0)  # [B, K, H]
+    own = every[torch.arange(9), batch.domain]
+    w = torch.sigmoid(net.balance_logit)
+    g = w * own + (1 - w) / (K - 1) * (every.sum(1) - own)
+    torch.testing.assert_close(groups.ungroup(net.domain_expert(groups.group(z), groups)), g)
+    for a, b in zip(got, torch.autograd.grad((g * probe).sum(), params), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
