@@ -67,7 +67,9 @@ class HMoE(nn.Module):
     def every_tower(self, xs: Tensor, experts: Tensor) -> Tensor:
         """``t_k`` of every domain k on every row, by value (no autograd graph): ``xs [n, in]`` and the experts'
         outputs ``[n, E, H]`` -> ``[n, K, T]``."""
-        gates = torch.softmax(self.gate.every_domain(xs), dim=-1)  # [n, K, E]
+        # the softmax over the E experts with the K domains innermost: over a short last dimension it runs 7x slower
+        logits = self.gate.every_domain(xs).transpose(1, 2).contiguous()  # [n, E, K]
+        gates = torch.softmax(logits, dim=1).transpose(1, 2)  # [n, K, E]
         return self.towers.every_domain(gates @ experts).squeeze(2)  # [n, K, H] -> [n, K, T]
 
     def mix_towers(self, xs: Tensor, experts: Tensor, w: Tensor) -> Tensor:
