@@ -26,6 +26,8 @@ by default, B = 4096): samples/s of each model over the shuffled training batche
 taking turns step by step: the per-row ``Dataset`` and default-collate ``DataLoader`` that peer libraries ship
 (``bench_data.RowDataset``) feeding the same network with its per-domain layers run the ``loop`` way. Next to it,
 Scenario-Wise-Rec's own samples/s on this machine for the models it was measured with (issue 21, HAMUR protocol).
+Each model runs at Scenario-Wise-Rec's MovieLens sizes where mdrec has them (``experiment=ml1m_<model>_swr``; the
+model's default sizes otherwise, or with ``--ml1m-sizes default``), so that it is the same network as the figure's.
 Target (issue 21): each zoo model >= 5x Scenario-Wise-Rec's figure where there is one, else >= 5x the reference.
 ML-1M is read through ``mdrec.data.sources.movielens`` (downloaded on first use, cached under ``--data-dir``).
 
@@ -179,11 +181,14 @@ def make_batch(schema: Schema, batch_size: int, seed: int) -> Batch:
     )
 
 
-def build(model: str, schema: Schema, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+def build(
+    model: str, schema: Schema, seed: int, experiment: str | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The network and optimiser of ``model=<model>`` in ``mdrec/conf/train.yaml`` (shared-bottom on the DNN
-    backbone)."""
+    backbone), with ``experiment=<experiment>``'s settings if given."""
+    overrides = [f"model={model}"] + ([f"experiment={experiment}"] if experiment is not None else [])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"model={model}"])
+        cfg = compose(config_name="train", overrides=overrides)
     torch.manual_seed(seed)
     module = Train().build(cfg, schema)
     return module.net, module.configure_optimizers()
@@ -259,6 +264,12 @@ def fed_step(net: nn.Module, opt: torch.optim.Optimizer, batches: Iterator[Batch
     return run
 
 
+def swr_experiment(model: str) -> str | None:
+    """``ml1m_<model>_swr`` if that experiment config (Scenario-Wise-Rec's MovieLens sizes) exists, else None."""
+    name = f"ml1m_{model}_swr"
+    return name if (CONF / "experiment" / f"{name}.yaml").is_file() else None
+
+
 def ml1m_throughput(args: argparse.Namespace) -> None:
     """Training samples/s on ML-1M of every model in ``args.models``, beside the peer-style reference (module
     docstring), with PASS/FAIL against ``ML1M_TARGET``."""
@@ -272,13 +283,14 @@ def ml1m_throughput(args: argparse.Namespace) -> None:
         f"thread(s); samples/s of a training step (batch drawn, forward, backward, Adam), median of {args.repeats} "
         f"after {args.warmup} warm-up, mdrec and the reference taking turns"
     )
-    header = f"{'model':<14}{'mdrec':>10}{'reference':>11}{'ratio':>8}{'SWR':>8}{'ratio':>8}  verdict"
+    header = f"{'model':<14}{'sizes':>8}{'mdrec':>10}{'reference':>11}{'ratio':>8}{'SWR':>8}{'ratio':>8}  verdict"
     print(header)
     print("-" * len(header))
     verdicts = []
     for model in args.models:
-        net, opt = build(model, schema, seed=0)
-        ref_net, ref_opt = build(model, schema, seed=0)  # the same weights
+        experiment = swr_experiment(model) if args.ml1m_sizes == "swr" else None
+        net, opt = build(model, schema, 0, experiment)
+        ref_net, ref_opt = build(model, schema, 0, experiment)  # the same weights
         ours_batches = endless(lambda: dm.loader("train"))
         ref_batches = endless(lambda: row_batches(rows, args.batch_size))
         calls = {
@@ -290,7 +302,7 @@ def ml1m_throughput(args: argparse.Namespace) -> None:
         swr = SWR_SAMPLES_PER_S.get(model)
         against, base = ("Scenario-Wise-Rec", swr) if swr is not None else ("the reference", ref)
         verdict = "PASS" if ours >= ML1M_TARGET * base else "FAIL"
-        row = f"{model:<14}{ours:>10,.0f}{ref:>11,.0f}{ours / ref:>7.1f}x"
+        row = f"{model:<14}{'swr' if experiment else 'default':>8}{ours:>10,.0f}{ref:>11,.0f}{ours / ref:>7.1f}x"
         row += f"{swr:>8,.0f}{ours / swr:>7.1f}x" if swr is not None else f"{'':>8}{'':>8}"
         print(f"{row}  {verdict}", flush=True)
         verdicts.append(f"{verdict}: {model} {ours:,.0f} samples/s = {ours / base:.1f}x {against} (target >= 5x)")
@@ -315,6 +327,13 @@ def main() -> None:
     p.add_argument("--ml1m", action="store_true", help="training throughput on ML-1M instead of K-scaling")
     p.add_argument(
         "--ml1m-domains", default="age3", choices=["age3", "age7", "gender", "occupation"], help="ML-1M's domains"
+    )
+    p.add_argument(
+        "--ml1m-sizes",
+        default="swr",
+        choices=["swr", "default"],
+        help="swr: Scenario-Wise-Rec's MovieLens sizes (experiment=ml1m_<model>_swr) where mdrec has them, else the "
+        "model's defaults; default: the model configs' general-purpose sizes",
     )
     p.add_argument(
         "--data-dir",
