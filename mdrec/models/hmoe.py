@@ -76,6 +76,7 @@ class HMoE(nn.Module):
         """``Σ_k w_k ∅(t_k)`` over every domain k: ``xs [B, in]``, the experts' outputs ``[B, E, H]``, the weights
         ``w [B, K]`` -> ``[B, T]`` (gradient to w only), on blocks of ``EVERY_TOWER_ROWS`` rows so that each block's
         ``[rows, K, H]`` intermediates stay in cache."""
+        experts = experts.contiguous()  # each row's E outputs side by side for the blocks' batched matmuls
         blocks = zip(*(t.split(EVERY_TOWER_ROWS) for t in (xs, experts, w)), strict=True)
         return torch.cat([mix(w_rows, self.every_tower(x, f)) for x, f, w_rows in blocks])
 
