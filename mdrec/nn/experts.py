@@ -132,7 +132,8 @@ class Experts(nn.Module):
             per_domain = weight.permute(0, 2, 1, 3).reshape(k, n_in, e * n_out)
             y = torch.baddbmm(bias.reshape(k, 1, e * n_out), x.transpose(0, 1), per_domain)  # [K, B, E * out]
             y = y.view(k, -1, e, n_out).transpose(0, 1)  # [B, K, E, out]
-        y = self.dropout(F.relu(y, inplace=not y.requires_grad))  # in place only without autograd (a view's copies)
+        # ReLU in place only without autograd: in place on a view, autograd would copy the whole tensor
+        y = self.dropout(F.relu(y, inplace=not y.requires_grad))
         for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):  # [K * E, B, in] @ [K * E, in, out]
             n_in, n_out = weight.shape[-2:]
             flat = y.permute(1, 2, 0, 3).reshape(k * e, -1, n_in)
