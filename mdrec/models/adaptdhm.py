@@ -15,7 +15,7 @@ from mdrec.data.schema import Schema
 from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
-from mdrec.nn.domain import DomainGroups, init_like_linear
+from mdrec.nn.domain import DomainGroups, StarLinear
 from mdrec.nn.parameter import DomainParameter
 
 
@@ -68,15 +68,9 @@ class AdaptDHM(nn.Module):
         width = self.input.out_features + dim
         self.register_buffer("centers", F.normalize(torch.randn(num_clusters, width), dim=1))
         widths = [width, *layer_sizes, 1]
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()  # shared [out, in], [out]
-        self.cluster_weights, self.cluster_biases = nn.ParameterList(), nn.ParameterList()  # [C, out, in], [C, out]
-        for i, o in zip(widths[:-1], widths[1:], strict=True):
-            weight, bias = torch.empty(o, i), torch.empty(o)
-            init_like_linear(weight, bias)
-            self.weights.append(nn.Parameter(weight))
-            self.biases.append(nn.Parameter(bias))
-            self.cluster_weights.append(nn.Parameter(torch.ones(num_clusters, o, i)))
-            self.cluster_biases.append(nn.Parameter(torch.zeros(num_clusters, o)))
+        self.layers = nn.ModuleList(  # per-cluster factors: plain parameters (clusters are not domains)
+            StarLinear(num_clusters, i, o, per_domain=False) for i, o in zip(widths[:-1], widths[1:], strict=True)
+        )
 
     @torch.no_grad()
     def route(self, x: Tensor) -> Tensor:
@@ -94,11 +88,7 @@ class AdaptDHM(nn.Module):
         x = torch.cat([self.input(batch), self.domain_embedding[batch.domain]], dim=1)  # [B, in + D]
         groups = DomainGroups(self.route(x), self.num_clusters)  # rows grouped by cluster
         h = groups.group(x)
-        last = len(self.weights) - 1
-        for i, (w, b, wc, bc) in enumerate(
-            zip(self.weights, self.biases, self.cluster_weights, self.cluster_biases, strict=True)
-        ):
-            h = groups.linear(h, w * groups.take(wc), b + groups.take(bc))
-            if i < last:
-                hidden = h = torch.relu(h)
-        return ModelOutput(logits=groups.ungroup(h), aux_loss=h.new_zeros(()), h=groups.ungroup(hidden))
+        for layer in self.layers[:-1]:
+            h = torch.relu(layer.grouped(h, groups))  # [B, H_l]
+        logits = self.layers[-1].grouped(h, groups)  # [B, 1]
+        return ModelOutput(logits=groups.ungroup(logits), aux_loss=logits.new_zeros(()), h=groups.ungroup(h))

@@ -78,13 +78,18 @@ class M3oE(nn.Module):
         self.tower = DomainTower(self.num_domains, self.experts.out_features, list(tower_sizes))
 
     def domain_expert(self, z: Tensor, groups: DomainGroups) -> Tensor:
-        """``g_d(z)`` of each row's domain d: ``z [B, hidden]`` (grouped order) -> ``[B, H]``."""
+        """``g_d(z)`` of each row's domain d: ``z [B, hidden]`` (grouped order) -> ``[B, H]``.
+
+        Balanced: ``w_bal f_d + c Σ_{k≠d} f_k = (w_bal - c) f_d + c Σ_k f_k`` with ``c = (1 - w_bal) / (K - 1)``:
+        ``f_d`` on each domain's block of rows, the sum of every domain's expert on every row.
+        """
+        own = self.domain_experts.grouped(z, groups).squeeze(1)  # [B, H] f_d
         if not self.balance or self.num_domains == 1:
-            return self.domain_experts.grouped(z, groups).squeeze(1)
-        every = self.domain_experts.every_domain(z).squeeze(2)  # [B, K, H]
-        own = every[torch.arange(z.shape[0], device=z.device), groups.domain]  # [B, H]
+            return own
+        total = self.domain_experts.every_domain(z).sum((1, 2))  # [B, K, 1, H] -> [B, H] Σ_k f_k
         w = torch.sigmoid(self.balance_logit)
-        return w * own + (1 - w) / (self.num_domains - 1) * (every.sum(1) - own)
+        c = (1 - w) / (self.num_domains - 1)
+        return (w - c) * own + c * total
 
     def forward(self, batch: Batch) -> ModelOutput:
         groups = DomainGroups(batch.domain, self.num_domains)

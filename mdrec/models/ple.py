@@ -77,18 +77,16 @@ class PLE(nn.Module):
             for level, width in enumerate(widths)
         )
         self.tower = DomainTower(self.num_domains, sizes[-1], list(tower_sizes), dropout)
-        self.every_domain = shared_gate_experts == "all"
 
     def forward(self, batch: Batch) -> ModelOutput:
         groups = DomainGroups(batch.domain, self.num_domains)
         domain_in = shared_in = groups.group(self.input(batch))  # [B, in] grouped order
-        last = len(self.levels) - 1
-        if self.every_domain and last > 0:
-            for level in self.levels[:last]:
+        for level in self.levels:
+            if level.reads_every_domain:  # below the last level with shared_gate_experts="all"
                 domain_in, shared_in = level.every_domain(domain_in, shared_in)  # [B, K, H], [B, H]
-            rows = torch.arange(domain_in.shape[0], device=domain_in.device)
-            domain_in = domain_in[rows, groups.domain]  # [B, H] each row's own domain
-        for level in self.levels[last if self.every_domain else 0 :]:
+                continue
+            if domain_in.dim() == 3:  # every domain's input: keep each row's own domain's
+                domain_in = domain_in[torch.arange(domain_in.shape[0], device=domain_in.device), groups.domain]
             domain_in, shared_in = level.grouped(domain_in, shared_in, groups)  # [B, H], [B, H] or None
         _, logits = self.tower.grouped(domain_in, groups)  # [B, 1]
         return ModelOutput(logits=groups.ungroup(logits), aux_loss=logits.new_zeros(()), h=groups.ungroup(domain_in))

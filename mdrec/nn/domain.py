@@ -196,17 +196,23 @@ class DomainLinear(nn.Module):
         num_domains: K.
         in_features: input width.
         out_features: output width.
+        per_domain: the K stacked slices belong to the domains (:class:`DomainParameter`: per-domain selection, the
+            dynamic learning rate and onboarding treat them per domain); False for other groups of rows (AdaptDHM's
+            clusters): plain parameters.
 
     Shapes: weight ``[K, out, in]``, bias ``[K, out]``; ``forward(x [B, in], domain [B] or DomainGroups)`` ->
-    ``[B, out]``; ``grouped(xs, groups)`` does the same on rows already in grouped order.
+    ``[B, out]``; ``grouped(xs, groups)`` does the same on rows already in grouped order; ``every_domain(x [B, in]
+    or [B, K, in])`` -> ``[B, K, out]``, every domain's output on every row.
 
     Example:
         >>> layer = DomainLinear(num_domains=3, in_features=4, out_features=2)
         >>> layer(torch.zeros(5, 4), torch.tensor([0, 2, 2, 1, 0])).shape
         torch.Size([5, 2])
+        >>> layer.every_domain(torch.zeros(5, 4)).shape
+        torch.Size([5, 3, 2])
     """
 
-    def __init__(self, num_domains: int, in_features: int, out_features: int) -> None:
+    def __init__(self, num_domains: int, in_features: int, out_features: int, per_domain: bool = True) -> None:
         super().__init__()
         for name, value in (("num_domains", num_domains), ("in_features", in_features), ("out_features", out_features)):
             if value < 1:
@@ -214,20 +220,39 @@ class DomainLinear(nn.Module):
         self.num_domains = num_domains
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = DomainParameter(torch.empty(num_domains, out_features, in_features))
-        self.bias = DomainParameter(torch.empty(num_domains, out_features))
+        stacked = DomainParameter if per_domain else nn.Parameter
+        self.weight = stacked(torch.empty(num_domains, out_features, in_features))
+        self.bias = stacked(torch.empty(num_domains, out_features))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         init_like_linear(self.weight, self.bias)
 
+    def effective(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """The weights ``[n, out, in]`` and biases ``[n, out]`` the layer applies, from slices of its own stacked
+        ``weight`` and ``bias`` (here: those slices)."""
+        return weight, bias
+
     def domain_weights(self, groups: DomainGroups) -> tuple[Tensor, Tensor]:
         """The present domains' weights ``[P, out, in]`` and biases ``[P, out]``."""
-        return groups.take(self.weight), groups.take(self.bias)
+        return self.effective(groups.take(self.weight), groups.take(self.bias))
 
     def grouped(self, xs: Tensor, groups: DomainGroups) -> Tensor:
         """``xs [B, in]`` in grouped order -> ``[B, out]`` in grouped order."""
         return groups.linear(xs, *self.domain_weights(groups))
+
+    def every_domain(self, x: Tensor) -> Tensor:
+        """Every domain's output on every row, in any row order: ``x [B, in]`` (one input for all domains) or
+        ``[B, K, in]`` (domain k's input in column k) -> ``[B, K, out]``.
+
+        K times the compute of ``grouped``: for methods whose equations read every domain's output for every row.
+        One matmul on the stacked weights (one batched matmul over the domains for ``[B, K, in]``).
+        """
+        weight, bias = self.effective(self.weight, self.bias)  # [K, out, in], [K, out]
+        k, n_out, n_in = weight.shape
+        if x.dim() == 2:
+            return F.linear(x, weight.reshape(k * n_out, n_in), bias.reshape(-1)).view(x.shape[0], k, n_out)
+        return torch.baddbmm(bias[:, None], x.transpose(0, 1), weight.mT).transpose(0, 1)  # [K, B, out] -> [B, K, out]
 
     def forward(self, x: Tensor, domain: Tensor | DomainGroups) -> Tensor:
         groups = as_groups(domain, self.num_domains)
@@ -245,6 +270,8 @@ class StarLinear(DomainLinear):
         num_domains: K.
         in_features: input width.
         out_features: output width.
+        per_domain: the stacked factors are per domain (see :class:`DomainLinear`); False for other groups of rows
+            (AdaptDHM's clusters).
 
     Example:
         >>> layer = StarLinear(num_domains=2, in_features=4, out_features=3)
@@ -253,8 +280,8 @@ class StarLinear(DomainLinear):
         True
     """
 
-    def __init__(self, num_domains: int, in_features: int, out_features: int) -> None:
-        super().__init__(num_domains, in_features, out_features)
+    def __init__(self, num_domains: int, in_features: int, out_features: int, per_domain: bool = True) -> None:
+        super().__init__(num_domains, in_features, out_features, per_domain)
         self.shared_weight = nn.Parameter(torch.empty(out_features, in_features))
         self.shared_bias = nn.Parameter(torch.empty(out_features))
         init_like_linear(self.shared_weight, self.shared_bias)
@@ -263,9 +290,9 @@ class StarLinear(DomainLinear):
         nn.init.ones_(self.weight)
         nn.init.zeros_(self.bias)
 
-    def domain_weights(self, groups: DomainGroups) -> tuple[Tensor, Tensor]:
-        """``W ⊙ W_d`` ``[P, out, in]`` and ``b + b_d`` ``[P, out]`` of the present domains, in one op each."""
-        return self.shared_weight * groups.take(self.weight), self.shared_bias + groups.take(self.bias)
+    def effective(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """``W ⊙ W_d`` ``[n, out, in]`` and ``b + b_d`` ``[n, out]`` of the given slices, in one op each."""
+        return self.shared_weight * weight, self.shared_bias + bias
 
 
 class DomainMLP(nn.Module):

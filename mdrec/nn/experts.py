@@ -7,7 +7,8 @@ through :class:`mdrec.nn.domain.DomainGroups` (see that module for why grouped m
 A row therefore computes the shared experts, its own domain's experts and its own domain's gate: nothing of the
 other K - 1 domains. The exceptions are methods that by definition mix every domain's experts into every row (PLE's
 shared gate below its last level, :meth:`CGCLayer.every_domain`; M3oE's balanced domain experts; HMoE's towers):
-``every_domain`` runs them, K times the compute of ``grouped``.
+:meth:`Experts.every_domain` runs them with one matmul on the stacked weights per layer, K times the compute of
+``grouped``.
 """
 
 from __future__ import annotations
@@ -113,16 +114,33 @@ class Experts(nn.Module):
         return groups.map(self.stack, xs, *(groups.take(p) for p in (*self.weights, *self.biases)))
 
     def every_domain(self, x: Tensor) -> Tensor:
-        """Every domain's experts on every row: ``x [B, in]`` (one input for all domains) or ``[B, K, in]`` (one per
-        domain) -> ``[B, K, E, out]`` (K times the compute of ``grouped``, for methods that mix every domain's
-        experts into every row)."""
+        """Every domain's experts on every row: ``x [B, in]`` (one input for all domains) or ``[B, K, in]`` (domain
+        k's input in column k) -> ``[B, K, E, out]`` (K times the compute of ``grouped``, for methods that mix every
+        domain's experts into every row).
+
+        The first layer is one matmul on the stacked weights (a batched one over the domains for ``[B, K, in]``),
+        every later layer one batched matmul over the K * E experts, biases fused into the matmuls.
+        """
         if self.num_domains is None:
             raise ValueError("shared experts have no domains: call them directly")
-        first = "bi" if x.dim() == 2 else "bki"
-        for weight, bias in zip(self.weights, self.biases, strict=True):
-            x = self.dropout(F.relu(torch.einsum(f"{first},keio->bkeo", x, weight) + bias))  # [B, K, E, out_l]
-            first = "bkei"
-        return x
+        weight, bias = self.weights[0], self.biases[0]  # [K, E, in, out], [K, E, out]
+        k, e, n_in, n_out = weight.shape
+        if x.dim() == 2:
+            flat = weight.permute(2, 0, 1, 3).reshape(n_in, k * e * n_out)  # [in, K * E * out]
+            y = torch.addmm(bias.reshape(-1), x, flat).view(-1, k, e, n_out)  # [B, K, E, out]
+        else:  # domain k's input in column k: [K, B, in] @ [K, in, E * out]
+            per_domain = weight.permute(0, 2, 1, 3).reshape(k, n_in, e * n_out)
+            y = torch.baddbmm(bias.reshape(k, 1, e * n_out), x.transpose(0, 1), per_domain)  # [K, B, E * out]
+            y = y.view(k, -1, e, n_out).transpose(0, 1)  # [B, K, E, out]
+        # ReLU in place only without autograd: in place on a view, autograd would copy the whole tensor
+        y = self.dropout(F.relu(y, inplace=not y.requires_grad))
+        for weight, bias in zip(self.weights[1:], self.biases[1:], strict=True):  # [K * E, B, in] @ [K * E, in, out]
+            n_in, n_out = weight.shape[-2:]
+            flat = y.permute(1, 2, 0, 3).reshape(k * e, -1, n_in)
+            y = torch.baddbmm(bias.reshape(k * e, 1, n_out), flat, weight.reshape(k * e, n_in, n_out))
+            y = y.view(k, e, -1, n_out).permute(2, 0, 1, 3)  # [B, K, E, out]
+            y = self.dropout(F.relu(y, inplace=not y.requires_grad))
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         if self.num_domains is not None:
@@ -201,8 +219,13 @@ class CGCLayer(nn.Module):
         self.shared_gate = nn.Linear(in_features, shared_total) if shared_gate else None
         self.out_features = expert_sizes[-1]
 
+    @property
+    def reads_every_domain(self) -> bool:
+        """True when the shared gate mixes every domain's experts: the level then runs through ``every_domain``."""
+        return self.shared_gate is not None and self.mixes_all
+
     def grouped(self, domain_in: Tensor, shared_in: Tensor, groups: DomainGroups) -> tuple[Tensor, Tensor | None]:
-        if self.shared_gate is not None and self.mixes_all:
+        if self.reads_every_domain:
             raise ValueError("a shared gate over all experts needs every domain's experts: call `every_domain`")
         parts = []
         if self.domain_experts is not None:
@@ -218,10 +241,9 @@ class CGCLayer(nn.Module):
     def every_domain(self, domain_in: Tensor, shared_in: Tensor) -> tuple[Tensor, Tensor]:
         """Every domain's output and the shared output on every row, in any row order (the paper's PLE below its
         last level)."""
-        if self.shared_gate is None or not self.mixes_all:
+        if not self.reads_every_domain:
             raise ValueError("every_domain is the level below the last of PLE with shared_gate_experts='all'")
         b, k = shared_in.shape[0], self.num_domains
-        per_domain = domain_in if domain_in.dim() == 3 else domain_in[:, None].expand(b, k, domain_in.shape[-1])
         parts, pooled = [], []
         if self.domain_experts is not None:
             own = self.domain_experts.every_domain(domain_in)  # [B, K, E_d, H]
@@ -232,7 +254,7 @@ class CGCLayer(nn.Module):
             parts.append(shared[:, None].expand(b, k, *shared.shape[1:]))
             pooled.append(shared)
         experts = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]  # [B, K, E_d + E_s, H]
-        logits = torch.einsum("bki,kti->bkt", per_domain, self.gate.weight) + self.gate.bias  # [B, K, E_d + E_s]
+        logits = self.gate.every_domain(domain_in)  # [B, K, E_d + E_s]
         domain_out = (torch.softmax(logits, dim=-1)[..., None] * experts).sum(2)  # [B, K, H]
         everything = torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]  # [B, K * E_d + E_s, H]
         return domain_out, mix(torch.softmax(self.shared_gate(shared_in), dim=-1), everything)

@@ -21,7 +21,9 @@ from mdrec.models.m3oe import M3oE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.sarnet import SARNet
+from mdrec.nn.domain import DomainGroups
 from mdrec.nn.gates import GateNU
+from mdrec.nn.parameter import per_domain_parameters
 from tests.helpers import SCHEMA, K, embedded, make_batch
 
 
@@ -293,6 +295,29 @@ def test_m3oe_fuses_gated_shared_experts_with_the_balanced_domain_expert() -> No
         torch.testing.assert_close(out.logits[i], output.weight[d] @ h + output.bias[d])
 
 
+def test_m3oe_balance_gradients_are_those_of_every_domains_expert_on_every_row() -> None:
+    """M3oE's balanced expert, ``(w_bal - c) f_d + c Σ_k f_k``, has the value and gradients of the written-out
+    ``w_bal f_d + c Σ_{k≠d} f_k`` with every domain's expert run on every row."""
+    torch.manual_seed(0)
+    net = perturbed(M3oE(SCHEMA, embedded(2), star_sizes=[4, 3], num_experts=2, expert_sizes=[3, 2], tower_sizes=[]))
+    batch = make_batch(rows=9)
+    z = torch.randn(9, 3, requires_grad=True)
+    groups = DomainGroups(batch.domain, K)
+    params = [z, *net.domain_experts.parameters(), net.balance_logit]
+    probe = torch.randn(9, 2)
+    got = torch.autograd.grad((net.domain_expert(groups.group(z), groups) * groups.group(probe)).sum(), params)
+    every = z
+    for weight, bias in zip(net.domain_experts.weights, net.domain_experts.biases, strict=True):
+        every = torch.einsum("bi,kio->bko" if every.dim() == 2 else "bki,kio->bko", every, weight[:, 0]) + bias[:, 0]
+        every = every.clamp(min=0)  # [B, K, H]
+    own = every[torch.arange(9), batch.domain]
+    w = torch.sigmoid(net.balance_logit)
+    g = w * own + (1 - w) / (K - 1) * (every.sum(1) - own)
+    torch.testing.assert_close(groups.ungroup(net.domain_expert(groups.group(z), groups)), g)
+    for a, b in zip(got, torch.autograd.grad((g * probe).sum(), params), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
     """Row i of domain d: experts ``f_j = ReLU(x W_j + c_j)``; for every domain k ``t_k = ReLU(T_k Σ_j softmax(G_k x +
     g_k)_j f_j + τ_k)``; ``w = softmax(Ω_d x + ω_d)``, ``z = Σ_k w_k t_k``, ``s = u_d · z + c_d`` (the stop-gradient
@@ -313,6 +338,33 @@ def test_hmoe_mixes_every_domains_tower_with_per_row_weights() -> None:
         z = sum(w[k] * t[k] for k in range(K))
         torch.testing.assert_close(out.h[i], z)
         torch.testing.assert_close(out.logits[i], net.output.weight[d] @ z + net.output.bias[d])
+
+
+def test_hmoe_gradients_are_those_of_every_domains_towers_with_a_stop_gradient() -> None:
+    """HMoE's gradients (own tower with gradient, every tower by value, mixed in blocks of rows) equal those of the
+    written-out form: every domain's gate and tower on every row, the other domains' outputs detached."""
+    torch.manual_seed(0)
+    net = perturbed(HMoE(SCHEMA, embedded(2), num_experts=2, expert_sizes=[3], tower_sizes=[4, 2]))
+    batch = make_batch(rows=9)
+    params = list(net.parameters())
+    out = net(batch)
+    got = torch.autograd.grad(out.logits.square().sum() + out.h.sum(), params, allow_unused=True)
+    x = net.input(batch)
+    experts = net.experts(x)  # [B, E, H]
+    gates = torch.softmax(torch.einsum("bi,kei->bke", x, net.gate.weight) + net.gate.bias, dim=-1)
+    towers = gates @ experts  # [B, K, H]
+    for weight, bias in zip(net.towers.weights, net.towers.biases, strict=True):
+        towers = (torch.einsum("bki,kio->bko", towers, weight[:, 0]) + bias[:, 0]).clamp(min=0)
+    own = nn.functional.one_hot(batch.domain, K)[..., None].float()
+    towers = own * towers + (1 - own) * towers.detach()
+    w = torch.einsum("bi,bki->bk", x, net.weights.weight[batch.domain]) + net.weights.bias[batch.domain]
+    w = torch.softmax(w, -1)
+    z = (w[..., None] * towers).sum(1)
+    logits = (z * net.output.weight[batch.domain, 0]).sum(1, keepdim=True) + net.output.bias[batch.domain]
+    torch.testing.assert_close(out.logits, logits)
+    expected = torch.autograd.grad(logits.square().sum() + z.sum(), params, allow_unused=True)
+    for name, a, b in zip([n for n, _ in net.named_parameters()], got, expected, strict=True):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_bad_options_name_the_option_and_the_choices() -> None:
@@ -348,8 +400,10 @@ def test_adaptdhm_routes_rows_to_clusters_and_moves_the_centres() -> None:
     clusters = (x @ net.centers.T).argmax(1)
     assert set(clusters.tolist()) == {0, 1}  # both clusters in use
     out = net(batch)
-    w, b, wc, bc = net.weights, net.biases, net.cluster_weights, net.cluster_biases
+    first, second = net.layers
     for i, c in enumerate(clusters.tolist()):
-        h = ((w[0] * wc[0][c]) @ x[i] + b[0] + bc[0][c]).clamp(min=0)
+        h = ((first.shared_weight * first.weight[c]) @ x[i] + first.shared_bias + first.bias[c]).clamp(min=0)
         torch.testing.assert_close(out.h[i], h)
-        torch.testing.assert_close(out.logits[i], (w[1] * wc[1][c]) @ h + b[1] + bc[1][c])
+        logit = (second.shared_weight * second.weight[c]) @ h + second.shared_bias + second.bias[c]
+        torch.testing.assert_close(out.logits[i], logit)
+    assert not list(per_domain_parameters(net.layers))  # the per-cluster factors are not per-domain parameters
