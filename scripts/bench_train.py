@@ -11,9 +11,11 @@ BatchLoader), for the same steps:
   Adam for the rest), Adam's single-tensor update (``foreach=false``, torch's CPU default) instead of the fused one,
   and ``nn.Dropout`` (a Bernoulli mask) instead of ``mdrec.nn.mlp.Dropout``;
 - the bare loop: forward, BCE, backward, step over the same batches;
-- the per-row reference (torch-rechub's design): the bare loop fed by a ``DataLoader`` over a ``Dataset`` whose
+- the per-row reference (torch-rechub's design): the bare loop as a library on plain torch runs it (``nn.Dropout``,
+  Adam's single-tensor update: torch's CPU defaults) fed by a ``DataLoader`` over a ``Dataset`` whose
   ``__getitem__`` returns one row as a dict of tensors, batched by the default collate, taking the same rows in the
-  same batches (the epoch's order, one batch sampler).
+  same batches (the epoch's order, one batch sampler). The framework's ratio to it is the loader's gain and the
+  step's levers together; the lever rows above say how much each lever gives.
 
 Runs alternate (in turns, the order reversed every other round) to cancel drift; the first ``--warmup`` steps of every
 run are not timed. Ratios are taken on the best run of each (the least disturbed by other processes on a shared
@@ -69,6 +71,7 @@ from mdrec.train.run import instantiate_group
 CONF = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
 TARGET_RATIO = 0.9
 TARGET_PER_ROW = 2.5
+SINGLE_TENSOR = {"fused": None, "foreach": False}  # Adam's update as torch runs it on the CPU by default
 
 
 @dataclass
@@ -207,10 +210,18 @@ def run_framework(
     return RunResult(rate, peak, timer.last_loss, validation_auc(net, dm))
 
 
-def bare_loop(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int, batches: Iterable[Batch]) -> RunResult:
-    """Forward, BCE, backward, Adam step over ``batches``; the last ``steps`` are timed."""
-    net = build_net(dm.schema, seed).train()
-    optimizer = optimizer_factory()(net.parameters())
+def bare_loop(
+    dm: MultiDomainDataModule,
+    seed: int,
+    warmup: int,
+    steps: int,
+    batches: Iterable[Batch],
+    torch_defaults: bool = False,
+) -> RunResult:
+    """Forward, BCE, backward, Adam step over ``batches``; the last ``steps`` are timed. ``torch_defaults``: the
+    network with ``nn.Dropout`` and Adam's single-tensor update, as a library on plain torch runs them."""
+    net = build_net(dm.schema, seed, bernoulli_dropout=torch_defaults).train()
+    optimizer = optimizer_factory(**(SINGLE_TENSOR if torch_defaults else {}))(net.parameters())
     reset_peak_rss()
     start = time.perf_counter()
     for i, batch in enumerate(itertools.islice(batches, warmup + steps)):
@@ -250,8 +261,9 @@ def row_batches(dataset: RowDataset, batches: list[list[int]]) -> Iterable[Batch
 def run_per_row(
     dm: MultiDomainDataModule, seed: int, warmup: int, steps: int, dataset: RowDataset, batches: list[list[int]]
 ) -> RunResult:
-    """The bare loop fed by the per-row DataLoader over the same rows in the same batches."""
-    return bare_loop(dm, seed, warmup, steps, row_batches(dataset, batches))
+    """torch-rechub's design: the bare loop with torch's defaults (``nn.Dropout``, Adam's single-tensor update) fed
+    by the per-row DataLoader over the same rows in the same batches."""
+    return bare_loop(dm, seed, warmup, steps, row_batches(dataset, batches), torch_defaults=True)
 
 
 def main() -> None:
@@ -280,7 +292,7 @@ def main() -> None:
         "sparse": ("Lightning, SparseAdam tables", functools.partial(run_framework, sparse=True)),
         "single-tensor": (
             "Lightning, Adam foreach=false",
-            functools.partial(run_framework, adam={"fused": None, "foreach": False}),
+            functools.partial(run_framework, adam=SINGLE_TENSOR),
         ),
         "bernoulli": ("Lightning, nn.Dropout", functools.partial(run_framework, bernoulli_dropout=True)),
         "bare": ("bare PyTorch loop", run_bare),
@@ -288,7 +300,7 @@ def main() -> None:
     if "per-row" in args.methods:
         dataset = RowDataset(dm.store)
         labels["per-row"] = (
-            "per-row Dataset + DataLoader, bare loop",
+            "per-row DataLoader, bare loop, torch",
             functools.partial(run_per_row, dataset=dataset, batches=epoch_batches(dm)),
         )
     methods = {labels[m][0]: labels[m][1] for m in args_methods if m in args.methods}

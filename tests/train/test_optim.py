@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.iak import IAK
 from mdrec.models.dnn import DNNBackbone
 from mdrec.train.module import RankingModule
 from mdrec.train.optim import JointOptimizer
@@ -108,6 +110,23 @@ def test_clipping_and_sparse_gradients_are_refused_and_a_frozen_table_needs_no_s
     frozen = RankingModule(net, SCHEMA, torch.optim.Adam, embedding_optimizer=torch.optim.SparseAdam)
     assert frozen.sparse_tables == [] and not net.input.embedding.table.sparse
     assert isinstance(frozen.configure_optimizers(), torch.optim.Adam)
+
+
+@pytest.mark.parametrize("freeze", [["*"], []])
+def test_an_adapted_net_gives_its_tables_to_the_embedding_optimiser_only_when_they_train(freeze: list[str]) -> None:
+    """stage=adapt builds its module with model.embedding_optimizer: inert on a frozen backbone, the tables' optimiser
+    when the backbone fine-tunes (freeze: [])."""
+    torch.manual_seed(0)
+    backbone = DNNBackbone(SCHEMA, embedded(4), [8])
+    net = AdaptedNet(SCHEMA, backbone, IAK(SCHEMA, backbone, bottleneck=2, hidden=3), freeze=freeze)
+    m = RankingModule(net, SCHEMA, torch.optim.Adam, embedding_optimizer=torch.optim.SparseAdam)
+    m.trainer = type("T", (), {"gradient_clip_val": None})()
+    opt = m.configure_optimizers()
+    table = backbone.input.embedding.table.weight
+    if freeze:
+        assert isinstance(opt, torch.optim.Adam) and all(p is not table for p in opt.param_groups[0]["params"])
+    else:
+        assert isinstance(opt, JointOptimizer) and opt.sparse.param_groups[0]["params"] == [table]
 
 
 def test_a_sparse_run_trains_and_checkpoints_both_optimisers(tmp_path: Path, train_cfg: TrainCfg) -> None:
