@@ -18,7 +18,7 @@ class JointOptimizer(torch.optim.Optimizer):
     / ``load_state_dict`` round-trip both in the standard format. The two must hold disjoint parameters.
 
     Example:
-        >>> emb, lin = nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1)
+        >>> emb, lin = torch.nn.Embedding(10, 4, sparse=True), torch.nn.Linear(4, 1)
         >>> opt = JointOptimizer(torch.optim.Adam(lin.parameters()), torch.optim.SparseAdam(emb.parameters()))
         >>> lin(emb(torch.tensor([1, 2]))).sum().backward(); opt.step()
     """
@@ -29,7 +29,7 @@ class JointOptimizer(torch.optim.Optimizer):
             raise ValueError(f"JointOptimizer: {len(held[0] & held[1])} parameter(s) are in both optimisers")
         super().__init__([p for o in (dense, sparse) for g in o.param_groups for p in g["params"]], {})
         self.dense, self.sparse = dense, sparse
-        self._share(dense.param_groups + sparse.param_groups, defaultdict(dict))
+        self._share(dense.param_groups + sparse.param_groups, defaultdict(dict, {**dense.state, **sparse.state}))
 
     def _share(self, groups: list[dict[str, Any]], state: defaultdict) -> None:
         """Make ``groups`` and ``state`` this optimiser's and its two parts' (``dense``'s groups first)."""
