@@ -31,6 +31,7 @@ Usage::
     python scripts/bench_train.py                      # 2M rows, B = 4096, 40 timed steps, 5 runs each
     python scripts/bench_train.py --rows 400000 --steps 70 --repeats 3 --threads 1   # one epoch of 320k rows
     python scripts/bench_train.py --methods framework bare per-row
+    python scripts/bench_train.py --rows 400000 --steps 10 --threads 1 --profile   # where the bare loop's step goes
 """
 
 from __future__ import annotations
@@ -58,14 +59,17 @@ from bench_data import RowDataset, add_data_args, bench_datamodule
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
 from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
+from mdrec.nn.embedding import sparse_gradients
 from mdrec.nn.mlp import Dropout
 from mdrec.train.module import OptimizerFactory, RankingModule
+from mdrec.train.optim import JointOptimizer
 from mdrec.train.run import instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "mdrec" / "conf"
@@ -266,6 +270,51 @@ def run_per_row(
     return bare_loop(dm, seed, warmup, steps, row_batches(dataset, batches), torch_defaults=True)
 
 
+# the profile's parts of a step: torch operators by name (self time); the optimiser's update is its step's total
+PARTS = {
+    "matrix products": ("aten::mm", "aten::addmm"),
+    "dropout masks": ("aten::bernoulli_", "aten::random_", "aten::ge"),
+    "dense embedding backward": ("aten::embedding_dense_backward",),
+    "batch norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
+}
+STEPS = {  # name: (nn.Dropout, Adam's options over the configured ones, SparseAdam for the tables)
+    "torch's defaults (single-tensor Adam, nn.Dropout)": (True, SINGLE_TENSOR, False),
+    "fused Adam, nn.Dropout": (True, {}, False),
+    "fused Adam, mdrec.nn.mlp.Dropout (the default)": (False, {}, False),
+    "the default + SparseAdam tables": (False, {}, True),
+}
+
+
+def profile_steps(dm: MultiDomainDataModule, seed: int, warmup: int, steps: int) -> None:
+    """Print where the bare loop's step goes (``torch.profiler``, ``steps`` steps after ``warmup``) for each of
+    STEPS: milliseconds per step and share of the step's CPU time of each of PARTS and of the optimiser's update."""
+    batches = list(itertools.islice(dm.train_dataloader(), warmup + steps))
+    for name, (bernoulli, adam, sparse) in STEPS.items():
+        net = build_net(dm.schema, seed, bernoulli).train()
+        tables = sparse_gradients(net) if sparse else []
+        dense = [p for p in net.parameters() if all(p is not t for t in tables)]
+        optimizer = optimizer_factory(**adam)(dense)
+        if sparse:
+            lr = default_config().model.optimizer.lr
+            optimizer = JointOptimizer(optimizer, torch.optim.SparseAdam(tables, lr=lr))
+        for i, batch in enumerate(batches):
+            if i == warmup:
+                prof = profile(activities=[ProfilerActivity.CPU])
+                prof.start()
+            loss = F.binary_cross_entropy_with_logits(net(batch).logits, batch.labels[:, :1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        prof.stop()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        parts = {part: sum(e.self_cpu_time_total for e in events if e.key in ops) for part, ops in PARTS.items()}
+        # the outermost optimiser step (a JointOptimizer's holds its two parts' steps)
+        parts["optimiser update"] = max(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#"))
+        shares = ", ".join(f"{part} {v / steps / 1e3:.0f} ms ({100 * v / total:.0f} %)" for part, v in parts.items())
+        print(f"{name}: {total / steps / 1e3:.0f} ms per step; {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_args(parser)
@@ -276,6 +325,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args_methods = ["framework", "compile", "sparse", "single-tensor", "bernoulli", "bare", "per-row"]
     parser.add_argument("--methods", nargs="+", choices=args_methods, default=args_methods, help="methods to run")
+    parser.add_argument("--profile", action="store_true", help="print where the bare loop's step goes, then stop")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is not a DataLoader.*")
@@ -286,6 +336,9 @@ def main() -> None:
 
     dm = bench_datamodule(args)
     dm.setup()
+    if args.profile:
+        profile_steps(dm, args.seed, args.warmup, args.steps)
+        return
     labels: dict[str, tuple[str, Callable[..., RunResult]]] = {
         "framework": ("Lightning (RankingModule + DataModule)", run_framework),
         "compile": ("Lightning, model.compile=true", functools.partial(run_framework, compile=True)),
