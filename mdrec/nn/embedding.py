@@ -71,3 +71,22 @@ class SkippingEmbedding(FieldEmbedding):
         out = blank.expand(ids.shape[0], -1, -1).clone()
         out[keep] = self.table((ids + self.offsets)[keep])
         return out
+
+
+def sparse_gradients(net: nn.Module) -> list[nn.Parameter]:
+    """Switch the table of every :class:`FieldEmbedding` in ``net`` that trains (``requires_grad``) to sparse
+    gradients (a sparse tensor of the looked-up rows instead of a dense ``[rows, D]`` one) and return those tables.
+
+    Their optimiser must accept sparse gradients (``torch.optim.SparseAdam``, ``torch.optim.Adagrad``, SGD).
+    Frozen tables are left as they are.
+
+    Example:
+        >>> emb = FieldEmbedding([10, 5], embedding_dim=4)
+        >>> [p.shape for p in sparse_gradients(nn.Sequential(emb))], emb.table.sparse
+        ([torch.Size([15, 4])], True)
+    """
+    tables = [m.table for m in net.modules() if isinstance(m, FieldEmbedding) and m.table.weight.requires_grad]
+    unique = list({id(t): t for t in tables}.values())  # a table shared by two embeddings counts once
+    for table in unique:
+        table.sparse = True
+    return [t.weight for t in unique]

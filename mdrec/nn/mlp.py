@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+BITS = 16  # random bits per keep decision: p is rounded to a multiple of 2^-16
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (as ``nn.Dropout``) whose CPU mask costs a fraction of ``torch.bernoulli``'s.
+
+    In training each element is kept with probability ``1 - q`` and scaled by ``1 / (1 - q)``, where
+    ``q = round(p * 2^16) / 2^16`` (within 8e-6 of ``p``), so the output's expectation is the input. On the CPU an
+    element's keep decision compares 16 random bits with a threshold, four decisions per 64-bit draw of torch's
+    default generator (seeded and checkpointed like every other draw); other devices use their fused
+    ``F.dropout``. In evaluation it is the identity.
+
+    Example:
+        >>> drop = Dropout(0.25)
+        >>> out = drop(torch.ones(1000, 100))
+        >>> out.unique().tolist()  # dropped, or kept and scaled by 4 / 3
+        [0.0, 1.3333333730697632]
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        dropped = round(p * 2**BITS)  # of the 2^16 values of 16 random bits, this many drop the element
+        self.threshold = dropped - 2 ** (BITS - 1)  # the bits read as int16: values below it drop
+        self.scale = 2**BITS / (2**BITS - dropped)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [...]`` -> the same shape."""
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # every 64-bit value alike
+        keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        return x * (keep * self.scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class MLP(nn.Module):
-    """``Linear -> [BatchNorm] -> ReLU -> [Dropout]`` per hidden layer.
+    """``Linear -> [BatchNorm] -> ReLU -> [Dropout]`` per hidden layer (:class:`Dropout`: ``nn.Dropout``'s numbers
+    with a cheaper mask on the CPU).
 
     Args:
         in_features: input width.
@@ -36,7 +81,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(size))
             layers.append(nn.ReLU())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = size
         self.layers = nn.Sequential(*layers)
         self.out_features = width

@@ -19,7 +19,9 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.eval.metrics import GatheredRows, domain_metrics
 from mdrec.models.output import ModelOutput
+from mdrec.nn.embedding import sparse_gradients
 from mdrec.train.checkpoint import rng_states, set_rng_states
+from mdrec.train.optim import JointOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,12 @@ class RankingModule(pl.LightningModule):
         compile: run the network through ``torch.compile`` (dynamic batch sizes; the module's parameters and state
             dict are the network's own, so checkpoints do not change). Where the backend fails (no C++ compiler,
             an unsupported operation), the run says why and goes on eagerly.
+        embedding_optimizer: sparse embedding updates: a partial optimiser that accepts sparse gradients
+            (``torch.optim.SparseAdam``, ``torch.optim.Adagrad``). The trainable embedding tables
+            (:class:`~mdrec.nn.embedding.FieldEmbedding`) then produce sparse gradients (the batch's rows only) and
+            this optimiser updates them (only those rows: lazily), ``optimizer`` the other parameters; the two
+            step as one (:class:`~mdrec.train.optim.JointOptimizer`). None: ``optimizer`` updates every parameter
+            from dense gradients. With no trainable table (a frozen backbone) it has nothing to update.
 
     Example:
         >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -72,6 +80,7 @@ class RankingModule(pl.LightningModule):
         loss_normalization: LossNormalization = "batch",
         domain_weights: dict[str, float] | None = None,
         compile: bool = False,
+        embedding_optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
         # plain values only: a checkpoint loads with torch.load(weights_only=True) (the run's config.yaml has the rest)
@@ -83,6 +92,9 @@ class RankingModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"domain_weights name unknown domain(s) {unknown}; domains: {list(schema.domains)}")
         self.net = net
+        # before compiling: the tables' gradient layout is part of the traced graph
+        self.sparse_tables = sparse_gradients(net) if embedding_optimizer is not None else []
+        self.embedding_optimizer = embedding_optimizer
         # a compiled function, not a module: it holds no parameters of its own and adds nothing to the state dict
         self.compiled: Callable[[Batch], ModelOutput] | None = (
             torch.compile(net.forward, dynamic=True) if compile else None
@@ -201,4 +213,14 @@ class RankingModule(pl.LightningModule):
         params = [p for p in self.net.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the network has no trainable parameters; check what the config freezes")
-        return self.optimizer_factory(params)
+        if not self.sparse_tables:
+            return self.optimizer_factory(params)
+        if self.trainer.gradient_clip_val:
+            raise ValueError(
+                f"trainer.gradient_clip_val={self.trainer.gradient_clip_val} clips a gradient norm, which the sparse "
+                "embedding gradients of model.embedding_optimizer do not support: drop one of the two"
+            )
+        sparse = {id(p) for p in self.sparse_tables}
+        dense = [p for p in params if id(p) not in sparse]
+        tables = self.embedding_optimizer(self.sparse_tables)
+        return JointOptimizer(self.optimizer_factory(dense), tables) if dense else tables

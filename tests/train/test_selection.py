@@ -159,7 +159,7 @@ def write_sites(directory: Path, seed: int = 0) -> list[str]:
 
 def test_a_one_class_validation_domain_keeps_step_0_and_serves_it(train_cfg: TrainCfg, tmp_path: Path) -> None:
     data = write_sites(tmp_path)
-    max_epochs = 8
+    max_epochs = 16  # A and B stop improving after 2-12 epochs, as the seed's dropout masks go (seeds 0-3)
     cfg = train_cfg([*data, "stage=adapt", "adapter=lora", "stage.patience=1", f"trainer.max_epochs={max_epochs}"])
     metrics = train(cfg)
     assert math.isnan(metrics["val/auc/E"])
