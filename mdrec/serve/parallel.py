@@ -103,12 +103,12 @@ def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int,
     num_dense = len(dense_names)
     if sparse.dim() != 2 or sparse.shape[1] != num_sparse or sparse.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
+            f"serving model input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
             f"{list(sparse.shape)}"
         )
     if dense.dim() != 2 or dense.shape[1] != num_dense or dense.dtype != torch.float32:
         raise ValueError(
-            f"ParallelModel input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
+            f"serving model input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
             f"{dtype_name(dense)} {list(dense.shape)}"
         )
     finite = torch.isfinite(dense)
@@ -117,18 +117,18 @@ def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int,
         row, column = int(bad[0, 0]), int(bad[0, 1])
         rows = int((~finite).any(dim=1).sum())
         raise ValueError(
-            f"ParallelModel input dense row {row} holds {float(dense[row, column])} in feature "
+            f"serving model input dense row {row} holds {float(dense[row, column])} in feature "
             f"'{dense_names[column]}' (column {column}; rows with NaN or inf: {rows}): it would be served a NaN "
             "probability; fill or drop missing values before serving, as before training"
         )
     if domain.dim() != 1 or domain.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
+            f"serving model input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
             f"{list(domain.shape)}"
         )
     if sparse.shape[0] != domain.shape[0] or dense.shape[0] != domain.shape[0]:
         raise ValueError(
-            f"ParallelModel inputs sparse, dense and domain must have the same number of rows B, got "
+            f"serving model inputs sparse, dense and domain must have the same number of rows B, got "
             f"{sparse.shape[0]}, {dense.shape[0]} and {domain.shape[0]}"
         )
     return domain
@@ -140,12 +140,12 @@ def check_sequence(seq: Tensor, seq_lengths: Tensor, rows: int) -> Tensor:
     integer = (torch.int64, torch.int32)
     if seq.dim() != 2 or seq.shape[0] != rows or seq.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
+            f"serving model input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
             f"{list(seq.shape)}"
         )
     if seq_lengths.dim() != 1 or seq_lengths.shape[0] != rows or seq_lengths.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
+            f"serving model input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
             f"{list(seq_lengths.shape)}"
         )
     return seq
@@ -192,7 +192,7 @@ class ServingModel(nn.Module):
             sparse, dense, domain, self.num_sparse, self.dense_names
         )
         if (seq is None) != (seq_lengths is None):
-            raise ValueError("ParallelModel inputs seq and seq_lengths go together: give both or neither")
+            raise ValueError("serving model inputs seq and seq_lengths go together: give both or neither")
         if seq is not None and seq_lengths is not None:
             seq = (scripted_check_sequence if tracing else check_sequence)(seq, seq_lengths, domain.shape[0])
         self.unknown_rows += ((domain < 0) | (domain >= self.num_domains)).sum()
@@ -226,16 +226,13 @@ class ParallelModel(ServingModel):
     A domain id outside ``0..K-1`` (a domain added after training, a bad id) runs the plain backbone; the rows are
     counted in the buffer ``unknown_rows``. The per-domain products run row by row on the stacked weights over the
     rows sorted by domain (a static grouping, :class:`~mdrec.nn.domain.DomainGroups`: no host synchronisation, no
-    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces into
-    one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
+    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces or
+    exports into one graph that holds for any batch size and domain mix (:mod:`mdrec.serve.export`). Inputs are
+    checked and out-of-vocabulary ids read as 0 as :class:`ServingModel` says.
 
     The fallback is one more slot of the adapter, freshly built. The constructor runs a few random rows through it
     and refuses the adapter unless they equal the backbone's (IAK with ``residual=False`` does not start as the
-    backbone): a check of what is served, for any adapter, that needs no property declared by each. Inputs of the
-    wrong shape, dtype or row count, and NaN or inf dense values, raise a ``ValueError`` that names them (for a
-    value: its row, feature and value), in the exported file too (there a ``torch.jit.Error``). An id outside its
-    field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its vocabulary field's) is read as 0, the unknown
-    id, as the data pipeline maps unseen values.
+    backbone): a check of what is served, for any adapter, that needs no property declared by each.
 
     Args:
         net: the adapted network as trained (K domains); left as it is (the model serves a frozen copy).
