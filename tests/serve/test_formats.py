@@ -162,3 +162,13 @@ def test_export_cli_writes_every_format(overrides: list[str], train_cfg: TrainCf
         assert Path(entry["file"]).exists()
         if fmt != "onnx" or onnxruntime_available():
             assert entry["max_abs_difference"] < 1e-5, fmt
+
+
+def test_export_cli_refuses_onnx_without_its_packages(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("mdrec.serve.cli.onnx_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["no/such/run", "--format", "all"])
+    assert exit_info.value.code == 2  # a usage error, before the run is loaded
+    assert "pip install 'mdrec[export]'" in capsys.readouterr().err
