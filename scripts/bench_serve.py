@@ -27,7 +27,9 @@ loaded from its file, has copies of its tensors that another method had just pus
 has the figures). ``--repeats`` calls per method (fewer for slow rotations, about 20 s each, at least 10) after
 ``--warmup`` calls; p50 and p99 latency in ms, rows/s from the mean, and p50 over the reference's p50 in the same
 rotation (a backbone row: the ratio of its parallel rotation's, 1.00). The load average at start and end is printed:
-other processes on the machine slow both sides of a rotation alike, not always equally.
+other processes on the machine slow both sides of a rotation alike, not always equally; ``--clock cpu`` times each
+call by the calling thread's CPU time instead (one thread: the onnxruntime session and the AOTInductor kernels run
+in the calling thread), which leaves out the time the process waits while preempted.
 
 Goal (issue 23): at K = 100, B = 512, the best export format's parallel model p50 at most 1.2x the backbone's in the
 same format. The AOTInductor formats compile C++ once per K (about a minute each on a loaded 2-core machine).
@@ -77,6 +79,7 @@ from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling ben
 
 TARGET = (100, 512, 1.2)  # K, B, largest parallel / backbone p50 ratio (the best format's)
 BATCHES = 8  # each call takes the next of this many batches (other rows, same shares)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 SHORT = {"eager": "", "torchscript": "-ts", "aoti": "-aoti", "onnx": "-onnx"}  # a method's name: parallel<short>
 
 
@@ -137,7 +140,16 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--dense", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="wall: elapsed time; cpu: the calling thread's CPU time (one thread: a loaded machine's preemption left "
+        "out)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu counts the calling thread only: use it with --threads 1")
     torch.set_num_threads(args.threads)
     onnx = onnx_available() and onnxruntime_available()
     formats = ["eager", *(args.formats or [f for f in FORMATS if f != "onnx" or onnx])]
@@ -146,7 +158,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s), load average {load:.2f} at "
-        "start; p50 / p99 latency in ms, rows/s from the mean"
+        f"start; p50 / p99 latency in ms ({args.clock} clock), rows/s from the mean"
     )
     print(f"{'K':>5} {'B':>5} {'method':>14} {'p50':>9} {'p99':>9} {'rows/s':>11} {'p50 / backbone':>15}")
     verdicts: dict[str, float] = {}
@@ -184,7 +196,7 @@ def main() -> None:
                     for fn in pair.values():
                         fn()
                     repeats = max(10, min(args.repeats, int(20 / (time.perf_counter() - start))))  # about 20 s
-                    times = time_calls(pair, repeats, args.warmup)
+                    times = time_calls(pair, repeats, args.warmup, CLOCKS[args.clock])
                 results[name] = times[name], times[reference]
                 results.setdefault(reference, (times[reference], times[reference]))
             for name, _ in sorted(results.items(), key=lambda item: list(fns).index(item[0])):

@@ -121,7 +121,11 @@ def export_onnx(model: ServingModel, example: Batch, path: Path) -> Served | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its own passes
         onnx_program = torch.onnx.export(
-            program, input_names=input_names(example), output_names=["probabilities"], opset_version=ONNX_OPSET
+            program,
+            input_names=input_names(example),
+            output_names=["probabilities"],
+            opset_version=ONNX_OPSET,
+            verbose=False,
         )
     proto = onnx_program.model_proto.SerializeToString()
     save_checked(path, lambda f: f.write(proto))
@@ -186,7 +190,8 @@ def load_serving(path: str | Path) -> torch.jit.ScriptModule:
 
 def load_aoti(path: str | Path) -> Served:
     """The AOTInductor package in ``path`` (written by :func:`export_aoti`), checked against its sha256 first; called
-    with the serving inputs, it returns ``[B, T]`` probabilities (one thread per call: the calling thread)."""
+    with the serving inputs, it returns ``[B, T]`` probabilities. The package holds compiled native code that loading
+    runs: load only files you exported (the checksum guards against corruption, not against a crafted file)."""
     package = load_checked(
         path, lambda p: torch._inductor.aoti_load_package(str(p)), "an AOTInductor package (.pt2)", REMEDY
     )
