@@ -23,6 +23,7 @@ from mdrec.serve.export import (
     expected_probabilities,
     export,
     max_difference,
+    onnx_available,
     onnxruntime_available,
     summed_bags,
     write,
@@ -154,6 +155,8 @@ def test_export_cli_on_a_star_run(train_cfg: TrainCfg, tmp_path: Path) -> None:
     "overrides", [["model=star"], ["model=mmoe"], ["stage=adapt", "adapter=iak"]], ids=["star", "mmoe", "iak"]
 )
 def test_export_cli_writes_every_format(overrides: list[str], train_cfg: TrainCfg, tmp_path: Path) -> None:
+    if not onnx_available():
+        pytest.skip("--format all writes ONNX, which needs onnx and onnxscript: pip install mdrec[export]")
     train(train_cfg([*overrides, "trainer.max_epochs=1", "data.source.num_rows=4000"]))
     assert export_main([str(tmp_path / "run"), "--batches", "2", "--format", "all"]) == 0
     report = json.loads((tmp_path / "run" / "serving.json").read_text())
