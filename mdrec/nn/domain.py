@@ -18,7 +18,9 @@ forward (the per-domain row counts), shared by every layer that reuses it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,19 @@ from torch import Tensor, nn
 
 from mdrec.nn.norm import PartitionedNorm
 from mdrec.nn.parameter import DomainParameter
+
+STATIC: ContextVar[bool] = ContextVar("static_groups", default=False)  # set by static_groups()
+
+
+@contextmanager
+def static_groups() -> Iterator[None]:
+    """Every :class:`DomainGroups` built inside is static: a network that groups its own rows (a multi-domain model)
+    traces into a serving graph that holds for any batch (``mdrec.serve.parallel.NetworkModel``)."""
+    token = STATIC.set(True)
+    try:
+        yield
+    finally:
+        STATIC.reset(token)
 
 
 class DomainGroups:
@@ -41,8 +56,10 @@ class DomainGroups:
     Args:
         domain: int64 ``[B]`` domain ids in ``0..num_domains-1``.
         num_domains: K.
-        static: group for a traced serving graph (see above); ``map`` is then unavailable, and ids are not
+        static: group for a traced serving graph (see above; also inside :func:`static_groups`); ids are not
             checked (a traced graph cannot raise): callers map unknown ids first, as ``ParallelModel`` does.
+            ``map`` then runs ``fn`` on every row with every domain's slices and keeps each row's own (K times the
+            work: a serving graph of a layer that is not a product, such as per-domain experts).
 
     Attributes:
         order: ``[B]`` row indices sorted by domain (stable), so ``x[order]`` holds each domain's rows contiguously
@@ -60,6 +77,7 @@ class DomainGroups:
     def __init__(self, domain: Tensor, num_domains: int, static: bool = False) -> None:
         if domain.dim() != 1:
             raise ValueError(f"domain must be a 1-D tensor of ids, got shape {tuple(domain.shape)}")
+        static = static or STATIC.get()
         self.num_domains, self.static = num_domains, static
         self.sizes: list[int] | None = None
         self.order: Tensor | None = None
@@ -111,9 +129,10 @@ class DomainGroups:
             xs: ``[B, ...]`` in grouped order.
             params: per present domain ``[P, ...]`` (see ``take``), in ``present`` order.
         """
-        if self.static:
-            raise ValueError("a static grouping (a serving graph) runs per-domain products through linear / matmul")
         per_domain = [p.unbind(0) for p in params]  # one autograd node per parameter, not one per domain
+        if self.static:  # every domain on every row: [K, B, ...], row i keeps slice domain[i]
+            every = torch.stack([fn(xs, *ps) for ps in zip(*per_domain, strict=True)])
+            return every[self.domain, torch.arange(xs.shape[0], device=xs.device)]
         if self.single:
             return fn(xs, *(s[0] for s in per_domain))
         return torch.cat([fn(rows, *ps) for rows, *ps in zip(xs.split(self.sizes), *per_domain, strict=True)])

@@ -15,9 +15,10 @@ from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
+from mdrec.models.backbone import Backbone
 from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
-from mdrec.nn.domain import DomainLinear
+from mdrec.nn.domain import DomainLinear, static_groups
 from mdrec.nn.embedding import SkippingEmbedding
 
 TOLERANCE = 1e-5  # largest |served - reference| probability: the export check, the fallback slot's probe
@@ -102,12 +103,12 @@ def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int,
     num_dense = len(dense_names)
     if sparse.dim() != 2 or sparse.shape[1] != num_sparse or sparse.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
+            f"serving model input sparse must be int64 (or int32) [B, F={num_sparse}] ids, got {dtype_name(sparse)} "
             f"{list(sparse.shape)}"
         )
     if dense.dim() != 2 or dense.shape[1] != num_dense or dense.dtype != torch.float32:
         raise ValueError(
-            f"ParallelModel input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
+            f"serving model input dense must be float32 [B, N={num_dense}] (convert with .float()), got "
             f"{dtype_name(dense)} {list(dense.shape)}"
         )
     finite = torch.isfinite(dense)
@@ -116,18 +117,18 @@ def check_inputs(sparse: Tensor, dense: Tensor, domain: Tensor, num_sparse: int,
         row, column = int(bad[0, 0]), int(bad[0, 1])
         rows = int((~finite).any(dim=1).sum())
         raise ValueError(
-            f"ParallelModel input dense row {row} holds {float(dense[row, column])} in feature "
+            f"serving model input dense row {row} holds {float(dense[row, column])} in feature "
             f"'{dense_names[column]}' (column {column}; rows with NaN or inf: {rows}): it would be served a NaN "
             "probability; fill or drop missing values before serving, as before training"
         )
     if domain.dim() != 1 or domain.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
+            f"serving model input domain must be int64 (or int32) [B] domain ids, got {dtype_name(domain)} "
             f"{list(domain.shape)}"
         )
     if sparse.shape[0] != domain.shape[0] or dense.shape[0] != domain.shape[0]:
         raise ValueError(
-            f"ParallelModel inputs sparse, dense and domain must have the same number of rows B, got "
+            f"serving model inputs sparse, dense and domain must have the same number of rows B, got "
             f"{sparse.shape[0]}, {dense.shape[0]} and {domain.shape[0]}"
         )
     return domain
@@ -139,12 +140,12 @@ def check_sequence(seq: Tensor, seq_lengths: Tensor, rows: int) -> Tensor:
     integer = (torch.int64, torch.int32)
     if seq.dim() != 2 or seq.shape[0] != rows or seq.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
+            f"serving model input seq must be int64 (or int32) [B={rows}, L] ids, got {dtype_name(seq)} "
             f"{list(seq.shape)}"
         )
     if seq_lengths.dim() != 1 or seq_lengths.shape[0] != rows or seq_lengths.dtype not in integer:
         raise ValueError(
-            f"ParallelModel input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
+            f"serving model input seq_lengths must be int64 (or int32) [B={rows}], got {dtype_name(seq_lengths)} "
             f"{list(seq_lengths.shape)}"
         )
     return seq
@@ -156,23 +157,82 @@ scripted_check_inputs = torch.jit.script(check_inputs)
 scripted_check_sequence = torch.jit.script(check_sequence)
 
 
-class ParallelModel(nn.Module):
+class ServingModel(nn.Module):
+    """What every serving graph shares: ``forward(sparse, dense, domain[, seq, seq_lengths])`` -> ``[B, T]`` click
+    (and conversion) probabilities, row i served as domain ``domain[i]``.
+
+    ``forward`` refuses inputs of the wrong shape, dtype or row count, and NaN or inf dense values, with a
+    ``ValueError`` that names them (for a value: its row, feature and value), in a TorchScript file too (there a
+    ``torch.jit.Error``); it counts the rows of a domain id outside ``0..K-1`` in the buffer ``unknown_rows``, then
+    calls :meth:`served`. ``served`` is the graph a ``torch.export`` program and an ONNX file hold
+    (:mod:`mdrec.serve.export`): an id outside its field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its
+    vocabulary field's) is read as 0, the unknown id, as the data pipeline maps unseen values; then
+    :meth:`probabilities`, the subclass's own.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        super().__init__()
+        self.num_domains = schema.num_domains
+        self.num_sparse, self.dense_names = len(schema.sparse), list(schema.dense)
+        self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
+        seq = schema.sequence  # its ids share its vocabulary field's
+        self.seq_vocab = schema.vocab_sizes[schema.sparse_index(seq.vocab_field)] if seq is not None else 0
+        self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
+
+    def forward(
+        self,
+        sparse: Tensor,
+        dense: Tensor,
+        domain: Tensor,
+        seq: Tensor | None = None,
+        seq_lengths: Tensor | None = None,
+    ) -> Tensor:
+        tracing = torch.jit.is_tracing()  # the traced graph keeps the scripted checks, raises included
+        domain = (scripted_check_inputs if tracing else check_inputs)(
+            sparse, dense, domain, self.num_sparse, self.dense_names
+        )
+        if (seq is None) != (seq_lengths is None):
+            raise ValueError("serving model inputs seq and seq_lengths go together: give both or neither")
+        if seq is not None and seq_lengths is not None:
+            seq = (scripted_check_sequence if tracing else check_sequence)(seq, seq_lengths, domain.shape[0])
+        self.unknown_rows += ((domain < 0) | (domain >= self.num_domains)).sum()
+        return self.served(sparse, dense, domain, seq, seq_lengths)
+
+    def served(
+        self,
+        sparse: Tensor,
+        dense: Tensor,
+        domain: Tensor,
+        seq: Tensor | None = None,
+        seq_lengths: Tensor | None = None,
+    ) -> Tensor:
+        """``forward`` without its checks and count: inputs as ``forward`` takes them, already checked."""
+        sparse = sparse.masked_fill((sparse < 0) | (sparse >= self.vocab_sizes), 0)  # [B, F]: as the data maps them
+        if seq is not None:
+            seq = seq.masked_fill((seq < 0) | (seq >= self.seq_vocab), 0)  # out of vocabulary: 0, the unknown id
+        return self.probabilities(sparse, dense, domain, seq, seq_lengths)
+
+    def probabilities(
+        self, sparse: Tensor, dense: Tensor, domain: Tensor, seq: Tensor | None, seq_lengths: Tensor | None
+    ) -> Tensor:
+        """``[B, T]`` probabilities of rows whose ids are within their vocabularies (``domain``: any id)."""
+        raise NotImplementedError
+
+
+class ParallelModel(ServingModel):
     """Serves every domain from one graph: ``forward(sparse, dense, domain[, seq, seq_lengths])`` -> ``[B, T]``
     click (and conversion) probabilities, row i through the adapter of domain ``domain[i]``.
 
     A domain id outside ``0..K-1`` (a domain added after training, a bad id) runs the plain backbone; the rows are
     counted in the buffer ``unknown_rows``. The per-domain products run row by row on the stacked weights over the
     rows sorted by domain (a static grouping, :class:`~mdrec.nn.domain.DomainGroups`: no host synchronisation, no
-    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces into
-    one TorchScript graph that holds for any batch size and domain mix (:func:`mdrec.serve.export.export`).
+    data-dependent Python; the adapter in its serving form, ``Adapter.for_serving``), so the module traces or
+    exports into one graph that holds for any batch size and domain mix (:mod:`mdrec.serve.export`). Inputs are
+    checked and out-of-vocabulary ids read as 0 as :class:`ServingModel` says.
 
     The fallback is one more slot of the adapter, freshly built. The constructor runs a few random rows through it
     and refuses the adapter unless they equal the backbone's (IAK with ``residual=False`` does not start as the
-    backbone): a check of what is served, for any adapter, that needs no property declared by each. Inputs of the
-    wrong shape, dtype or row count, and NaN or inf dense values, raise a ``ValueError`` that names them (for a
-    value: its row, feature and value), in the exported file too (there a ``torch.jit.Error``). An id outside its
-    field's vocabulary (``< 0`` or ``>= vocab_size``; ``seq`` ids: its vocabulary field's) is read as 0, the unknown
-    id, as the data pipeline maps unseen values.
+    backbone): a check of what is served, for any adapter, that needs no property declared by each.
 
     Args:
         net: the adapted network as trained (K domains); left as it is (the model serves a frozen copy).
@@ -205,7 +265,7 @@ class ParallelModel(nn.Module):
         drop: Tensor | None = None,
         skip_lookups: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(schema)
         if net.adapter is None:
             raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
         if net.backbone.input.domain_as_feature:
@@ -214,7 +274,6 @@ class ParallelModel(nn.Module):
                 "domain id (input.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
                 "domain-agnostic backbone (pre-train with model=backbone)"
             )
-        self.num_domains = schema.num_domains
         self.net = with_fallback_slot(net, schema, make_adapter)
         difference = fallback_difference(self.net, schema)
         if difference > TOLERANCE:
@@ -225,10 +284,6 @@ class ParallelModel(nn.Module):
                 "backbone (IAK with residual=false does not). Serve an adapter that does (e.g. IAK residual=true), or "
                 "serve only known domain ids, with the adapted network itself"
             )
-        self.num_sparse, self.dense_names = len(schema.sparse), list(schema.dense)
-        self.register_buffer("vocab_sizes", torch.tensor(schema.vocab_sizes, dtype=torch.long), persistent=False)
-        seq = schema.sequence  # its ids share its vocabulary field's
-        self.seq_vocab = schema.vocab_sizes[schema.sparse_index(seq.vocab_field)] if seq is not None else 0
         width = len(schema.sparse) + len(schema.dense)
         if drop is not None and (drop.dtype != torch.bool or tuple(drop.shape) != (self.num_domains, width)):
             raise ValueError(
@@ -246,32 +301,55 @@ class ParallelModel(nn.Module):
             self.net.backbone.input.embedding = SkippingEmbedding(self.net.backbone.input.embedding)
         slots = torch.zeros(self.num_domains + 1, width, dtype=torch.bool)  # the fallback slot keeps everything
         self.register_buffer("drop", slots if drop is None else torch.cat([drop, slots[-1:]]))
-        self.register_buffer("unknown_rows", torch.zeros((), dtype=torch.long))
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def forward(
-        self,
-        sparse: Tensor,
-        dense: Tensor,
-        domain: Tensor,
-        seq: Tensor | None = None,
-        seq_lengths: Tensor | None = None,
+    def probabilities(
+        self, sparse: Tensor, dense: Tensor, domain: Tensor, seq: Tensor | None, seq_lengths: Tensor | None
     ) -> Tensor:
-        tracing = torch.jit.is_tracing()  # the traced graph keeps the scripted checks, raises included
-        domain = (scripted_check_inputs if tracing else check_inputs)(
-            sparse, dense, domain, self.num_sparse, self.dense_names
-        )
-        if (seq is None) != (seq_lengths is None):
-            raise ValueError("ParallelModel inputs seq and seq_lengths go together: give both or neither")
-        if seq is not None and seq_lengths is not None:
-            seq = (scripted_check_sequence if tracing else check_sequence)(seq, seq_lengths, domain.shape[0])
-            seq = seq.masked_fill((seq < 0) | (seq >= self.seq_vocab), 0)  # out of vocabulary: 0, the unknown id
-        sparse = sparse.masked_fill((sparse < 0) | (sparse >= self.vocab_sizes), 0)  # [B, F]: as the data maps them
         known = (domain >= 0) & (domain < self.num_domains)
-        self.unknown_rows += (~known).sum()
         slot = torch.where(known, domain, self.num_domains)  # [B]: K is the backbone's own slot
         batch = Batch.unlabelled(sparse, dense, slot, seq, seq_lengths)
         if self.trimmed:
             batch = batch.blanked(self.drop, -1 if self.skipping else 0)  # -1: not looked up
         return torch.sigmoid(self.net(batch, static=True).logits)
+
+
+def serves_any_domain(net: nn.Module) -> bool:
+    """Whether ``net``'s output does not depend on the domain id: a backbone that does not embed it."""
+    return isinstance(net, Backbone) and not net.input.domain_as_feature
+
+
+class NetworkModel(ServingModel):
+    """Serves a network that groups its own rows by domain (any ``model=``: a multi-domain model such as STAR or
+    MMoE, pooled, single-domain, a backbone) in one graph: ``forward(sparse, dense, domain[, seq, seq_lengths])``
+    -> ``[B, T]`` probabilities, as :class:`ServingModel`.
+
+    The network runs with static grouping (:func:`~mdrec.nn.domain.static_groups`: per-row products on the stacked
+    weights), so the graph holds for any batch size and domain mix. A domain id outside ``0..K-1`` is counted in
+    ``unknown_rows``; a backbone that does not embed the domain serves its rows as any other, and every other network,
+    which has no parameters for a domain it was not trained on, gives them NaN probabilities (serve new domains
+    through an adapter run: :class:`ParallelModel` falls back to the backbone).
+
+    Args:
+        net: the network as trained; left as it is (the model serves a frozen copy in eval mode).
+        schema: its data's schema.
+    """
+
+    def __init__(self, net: nn.Module, schema: Schema) -> None:
+        super().__init__(schema)
+        if isinstance(net, AdaptedNet):
+            raise ValueError("an adapted network is served by ParallelModel (its unknown domains get the backbone)")
+        self.net = copy.deepcopy(net).eval()
+        self.any_domain = serves_any_domain(net)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def probabilities(
+        self, sparse: Tensor, dense: Tensor, domain: Tensor, seq: Tensor | None, seq_lengths: Tensor | None
+    ) -> Tensor:
+        known = (domain >= 0) & (domain < self.num_domains)
+        batch = Batch.unlabelled(sparse, dense, torch.where(known, domain, 0), seq, seq_lengths)
+        with static_groups():
+            p = torch.sigmoid(self.net(batch).logits)  # [B, T]
+        return p if self.any_domain else p.masked_fill(~known[:, None], float("nan"))

@@ -9,18 +9,22 @@ from typing import TypeVar
 Key = TypeVar("Key", bound=Hashable)
 
 
-def time_calls(fns: dict[Key, Callable[[], object]], repeats: int, warmup: int) -> dict[Key, list[float]]:
+def time_calls(
+    fns: dict[Key, Callable[[], object]], repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[Key, list[float]]:
     """Seconds per call of each function over ``repeats`` rounds after ``warmup`` untimed calls each; the functions
-    take turns call by call, so a slow phase of a noisy machine hits them alike."""
+    take turns call by call, so a slow phase of a noisy machine hits them alike. ``clock``: wall time by default;
+    ``time.thread_time`` counts only this thread's CPU time (single-threaded calls on a machine shared with other
+    processes: the time they are preempted is left out)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[Key, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
