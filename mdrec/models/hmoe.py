@@ -14,7 +14,7 @@ from mdrec.data.schema import Schema
 from mdrec.models.backbone import InputFactory
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
-from mdrec.nn.domain import DomainGroups, DomainLinear
+from mdrec.nn.domain import STATIC, DomainGroups, DomainLinear
 from mdrec.nn.experts import Experts, mix
 
 EVERY_TOWER_ROWS = 128  # rows per block of the every-domain towers (their [rows, K, H] intermediates in cache)
@@ -75,7 +75,10 @@ class HMoE(nn.Module):
     def mix_towers(self, xs: Tensor, experts: Tensor, w: Tensor) -> Tensor:
         """``Σ_k w_k ∅(t_k)`` over every domain k: ``xs [B, in]``, the experts' outputs ``[B, E, H]``, the weights
         ``w [B, K]`` -> ``[B, T]`` (gradient to w only), on blocks of ``EVERY_TOWER_ROWS`` rows so that each block's
-        ``[rows, K, H]`` intermediates stay in cache."""
+        ``[rows, K, H]`` intermediates stay in cache; in one block in a static (serving) graph, whose traced loop
+        would hold only for the example's row count."""
+        if STATIC.get():
+            return mix(w, self.every_tower(xs, experts))
         experts = experts.contiguous()  # each row's E outputs side by side for the blocks' batched matmuls
         blocks = zip(*(t.split(EVERY_TOWER_ROWS) for t in (xs, experts, w)), strict=True)
         return torch.cat([mix(w_rows, self.every_tower(x, f)) for x, f, w_rows in blocks])
