@@ -3,6 +3,9 @@ domain's slice trained by its own rows only, the defining equations on a hand-co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -14,18 +17,23 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.models.dnn import DNNBackbone
 from mdrec.nn.parameter import per_domain_parameters
+from mdrec.serve.export import export, max_difference
+from mdrec.serve.parallel import ParallelModel
 from tests.helpers import SCHEMA, K, embedded, make_batch, perturb, pretrained, rows_of
 
 KINDS = ["bias", "lowrank"]
 
 
-def delta_net(kind: str, with_lora: bool = False, rank: int = 2) -> AdaptedNet:
+def stacked(kind: str) -> Callable[[Schema, nn.Module], Stacked]:
+    """A factory of the embedding delta (rank 2) beside LoRA (rank 2)."""
+    delta = lambda s, b: EmbeddingDelta(s, b, kind=kind, rank=2)  # noqa: E731
+    return lambda s, b: Stacked(s, b, {"embeddings": delta, "adapter": lambda s, b: LoRA(s, b, rank=2)})
+
+
+def delta_net(kind: str, with_lora: bool = False) -> AdaptedNet:
     backbone = pretrained("dnn")
-    make = lambda s, b: EmbeddingDelta(s, b, kind=kind, rank=rank)  # noqa: E731
-    if not with_lora:
-        return AdaptedNet(SCHEMA, backbone, make(SCHEMA, backbone))
-    parts = {"embeddings": make, "adapter": lambda s, b: LoRA(s, b, rank=2)}
-    return AdaptedNet(SCHEMA, backbone, Stacked(SCHEMA, backbone, parts))
+    make = stacked(kind) if with_lora else lambda s, b: EmbeddingDelta(s, b, kind=kind, rank=2)
+    return AdaptedNet(SCHEMA, backbone, make(SCHEMA, backbone))
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
@@ -117,3 +125,12 @@ def test_stacked_serving_form_computes_the_same() -> None:
     batch = make_batch()
     torch.testing.assert_close(AdaptedNet(SCHEMA, net.backbone, served).eval()(batch).logits, net(batch).logits)
     assert isinstance(net.adapter.parts, nn.ModuleDict)  # the trained adapter keeps its own parts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_stacked_adapter_serves_in_one_graph(kind: str, tmp_path: Path) -> None:
+    net = perturb(delta_net(kind, with_lora=True)).eval()
+    batch = make_batch()
+    serving = ParallelModel(net, SCHEMA, stacked(kind))  # unknown domain ids fall back to a fresh slot: the backbone
+    assert max_difference(serving, net, batch) < 1e-5
+    assert max_difference(export(serving, batch, tmp_path / "serving.pt"), net, batch) < 1e-5
