@@ -1,5 +1,6 @@
-"""stage.embeddings: per-domain embedding deltas beside the adapter (recorded as one stacked adapter the run directory
-rebuilds), and the shared table fine-tuned at its own learning rate."""
+"""The adaptation recipe's levers. stage.embeddings: per-domain embedding deltas beside the adapter (recorded as one
+stacked adapter the run directory rebuilds), or the shared table fine-tuned at its own learning rate; model=pooled:
+a domain-aware backbone to adapt."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from mdrec.train.evaluate import evaluate_run
+from mdrec.train.pretrained import pretrain_key
 from mdrec.train.run import train
-from mdrec.train.stages import Adapt, with_embedding_delta, with_group_lr
-from tests.helpers import TrainCfg
+from mdrec.train.stages import Adapt, pretrain_config, with_embedding_delta, with_group_lr
+from tests.helpers import SCHEMA, TrainCfg
 
 DOMAINS = ("d0", "d1", "d2", "d3")
 N_IDS = 2000 + 500 + 200 + 100 + 50 + 20 + 10 + 5 + 8  # the synthetic default's ids, id 0 of each field included
@@ -80,3 +82,12 @@ def test_stage_embedding_options_are_checked() -> None:
         Adapt(opt, embeddings="table")
     with pytest.raises(ValueError, match=r"stage.embedding_rank \(0\) must be >= 1"):
         Adapt(opt, embeddings="lowrank", embedding_rank=0)
+
+
+def test_a_pooled_backbone_with_the_domain_id_is_pre_trained_for_adapting(train_cfg: TrainCfg) -> None:
+    plain = train_cfg(["stage=adapt", "adapter=lora"])
+    pooled = train_cfg(["stage=adapt", "adapter=lora", "model=pooled"])
+    sub = pretrain_config(pooled, SCHEMA, None)
+    assert sub.stage._target_ == "mdrec.train.stages.Pretrain" and sub.model.net.input.domain_as_feature is True
+    # a store of its own: an adapt run on model=pooled never finds the domain-agnostic backbone
+    assert pretrain_key(sub) != pretrain_key(pretrain_config(plain, SCHEMA, None))
