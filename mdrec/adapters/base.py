@@ -11,6 +11,7 @@ backbone outside the pass; the adapter's state dict holds only the adapter (it s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -95,6 +96,42 @@ class Adapter(nn.Module):
 
 # an adapter class with its options bound (the `adapter` config node): ``factory(schema, backbone)``
 AdapterFactory = Callable[[Schema, Backbone], Adapter]
+
+
+class Stacked(Adapter):
+    """Several adapters on one backbone, each at its own sites (e.g. per-domain embedding deltas under LoRA).
+
+    Args:
+        schema: the data's schema.
+        backbone: the backbone every part is built on.
+        parts: name -> adapter factory; no two parts may act at the same site (the error names both).
+
+    Example:
+        >>> from mdrec.adapters.embedding import EmbeddingDelta
+        >>> from mdrec.adapters.lora import LoRA
+        >>> stacked = Stacked(schema, backbone, {"embeddings": EmbeddingDelta, "adapter": LoRA})
+        >>> sorted(stacked.parts)
+        ['adapter', 'embeddings']
+    """
+
+    def __init__(self, schema: Schema, backbone: Backbone, parts: dict[str, AdapterFactory]) -> None:
+        super().__init__(schema.num_domains)
+        self.parts = nn.ModuleDict({name: make(schema, backbone) for name, make in parts.items()})
+        self.owner: dict[str, str] = {}  # site -> the part acting there
+        for part_name, part in self.parts.items():
+            for site, place in part.sites.items():
+                if site in self.owner:
+                    raise ValueError(f"adapter parts {self.owner[site]!r} and {part_name!r} both act at site {site!r}")
+                self.sites[site], self.owner[site] = place, part_name
+
+    def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
+        return self.parts[self.owner[name]].apply(name, x, y, route)
+
+    def for_serving(self, backbone: Backbone) -> Adapter:
+        served = copy.copy(self)  # a shallow copy whose parts are the parts' serving forms
+        served._modules = dict(self._modules)
+        served.parts = nn.ModuleDict({name: part.for_serving(backbone) for name, part in self.parts.items()})
+        return served
 
 
 @torch.no_grad()

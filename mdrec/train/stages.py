@@ -12,10 +12,10 @@ import contextlib
 import copy
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import hydra
 import numpy as np
@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
-from mdrec.adapters.base import AdaptedNet, grow
+from mdrec.adapters.base import AdaptedNet, Stacked, grow
+from mdrec.adapters.embedding import EMBEDDING_KINDS, EmbeddingDelta
 from mdrec.data.alignment import Encoding, coverage_table
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 
 # runs a whole config to completion (mdrec.train.run.train): how a stage runs another stage first
 Runner = Callable[[DictConfig], dict[str, float]]
+# how stage=adapt adapts the backbone's embeddings: frozen, a per-domain delta (mdrec.adapters.embedding), or the
+# shared table fine-tuned at its own learning rate
+Embeddings = Literal["frozen", "bias", "lowrank", "finetune"]
+EMBEDDINGS = get_args(Embeddings)
 
 
 class Stage:
@@ -222,6 +227,13 @@ class Adapt(AdapterStage):
             domain when every trainable parameter is per-domain, else overall.
         patience, guard: see :class:`AdapterStage`.
         val_check_interval: see :class:`Stage`.
+        embeddings: how the backbone's field embeddings adapt (docs/methods.md, Per-domain embedding adaptation):
+            ``"frozen"`` as ``freeze`` says; ``"bias"`` or ``"lowrank"``: a per-domain
+            :class:`~mdrec.adapters.embedding.EmbeddingDelta` beside ``adapter`` (the run records the two as one
+            :class:`~mdrec.adapters.base.Stacked` adapter); ``"finetune"``: the shared table trains, at
+            ``embedding_lr`` (shared weights: the selection is then overall unless ``select_per_domain`` says).
+        embedding_rank: R of ``"lowrank"``.
+        embedding_lr: the learning rate of the fine-tuned table (``"finetune"``).
     """
 
     def __init__(
@@ -234,12 +246,22 @@ class Adapt(AdapterStage):
         patience: int | None = 3,
         val_check_interval: float | int | None = None,
         guard: Guard | None = None,
+        embeddings: Embeddings = "frozen",
+        embedding_rank: int = 1,
+        embedding_lr: float = 1e-4,
     ) -> None:
         super().__init__(optimizer, patience, val_check_interval, guard)
+        if embeddings not in EMBEDDINGS:
+            raise ValueError(f"stage.embeddings={embeddings!r} must be one of {list(EMBEDDINGS)}")
+        if embedding_rank < 1 or embedding_lr <= 0:
+            raise ValueError(
+                f"stage.embedding_rank ({embedding_rank}) must be >= 1 and stage.embedding_lr ({embedding_lr}) > 0"
+            )
         self.pretrained = pretrained
         self.source_domains = list(source_domains) if source_domains is not None else None
         self.freeze = list(freeze)
         self.select_per_domain = select_per_domain
+        self.embeddings, self.embedding_rank, self.embedding_lr = embeddings, embedding_rank, embedding_lr
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
         self.encoding = Encoding.from_datamodule(data)
@@ -261,6 +283,8 @@ class Adapt(AdapterStage):
             check_same_backbone(cfg.backbone, RunDir(self.source))
         else:
             self.source = find_or_pretrain(pretrain_config(cfg, data.schema, self.source_domains), run)
+        if self.embeddings in EMBEDDING_KINDS:
+            return with_embedding_delta(cfg, self.embeddings, self.embedding_rank)
         return cfg
 
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
@@ -268,7 +292,14 @@ class Adapt(AdapterStage):
         pl.seed_everything(cfg.seed, workers=True)  # the adapter's initialisation does not depend on pre-training
         adapter = hydra.utils.instantiate(cfg.adapter, _partial_=True)(schema, backbone) if cfg.adapter else None
         net = AdaptedNet(schema, backbone, adapter, freeze=self.freeze)
-        module = module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=self.optimizer)
+        optimizer = self.optimizer
+        if self.embeddings == "finetune":
+            table = backbone.input.embedding
+            if table is None:
+                raise ValueError(f"stage.embeddings=finetune: {type(backbone).__name__} embeds no sparse field")
+            table.requires_grad_(True)
+            optimizer = with_group_lr(self.optimizer, list(table.parameters()), self.embedding_lr)
+        module = module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=optimizer)
         per_domain = self.select_per_domain
         if per_domain is None:
             per_domain = adapter is not None and not shared_trainable(net)
@@ -597,6 +628,44 @@ def check_same_fields(adapted: Schema, data: Schema, source: Path, user: str = "
         )
 
 
+def with_embedding_delta(cfg: DictConfig, kind: str, rank: int) -> DictConfig:
+    """``cfg`` whose ``adapter`` node is a :class:`~mdrec.adapters.base.Stacked` adapter of the per-domain embedding
+    delta (``kind``, ``rank``) and the configured adapter (if any): what the run builds, and what its run directory
+    rebuilds from ``config.yaml``."""
+    if cfg.adapter and cfg.adapter.get("_target_") == target_of(Stacked):
+        raise ValueError(
+            f"stage.embeddings={kind} adds the embedding delta to the adapter, but the adapter is a "
+            f"{target_of(Stacked)} already (a recorded adapt run's config?): use stage.embeddings=frozen with that "
+            "adapter, or choose the adapter again (adapter=lora, ...)"
+        )
+    parts = {"embeddings": {"_target_": target_of(EmbeddingDelta), "_partial_": True, "kind": kind, "rank": rank}}
+    if cfg.adapter:  # adapter=none: the embedding delta alone
+        parts["adapter"] = cfg.adapter
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.adapter = {"_target_": target_of(Stacked), "_partial_": True, "parts": parts}
+    return out
+
+
+def target_of(cls: type) -> str:
+    """The ``_target_`` of ``cls``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def with_group_lr(optimizer: OptimizerFactory, params: list[nn.Parameter], lr: float) -> OptimizerFactory:
+    """``optimizer`` with ``params`` in a parameter group of their own at learning rate ``lr`` (the others keep the
+    optimiser's)."""
+    own = {id(p) for p in params}
+
+    def build(trainable: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        trainable = list(trainable)
+        rest = [p for p in trainable if id(p) not in own]
+        group = [p for p in trainable if id(p) in own]
+        return optimizer([g for g in ({"params": rest}, {"params": group, "lr": lr}) if g["params"]])
+
+    return build
+
+
 def module_factory(model_cfg: DictConfig, *runtime: str) -> Callable[..., RankingModule]:
     """The ``model`` node's RankingModule with its options bound, except the ``runtime`` arguments (objects the run
     builds: a config node cannot hold them)."""
@@ -626,7 +695,7 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
     no per-domain parameters to scale)."""
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
-        sub.stage = {"_target_": f"{Pretrain.__module__}.{Pretrain.__qualname__}"}
+        sub.stage = {"_target_": target_of(Pretrain)}
         sub.ckpt_path = None  # the adapt run's checkpoint: not the pre-training's
         if sub.get("callbacks"):
             sub.callbacks.pop("dynamic_lr", None)
