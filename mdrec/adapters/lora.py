@@ -29,11 +29,12 @@ NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
 @dataclass(frozen=True)
 class Join:
     """Where a linear layer's delta joins at the activation that follows it in its ``nn.Sequential``: the
-    activation's name, the batch norms between them (the shared path; eval statistics fold the delta through them
-    in ``merged``) and the dropouts right after the activation (moved onto the shared path, before the sum)."""
+    activation's name, the names of the norms between them (the shared path; ``merged`` folds the delta through
+    their eval statistics) and the dropouts right after the activation (moved onto the shared path, before the
+    sum)."""
 
     activation: str
-    norms: tuple[nn.Module, ...]
+    norms: tuple[str, ...]
     dropouts: tuple[tuple[str, nn.Dropout], ...]
 
 
@@ -47,7 +48,7 @@ def find_join(root: nn.Module, name: str) -> Join | None:
     if not isinstance(parent, nn.Sequential) or not index.isdigit():
         return None
     prefix = f"{parent_name}." if parent_name else ""
-    norms: list[nn.Module] = []
+    norms: list[str] = []
     activation: str | None = None
     dropouts: list[tuple[str, nn.Dropout]] = []
     for i in range(int(index) + 1, len(parent)):
@@ -55,7 +56,7 @@ def find_join(root: nn.Module, name: str) -> Join | None:
         if isinstance(module, nn.Linear):
             break
         if activation is None and isinstance(module, NORMS):
-            norms.append(module)
+            norms.append(f"{prefix}{i}")
         elif activation is None and not isinstance(module, nn.Dropout):
             activation = f"{prefix}{i}"
         elif activation is not None and isinstance(module, nn.Dropout):
@@ -192,7 +193,7 @@ class LoRA(Adapter):
             bias = delta.bias[domain].clone() if delta.bias is not None else None  # [out]
             join = self.joins.get(name)
             for norm in join.norms if join is not None else ():
-                factor = norm_inverse(norm, name)  # [out]
+                factor = norm_inverse(modules[norm], name)  # [out]
                 weight = weight * factor[:, None]
                 bias = bias * factor if bias is not None else None
             modules[name].weight += weight
