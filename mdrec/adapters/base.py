@@ -73,8 +73,9 @@ class Adapter(nn.Module):
     """Base of the per-domain adapters.
 
     A subclass fills ``sites`` (backbone module name -> ``"input"`` or ``"output"``) and implements ``apply``.
-    Every parameter it owns is a :class:`~mdrec.nn.domain.DomainParameter` (stacked per domain, first dimension K)
-    and starts so that the adapted model equals the backbone.
+    Every parameter it owns is a :class:`~mdrec.nn.domain.DomainParameter` (stacked per domain, first dimension K),
+    unless the method shares it by definition (HAMUR's hyper-network), and starts so that the adapted model equals
+    the backbone.
     """
 
     def __init__(self, num_domains: int) -> None:
