@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mdrec.adapters.base import AdaptedNet, Adapter
+from mdrec.adapters.hamur import HAMURAdapter
 from mdrec.adapters.head import WideDeepHead
 from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
@@ -129,6 +130,7 @@ ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
     "iak_layers_learned_prior": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),
     "iak_encoder_only": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, encoder_only=True, kl=False),
     "head": lambda s, b: WideDeepHead(s, b, hidden_sizes=[4], wide_fields=["item"], domain_wide_fields={"a": []}),
+    "hamur": lambda s, b: HAMURAdapter(s, b, bottleneck=4, rank=3, hyper_sizes=[6]),
 }
 CASES = [(b, a) for b in BACKBONES for a in ADAPTERS]
 

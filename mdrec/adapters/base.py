@@ -35,12 +35,14 @@ FALLBACK_DOMAIN = "<unknown>"
 
 @dataclass
 class Route:
-    """What the sites of one forward pass see: the rows' domain groups, the batch in grouped order, and the
-    auxiliary losses the adapter adds (e.g. IAK's beta * KL)."""
+    """What the sites of one forward pass see: the rows' domain groups, the batch in grouped order, the auxiliary
+    losses the adapter adds (e.g. IAK's beta * KL), and what one site hands to a later site of the same pass by that
+    site's name (MLoRA computes its delta from a linear layer's input and adds it at the activation's input)."""
 
     groups: DomainGroups
     batch: Batch
     aux: list[Tensor] = field(default_factory=list)
+    handoff: dict[str, Tensor] = field(default_factory=dict)
 
 
 def select_modules(root: nn.Module, patterns: Sequence[str], kind: type[nn.Module]) -> dict[str, nn.Module]:
@@ -72,8 +74,9 @@ class Adapter(nn.Module):
     """Base of the per-domain adapters.
 
     A subclass fills ``sites`` (backbone module name -> ``"input"`` or ``"output"``) and implements ``apply``.
-    Every parameter it owns is a :class:`~mdrec.nn.domain.DomainParameter` (stacked per domain, first dimension K)
-    and starts so that the adapted model equals the backbone.
+    Every parameter it owns is a :class:`~mdrec.nn.domain.DomainParameter` (stacked per domain, first dimension K),
+    unless the method shares it by definition (HAMUR's hyper-network), and starts so that the adapted model equals
+    the backbone.
     """
 
     def __init__(self, num_domains: int) -> None:

@@ -1,14 +1,98 @@
-"""Layers whose weights are generated from a condition: once per domain (M2M's meta unit) or per row (APG)."""
+"""Layers whose weights are generated from a condition: once per domain (M2M's meta unit) or per row (APG, HAMUR's
+adapter cell)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mdrec.nn.domain import DomainGroups
 from mdrec.nn.mlp import MLP
+from mdrec.nn.norm import PartitionedNorm
+from mdrec.nn.parameter import DomainParameter
+
+
+def hyper_network(in_features: int, hidden_sizes: Sequence[int], out_features: int) -> nn.Sequential:
+    """The weight generator of APG and HAMUR: an MLP of ``hidden_sizes`` (ReLU; none: the identity), then a linear
+    map to ``out_features`` (the generated weights, flattened). ``[N, in] -> [N, out]``; its modules are ``0`` (the
+    MLP) and ``1`` (the linear map), initialised in that order.
+
+    Example:
+        >>> hyper_network(8, [16], 9)(torch.randn(5, 8)).shape
+        torch.Size([5, 9])
+    """
+    hidden = list(hidden_sizes)
+    return nn.Sequential(
+        MLP(in_features, hidden) if hidden else nn.Identity(),
+        nn.Linear(hidden[-1] if hidden else in_features, out_features),
+    )
+
+
+def xavier_factors(num_domains: int, rows: int, cols: int) -> DomainParameter:
+    """``[K, rows, cols]`` per-domain factors, each slice Xavier-uniform (drawn domain by domain)."""
+    return DomainParameter(torch.stack([nn.init.xavier_uniform_(torch.empty(rows, cols)) for _ in range(num_domains)]))
+
+
+class HyperAdapterCell(nn.Module):
+    """HAMUR's adapter cell (docs/models.md, HAMUR), shared by the zoo model (``model=hamur``) and the adapter on a
+    pre-trained backbone (``adapter=hamur``):
+
+        ``h' = h + DN_d(σ(h W1 + b1_d) W2 + b2_d)``,   ``W_i = U_{i,d} Z V_{i,d}``,   ``Z = reshape(hyper(x0))``
+
+    with the hyper-network shared and generating ``Z [R, R]`` per row from the embedded input x0; ``U``, ``V``, the
+    biases and the domain norm DN (a :class:`~mdrec.nn.norm.PartitionedNorm` without shared scales) per domain. A
+    subclass calls :meth:`build_cell` in its constructor, which registers ``hyper``, ``down_u``, ``down_v``,
+    ``up_u``, ``up_v``, ``down_bias``, ``up_bias`` and ``norm`` on it (in that order), then :meth:`adapt`.
+    """
+
+    rank: int
+
+    def build_cell(
+        self,
+        num_domains: int,
+        cond_features: int,
+        hidden: int,
+        bottleneck: int,
+        rank: int,
+        hyper_sizes: Sequence[int],
+        norm_weight: float = 1.0,
+    ) -> None:
+        """The cell's parameters: x0 of width ``cond_features``, h of width ``hidden`` (H), the down-projection to
+        ``bottleneck`` (m), ``Z`` of ``rank`` x ``rank``; DN's per-domain scales start at ``norm_weight`` (0: the
+        cell starts as the identity, ``h' = h``)."""
+        for field, value in (("bottleneck", bottleneck), ("rank", rank)):
+            if value < 1:
+                raise ValueError(f"HAMUR's {field} must be positive, got {value}")
+        self.rank = rank
+        self.hyper = hyper_network(cond_features, hyper_sizes, rank * rank)
+        self.down_u, self.down_v = (
+            xavier_factors(num_domains, hidden, rank),
+            xavier_factors(num_domains, rank, bottleneck),
+        )
+        self.up_u, self.up_v = xavier_factors(num_domains, bottleneck, rank), xavier_factors(num_domains, rank, hidden)
+        self.down_bias = DomainParameter(torch.zeros(num_domains, bottleneck))
+        self.up_bias = DomainParameter(torch.zeros(num_domains, hidden))
+        self.norm = PartitionedNorm(num_domains, hidden, shared_affine=False)
+        with torch.no_grad():
+            self.norm.weight.fill_(norm_weight)
+
+    def adapt(self, hs: Tensor, x0s: Tensor, groups: DomainGroups) -> Tensor:
+        """``h'`` ``[B, H]`` of ``hs [B, H]`` and ``x0s [B, in]``, both in grouped order."""
+        z = self.hyper(x0s).view(-1, self.rank, self.rank)  # [B, R, R]
+        d = groups.domain
+        t = torch.sigmoid(generated_product(hs, z, self.down_u, self.down_v, groups) + self.down_bias[d])  # [B, m]
+        up = generated_product(t, z, self.up_u, self.up_v, groups) + self.up_bias[d]  # [B, H]
+        return hs + self.norm(up, d)
+
+
+def generated_product(xs: Tensor, z: Tensor, u: Tensor, v: Tensor, groups: DomainGroups) -> Tensor:
+    """``xs (U_d Z V_d)`` row by row without forming the weight: ``xs [B, in]``, ``z [B, R, R]``, ``u [K, in, R]``,
+    ``v [K, R, out]`` -> ``[B, out]`` (a per-domain matmul, an ``[R, R]`` product per row, a per-domain matmul)."""
+    low = torch.bmm(groups.matmul(xs, groups.take(u))[:, None], z).squeeze(1)  # [B, R]
+    return groups.matmul(low, groups.take(v))
 
 
 class MetaLinear(nn.Module):
@@ -98,11 +182,8 @@ class APGLinear(nn.Module):
             raise ValueError(f"overparam needs a rank and must be >= it, got overparam={overparam}, rank={rank}")
         self.rank, self.out_features = rank, out_features
         self.shape = (rank, rank) if rank is not None else (in_features, out_features)
-        width = hyper_sizes[-1] if hyper_sizes else cond_features
-        self.hyper = nn.Sequential(
-            MLP(cond_features, hyper_sizes) if hyper_sizes else nn.Identity(),
-            nn.Linear(width, self.shape[0] * self.shape[1] + (out_features if generate_bias else 0)),
-        )
+        generated = self.shape[0] * self.shape[1] + (out_features if generate_bias else 0)
+        self.hyper = hyper_network(cond_features, hyper_sizes or [], generated)
         self.bias = None if generate_bias else nn.Parameter(torch.zeros(out_features))
         self.factors = nn.ParameterList()
         if rank is not None:

@@ -87,7 +87,10 @@ def test_domain_parameters_get_gradient_only_from_their_own_rows(adapter: str) -
     out = net(only_b)
     (out.logits.sum() + out.aux_loss).backward()
     stacked = list(per_domain_parameters(net.adapter))
-    assert {id(p) for _, p in stacked} == {id(p) for p in net.adapter.parameters()}  # all of it is per domain
+    shared = {name for name, _ in net.adapter.named_parameters()} - {name for name, _ in stacked}
+    # all of it is per domain, but HAMUR's hyper-network: shared by all domains, by the method's definition
+    assert shared == ({"hyper.0.layers.0.weight", "hyper.0.layers.0.bias", "hyper.1.weight", "hyper.1.bias"}
+                      if adapter == "hamur" else set())  # fmt: skip
     for name, p in stacked:
         assert p.grad is not None, name
         assert p.grad[[0, 2]].abs().sum() == 0, name
