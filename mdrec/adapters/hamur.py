@@ -32,6 +32,7 @@ class HAMURAdapter(Adapter, HyperAdapterCell):
         hyper_sizes: hidden widths of the hyper-network (ReLU), then a linear map to ``R²``.
 
     Example:
+        >>> from mdrec.adapters.base import AdaptedNet
         >>> net = AdaptedNet(schema, backbone, HAMURAdapter(schema, backbone, bottleneck=4, rank=3))
         >>> net(batch).logits.shape
         torch.Size([8, 1])

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mdrec.adapters.base import Adapter, Route, select_modules, site_key
@@ -166,7 +165,7 @@ class LoRA(Adapter):
     def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
         if name in self.join_sources:  # an activation's input x: the shared path, then the sum
             dropout = self.moved_dropouts.get(name)
-            shared = x if dropout is None else F.dropout(x, dropout.p, dropout.training)
+            shared = x if dropout is None else dropout.forward(x)  # forward: not its own site's hook (the identity)
             return shared + route.handoff.pop(name)
         if name not in self.scales:  # a dropout moved before its activation: the identity here
             return x

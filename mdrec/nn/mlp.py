@@ -9,8 +9,8 @@ from torch import Tensor, nn
 BITS = 16  # random bits per keep decision: p is rounded to a multiple of 2^-16
 
 
-class Dropout(nn.Module):
-    """Inverted dropout (as ``nn.Dropout``) whose CPU mask costs a fraction of ``torch.bernoulli``'s.
+class Dropout(nn.Dropout):
+    """An ``nn.Dropout`` (inverted dropout) whose CPU mask costs a fraction of ``torch.bernoulli``'s.
 
     In training each element is kept with probability ``1 - q`` and scaled by ``1 / (1 - q)``, where
     ``q = round(p * 2^16) / 2^16`` (within 8e-6 of ``p``), so the output's expectation is the input. On the CPU an
@@ -26,10 +26,9 @@ class Dropout(nn.Module):
     """
 
     def __init__(self, p: float) -> None:
-        super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
-        self.p = p
+        super().__init__(p)
         dropped = round(p * 2**BITS)  # of the 2^16 values of 16 random bits, this many drop the element
         self.threshold = dropped - 2 ** (BITS - 1)  # the bits read as int16: values below it drop
         self.scale = 2**BITS / (2**BITS - dropped)
@@ -44,9 +43,6 @@ class Dropout(nn.Module):
         words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)  # every 64-bit value alike
         keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
         return x * (keep * self.scale).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class MLP(nn.Module):
