@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.train.run import train
+from mdrec.train.typecheck import check_types
 from tests.helpers import CONF_DIR, TrainCfg
 
 
@@ -93,6 +95,11 @@ def test_wandb_logger_works_offline(tmp_path: Path, train_cfg: TrainCfg, monkeyp
 )
 def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) -> None:
     cfg = train_cfg([override])
+    check_types(cfg)
+    net = cfg.model.net  # every key a recipe sets is an argument of the network's constructor
+    arguments = inspect.signature(hydra.utils.get_object(net._target_)).parameters
+    unknown = {k for k in net if not k.startswith("_")} - set(arguments)
+    assert not unknown, f"model.net keys {sorted(unknown)} are not arguments of {net._target_}"
     assert isinstance(hydra.utils.instantiate(cfg.data), MultiDomainDataModule)
     hydra.utils.instantiate(cfg.trainer, logger=False)
 

@@ -1,0 +1,49 @@
+"""The zoo's cost table: per experiment (model), the runs, overall test AUC and logloss, parameters, epochs trained,
+fit time and training throughput (training rows x epochs / fit wall time, validation included), mean over seeds.
+
+    python experiments/ml1m_zoo/table.py logs/ml1m_zoo/ages
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mdrec.eval.summary import Run, cell, group_runs, load_runs, mean_and_std, values_of
+
+SPLITS = re.compile(r"splits \{'train': (\d+)")
+
+
+def train_rows(run: Run) -> int:
+    """The run's training rows, as its log records them."""
+    found = SPLITS.search((run.path / "cli.log").read_text())
+    if found is None:
+        raise ValueError(f"{run.path / 'cli.log'} records no training split; was the run launched by mdrec.train?")
+    return int(found.group(1))
+
+
+def samples_per_second(run: Run) -> float:
+    return train_rows(run) * run.metrics["train/epochs"] / run.metrics["time/fit_seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path, help="directory of the runs (grouped by their experiment= override)")
+    args = parser.parse_args()
+    groups = group_runs(load_runs(args.root), ["experiment"])
+    print("| experiment | runs | test AUC | test logloss | parameters | epochs | fit (s) | samples/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name,), runs in groups.items():
+        params = int(mean_and_std(values_of(runs, "params/total"))[0])
+        epochs = mean_and_std(values_of(runs, "train/epochs"))[0]
+        fit = mean_and_std(values_of(runs, "time/fit_seconds"))[0]
+        speed = mean_and_std([samples_per_second(run) for run in runs])[0]
+        print(
+            f"| {name} | {len(runs)} | {cell(runs, 'test/auc')} | {cell(runs, 'test/logloss')} | {params:,} | "
+            f"{epochs:.1f} | {fit:.0f} | {speed:,.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
