@@ -10,28 +10,22 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy import stats
 
-from mdrec.eval.summary import load_runs
-
-
-def by_seed(dirs: str) -> dict[int, dict[str, float]]:
-    """The metrics of the finished runs below the comma-separated ``dirs``, by seed."""
-    out: dict[int, dict[str, float]] = {}
-    for d in dirs.split(","):
-        for run in load_runs(d):
-            out[int(run.metrics["seed"])] = run.metrics
-    return out
+from mdrec.eval.summary import Run, load_runs, mean_std
+from mdrec.eval.sweep import paired
 
 
-def paired(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], key: str) -> str:
-    """``mean diff (p, ahead/n)`` of ``a - b`` over the seeds both have."""
-    seeds = sorted(set(a) & set(b))
-    diff = np.array([a[s][key] - b[s][key] for s in seeds])
-    if len(seeds) < 2 or not diff.any():
-        return f"{diff.mean():+.4f}" if len(seeds) else ""
-    p = stats.ttest_rel([a[s][key] for s in seeds], [b[s][key] for s in seeds]).pvalue
-    return f"{diff.mean():+.4f} (p {p:.3f}, {int((diff > 0).sum())}/{len(seeds)})"
+def runs_of(dirs: str) -> list[Run]:
+    """The finished runs below the comma-separated ``dirs``."""
+    return [run for d in dirs.split(",") for run in load_runs(d)]
+
+
+def difference(runs: list[Run], other: list[Run], key: str, name: str, other_name: str) -> str:
+    """``mean diff (p, ahead/n)`` of ``runs - other`` over the seeds both have (:func:`mdrec.eval.sweep.paired`)."""
+    c = paired(runs, other, key, name, other_name)
+    if c is None:
+        return ""
+    return f"{c.mean:+.4f}" if np.isnan(c.p) else f"{c.mean:+.4f} (p {c.p:.3f}, {c.better}/{c.n})"
 
 
 def main() -> None:
@@ -40,16 +34,16 @@ def main() -> None:
     parser.add_argument("--reference", required=True, help="the recipe the levers are compared with")
     parser.add_argument("--target", required=True, help="the end-to-end model to reach")
     args = parser.parse_args()
-    recipes = {name: by_seed(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
-    first = next(iter(next(iter(recipes.values())).values()))
+    recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
+    first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.split("/")[-1] for k in first if k.startswith("test/auc/"))
     keys = ["test/auc", *(f"test/auc/{d}" for d in domains)]
     head = "| recipe | seeds | overall | " + " | ".join(domains)
     print(head + " | trainable per domain | shared trainable | fit s |")
     print("|---|---|" + "---|" * (len(keys) + 3))
     for name, runs in recipes.items():
-        ms = [runs[s] for s in sorted(runs)]
-        cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" for v in ([m[k] for m in ms] for k in keys)]
+        ms = [run.metrics for run in runs]
+        cells = [mean_std([m[k] for m in ms]) for k in keys]
         per_domain = np.mean([m["params/added_per_domain"] for m in ms])
         shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * len(domains) for m in ms])
         fit = np.mean([m["time/fit_seconds"] for m in ms])
@@ -60,7 +54,8 @@ def main() -> None:
         print("|---|" + "---|" * len(keys))
         for name, runs in recipes.items():
             if name != other:
-                print(f"| {name} | " + " | ".join(paired(runs, recipes[other], k) for k in keys) + " |")
+                cells = (difference(runs, recipes[other], k, name, other) for k in keys)
+                print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
