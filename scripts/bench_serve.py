@@ -39,6 +39,7 @@ Usage::
     python scripts/bench_serve.py                                   # 1 thread, about 10 min on 2 CPU cores
     python scripts/bench_serve.py --domains 100 --batch-sizes 512 --repeats 200
     python scripts/bench_serve.py --formats torchscript             # TorchScript only: about 1.5 min
+    python scripts/bench_serve.py --domains 100 --batch-sizes 512 --no-dispatch --floor   # the goal cell and its floors
 """
 
 from __future__ import annotations
@@ -50,18 +51,20 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from mdrec.adapters.base import AdaptedNet
-from mdrec.adapters.iak import IAK
+from mdrec.adapters.iak import IAK, ServingIAK
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
+from mdrec.nn import domain
 from mdrec.serve.export import (
     FORMATS,
     SUFFIXES,
@@ -79,6 +82,7 @@ from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling ben
 
 TARGET = (100, 512, 1.2)  # K, B, largest parallel / backbone p50 ratio (the best format's)
 BATCHES = 8  # each call takes the next of this many batches (other rows, same shares)
+FLOORS = ("dense-", "routing-")  # the --floor methods' names: <floor><short>
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 SHORT = {"eager": "", "torchscript": "-ts", "aoti": "-aoti", "onnx": "-onnx"}  # a method's name: parallel<short>
 
@@ -112,6 +116,23 @@ class Dispatch(nn.Module):
         return out
 
 
+@contextmanager
+def floor(kind: str) -> Iterator[None]:
+    """While a graph is traced or exported, the parallel model's adapter as one of the floors of ``--floor``:
+    ``dense``: every per-row product on domain 0's matrix (one dense matmul, the cost a grouped kernel that reads each
+    domain's weights once per call could approach; wrong outputs, timing only); ``routing``: the kernels left out (the
+    sort, the gathers and the fallback slot only)."""
+    saved = domain.rows_matmul, ServingIAK.apply
+    if kind == "dense":
+        domain.rows_matmul = lambda x, weight, _: x @ weight[0]
+    else:
+        ServingIAK.apply = lambda self, name, x, y, route: x if y is None else y
+    try:
+        yield
+    finally:
+        domain.rows_matmul, ServingIAK.apply = saved
+
+
 def calls(fn: Callable[..., object], inputs: list[tuple[object, ...]]) -> Callable[[], object]:
     """A function that calls ``fn`` on the next of ``inputs`` each time (round robin): each call reads other rows,
     as a server's calls do, not the embedding rows the previous call left in cache."""
@@ -140,6 +161,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--dense", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time, in each export format, the parallel model with dense products in place of the per-row "
+        "ones and with the kernels left out (the floors of the goal cell: scripts/README.md)",
+    )
     parser.add_argument(
         "--clock",
         choices=CLOCKS,
@@ -179,8 +206,13 @@ def main() -> None:
                     ("backbone", NetworkModel(backbone, schema)),
                 ):
                     fns_of[name + SHORT[fmt]] = exported(fmt, model, example, Path(tmp), args.threads)
+                for kind in ("dense", "routing") if args.floor and fmt != "eager" else ():
+                    model = ParallelModel(net, schema, IAK)  # built as served: its fallback check runs the kernels
+                    with floor(kind):
+                        fns_of[kind + SHORT[fmt]] = exported(fmt, model, example, Path(tmp) / kind, args.threads)
         dispatch = None if args.no_dispatch else Dispatch(net, schema)
         rotations = [(f"parallel{SHORT[f]}", f"backbone{SHORT[f]}") for f in formats]
+        rotations += [(name, "backbone" + name[name.index("-") :]) for name in fns_of if name.startswith(FLOORS)]
         rotations += [] if dispatch is None else [("dispatch", "backbone")]
         for b in args.batch_sizes:
             batches = [make_batch(schema, b, seed=b * BATCHES + i) for i in range(BATCHES)]
