@@ -120,8 +120,12 @@ def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "dnn": lambda: DNNBackbone(SCHEMA, embedded(8), [16, 8], dropout=0.2),
-    "wide_deep": lambda: WideDeepBackbone(SCHEMA, embedded(8), [16, 8], crosses=[["row", "item"]], cross_buckets=50),
-    "dcnv2": lambda: DCNv2Backbone(SCHEMA, embedded(8), num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8]),
+    "wide_deep": lambda: WideDeepBackbone(
+        SCHEMA, embedded(8), [16, 8], crosses=[["row", "item"]], cross_buckets=50, dropout=0.0
+    ),
+    "dcnv2": lambda: DCNv2Backbone(
+        SCHEMA, embedded(8), num_cross_layers=2, cross_rank=3, layer_sizes=[16, 8], dropout=0.0
+    ),
 }
 ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
     "lora": lambda s, b: LoRA(s, b, rank=4),

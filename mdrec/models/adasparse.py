@@ -86,7 +86,7 @@ class AdaSparse(nn.Module):
         delta_alpha: float = 1e-4,
         sparsity_weight: float = 0.0,
         target_sparsity: float = 0.0,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()

@@ -59,7 +59,7 @@ class APG(nn.Module):
         overparam: int | None = None,
         generate_bias: bool = True,
         hyper_sizes: Sequence[int] = (),
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
@@ -17,8 +17,9 @@ class Backbone(nn.Module):
     and ``head``, one linear layer ``H -> T``, maps ``h`` to the logits.
 
     A subclass sets ``input`` (an :class:`~mdrec.models.inputs.EmbeddedInput`) and ``num_tasks`` in its constructor,
-    implements ``head`` (a linear layer registered below the backbone) and returns ``ModelOutput(logits, aux_loss,
-    h)`` from ``forward``. Adapters that act "before the head" attach at ``head_site()``.
+    implements ``head`` (a linear layer registered below the backbone) and ``forward_from_input``, the network after
+    its input layer; ``forward`` runs the input layer, then ``forward_from_input``. Adapters that act "before the
+    head" attach at ``head_site()``.
     """
 
     input: EmbeddedInput
@@ -40,6 +41,12 @@ class Backbone(nn.Module):
         return next(name for name, module in self.named_modules() if module is head)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        return self.forward_from_input(self.input(batch), batch)
+
+    def forward_from_input(self, x0: Tensor, batch: Batch) -> ModelOutput:
+        """The network above its input layer: ``ModelOutput(logits [B, T], aux_loss, h [B, H])`` from
+        ``x0 = self.input(batch)`` (``[B, input.out_features]``), for a caller that needs ``x0`` itself too and
+        embeds once. ``batch`` is read only where the network uses more than ``x0`` (Wide&Deep's wide arm)."""
         raise NotImplementedError
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
@@ -52,7 +52,7 @@ class DCNv2Backbone(Backbone):
         cross_rank: int | None = None,
         layer_sizes: Sequence[int] = (256, 128),
         structure: Structure = "stacked",
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
         num_tasks: int = 1,
     ) -> None:
@@ -71,8 +71,7 @@ class DCNv2Backbone(Backbone):
     def head(self) -> nn.Linear:
         return self.output
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        x0 = self.input(batch)  # [B, d]
+    def forward_from_input(self, x0: Tensor, batch: Batch) -> ModelOutput:  # x0 [B, d]
         if self.structure == "stacked":
             h = self.mlp(self.cross(x0))  # [B, d] -> [B, H]
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
@@ -36,7 +36,7 @@ class DNNBackbone(Backbone):
         schema: Schema,
         input: InputFactory = EmbeddedInput,
         layer_sizes: Sequence[int] = (256, 128),
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
         num_tasks: int = 1,
     ) -> None:
@@ -50,6 +50,6 @@ class DNNBackbone(Backbone):
     def head(self) -> nn.Linear:
         return self.output
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        h = self.mlp(self.input(batch))  # [B, H]
+    def forward_from_input(self, x0: Tensor, batch: Batch) -> ModelOutput:
+        h = self.mlp(x0)  # [B, H]
         return ModelOutput(logits=self.output(h), aux_loss=h.new_zeros(()), h=h)

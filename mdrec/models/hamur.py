@@ -52,8 +52,8 @@ class HAMUR(HyperAdapterCell):
 
     def forward(self, batch: Batch) -> ModelOutput:
         groups = DomainGroups(batch.domain, self.num_domains)
-        out = self.backbone(batch)
-        x0s = groups.group(self.backbone.input(batch))  # [B, in] grouped order
-        adapted = self.adapt(groups.group(out.h), x0s, groups)  # [B, H]
+        x0 = self.backbone.input(batch)  # [B, in]: embedded once, for the backbone and the hyper-network
+        out = self.backbone.forward_from_input(x0, batch)
+        adapted = self.adapt(groups.group(out.h), groups.group(x0), groups)  # [B, H] grouped order
         logits = self.output.grouped(adapted, groups)
         return ModelOutput(logits=groups.ungroup(logits), aux_loss=out.aux_loss, h=groups.ungroup(adapted))

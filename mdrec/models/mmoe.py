@@ -40,9 +40,9 @@ class MMoE(nn.Module):
         schema: Schema,
         input: InputFactory = EmbeddedInput,
         num_experts: int = 4,
-        expert_sizes: Sequence[int] = (16,),
-        tower_sizes: Sequence[int] = (8,),
-        dropout: float = 0.0,
+        expert_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.2,
     ) -> None:
         super().__init__()
         self.num_domains = schema.num_domains

@@ -54,7 +54,7 @@ class PEPNet(nn.Module):
         prior_fields: Sequence[str] | None = None,
         gate_hidden: int | None = None,
         gamma: float = 2.0,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()

@@ -51,9 +51,9 @@ class PLE(nn.Module):
         num_levels: int = 1,
         num_domain_experts: int = 2,
         num_shared_experts: int = 1,
-        expert_sizes: Sequence[int] = (16,),
-        tower_sizes: Sequence[int] = (8,),
-        dropout: float = 0.0,
+        expert_sizes: Sequence[int] = (256, 128),
+        tower_sizes: Sequence[int] = (64,),
+        dropout: float = 0.2,
         shared_gate_experts: SharedGateExperts = "all",
     ) -> None:
         super().__init__()

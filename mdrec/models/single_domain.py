@@ -42,7 +42,7 @@ class SingleDomain(nn.Module):
         schema: Schema,
         embedding_dim: int = 16,
         layer_sizes: Sequence[int] = (256, 128),
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
         embedding_init_std: float = 1e-2,
     ) -> None:

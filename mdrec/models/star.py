@@ -45,10 +45,10 @@ class STAR(nn.Module):
         self,
         schema: Schema,
         input: InputFactory = EmbeddedInput,
-        layer_sizes: Sequence[int] = (128, 64, 32),
+        layer_sizes: Sequence[int] = (256, 128),
         aux_sizes: Sequence[int] = (32,),
-        dropout: float = 0.0,
-        batch_norm: bool = False,
+        dropout: float = 0.2,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         if not layer_sizes:

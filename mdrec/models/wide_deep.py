@@ -130,7 +130,7 @@ class WideDeepBackbone(Backbone):
         layer_sizes: Sequence[int] = (256, 128),
         crosses: Sequence[Sequence[str]] = (),
         cross_buckets: int = 100_000,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         batch_norm: bool = True,
         num_tasks: int = 1,
     ) -> None:
@@ -151,7 +151,7 @@ class WideDeepBackbone(Backbone):
         """The deep arm's output layer (the wide arm's logits are added after it)."""
         return self.deep.output
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        deep = self.deep(batch)
+    def forward_from_input(self, x0: Tensor, batch: Batch) -> ModelOutput:
+        deep = self.deep.forward_from_input(x0, batch)
         logits = deep.logits + self.wide(self.deep.input.field_ids(batch))  # [B, T]
         return ModelOutput(logits=logits, aux_loss=deep.aux_loss, h=deep.h)

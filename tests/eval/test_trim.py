@@ -49,7 +49,7 @@ def world(rows: int, seed: int) -> Batch:
 
 def trained(domain_as_feature: bool = True) -> DNNBackbone:
     torch.manual_seed(0)
-    net = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=domain_as_feature), [32])
+    net = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=domain_as_feature), [32], dropout=0.0)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     data = world(20_000, seed=0)
     for step in range(300):

@@ -24,13 +24,13 @@ D, INPUT_WIDTH = 4, 2 * 4 + 4 + 2  # two fields, the pooled sequence, two dense 
 
 
 def dcnv2(cross_rank: int | None, structure: str, **input_options: object) -> DCNv2Backbone:
-    return DCNv2Backbone(SEQ_SCHEMA, embedded(D, **input_options), 2, cross_rank, [8, 6], structure, num_tasks=2)
+    return DCNv2Backbone(SEQ_SCHEMA, embedded(D, **input_options), 2, cross_rank, [8, 6], structure, 0.0, num_tasks=2)
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "dnn": lambda **kw: DNNBackbone(SEQ_SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], num_tasks=2),
+    "dnn": lambda **kw: DNNBackbone(SEQ_SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], dropout=0.0, num_tasks=2),
     "wide_deep": lambda **kw: WideDeepBackbone(
-        SEQ_SCHEMA, embedded(D, **kw), layer_sizes=[8, 6], crosses=[["user", "item"]], cross_buckets=11, num_tasks=2
+        SEQ_SCHEMA, embedded(D, **kw), [8, 6], crosses=[["user", "item"]], cross_buckets=11, dropout=0.0, num_tasks=2
     ),
     "dcnv2_stacked_full": lambda **kw: dcnv2(None, "stacked", **kw),
     "dcnv2_stacked_low": lambda **kw: dcnv2(3, "stacked", **kw),

@@ -35,30 +35,35 @@ from tests.helpers import CONF_DIR, SCHEMA, K, TrainCfg, embedded, make_batch, r
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "shared_bottom": lambda: SharedBottom(
-        SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), tower_sizes=[8], batch_norm=True
+        SCHEMA,
+        functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16], dropout=0.0),
+        tower_sizes=[8],
+        batch_norm=True,
     ),
-    "mmoe": lambda: MMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], tower_sizes=[8]),
-    "ple": lambda: PLE(SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, num_shared_experts=1, expert_sizes=[8]),
+    "mmoe": lambda: MMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], tower_sizes=[8], dropout=0.0),
+    "ple": lambda: PLE(SCHEMA, embedded(8), num_levels=2, expert_sizes=[8], tower_sizes=[8], dropout=0.0),
     "ple_own": lambda: PLE(
-        SCHEMA, embedded(8), num_levels=2, num_domain_experts=2, expert_sizes=[8], shared_gate_experts="own"
+        SCHEMA, embedded(8), num_levels=2, expert_sizes=[8], tower_sizes=[8], dropout=0.0, shared_gate_experts="own"
     ),
-    "star": lambda: STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4], batch_norm=True),
-    "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], batch_norm=True),
+    "star": lambda: STAR(SCHEMA, embedded(8), layer_sizes=[16, 8], aux_sizes=[4], dropout=0.0),
+    "single_domain": lambda: SingleDomain(SCHEMA, 8, layer_sizes=[16, 8], dropout=0.0),
     "pepnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], prior_fields=["item"], dropout=0.1),
-    "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False),
-    "adasparse": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], sparsity_weight=0.1, target_sparsity=0.2),
-    "adasparse_binarization": lambda: AdaSparse(SCHEMA, embedded(8), layer_sizes=[16, 8], form="binarization"),
-    "apg": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], rank=4, hyper_sizes=[6]),
-    "apg_domain": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], condition="domain", rank=4, overparam=8),
-    "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False),
-    "hamur": lambda: HAMUR(SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16]), 4, 3, [6]),
+    "epnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], ppnet=False, dropout=0.0),
+    "adasparse": lambda: AdaSparse(SCHEMA, embedded(8), [16, 8], sparsity_weight=0.1, target_sparsity=0.2, dropout=0.0),
+    "adasparse_binarization": lambda: AdaSparse(SCHEMA, embedded(8), [16, 8], form="binarization", dropout=0.0),
+    "apg": lambda: APG(SCHEMA, embedded(8), layer_sizes=[16, 8], rank=4, hyper_sizes=[6], dropout=0.0),
+    "apg_domain": lambda: APG(SCHEMA, embedded(8), [16, 8], condition="domain", rank=4, overparam=8, dropout=0.0),
+    "apg_full": lambda: APG(SCHEMA, embedded(8), [16, 8], rank=None, generate_bias=False, dropout=0.0),
+    "hamur": lambda: HAMUR(
+        SCHEMA, functools.partial(DNNBackbone, input=embedded(8), layer_sizes=[16], dropout=0.0), 4, 3, [6]
+    ),
     "sarnet": lambda: SARNet(SCHEMA, embedded(8), 3, 2, expert_sizes=[8], layer_sizes=[8]),
     "m3oe": lambda: M3oE(SCHEMA, embedded(8), star_sizes=[16, 8], num_experts=2, expert_sizes=[8], tower_sizes=[4]),
     "m3oe_own": lambda: M3oE(SCHEMA, embedded(8), [16, 8], num_experts=2, expert_sizes=[8], balance=False),
     "hmoe": lambda: HMoE(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16], tower_sizes=[8]),
     "adaptdhm": lambda: AdaptDHM(SCHEMA, embedded(8), layer_sizes=[16, 8], num_clusters=2),
     "m2m": lambda: M2M(SCHEMA, embedded(8), num_experts=3, expert_sizes=[16, 8], scenario_sizes=[6]),
-    "ppnet": lambda: PEPNet(SCHEMA, embedded(8), layer_sizes=[16, 8], epnet=False, prior_fields=["row", "item"]),
+    "ppnet": lambda: PEPNet(SCHEMA, embedded(8), [16, 8], epnet=False, prior_fields=["row", "item"], dropout=0.0),
 }
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from mdrec.models.adaptdhm import AdaptDHM
 from mdrec.models.adasparse import AdaSparse
 from mdrec.models.apg import APG
+from mdrec.models.dcnv2 import DCNv2Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.hamur import HAMUR
 from mdrec.models.hmoe import HMoE
@@ -21,6 +22,7 @@ from mdrec.models.m3oe import M3oE
 from mdrec.models.pepnet import PEPNet
 from mdrec.models.ple import PLE
 from mdrec.models.sarnet import SARNet
+from mdrec.models.wide_deep import WideDeepBackbone
 from mdrec.nn.domain import DomainGroups
 from mdrec.nn.gates import GateNU
 from mdrec.nn.parameter import per_domain_parameters
@@ -217,7 +219,7 @@ def test_hamur_adapter_with_hyper_generated_weights() -> None:
     ``u = t U2_d Z V2_d + b2_d``, ``h' = h + γ_d (u - μ_d) / sqrt(σ²_d + ε) + β_d`` (the domain's running statistics
     in eval), ``s = w_d · h' + c_d``."""
     torch.manual_seed(0)
-    bottom = functools.partial(DNNBackbone, input=embedded(2), layer_sizes=[4])
+    bottom = functools.partial(DNNBackbone, input=embedded(2), layer_sizes=[4], dropout=0.0)
     net = perturbed(HAMUR(SCHEMA, bottom, bottleneck=2, rank=3, hyper_sizes=[5]))
     with torch.no_grad():
         net.norm.running_mean.normal_()
@@ -235,6 +237,40 @@ def test_hamur_adapter_with_hyper_generated_weights() -> None:
         adapted = h[i] + dn
         torch.testing.assert_close(out.h[i], adapted)
         torch.testing.assert_close(out.logits[i], net.output.weight[d] @ adapted + net.output.bias[d])
+
+
+BOTTOMS = {  # tiny backbones with dropout, so that training mode draws random numbers too
+    "dnn": functools.partial(DNNBackbone, input=embedded(2), layer_sizes=[4]),
+    "wide_deep": functools.partial(WideDeepBackbone, input=embedded(2), layer_sizes=[4], crosses=[["row", "item"]]),
+    "dcnv2": functools.partial(DCNv2Backbone, input=embedded(2), num_cross_layers=1, layer_sizes=[4]),
+}
+
+
+@pytest.mark.parametrize("bottom", BOTTOMS)
+def test_hamur_embeds_once_and_equals_embedding_twice(bottom: str) -> None:
+    """HAMUR hands the backbone's input layer output to the backbone's rest and to the hyper-network: one embedding
+    lookup per forward, bit for bit what running the whole backbone and then its input layer again gave."""
+    torch.manual_seed(0)
+    net = perturbed(HAMUR(SCHEMA, BOTTOMS[bottom], bottleneck=2, rank=3, hyper_sizes=[5]))
+    calls: list[int] = []
+    net.backbone.input.register_forward_hook(lambda module, args, out: calls.append(len(out)))
+    batch = make_batch(rows=12)
+
+    def embedding_twice() -> tuple[Tensor, Tensor]:
+        groups = DomainGroups(batch.domain, K)
+        h = groups.group(net.backbone(batch).h)
+        adapted = net.adapt(h, groups.group(net.backbone.input(batch)), groups)
+        return groups.ungroup(net.output.grouped(adapted, groups)), groups.ungroup(adapted)
+
+    for mode in (True, False):  # training (dropout, batch statistics), then eval
+        net.train(mode)
+        torch.manual_seed(2)
+        out = net(batch)
+        assert calls == [12]
+        torch.manual_seed(2)
+        logits, h = embedding_twice()
+        assert torch.equal(out.logits, logits) and torch.equal(out.h, h)
+        calls.clear()
 
 
 def test_sarnet_transforms_the_input_per_domain_and_mixes_shared_and_own_experts() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pytest
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.train.run import train
@@ -102,6 +103,33 @@ def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) 
     assert not unknown, f"model.net keys {sorted(unknown)} are not arguments of {net._target_}"
     assert isinstance(hydra.utils.instantiate(cfg.data), MultiDomainDataModule)
     hydra.utils.instantiate(cfg.trainer, logger=False)
+
+
+# the options that are another option with a switch flipped: the values they set apart from the constructor's defaults
+VARIANTS = {("model", "epnet"): {"ppnet": False}, ("model", "ppnet"): {"epnet": False}}
+# where each group's network node sits in the composed config
+NODES = {"model": "model.net", "backbone": "backbone", "input": "input"}
+
+
+def plain(value: object) -> object:
+    """A config value or a constructor default as plain Python: sequences as lists."""
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_object(value)
+    return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in NODES for o in options(g)])
+def test_option_values_are_the_constructor_defaults(train_cfg: TrainCfg, group: str, option: str) -> None:
+    """The config mirrors the constructor: every value an option gives its network (nested networks and inputs
+    aside, tested as their own groups) is the constructor's default, so ``MMoE(schema)`` is ``model=mmoe``.
+    Paper-specific sizes live in experiment= files."""
+    node = OmegaConf.select(train_cfg([f"{group}={option}"]), NODES[group])
+    parameters = inspect.signature(hydra.utils.get_object(node._target_)).parameters
+    defaults = {k: plain(p.default) for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults |= VARIANTS.get((group, option), {})
+    values = {k: plain(v) for k, v in node.items() if not k.startswith("_") and not isinstance(v, DictConfig)}
+    differing = {k: (v, defaults.get(k, "no default")) for k, v in values.items() if defaults.get(k, ...) != v}
+    assert not differing, f"{group}={option}: config value vs {node._target_} default: {differing}"
 
 
 @pytest.mark.parametrize("model", options("model"))
