@@ -32,7 +32,11 @@ class EmbeddedInput(nn.Module):
     ``"din"`` weighs it by target attention (DIN), the target being the row's own id of the ``vocab_field`` (e.g.
     the candidate movie against the user's recent movies). With ``domain_as_feature`` the domain id is embedded as
     one more field, after the sparse ones: the "pooled" reference baseline (one model, the domain an ordinary
-    feature). Otherwise the input knows nothing of domains.
+    feature). Otherwise the input knows nothing of domains. With ``domain_dropout`` > 0 the domain field has one more
+    id, K, "any domain": in training each row's domain id is replaced by K with that probability, so K's vector
+    learns what serves every domain; in eval a domain id outside ``0..K-1`` (a domain the network was not trained
+    on) reads K's vector (``serves_any_domain``: the network can serve unknown domains, as a domain-agnostic one
+    does).
 
     Args:
         schema: the data's schema (vocabulary sizes, fields).
@@ -43,6 +47,8 @@ class EmbeddedInput(nn.Module):
         attention_softmax: normalise DIN's attention scores with a softmax (DIN itself keeps the raw scores).
         domain_as_feature: embed the domain id as a field (``schema.num_domains`` ids, named
             ``schema.domain_field``).
+        domain_dropout: with ``domain_as_feature``, the probability of reading a training row's domain as "any
+            domain" (id K, one more row of the domain field); 0: no such id.
 
     Shapes: ``forward(batch)`` -> ``[B, F' * D + (D if a sequence) + N]`` with ``F' = F (+ 1 with
     domain_as_feature)``; ``out_features`` holds the width, ``field_names`` and ``vocab_sizes`` the F' fields.
@@ -62,8 +68,14 @@ class EmbeddedInput(nn.Module):
         attention_layer_sizes: Sequence[int] = (80, 40),
         attention_softmax: bool = False,
         domain_as_feature: bool = False,
+        domain_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= domain_dropout < 1.0 or (domain_dropout > 0 and not domain_as_feature):
+            raise ValueError(
+                f"domain_dropout must be in [0, 1) and needs domain_as_feature=true, got {domain_dropout} with "
+                f"domain_as_feature={domain_as_feature}"
+            )
         if sequence_pooling not in SEQUENCE_POOLINGS:
             raise ValueError(f"sequence_pooling must be one of {list(SEQUENCE_POOLINGS)}, got {sequence_pooling!r}")
         if sequence_pooling == "din" and schema.sequence is None:
@@ -71,8 +83,11 @@ class EmbeddedInput(nn.Module):
                 f"sequence_pooling 'din' attends over a sequence field, but schema {schema.dataset_id!r} has none"
             )
         self.embedding_dim, self.init_std, self.domain_as_feature = embedding_dim, init_std, domain_as_feature
+        self.num_domains, self.domain_dropout = schema.num_domains, domain_dropout
+        self.serves_any_domain = domain_dropout > 0 or not domain_as_feature  # K: "any domain" (domain_dropout)
+        domain_ids = schema.num_domains + (1 if domain_dropout > 0 else 0)
         self.field_names = [*schema.sparse_names, *([schema.domain_field] if domain_as_feature else [])]
-        self.vocab_sizes = [*schema.vocab_sizes, *([schema.num_domains] if domain_as_feature else [])]
+        self.vocab_sizes = [*schema.vocab_sizes, *([domain_ids] if domain_as_feature else [])]
         # a data set of dense features only (and no domain feature) has nothing to embed
         self.embedding = FieldEmbedding(self.vocab_sizes, embedding_dim, init_std) if self.vocab_sizes else None
         self.seq_field = schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
@@ -90,7 +105,16 @@ class EmbeddedInput(nn.Module):
         """The ids of the ``field_names`` fields: ``[B, F']`` (the sparse ids, then the domain id if it is a field)."""
         if not self.domain_as_feature:
             return batch.sparse
-        return torch.cat([batch.sparse, batch.domain[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
+        domain = batch.domain
+        if self.domain_dropout > 0:
+            k = self.num_domains
+            dropped = (
+                torch.rand(domain.shape, device=domain.device) < self.domain_dropout
+                if self.training
+                else (domain < 0) | (domain >= k)
+            )
+            domain = domain.masked_fill(dropped, k)  # [B]: K, any domain
+        return torch.cat([batch.sparse, domain[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
 
     def forward(self, batch: Batch) -> Tensor:
         """``batch`` -> ``[B, out_features]``."""

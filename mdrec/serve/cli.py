@@ -165,7 +165,11 @@ def unknown_domains(model: ServingModel) -> str:
     """How ``model`` serves a domain id outside ``0..K-1`` (the report's words)."""
     if isinstance(model, ParallelModel):
         return "the plain backbone"
-    return "as any other row (the network does not read the domain)" if model.any_domain else "NaN"
+    if not model.any_domain:
+        return "NaN"
+    if model.net.input.domain_as_feature:
+        return "with the 'any domain' id (input.domain_dropout)"
+    return "as any other row (the network does not read the domain)"
 
 
 def main(argv: list[str] | None = None) -> int:

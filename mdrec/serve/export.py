@@ -224,16 +224,18 @@ def load_onnx(path: str | Path, threads: int = 1) -> Served:
 def expected_probabilities(net: nn.Module, batch: Batch, num_domains: int) -> Tensor:
     """What a serving model of ``net`` (eval; K = ``num_domains``) should return for ``batch`` ``[B, T]``: an adapted
     network's own probabilities on rows of a known domain and its plain backbone's on the others; any other network's
-    on rows of a known domain, and on the others those of a backbone that does not read the domain, else NaN."""
+    on rows of a known domain, and on the others its own if it serves any domain (a backbone that does not read the
+    domain, or reads an unknown one as "any domain"), else NaN."""
     known = (batch.domain >= 0) & (batch.domain < num_domains)
     safe = Batch(
         batch.sparse, batch.dense, torch.where(known, batch.domain, 0), batch.labels, batch.seq, batch.seq_lengths
     )
     own = torch.sigmoid(net.eval()(safe).logits)
-    if isinstance(net, AdaptedNet):
-        other = torch.sigmoid(net.backbone(safe).logits)
+    plain = net.backbone if isinstance(net, AdaptedNet) else net  # what serves the unknown domains' rows
+    if serves_any_domain(plain):
+        other = torch.sigmoid(plain(batch).logits)  # the unknown ids as they are
     else:
-        other = own if serves_any_domain(net) else torch.full_like(own, float("nan"))
+        other = torch.full_like(own, float("nan"))
     return torch.where(known[:, None], own, other)
 
 

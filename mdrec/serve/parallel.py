@@ -268,11 +268,12 @@ class ParallelModel(ServingModel):
         super().__init__(schema)
         if net.adapter is None:
             raise ValueError("ParallelModel serves adapters; this network has none (serve the backbone itself)")
-        if net.backbone.input.domain_as_feature:
+        if not net.backbone.input.serves_any_domain:
             raise ValueError(
                 "ParallelModel falls back to the plain backbone for unknown domains, but this backbone embeds the "
                 "domain id (input.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
-                "domain-agnostic backbone (pre-train with model=backbone)"
+                "domain-agnostic backbone (pre-train with model=backbone) or one pre-trained with an 'any domain' id "
+                "(model=pooled input.domain_dropout=0.1)"
             )
         self.net = with_fallback_slot(net, schema, make_adapter)
         difference = fallback_difference(self.net, schema)
@@ -316,8 +317,9 @@ class ParallelModel(ServingModel):
 
 
 def serves_any_domain(net: nn.Module) -> bool:
-    """Whether ``net``'s output does not depend on the domain id: a backbone that does not embed it."""
-    return isinstance(net, Backbone) and not net.input.domain_as_feature
+    """Whether ``net`` serves a domain id outside ``0..K-1``: a backbone that does not embed the domain id, or that
+    embeds it with an "any domain" id (``input.domain_dropout``)."""
+    return isinstance(net, Backbone) and net.input.serves_any_domain
 
 
 class NetworkModel(ServingModel):
@@ -327,9 +329,10 @@ class NetworkModel(ServingModel):
 
     The network runs with static grouping (:func:`~mdrec.nn.domain.static_groups`: per-row products on the stacked
     weights), so the graph holds for any batch size and domain mix. A domain id outside ``0..K-1`` is counted in
-    ``unknown_rows``; a backbone that does not embed the domain serves its rows as any other, and every other network,
-    which has no parameters for a domain it was not trained on, gives them NaN probabilities (serve new domains
-    through an adapter run: :class:`ParallelModel` falls back to the backbone).
+    ``unknown_rows``; a backbone that does not embed the domain serves its rows as any other (one with an "any domain"
+    id, ``input.domain_dropout``, with that id), and every other network, which has no parameters for a domain it was
+    not trained on, gives them NaN probabilities (serve new domains through an adapter run: :class:`ParallelModel`
+    falls back to the backbone).
 
     Args:
         net: the network as trained; left as it is (the model serves a frozen copy in eval mode).
@@ -349,7 +352,8 @@ class NetworkModel(ServingModel):
         self, sparse: Tensor, dense: Tensor, domain: Tensor, seq: Tensor | None, seq_lengths: Tensor | None
     ) -> Tensor:
         known = (domain >= 0) & (domain < self.num_domains)
-        batch = Batch.unlabelled(sparse, dense, torch.where(known, domain, 0), seq, seq_lengths)
+        served = domain if self.any_domain else torch.where(known, domain, 0)  # any_domain: unknown ids its own way
+        batch = Batch.unlabelled(sparse, dense, served, seq, seq_lengths)
         with static_groups():
             p = torch.sigmoid(self.net(batch).logits)  # [B, T]
         return p if self.any_domain else p.masked_fill(~known[:, None], float("nan"))

@@ -221,6 +221,33 @@ def test_domain_as_feature_changes_outputs_only_through_the_domain_embedding(nam
     torch.testing.assert_close(tied[0], tied[1])
 
 
+@pytest.mark.parametrize("name", ["dnn", "wide_deep"])
+def test_domain_dropout_reads_unknown_and_dropped_domains_as_the_any_domain_id(name: str) -> None:
+    net = BACKBONES[name](domain_as_feature=True, domain_dropout=0.25)
+    inp = net.deep.input if name == "wide_deep" else net.input
+    assert inp.vocab_sizes == [7, 5, 3] and inp.serves_any_domain  # the 2 domains and id 2, any domain
+    batch = random_batch(6)
+    odd = Batch(
+        batch.sparse, batch.dense, torch.tensor([0, 1, -1, 2, 7, 1]), batch.labels, batch.seq, batch.seq_lengths
+    )
+    assert inp.eval().field_ids(odd)[:, -1].tolist() == [0, 1, 2, 2, 2, 1]  # eval: unknown ids read id 2
+    net.eval()
+    any_domain = Batch(batch.sparse, batch.dense, torch.full((6,), 2), batch.labels, batch.seq, batch.seq_lengths)
+    unknown = Batch(
+        batch.sparse, batch.dense, torch.tensor([-1, 2, 3, 9, 2, 5]), batch.labels, batch.seq, batch.seq_lengths
+    )
+    torch.testing.assert_close(net(unknown).logits, net(any_domain).logits, rtol=0, atol=0)
+    torch.manual_seed(0)
+    many = torch.zeros(20_000, dtype=torch.long)  # training: each row's domain dropped with probability 0.25
+    rows = Batch(torch.zeros(20_000, 2, dtype=torch.long), torch.zeros(20_000, 1), many, torch.zeros(20_000, 2))
+    dropped = (inp.train().field_ids(rows)[:, -1] == 2).float().mean()
+    assert abs(float(dropped) - 0.25) < 0.015
+    assert not EmbeddedInput(SEQ_SCHEMA, domain_as_feature=True).serves_any_domain  # no such id without dropout
+    for bad in ({"domain_dropout": 0.1}, {"domain_as_feature": True, "domain_dropout": 1.0}):
+        with pytest.raises(ValueError, match="domain_dropout"):
+            BACKBONES[name](**bad)
+
+
 # ---- end to end through the training entry point ---------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from mdrec.nn.domain import DomainGroups, DomainLinear
 from mdrec.serve.cli import main as export_main
 from mdrec.serve.cli import trim as trim_main
 from mdrec.serve.export import export, max_difference, serving_inputs
-from mdrec.serve.parallel import ParallelModel
+from mdrec.serve.parallel import NetworkModel, ParallelModel
 from mdrec.train.run import train
 from tests.helpers import ADAPTERS, CASES, SCHEMA, K, TrainCfg, adapted, embedded, make_batch, perturb, pretrained
 
@@ -214,6 +214,28 @@ def test_parallel_model_refuses_a_backbone_that_embeds_the_domain() -> None:
     net = AdaptedNet(SCHEMA, backbone, ADAPTERS["lora"](SCHEMA, backbone))
     with pytest.raises(ValueError, match="embeds the domain id"):
         ParallelModel(net, SCHEMA, ADAPTERS["lora"])
+
+
+def test_a_backbone_with_the_any_domain_id_serves_unknown_domains_with_it(tmp_path: Path) -> None:
+    """A pooled backbone pre-trained with domain dropout: ParallelModel's fallback and NetworkModel's unknown rows get
+    the backbone with the "any domain" id K (its own embedding row), in the exported file too."""
+    torch.manual_seed(0)
+    backbone = DNNBackbone(SCHEMA, embedded(8, domain_as_feature=True, domain_dropout=0.1), [16]).eval()
+    with torch.no_grad():
+        backbone.input.embedding.table.weight.normal_()  # distinct domain rows, K's included
+    batch = make_batch(32, seed=2)
+    as_any = torch.sigmoid(backbone(with_domains(batch, [K] * 32)).logits)
+    mixed = with_domains(batch, torch.where(torch.arange(32) % 4 == 0, K + 3, batch.domain))
+    net = perturb(AdaptedNet(SCHEMA, backbone, ADAPTERS["lora"](SCHEMA, backbone))).eval()
+    for model, trained in (
+        (ParallelModel(net, SCHEMA, ADAPTERS["lora"]), net),
+        (NetworkModel(backbone, SCHEMA), backbone),
+    ):
+        served = export(model, make_batch(16, seed=1), tmp_path / f"{type(model).__name__}.pt")
+        unknown = served(*serving_inputs(with_domains(batch, [-1, K + 1] * 16)))
+        torch.testing.assert_close(unknown, as_any, rtol=0, atol=1e-5)
+        assert max_difference(served, trained, mixed, SCHEMA.num_domains) < 1e-5
+        assert not torch.allclose(as_any, torch.sigmoid(backbone(with_domains(batch, [0] * 32)).logits))
 
 
 def test_wide_deep_head_whose_every_domain_overrides_wide_fields_serves_unknown_domains(tmp_path: Path) -> None:
