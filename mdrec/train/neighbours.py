@@ -26,6 +26,10 @@ from mdrec.train.onboarding import batches
 # what data each domain's adapter sees: its own rows, or its rows plus related domains' rows weighted by similarity
 Neighbours = Literal["none", "similarity"]
 NEIGHBOURS = get_args(Neighbours)
+# a neighbour row's weight: the similarity itself ("row"), or the similarity scaled down by how much larger the
+# neighbour domain is than the domain it is routed to ("size": a domain brings at most s(d, d') * n_d rows' worth)
+Weighting = Literal["row", "size"]
+WEIGHTINGS = get_args(Weighting)
 
 
 @torch.no_grad()
@@ -118,6 +122,21 @@ def neighbour_weights(similarity: Tensor, top_k: int | None, power: float) -> Te
         kept = torch.zeros_like(eye).scatter_(1, others.topk(top_k, dim=1).indices, True)
         others = others * kept
     return others.masked_fill(eye, 1.0)
+
+
+def size_capped(weights: Tensor, rows: Sequence[int]) -> Tensor:
+    """``weights [K, K]`` with every off-diagonal ``weights[d, d']`` times ``min(1, n_d / n_d')`` (``rows``: the
+    training rows n per domain): the rows of domain d' then weigh at most ``weights[d, d'] * n_d`` together in d's
+    loss, so a large neighbour cannot outweigh a small domain's own rows.
+
+    Example:
+        >>> size_capped(torch.tensor([[1.0, 0.5], [0.5, 1.0]]), [100, 25]).tolist()
+        [[1.0, 0.5], [0.125, 1.0]]
+    """
+    n = torch.as_tensor(rows, dtype=torch.float64)
+    ratio = (n[:, None] / n[None, :].clamp(min=1)).clamp(max=1.0)  # [K, K]: min(1, n_d / n_d')
+    ratio.fill_diagonal_(1.0)
+    return (weights.double() * ratio).to(weights.dtype)
 
 
 def row_factor(weights: Tensor, rows: Sequence[int]) -> float:

@@ -41,8 +41,10 @@ from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.neighbours import (
     NEIGHBOURS,
+    WEIGHTINGS,
     NeighbourRows,
     Neighbours,
+    Weighting,
     domain_gradients,
     gradient_similarity,
     matrix_metrics,
@@ -50,6 +52,7 @@ from mdrec.train.neighbours import (
     row_factor,
     sample_rows,
     similarity_table,
+    size_capped,
 )
 from mdrec.train.onboarding import (
     INITS,
@@ -257,6 +260,9 @@ class Adapt(AdapterStage):
         neighbour_power: the exponent on ``s`` (> 1 favours the most similar domains).
         neighbour_rows: measure each domain's gradient on at most this many of its training rows (drawn with
             ``seed``; None: all).
+        neighbour_weighting: ``"row"``: a neighbour row weighs its weight; ``"size"``: that times
+            ``min(1, n_d / n_d')`` (training rows), so domain d' brings at most ``weight * n_d`` rows' worth into d's
+            loss (:func:`~mdrec.train.neighbours.size_capped`).
     """
 
     def __init__(
@@ -276,6 +282,7 @@ class Adapt(AdapterStage):
         neighbour_top_k: int | None = None,
         neighbour_power: float = 1.0,
         neighbour_rows: int | None = 20_000,
+        neighbour_weighting: Weighting = "row",
     ) -> None:
         super().__init__(optimizer, patience, val_check_interval, guard)
         if neighbours not in NEIGHBOURS:
@@ -287,6 +294,8 @@ class Adapt(AdapterStage):
             )
         if neighbour_rows is not None and neighbour_rows < 1:
             raise ValueError(f"stage.neighbour_rows ({neighbour_rows}) must be null (all rows) or >= 1")
+        if neighbour_weighting not in WEIGHTINGS:
+            raise ValueError(f"stage.neighbour_weighting={neighbour_weighting!r} must be one of {list(WEIGHTINGS)}")
         if embeddings not in EMBEDDINGS:
             raise ValueError(f"stage.embeddings={embeddings!r} must be one of {list(EMBEDDINGS)}")
         if embedding_rank < 1 or embedding_lr <= 0:
@@ -300,6 +309,7 @@ class Adapt(AdapterStage):
         self.embeddings, self.embedding_rank, self.embedding_lr = embeddings, embedding_rank, embedding_lr
         self.neighbours, self.neighbour_top_k = neighbours, neighbour_top_k
         self.neighbour_power, self.neighbour_rows = neighbour_power, neighbour_rows
+        self.neighbour_weighting = neighbour_weighting
         self.neighbour_metrics: dict[str, float] = {}  # the measured similarities and weights (neighbours/...)
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
@@ -357,8 +367,11 @@ class Adapt(AdapterStage):
         domain = self.data.split_column("train", schema.domain_field)
         rows = sample_rows(self.data.splits["train"], domain, schema.num_domains, self.neighbour_rows, seed)
         similarity = gradient_similarity(domain_gradients(backbone, self.data, rows))
+        counts = np.bincount(domain, minlength=schema.num_domains).tolist()
         weights = neighbour_weights(similarity, self.neighbour_top_k, self.neighbour_power)
-        factor = row_factor(weights, np.bincount(domain, minlength=schema.num_domains).tolist())
+        if self.neighbour_weighting == "size":
+            weights = size_capped(weights, counts)
+        factor = row_factor(weights, counts)
         names = schema.domains
         self.neighbour_metrics = {
             **matrix_metrics("neighbours/similarity", similarity, names),
@@ -367,10 +380,12 @@ class Adapt(AdapterStage):
         }
         log.info(
             "stage.neighbours=similarity: the domains' head-gradient similarity s(d, d') (row d, column d'):\n%s\n"
-            "loss weight of a row of d' in d's adapter (top_k %s, power %s; %.2fx the training rows):\n%s",
+            "loss weight of a row of d' in d's adapter (top_k %s, power %s, weighting %s; %.2fx the training "
+            "rows):\n%s",
             similarity_table(similarity, names),
             self.neighbour_top_k,
             self.neighbour_power,
+            self.neighbour_weighting,
             factor,
             similarity_table(weights, names),
         )

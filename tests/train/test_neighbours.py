@@ -21,6 +21,7 @@ from mdrec.train.neighbours import (
     neighbour_weights,
     row_factor,
     sample_rows,
+    size_capped,
 )
 from mdrec.train.run import train
 from mdrec.train.stages import Adapt
@@ -74,6 +75,10 @@ def test_weights_keep_the_top_k_most_similar_others_to_a_power() -> None:
     torch.testing.assert_close(neighbour_weights(s, top_k=None, power=1.0), s)
     # 10 rows of d0, 30 of d1: d0's rows go to d1 and d2 (3 copies), d1's to d0 and d3 (3 copies)
     assert row_factor(w, [10, 30, 0, 0]) == pytest.approx(3.0)
+    # size: times min(1, n_d / n_d'); d0's rows weigh 0.64 in d1 (more rows), d1's 0.64 * 10 / 30 in d0
+    capped = size_capped(w, [10, 30, 20, 40])
+    ratio = [[1.0, 1 / 3, 0.5, 0.25], [1.0, 1.0, 1.0, 0.75], [1.0, 2 / 3, 1.0, 0.5], [1.0, 1.0, 1.0, 1.0]]
+    torch.testing.assert_close(capped, w * torch.tensor(ratio))
 
 
 def test_rows_per_domain_are_capped() -> None:
