@@ -163,6 +163,10 @@ def test_neighbours_default_to_none_and_are_type_checked(train_cfg: TrainCfg) ->
         check_types(train_cfg(["stage=adapt", "adapter=lora", "stage.neighbours=knn"]))
     with pytest.raises(ValueError, match=r"stage.neighbour_top_k \(0\) must be null or >= 1"):
         Adapt(adam, neighbours="similarity", neighbour_top_k=0)
+    with pytest.raises(TypeError, match=r"stage.neighbour_weighting='rows' is not"):
+        check_types(train_cfg(["stage=adapt", "adapter=lora", "stage.neighbour_weighting=rows"]))
+    with pytest.raises(ValueError, match=r"stage.neighbour_weighting='rows' must be one of \['row', 'size'\]"):
+        Adapt(adam, neighbour_weighting="rows")
 
 
 @pytest.mark.slow
