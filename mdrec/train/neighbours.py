@@ -105,14 +105,14 @@ def gradient_similarity(gradients: Tensor) -> Tensor:
     return s.float()
 
 
-def neighbour_weights(similarity: Tensor, top_k: int | None, power: float) -> Tensor:
+def neighbour_weights(similarity: Tensor, top_k: int | None, power: float, scale: float) -> Tensor:
     """``[K, K]``: ``weights[d, d']``, the loss weight of a training row of domain d' in domain d's adapter:
-    ``s(d, d') ** power`` for the ``top_k`` other domains most similar to d (None: every other domain), 0 for the
-    rest, 1 on the diagonal (a domain's own rows).
+    ``scale * s(d, d') ** power`` for the ``top_k`` other domains most similar to d (None: every other domain), 0 for
+    the rest, 1 on the diagonal (a domain's own rows).
 
     Example:
         >>> s = torch.tensor([[1.0, 0.5, 0.25], [0.5, 1.0, 0.0], [0.25, 0.0, 1.0]])
-        >>> neighbour_weights(s, top_k=1, power=2.0).tolist()
+        >>> neighbour_weights(s, top_k=1, power=2.0, scale=1.0).tolist()
         [[1.0, 0.25, 0.0], [0.25, 1.0, 0.0], [0.0625, 0.0, 1.0]]
     """
     k = similarity.shape[0]
@@ -121,7 +121,7 @@ def neighbour_weights(similarity: Tensor, top_k: int | None, power: float) -> Te
     if top_k is not None and top_k < k - 1:
         kept = torch.zeros_like(eye).scatter_(1, others.topk(top_k, dim=1).indices, True)
         others = others * kept
-    return others.masked_fill(eye, 1.0)
+    return (scale * others).masked_fill(eye, 1.0)
 
 
 def size_capped(weights: Tensor, rows: Sequence[int]) -> Tensor:

@@ -258,6 +258,8 @@ class Adapt(AdapterStage):
         neighbour_top_k: route each domain only the rows of its ``neighbour_top_k`` most similar other domains
             (None: of every other domain with ``s > 0``).
         neighbour_power: the exponent on ``s`` (> 1 favours the most similar domains).
+        neighbour_scale: a factor in (0, 1] on every neighbour weight (how much a neighbour's row counts against an
+            own row at ``s = 1``).
         neighbour_rows: measure each domain's gradient on at most this many of its training rows (drawn with
             ``seed``; None: all).
         neighbour_weighting: ``"row"``: a neighbour row weighs its weight; ``"size"``: that times
@@ -281,6 +283,7 @@ class Adapt(AdapterStage):
         neighbours: Neighbours = "none",
         neighbour_top_k: int | None = None,
         neighbour_power: float = 1.0,
+        neighbour_scale: float = 1.0,
         neighbour_rows: int | None = 20_000,
         neighbour_weighting: Weighting = "row",
     ) -> None:
@@ -292,6 +295,8 @@ class Adapt(AdapterStage):
                 f"stage.neighbour_top_k ({neighbour_top_k}) must be null or >= 1 and stage.neighbour_power "
                 f"({neighbour_power}) > 0"
             )
+        if not 0 < neighbour_scale <= 1:
+            raise ValueError(f"stage.neighbour_scale ({neighbour_scale}) must be in (0, 1]")
         if neighbour_rows is not None and neighbour_rows < 1:
             raise ValueError(f"stage.neighbour_rows ({neighbour_rows}) must be null (all rows) or >= 1")
         if neighbour_weighting not in WEIGHTINGS:
@@ -309,7 +314,7 @@ class Adapt(AdapterStage):
         self.embeddings, self.embedding_rank, self.embedding_lr = embeddings, embedding_rank, embedding_lr
         self.neighbours, self.neighbour_top_k = neighbours, neighbour_top_k
         self.neighbour_power, self.neighbour_rows = neighbour_power, neighbour_rows
-        self.neighbour_weighting = neighbour_weighting
+        self.neighbour_weighting, self.neighbour_scale = neighbour_weighting, neighbour_scale
         self.neighbour_metrics: dict[str, float] = {}  # the measured similarities and weights (neighbours/...)
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
@@ -368,7 +373,7 @@ class Adapt(AdapterStage):
         rows = sample_rows(self.data.splits["train"], domain, schema.num_domains, self.neighbour_rows, seed)
         similarity = gradient_similarity(domain_gradients(backbone, self.data, rows))
         counts = np.bincount(domain, minlength=schema.num_domains).tolist()
-        weights = neighbour_weights(similarity, self.neighbour_top_k, self.neighbour_power)
+        weights = neighbour_weights(similarity, self.neighbour_top_k, self.neighbour_power, self.neighbour_scale)
         if self.neighbour_weighting == "size":
             weights = size_capped(weights, counts)
         factor = row_factor(weights, counts)
@@ -380,11 +385,12 @@ class Adapt(AdapterStage):
         }
         log.info(
             "stage.neighbours=similarity: the domains' head-gradient similarity s(d, d') (row d, column d'):\n%s\n"
-            "loss weight of a row of d' in d's adapter (top_k %s, power %s, weighting %s; %.2fx the training "
-            "rows):\n%s",
+            "loss weight of a row of d' in d's adapter (top_k %s, power %s, scale %s, weighting %s; %.2fx the "
+            "training rows):\n%s",
             similarity_table(similarity, names),
             self.neighbour_top_k,
             self.neighbour_power,
+            self.neighbour_scale,
             self.neighbour_weighting,
             factor,
             similarity_table(weights, names),

@@ -69,10 +69,12 @@ def test_identical_domains_are_similar_opposite_ones_not() -> None:
 
 def test_weights_keep_the_top_k_most_similar_others_to_a_power() -> None:
     s = torch.tensor([[1.0, 0.8, 0.4, 0.2], [0.8, 1.0, 0.0, 0.5], [0.4, 0.0, 1.0, 0.6], [0.2, 0.5, 0.6, 1.0]])
-    w = neighbour_weights(s, top_k=2, power=2.0)
+    w = neighbour_weights(s, top_k=2, power=2.0, scale=1.0)
     expected = [[1.0, 0.64, 0.16, 0.0], [0.64, 1.0, 0.0, 0.25], [0.16, 0.0, 1.0, 0.36], [0.0, 0.25, 0.36, 1.0]]
     torch.testing.assert_close(w, torch.tensor(expected))
-    torch.testing.assert_close(neighbour_weights(s, top_k=None, power=1.0), s)
+    torch.testing.assert_close(neighbour_weights(s, top_k=None, power=1.0, scale=1.0), s)
+    scaled = neighbour_weights(s, top_k=None, power=1.0, scale=0.1)
+    torch.testing.assert_close(scaled, 0.1 * s + 0.9 * torch.eye(4))  # the diagonal stays 1
     # 10 rows of d0, 30 of d1: d0's rows go to d1 and d2 (3 copies), d1's to d0 and d3 (3 copies)
     assert row_factor(w, [10, 30, 0, 0]) == pytest.approx(3.0)
     # size: times min(1, n_d / n_d'); d0's rows weigh 0.64 in d1 (more rows), d1's 0.64 * 10 / 30 in d0
