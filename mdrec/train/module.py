@@ -64,6 +64,9 @@ class RankingModule(pl.LightningModule):
             this optimiser updates them (only those rows: lazily), ``optimizer`` the other parameters; the two
             step as one (:class:`~mdrec.train.optim.JointOptimizer`). None: ``optimizer`` updates every parameter
             from dense gradients. With no trainable table (a frozen backbone) it has nothing to update.
+        train_rows: what a training step trains on, given its batch (stage=adapt's neighbour rows,
+            :class:`~mdrec.train.neighbours.NeighbourRows`); validation and test see their batches as they are.
+            None: the batch itself.
 
     Example:
         >>> adam = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -81,6 +84,7 @@ class RankingModule(pl.LightningModule):
         domain_weights: dict[str, float] | None = None,
         compile: bool = False,
         embedding_optimizer: OptimizerFactory | None = None,
+        train_rows: Callable[[Batch], Batch] | None = None,
     ) -> None:
         super().__init__()
         # plain values only: a checkpoint loads with torch.load(weights_only=True) (the run's config.yaml has the rest)
@@ -101,6 +105,7 @@ class RankingModule(pl.LightningModule):
         )
         self.schema = schema
         self.optimizer_factory = optimizer
+        self.train_rows = train_rows
         self.loss_normalization = loss_normalization
         weights = [float((domain_weights or {}).get(d, 1.0)) for d in schema.domains]
         if min(weights) < 0:
@@ -145,6 +150,8 @@ class RankingModule(pl.LightningModule):
         return (w_d * loss_d / rows_d.clamp(min=1e-12)).sum() / w_d.sum() + out.aux_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.train_rows is not None:
+            batch = self.train_rows(batch)
         out = self(batch)
         loss = self.loss(out, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.size)

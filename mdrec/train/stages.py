@@ -39,6 +39,21 @@ from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import load_checkpoint
 from mdrec.train.module import OptimizerFactory, RankingModule
+from mdrec.train.neighbours import (
+    NEIGHBOURS,
+    WEIGHTINGS,
+    NeighbourRows,
+    Neighbours,
+    Weighting,
+    domain_gradients,
+    gradient_similarity,
+    matrix_metrics,
+    neighbour_weights,
+    row_factor,
+    sample_rows,
+    similarity_table,
+    size_capped,
+)
 from mdrec.train.onboarding import (
     INITS,
     GateOptions,
@@ -234,6 +249,22 @@ class Adapt(AdapterStage):
             ``embedding_lr`` (shared weights: the selection is then overall unless ``select_per_domain`` says).
         embedding_rank: R of ``"lowrank"``.
         embedding_lr: the learning rate of the fine-tuned table (``"finetune"``).
+        neighbours: what data each domain's adapter trains on (docs/methods.md, Neighbour rows): ``"none"`` its own
+            rows; ``"similarity"`` also every other domain's rows, a row of domain d' weighted by
+            ``s(d, d') ** neighbour_power`` in domain d's loss (own rows 1), ``s`` the cosine of the two domains'
+            mean loss gradients w.r.t. the pre-trained backbone's head, clipped to [0, 1]
+            (:mod:`mdrec.train.neighbours`), measured once before adapting. Validation, test and the per-domain
+            selection see each domain's own rows only.
+        neighbour_top_k: route each domain only the rows of its ``neighbour_top_k`` most similar other domains
+            (None: of every other domain with ``s > 0``).
+        neighbour_power: the exponent on ``s`` (> 1 favours the most similar domains).
+        neighbour_scale: a factor in (0, 1] on every neighbour weight (how much a neighbour's row counts against an
+            own row at ``s = 1``).
+        neighbour_rows: measure each domain's gradient on at most this many of its training rows (drawn with
+            ``seed``; None: all).
+        neighbour_weighting: ``"row"``: a neighbour row weighs its weight; ``"size"``: that times
+            ``min(1, n_d / n_d')`` (training rows), so domain d' brings at most ``weight * n_d`` rows' worth into d's
+            loss (:func:`~mdrec.train.neighbours.size_capped`).
     """
 
     def __init__(
@@ -249,8 +280,27 @@ class Adapt(AdapterStage):
         embeddings: Embeddings = "frozen",
         embedding_rank: int = 1,
         embedding_lr: float = 1e-4,
+        neighbours: Neighbours = "none",
+        neighbour_top_k: int | None = None,
+        neighbour_power: float = 1.0,
+        neighbour_scale: float = 1.0,
+        neighbour_rows: int | None = 20_000,
+        neighbour_weighting: Weighting = "row",
     ) -> None:
         super().__init__(optimizer, patience, val_check_interval, guard)
+        if neighbours not in NEIGHBOURS:
+            raise ValueError(f"stage.neighbours={neighbours!r} must be one of {list(NEIGHBOURS)}")
+        if (neighbour_top_k is not None and neighbour_top_k < 1) or neighbour_power <= 0:
+            raise ValueError(
+                f"stage.neighbour_top_k ({neighbour_top_k}) must be null or >= 1 and stage.neighbour_power "
+                f"({neighbour_power}) > 0"
+            )
+        if not 0 < neighbour_scale <= 1:
+            raise ValueError(f"stage.neighbour_scale ({neighbour_scale}) must be in (0, 1]")
+        if neighbour_rows is not None and neighbour_rows < 1:
+            raise ValueError(f"stage.neighbour_rows ({neighbour_rows}) must be null (all rows) or >= 1")
+        if neighbour_weighting not in WEIGHTINGS:
+            raise ValueError(f"stage.neighbour_weighting={neighbour_weighting!r} must be one of {list(WEIGHTINGS)}")
         if embeddings not in EMBEDDINGS:
             raise ValueError(f"stage.embeddings={embeddings!r} must be one of {list(EMBEDDINGS)}")
         if embedding_rank < 1 or embedding_lr <= 0:
@@ -262,6 +312,10 @@ class Adapt(AdapterStage):
         self.freeze = list(freeze)
         self.select_per_domain = select_per_domain
         self.embeddings, self.embedding_rank, self.embedding_lr = embeddings, embedding_rank, embedding_lr
+        self.neighbours, self.neighbour_top_k = neighbours, neighbour_top_k
+        self.neighbour_power, self.neighbour_rows = neighbour_power, neighbour_rows
+        self.neighbour_weighting, self.neighbour_scale = neighbour_weighting, neighbour_scale
+        self.neighbour_metrics: dict[str, float] = {}  # the measured similarities and weights (neighbours/...)
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
         self.encoding = Encoding.from_datamodule(data)
@@ -299,7 +353,10 @@ class Adapt(AdapterStage):
                 raise ValueError(f"stage.embeddings=finetune: {type(backbone).__name__} embeds no sparse field")
             table.requires_grad_(True)
             optimizer = with_group_lr(self.optimizer, list(table.parameters()), self.embedding_lr)
-        module = module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=optimizer)
+        train_rows = self.neighbour_rows_of(backbone, schema, int(cfg.seed)) if self.neighbours != "none" else None
+        module = module_factory(cfg.model, "net", "optimizer")(
+            net=net, schema=schema, optimizer=optimizer, train_rows=train_rows
+        )
         per_domain = self.select_per_domain
         if per_domain is None:
             per_domain = adapter is not None and not shared_trainable(net)
@@ -307,6 +364,41 @@ class Adapt(AdapterStage):
         if per_domain:
             self.selection = DomainSelection(schema.domains, patience=self.patience, guard=self.guard)
         return module
+
+    def neighbour_rows_of(self, backbone: Backbone, schema: Schema, seed: int) -> NeighbourRows:
+        """The neighbour rows of ``stage.neighbours=similarity``: the domains' similarities measured on the
+        pre-trained ``backbone`` and their weights, recorded as metrics (``neighbours/similarity/<d>/<d'>``,
+        ``neighbours/weight/<d>/<d'>``, ``neighbours/row_factor``) and logged."""
+        domain = self.data.split_column("train", schema.domain_field)
+        rows = sample_rows(self.data.splits["train"], domain, schema.num_domains, self.neighbour_rows, seed)
+        similarity = gradient_similarity(domain_gradients(backbone, self.data, rows))
+        counts = np.bincount(domain, minlength=schema.num_domains).tolist()
+        weights = neighbour_weights(similarity, self.neighbour_top_k, self.neighbour_power, self.neighbour_scale)
+        if self.neighbour_weighting == "size":
+            weights = size_capped(weights, counts)
+        factor = row_factor(weights, counts)
+        names = schema.domains
+        self.neighbour_metrics = {
+            **matrix_metrics("neighbours/similarity", similarity, names),
+            **matrix_metrics("neighbours/weight", weights, names),
+            "neighbours/row_factor": factor,
+        }
+        log.info(
+            "stage.neighbours=similarity: the domains' head-gradient similarity s(d, d') (row d, column d'):\n%s\n"
+            "loss weight of a row of d' in d's adapter (top_k %s, power %s, scale %s, weighting %s; %.2fx the "
+            "training rows):\n%s",
+            similarity_table(similarity, names),
+            self.neighbour_top_k,
+            self.neighbour_power,
+            self.neighbour_scale,
+            self.neighbour_weighting,
+            factor,
+            similarity_table(weights, names),
+        )
+        return NeighbourRows(weights)
+
+    def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        return {**super().metrics(predictions), **self.neighbour_metrics}
 
 
 class Onboard(AdapterStage):
