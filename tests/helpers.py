@@ -120,6 +120,9 @@ def rows_of(batch: Batch, mask: torch.Tensor) -> Batch:
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "dnn": lambda: DNNBackbone(SCHEMA, embedded(8), [16, 8], dropout=0.2),
+    "pooled": lambda: DNNBackbone(
+        SCHEMA, embedded(8, domain_as_feature=True, domain_dropout=0.1), [16, 8], dropout=0.2
+    ),
     "wide_deep": lambda: WideDeepBackbone(
         SCHEMA, embedded(8), [16, 8], crosses=[["row", "item"]], cross_buckets=50, dropout=0.0
     ),

@@ -34,9 +34,9 @@ class EmbeddedInput(nn.Module):
     one more field, after the sparse ones: the "pooled" reference baseline (one model, the domain an ordinary
     feature). Otherwise the input knows nothing of domains. With ``domain_dropout`` > 0 the domain field has one more
     id, K, "any domain": in training each row's domain id is replaced by K with that probability, so K's vector
-    learns what serves every domain; in eval a domain id outside ``0..K-1`` (a domain the network was not trained
-    on) reads K's vector (``serves_any_domain``: the network can serve unknown domains, as a domain-agnostic one
-    does).
+    learns what serves every domain; a domain id outside ``0..K-1`` (a domain the network was not trained on: an
+    unknown one served, or a new one being onboarded onto the frozen network) always reads K's vector
+    (``serves_any_domain``: the network can serve unknown domains, as a domain-agnostic one does).
 
     Args:
         schema: the data's schema (vocabulary sizes, fields).
@@ -49,6 +49,9 @@ class EmbeddedInput(nn.Module):
             ``schema.domain_field``).
         domain_dropout: with ``domain_as_feature``, the probability of reading a training row's domain as "any
             domain" (id K, one more row of the domain field); 0: no such id.
+        embedded_domains: with ``domain_as_feature``, K: how many of the schema's domains (the first ones) have a
+            vector of their own; None: all of them. A network onboarded onto keeps the K it was pre-trained with
+            (stage=onboard records it), its later domains reading the "any domain" vector (needs ``domain_dropout``).
 
     Shapes: ``forward(batch)`` -> ``[B, F' * D + (D if a sequence) + N]`` with ``F' = F (+ 1 with
     domain_as_feature)``; ``out_features`` holds the width, ``field_names`` and ``vocab_sizes`` the F' fields.
@@ -69,12 +72,18 @@ class EmbeddedInput(nn.Module):
         attention_softmax: bool = False,
         domain_as_feature: bool = False,
         domain_dropout: float = 0.0,
+        embedded_domains: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= domain_dropout < 1.0 or (domain_dropout > 0 and not domain_as_feature):
             raise ValueError(
                 f"domain_dropout must be in [0, 1) and needs domain_as_feature=true, got {domain_dropout} with "
                 f"domain_as_feature={domain_as_feature}"
+            )
+        if embedded_domains is not None and not (domain_dropout > 0 and 1 <= embedded_domains <= schema.num_domains):
+            raise ValueError(
+                f"embedded_domains={embedded_domains} must be in 1..{schema.num_domains} (the schema's domains) and "
+                f"needs an 'any domain' id (domain_dropout > 0, got {domain_dropout}) for the domains after them"
             )
         if sequence_pooling not in SEQUENCE_POOLINGS:
             raise ValueError(f"sequence_pooling must be one of {list(SEQUENCE_POOLINGS)}, got {sequence_pooling!r}")
@@ -83,9 +92,9 @@ class EmbeddedInput(nn.Module):
                 f"sequence_pooling 'din' attends over a sequence field, but schema {schema.dataset_id!r} has none"
             )
         self.embedding_dim, self.init_std, self.domain_as_feature = embedding_dim, init_std, domain_as_feature
-        self.num_domains, self.domain_dropout = schema.num_domains, domain_dropout
-        self.serves_any_domain = domain_dropout > 0 or not domain_as_feature  # K: "any domain" (domain_dropout)
-        domain_ids = schema.num_domains + (1 if domain_dropout > 0 else 0)
+        self.num_domains = embedded_domains if embedded_domains is not None else schema.num_domains  # K
+        self.domain_dropout = domain_dropout
+        domain_ids = self.num_domains + (1 if domain_dropout > 0 else 0)
         self.field_names = [*schema.sparse_names, *([schema.domain_field] if domain_as_feature else [])]
         self.vocab_sizes = [*schema.vocab_sizes, *([domain_ids] if domain_as_feature else [])]
         # a data set of dense features only (and no domain feature) has nothing to embed
@@ -101,6 +110,11 @@ class EmbeddedInput(nn.Module):
         num_pooled = len(self.vocab_sizes) + (1 if self.seq_field is not None else 0)
         self.out_features = num_pooled * embedding_dim + len(schema.dense)
 
+    @property
+    def serves_any_domain(self) -> bool:
+        """Whether a domain id outside ``0..K-1`` has a meaning: none is read (domain-agnostic) or it reads K."""
+        return self.domain_dropout > 0 or not self.domain_as_feature
+
     def field_ids(self, batch: Batch) -> Tensor:
         """The ids of the ``field_names`` fields: ``[B, F']`` (the sparse ids, then the domain id if it is a field)."""
         if not self.domain_as_feature:
@@ -108,11 +122,9 @@ class EmbeddedInput(nn.Module):
         domain = batch.domain
         if self.domain_dropout > 0:
             k = self.num_domains
-            dropped = (
-                torch.rand(domain.shape, device=domain.device) < self.domain_dropout
-                if self.training
-                else (domain < 0) | (domain >= k)
-            )
+            dropped = (domain < 0) | (domain >= k)  # [B]: unknown domains
+            if self.training:
+                dropped |= torch.rand(domain.shape, device=domain.device) < self.domain_dropout
             domain = domain.masked_fill(dropped, k)  # [B]: K, any domain
         return torch.cat([batch.sparse, domain[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
 

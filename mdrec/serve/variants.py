@@ -4,9 +4,11 @@ narrowed), served by routing the domain's requests to it.
 
 A blanked sparse field (id 0) adds a constant to the first layer's input, ``W[:, f] e_0(f)``, and a blanked dense
 feature (0) adds nothing: folding those constants into the first layer's bias and removing the fields' columns gives
-exactly the blanked model, with fewer lookups and a narrower first matrix product. The domain's adapter is merged into
-the backbone first (:meth:`mdrec.adapters.lora.LoRA.merged`), so the variant is one plain network. A variant can then
-be briefly re-trained on its domain's rows (:func:`recovered`) to make up for what the dropped features carried.
+exactly the blanked model, with fewer lookups and a narrower first matrix product. A backbone that embeds the domain
+id (``input=pooled``) reads one constant vector on a domain's rows: it is folded into the bias the same way. The
+domain's adapter is merged into the backbone first (:meth:`mdrec.adapters.lora.LoRA.merged`), so the variant is one
+plain network. A variant can then be briefly re-trained on its domain's rows (:func:`recovered`) to make up for what
+the dropped features carried.
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ def variant(net: AdaptedNet, schema: Schema, domain: int, drop: Tensor) -> Varia
     dense features): equal to ``net`` with those features blanked on the domain's rows (up to rounding).
 
     Raises:
-        ValueError: a backbone other than the DNN, an input with a sequence or the domain as a feature, an adapter
+        ValueError: a backbone other than the DNN, an input with a sequence, an adapter
             that does not merge into the backbone (only LoRA and MLoRA do; none is fine), or a ``drop`` of another
             width.
     """
     backbone = net.backbone
-    if type(backbone) is not DNNBackbone or backbone.input.domain_as_feature or schema.sequence is not None:
+    if type(backbone) is not DNNBackbone or schema.sequence is not None:
         raise ValueError(
             "trimmed variants (topology A) narrow the first layer of a DNN backbone (backbone=dnn) without a sequence "
-            f"field or the domain as a feature; this run has {type(backbone).__name__}: serve its trimmed mask "
-            "instead (mdrec-trim without --variants)"
+            f"field; this run has {type(backbone).__name__}: serve its trimmed mask instead (mdrec-trim without "
+            "--variants)"
         )
     width = len(schema.sparse) + len(schema.dense)
     if drop.dtype != torch.bool or tuple(drop.shape) != (width,):
@@ -74,7 +76,7 @@ def variant(net: AdaptedNet, schema: Schema, domain: int, drop: Tensor) -> Varia
             "does not merge (adapter=lora and mlora do): serve its trimmed mask instead (mdrec-trim without --variants)"
         )
     plain = net.adapter.merged(backbone, domain) if isinstance(net.adapter, LoRA) else copy.deepcopy(backbone)
-    return Variant(narrowed(plain.eval(), schema, drop), kept_schema(schema, drop))
+    return Variant(narrowed(plain.eval(), schema, drop, domain), kept_schema(schema, drop))
 
 
 def recovered(model: Variant, rows: Batch, drop: Tensor, how: Retraining) -> tuple[Variant, list[float]]:
@@ -105,10 +107,11 @@ def kept_schema(schema: Schema, drop: Tensor) -> Schema:
 
 
 @torch.no_grad()
-def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor) -> DNNBackbone:
-    """A copy of ``backbone`` whose input holds only the kept features: the kept fields' embedding rows, the first
-    layer's kept columns, and its bias plus ``W[:, f] e_0(f)`` for every dropped sparse field f (what the blanked id
-    0 fed it)."""
+def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor, domain: int) -> DNNBackbone:
+    """A copy of ``backbone`` for domain ``domain``'s rows whose input holds only the kept features and no domain
+    field: the kept fields' embedding rows, the first layer's kept columns, and its bias plus ``W[:, f] e_0(f)`` for
+    every dropped sparse field f (what the blanked id 0 fed it) and, where the backbone embeds the domain id, plus
+    ``W[:, domain] e(domain)`` (an id it has no vector for reads the "any domain" one, as the input does)."""
     old = backbone.input
     out = copy.deepcopy(backbone)
     sub = kept_schema(schema, drop)
@@ -121,10 +124,13 @@ def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor) -> DNNBackbone
         out.input.embedding.table.weight.copy_(torch.cat([table[offsets[i] : offsets[i + 1]] for i in kept_fields]))
     first: nn.Linear = backbone.mlp.layers[0]
     columns = [*(c for i in kept_fields for c in range(i * d, (i + 1) * d))]
-    columns += [f * d + j for j in range(len(schema.dense)) if not drop[f + j]]
-    blanked = [i for i in range(f) if drop[i]]
+    width = len(old.vocab_sizes) * d  # the embedded fields' columns: the sparse fields, then the domain's if embedded
+    columns += [width + j for j in range(len(schema.dense)) if not drop[f + j]]
+    rows = {i: offsets[i] for i in range(f) if drop[i]}  # the constant vectors: the blanked ids 0 ...
+    if old.domain_as_feature:  # ... and the domain's own vector (field f)
+        rows[f] = offsets[f] + (domain if domain < old.num_domains else old.num_domains)
     constant = sum(
-        (first.weight[:, i * d : (i + 1) * d] @ table[offsets[i]] for i in blanked), torch.zeros(first.out_features)
+        (first.weight[:, i * d : (i + 1) * d] @ table[row] for i, row in rows.items()), torch.zeros(first.out_features)
     )
     layer = nn.Linear(len(columns), first.out_features)
     layer.weight.copy_(first.weight[:, columns])

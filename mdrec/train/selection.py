@@ -28,7 +28,7 @@ class Guard:
 
     Args:
         min_rows: a domain with fewer validation rows keeps step 0 (``selection/too_few_rows/<d>`` = 1, whatever its
-            best epoch).
+            best epoch); 0: no minimum.
         confidence: adopt the best epoch only when the one-sided lower confidence bound, at this level, of
             ``AUC(best) - AUC(step 0)`` on the domain's validation rows (paired bootstrap over those rows, both
             models scored on every resample) is above 0; otherwise keep step 0 (``selection/not_significant/<d>``
@@ -39,11 +39,13 @@ class Guard:
     Example:
         >>> Guard(min_rows=100, confidence=0.9).active
         True
-        >>> Guard().active
+        >>> Guard().active  # min_rows=100
+        True
+        >>> Guard(min_rows=0).active
         False
     """
 
-    min_rows: int = 0
+    min_rows: int = 100
     confidence: float | None = None
     num_resamples: int = 500
     seed: int = 0

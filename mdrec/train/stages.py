@@ -204,6 +204,10 @@ class AdapterStage(Stage):
         self.reference = {d: merged[d] for d in self.data.schema.domains if d in merged}
         return self.selection.metrics() if self.selection is not None else {}
 
+    def saved_backbone_config(self) -> DictConfig:
+        """The ``backbone.yaml`` this run writes: the source run's."""
+        return RunDir(self.source).backbone_config()
+
     def trained_domains(self) -> list[str]:
         """The domains whose adapters this run trains."""
         return list(self.data.schema.domains)
@@ -214,7 +218,7 @@ class AdapterStage(Stage):
 
     def save(self, run_dir: RunDir, module: RankingModule) -> None:
         net: AdaptedNet = module.net
-        run_dir.save_backbone(net.backbone, RunDir(self.source).backbone_config())
+        run_dir.save_backbone(net.backbone, self.saved_backbone_config())
         if net.adapter is not None:
             run_dir.save_adapter(net.adapter)
         if self.encoding is not None:  # what new files need to be encoded for this model (stage=onboard)
@@ -529,6 +533,13 @@ class Onboard(AdapterStage):
         run_dir = RunDir(self.source)
         old = replace(schema, domains=schema.domains[: self.k])
         self.adapted = run_dir.load_adapted(old).eval()  # the run's model as is: the other domains' reference
+        if not self.adapted.backbone.input.serves_any_domain:
+            raise ValueError(
+                f"stage=onboard: the backbone of {self.source} embeds the domain id (input.domain_as_feature=true) "
+                f"without an 'any domain' id, so a new domain ({', '.join(schema.domains[self.k :])}) has no embedding "
+                "to read. Adapt a backbone pre-trained with one (model=pooled input.domain_dropout=0.1: a new domain "
+                "reads it, its adapter learns the rest) or a domain-agnostic one (model=backbone), then onboard"
+            )
         loaded = copy.deepcopy(self.adapted)  # the one this run grows and trains (the files are read once)
         pl.seed_everything(cfg.seed, workers=True)  # the new slices' initialisation
         fresh = run_dir.adapter_factory()(schema, loaded.backbone)
@@ -579,6 +590,15 @@ class Onboard(AdapterStage):
 
     def trained_domains(self) -> list[str]:
         return list(self.domains)
+
+    def saved_backbone_config(self) -> DictConfig:
+        """The source run's ``backbone.yaml``, plus, where the backbone embeds the domain id, how many domains have
+        a vector of their own (``input.embedded_domains``): this run's model serves more domains than it embeds."""
+        cfg = super().saved_backbone_config()
+        if cfg.input.get("domain_as_feature"):
+            with open_dict(cfg):
+                cfg.input.embedded_domains = self.adapted.backbone.input.num_domains
+        return cfg
 
     def inherited_reference(self) -> dict[str, DomainReference]:
         """The adapted run's drift reference (none if it has no ``drift_reference.npz``)."""
@@ -795,6 +815,13 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
             unknown = sorted(set(source_domains) - set(schema.domains))
             if unknown:
                 raise ValueError(f"stage.source_domains names unknown domain(s) {unknown}; domains: {schema.domains}")
+            if cfg.input.get("domain_as_feature"):
+                raise ValueError(
+                    f"stage.source_domains={list(source_domains)} pre-trains on those domains only, but the input "
+                    "embeds the domain id (input=pooled, stage=adapt's default), so the other domains' vectors would "
+                    "never train and their adapters would start from noise. Pre-train a domain-agnostic backbone for "
+                    "a cross-domain warm start: add input=embedded"
+                )
             sub.data.domain_fractions = {d: 0.0 for d in schema.domains if d not in source_domains}
             sub.data.vocab_domains = None
     return sub

@@ -25,6 +25,7 @@ def test_warm_start_pretrains_on_sources_and_onboarding_keeps_other_domains(
     adapt = train_cfg(
         [
             "stage=adapt",
+            "input=embedded",
             f"stage.source_domains={sources}",
             f"data.vocab_domains={sources}",
             "data.domain_fractions={d3:0.0}",

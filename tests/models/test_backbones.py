@@ -242,7 +242,14 @@ def test_domain_dropout_reads_unknown_and_dropped_domains_as_the_any_domain_id(n
     rows = Batch(torch.zeros(20_000, 2, dtype=torch.long), torch.zeros(20_000, 1), many, torch.zeros(20_000, 2))
     dropped = (inp.train().field_ids(rows)[:, -1] == 2).float().mean()
     assert abs(float(dropped) - 0.25) < 0.015
+    new_domains = Batch(rows.sparse, rows.dense, torch.full((20_000,), 5), rows.labels)  # training, onboarding
+    assert inp.field_ids(new_domains)[:, -1].eq(2).all()  # an unknown domain reads id 2 in training too
     assert not EmbeddedInput(SEQ_SCHEMA, domain_as_feature=True).serves_any_domain  # no such id without dropout
+    onboarded = EmbeddedInput(SEQ_SCHEMA, domain_as_feature=True, domain_dropout=0.1, embedded_domains=1).eval()
+    assert onboarded.vocab_sizes[-1] == 2 and onboarded.field_ids(odd)[:, -1].tolist() == [0, 1, 1, 1, 1, 1]
+    for bad in ({"domain_dropout": 0.1, "embedded_domains": 3}, {"domain_dropout": 0.0, "embedded_domains": 1}):
+        with pytest.raises(ValueError, match="embedded_domains"):
+            EmbeddedInput(SEQ_SCHEMA, domain_as_feature=True, **bad)
     for bad in ({"domain_dropout": 0.1}, {"domain_as_feature": True, "domain_dropout": 1.0}):
         with pytest.raises(ValueError, match="domain_dropout"):
             BACKBONES[name](**bad)

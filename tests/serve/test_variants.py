@@ -16,10 +16,13 @@ from mdrec.serve.variants import blanked_difference, kept_schema, recovered, spl
 from tests.helpers import SCHEMA, K, adapted, make_batch, perturb, pretrained
 
 
+@pytest.mark.parametrize("backbone", ["dnn", "pooled"])
 @pytest.mark.parametrize("adapter", ["lora", "mlora", None])
 @pytest.mark.parametrize("drop", [[True, False, False], [False, True, True], [True, True, False], [False] * 3])
-def test_a_variant_equals_the_blanked_network_on_its_domain(adapter: str | None, drop: list[bool]) -> None:
-    net = perturb(adapted("dnn", adapter)) if adapter else AdaptedNet(SCHEMA, pretrained("dnn"), None)
+def test_a_variant_equals_the_blanked_network_on_its_domain(
+    backbone: str, adapter: str | None, drop: list[bool]
+) -> None:
+    net = perturb(adapted(backbone, adapter)) if adapter else AdaptedNet(SCHEMA, pretrained(backbone), None)
     net.eval()
     gone = torch.tensor(drop)
     batch = make_batch(64, seed=3)

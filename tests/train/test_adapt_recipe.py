@@ -85,9 +85,11 @@ def test_stage_embedding_options_are_checked() -> None:
 
 
 def test_a_pooled_backbone_with_the_domain_id_is_pre_trained_for_adapting(train_cfg: TrainCfg) -> None:
-    plain = train_cfg(["stage=adapt", "adapter=lora"])
-    pooled = train_cfg(["stage=adapt", "adapter=lora", "model=pooled"])
+    plain = train_cfg(["stage=adapt", "input=embedded"])
+    pooled = train_cfg(["stage=adapt"])  # stage=adapt's default: input=pooled
     sub = pretrain_config(pooled, SCHEMA, None)
     assert sub.stage._target_ == "mdrec.train.stages.Pretrain" and sub.model.net.input.domain_as_feature is True
+    assert sub.model.net.input.domain_dropout == 0.1 and pooled.adapter._target_ == "mdrec.adapters.lora.LoRA"
+    assert train_cfg(["stage=adapt", "model=pooled"]).input == pooled.input  # model=pooled adds nothing to it
     # a store of its own: an adapt run on model=pooled never finds the domain-agnostic backbone
     assert pretrain_key(sub) != pretrain_key(pretrain_config(plain, SCHEMA, None))

@@ -106,7 +106,11 @@ def test_experiment_and_debug_files_compose(train_cfg: TrainCfg, override: str) 
 
 
 # the options that are another option with a switch flipped: the values they set apart from the constructor's defaults
-VARIANTS = {("model", "epnet"): {"ppnet": False}, ("model", "ppnet"): {"epnet": False}}
+VARIANTS = {
+    ("model", "epnet"): {"ppnet": False},
+    ("model", "ppnet"): {"epnet": False},
+    ("input", "pooled"): {"domain_as_feature": True, "domain_dropout": 0.1},
+}
 # where each group's network node sits in the composed config
 NODES = {"model": "model.net", "backbone": "backbone", "input": "input"}
 

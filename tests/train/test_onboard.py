@@ -154,6 +154,30 @@ def test_a_strict_gate_fails_the_run_and_keeps_the_flagged_domain_out(adapted: P
     assert all(torch.equal(served[k][:4], before[k]) for k in before)
 
 
+def test_onboarding_onto_a_pooled_backbone_reads_its_any_domain_id(tmp_path: Path) -> None:
+    write_partner_files(tmp_path / "data" / "partner", num_rows=20_000)
+    pooled = ["stage=adapt", "data=partner_source", "model=pooled", "adapter=lora", "trainer.max_epochs=1"]
+    pooled += ["+trainer.limit_train_batches=3"]
+    train(cfg_of(tmp_path, [*pooled, "input.domain_dropout=0.1"], "any"))
+    train(cfg_of(tmp_path, [*pooled, "input.domain_dropout=0.0"], "plain"))
+    onboard = ["stage=onboard", "data=partner", *FAST]
+    with pytest.raises(
+        ValueError, match=r"plain embeds the domain id .* without an 'any domain' id.* new domain \(d4\)"
+    ):
+        train(cfg_of(tmp_path, [*onboard, f"stage.adapted={tmp_path / 'plain'}"], "refused"))
+    metrics = train(cfg_of(tmp_path, [*onboard, f"stage.adapted={tmp_path / 'any'}"], "d4"))
+    assert metrics["onboard/other_domains_max_abs_change"] == 0.0 and metrics["onboard/other_domains_rows"] > 0
+    onboarded = load_run(tmp_path / "d4", "val")
+    batch = onboarded.batches("val", 1)[0]
+    routed = replace(batch, domain=torch.arange(batch.size) % 5)
+    inp = onboarded.net.backbone.input
+    assert inp.vocab_sizes[-1] == 5  # d0-d3 and "any domain"
+    assert inp.eval().field_ids(routed)[:, -1].tolist() == [d if d < 4 else 4 for d in routed.domain.tolist()]
+    assert inp.train().field_ids(routed)[routed.domain == 4, -1].eq(4).all()  # as while onboarding, dropout on
+    assert export_main([str(tmp_path / "d4"), "--batches", "1"]) == 0
+    assert max_difference(load_serving(tmp_path / "d4" / "serving.pt"), onboarded.net.eval(), routed) <= 1e-5
+
+
 def test_onboarding_without_a_new_domains_rows_is_a_named_error(adapted: Path) -> None:
     root = adapted
     base = ["stage=onboard", f"stage.adapted={root / 'adapt'}", *FAST]

@@ -92,7 +92,7 @@ def test_the_guard_keeps_step_0_where_the_gain_is_not_significant_or_the_rows_to
     epoch0 = np.where(VAL_DOMAIN == 1, reverse, perfect)
     steps = [(reverse, {"a": 0.0, "b": 0.0, "c": 0.0}), (epoch0, {"a": 1.0, "b": 0.0, "c": 1.0})]
     # a perfect ranking against a reversed one wins on every resample (with both classes): the bound is exactly 1
-    selection = guarded_run(Guard(confidence=0.9), steps)
+    selection = guarded_run(Guard(min_rows=0, confidence=0.9), steps)
     assert selection.best_epoch == {"a": 0, "b": -1, "c": 0}
     assert selection.gain_low == {"a": 1.0, "c": 1.0}
     assert selection.module.w[:, 0].tolist() == [1.0, 0.0, 1.0]
@@ -104,7 +104,7 @@ def test_the_guard_keeps_step_0_where_the_gain_is_not_significant_or_the_rows_to
     assert metrics["selection/too_few_rows/a"] == 1.0 and metrics["selection/too_few_rows/c"] == 0.0
     # a higher validation AUC on the same predictions as step 0 (a gain of exactly 0 on every resample) is no gain
     same = [(reverse, {"a": 0.0, "b": 0.0, "c": 0.0}), (reverse, {"a": 0.5, "b": 0.0, "c": 0.5})]
-    selection = guarded_run(Guard(confidence=0.6), same)
+    selection = guarded_run(Guard(min_rows=0, confidence=0.6), same)
     assert selection.best_epoch == {"a": -1, "b": -1, "c": -1}
     assert selection.not_significant == {"a", "c"} and selection.gain_low == {"a": 0.0, "c": 0.0}
     assert selection.metrics()["selection/not_significant/c"] == 1.0

@@ -51,21 +51,21 @@ def test_adapt_builds_the_backbone_once_and_keeps_step_0_per_domain(train_cfg: T
 
 
 def test_adapt_from_a_pretrain_run_directory(train_cfg: TrainCfg, tmp_path: Path) -> None:
-    pre = train_cfg(["stage=pretrain", "model=pooled", "trainer.max_epochs=1"])
+    pre = train_cfg(["stage=pretrain", "input=embedded", "trainer.max_epochs=1"])  # a domain-agnostic backbone
     pre.paths.output_dir = str(tmp_path / "pre")
     train(pre)
     adapt = ["stage=adapt", "adapter=head", f"stage.pretrained={tmp_path / 'pre'}", "trainer.max_epochs=1"]
-    # the backbone is compared by its resolved values: the default input does not embed the domain, the saved one does
-    with pytest.raises(ValueError, match=r"backbone.input: .*'domain_as_feature': False.* here, .*True.* there"):
+    # the backbone is compared by its resolved values: stage=adapt's input embeds the domain, the saved one does not
+    with pytest.raises(ValueError, match=r"backbone.input: .*'domain_as_feature': True.* here, .*False.* there"):
         train(train_cfg(adapt))
     assert not (tmp_path / "run" / "config.yaml").exists()
-    metrics = train(train_cfg([*adapt, "model=pooled"]))
+    metrics = train(train_cfg([*adapt, "input=embedded"]))
     assert not (tmp_path / "pretrained").exists()  # nothing pre-trained: the named run was used
     assert metrics["test/auc"] > 0.6
     # config.yaml records the backbone adapted, the one of backbone.yaml
     recorded = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert recorded.backbone == OmegaConf.load(tmp_path / "pre" / "backbone.yaml")
-    assert recorded.backbone.input.domain_as_feature is True
+    assert recorded.backbone.input.domain_as_feature is False
 
 
 def test_full_fine_tune_has_no_adapter_and_selects_overall(train_cfg: TrainCfg) -> None:
@@ -180,6 +180,10 @@ def test_the_pretraining_an_adapt_run_implies(train_cfg: TrainCfg, tmp_path: Pat
     assert type(hydra.utils.instantiate(sub.stage)) is Pretrain
     with pytest.raises(ValueError, match=r"stage.source_domains=\['d0'\] .* stage.pretrained=.* drop one"):
         train(train_cfg(["stage=adapt", f"stage.pretrained={tmp_path}", "stage.source_domains=[d0]"]))
+    with pytest.raises(ValueError, match=r"vectors would never train.*add input=embedded"):  # pooled: d1's untrained
+        pretrain_config(train_cfg(["stage=adapt", "stage.source_domains=[a]"]), SCHEMA, ["a"])
+    agnostic = pretrain_config(train_cfg(["stage=adapt", "input=embedded"]), SCHEMA, ["a"])
+    assert agnostic.data.domain_fractions == {"b": 0.0, "c": 0.0}
 
 
 def test_the_store_key_follows_what_selects_the_backbone(train_cfg: TrainCfg) -> None:

@@ -41,7 +41,10 @@ def test_adapter_and_stage_arguments_are_checked(train_cfg: TrainCfg) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["stage=adapt", "adapter.placement=all"], "adapter.placement='all' is not one of 'head', 'layers'"),
+        (
+            ["stage=adapt", "adapter=iak", "adapter.placement=all"],
+            "adapter.placement='all' is not one of 'head', 'layers'",
+        ),
         (["model.loss_normalization=row"], "model.loss_normalization='row' is not one of 'batch', 'domain'"),
         (["backbone=dcnv2", "backbone.structure=1"], "backbone.structure=1 is not one of 'stacked', 'parallel'"),
         (["stage=onboard", "stage.adapted=run", "stage.init=best"], "stage.init='best' is not one of 'identity'"),
