@@ -27,7 +27,7 @@ Goal (issue 20): for a domain whose plan drops at least a third of its features,
 
 Usage::
 
-    mdrec-train stage=adapt adapter=lora hydra.run.dir=logs/trimming/synthetic
+    mdrec-train stage=adapt input=embedded adapter=lora hydra.run.dir=logs/trimming/synthetic
     mdrec-trim logs/trimming/synthetic --budget 0.005 --variants
     python scripts/bench_trim.py logs/trimming/synthetic
 """

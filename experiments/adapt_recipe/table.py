@@ -1,6 +1,8 @@
 """The adaptation-recipe table: per recipe (sweep directories over seeds), test AUC overall and per domain (mean ±
 sample std over seeds), the paired difference to a reference recipe and to the end-to-end target, seed by seed (mean,
-paired t-test p-value, seeds ahead), the trainable parameters (per domain and shared) and the fit time.
+paired t-test p-value, seeds ahead), the trainable parameters (per domain and shared) and the fit time (all domains
+together, and per domain). ``--zero-shot <name>`` adds that recipe's model before adapting (``zeroshot/test/auc``) as
+a row of its own, ``<name>, before adapting``.
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
 """
@@ -8,6 +10,7 @@ paired t-test p-value, seeds ahead), the trainable parameters (per domain and sh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
@@ -18,6 +21,13 @@ from mdrec.eval.sweep import paired
 def runs_of(dirs: str) -> list[Run]:
     """The finished runs below the comma-separated ``dirs``."""
     return [run for d in dirs.split(",") for run in load_runs(d)]
+
+
+def before_adapting(run: Run) -> Run:
+    """``run``'s model before adapting: its ``zeroshot/test/...`` figures as the test figures, nothing trained."""
+    zero = {k.removeprefix("zeroshot/"): v for k, v in run.metrics.items() if k.startswith("zeroshot/test/")}
+    costs = {"params/added_per_domain": 0.0, "params/trainable": 0.0, "time/fit_seconds": 0.0}
+    return dataclasses.replace(run, metrics={**zero, **costs})
 
 
 def difference(runs: list[Run], other: list[Run], key: str, name: str, other_name: str) -> str:
@@ -33,21 +43,25 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+", help="name=dir[,dir...]")
     parser.add_argument("--reference", required=True, help="the recipe the levers are compared with")
     parser.add_argument("--target", required=True, help="the end-to-end model to reach")
+    parser.add_argument("--zero-shot", action="append", default=[], help="a recipe: its model before adapting as a row")
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
+    for name in args.zero_shot:
+        recipes[f"{name}, before adapting"] = [before_adapting(run) for run in recipes[name]]
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.split("/")[-1] for k in first if k.startswith("test/auc/"))
     keys = ["test/auc", *(f"test/auc/{d}" for d in domains)]
     head = "| recipe | seeds | overall | " + " | ".join(domains)
-    print(head + " | trainable per domain | shared trainable | fit s |")
-    print("|---|---|" + "---|" * (len(keys) + 3))
+    print(head + " | trainable per domain | shared trainable | fit s | fit s per domain |")
+    print("|---|---|" + "---|" * (len(keys) + 4))
     for name, runs in recipes.items():
         ms = [run.metrics for run in runs]
         cells = [mean_std([m[k] for m in ms]) for k in keys]
         per_domain = np.mean([m["params/added_per_domain"] for m in ms])
         shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * len(domains) for m in ms])
         fit = np.mean([m["time/fit_seconds"] for m in ms])
-        print(f"| {name} | {len(ms)} | " + " | ".join(cells) + f" | {per_domain:,.0f} | {shared:,.0f} | {fit:.0f} |")
+        costs = f"{per_domain:,.0f} | {shared:,.0f} | {fit:.0f} | {fit / len(domains):.0f}" if fit > 0 else "0 | 0 | |"
+        print(f"| {name} | {len(ms)} | " + " | ".join(cells) + f" | {costs} |")
     for other in (args.reference, args.target):
         print(f"\nPaired by seed, recipe minus {other}: mean difference (p-value, seeds ahead / seeds)\n")
         print("| recipe | overall | " + " | ".join(domains) + " |")

@@ -10,7 +10,7 @@ for adapter in ${ADAPTERS:-iak lora}; do
   for s in ${SEEDS:-0 1 2 3 4}; do
     run=$R/$adapter/adapt_$s
     [ -f $run/drift_reference.npz ] || \
-      $PY -m mdrec.train stage=adapt adapter=$adapter $DATA data.source.seed=$s seed=$s hydra.run.dir=$run
+      $PY -m mdrec.train stage=adapt input=embedded adapter=$adapter $DATA data.source.seed=$s seed=$s hydra.run.dir=$run
     for a in 0 0.5 1; do
       $PY -m mdrec.train.drift $run --readapt +data.source.period=1 +data.source.drift_domain=d2 \
         +data.source.drift=$a threads=1 output_dir=$R/$adapter/drift_${s}_$a > /dev/null

@@ -3,7 +3,7 @@
 set -euo pipefail
 R=${R:-logs/iak_ablation/multiruns}
 SEEDS=${SEEDS:-0,1,2}
-base=(stage=adapt adapter=iak adapter.placement=layers stage.optimizer.lr=0.003 "seed=$SEEDS" task_name=iak_ablation)
+base=(stage=adapt input=embedded adapter=iak adapter.placement=layers stage.optimizer.lr=0.003 "seed=$SEEDS" task_name=iak_ablation)
 run() { local name=$1; shift; mdrec-train -m "${base[@]}" "$@" hydra.sweep.dir="$R/$name"; }
 run default
 run no_kl adapter.kl=false

@@ -10,7 +10,7 @@ for s in ${SEEDS:-0 1 2 3 4}; do
   data=$R/data_$s
   [ -f $data/partner/new/test.csv ] || $PY -m mdrec.data.partner $data/partner --rows 60000 --seed $s \
     --relatedness 0.9,0.5,0.2,0,0.9 --source-shares 0.25,0.25,0.25,0.25 --new-share 0.2 > /dev/null
-  [ -f $R/adapt_$s/encoding.json ] || $PY -m mdrec.train stage=adapt data=partner_source paths.data_dir=$data \
+  [ -f $R/adapt_$s/encoding.json ] || $PY -m mdrec.train stage=adapt input=embedded adapter=iak data=partner_source paths.data_dir=$data \
     trainer.max_epochs=5 seed=$s threads=1 hydra.run.dir=$R/adapt_$s > /dev/null 2>&1
   for f in 0.01 0.05 0.2 1.0; do
     for init in identity nearest weighted; do

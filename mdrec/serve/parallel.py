@@ -272,8 +272,8 @@ class ParallelModel(ServingModel):
             raise ValueError(
                 "ParallelModel falls back to the plain backbone for unknown domains, but this backbone embeds the "
                 "domain id (input.domain_as_feature=true, model=pooled) and has no embedding for them; serve a "
-                "domain-agnostic backbone (pre-train with model=backbone) or one pre-trained with an 'any domain' id "
-                "(model=pooled input.domain_dropout=0.1)"
+                "domain-agnostic backbone (pre-train with input=embedded) or one pre-trained with an 'any domain' id "
+                "(input=pooled, stage=adapt's default)"
             )
         self.net = with_fallback_slot(net, schema, make_adapter)
         difference = fallback_difference(self.net, schema)

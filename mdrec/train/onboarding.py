@@ -201,6 +201,7 @@ def scratch_config(cfg: DictConfig, backbone_cfg: DictConfig, output_dir: Path) 
         sub.data = OmegaConf.to_container(cfg.data, resolve=True)  # it may name the stage's run (data=aligned)
         sub.stage = {"_target_": "mdrec.train.stages.Train"}
         sub.model.net = OmegaConf.create(OmegaConf.to_container(backbone_cfg, resolve=True))
+        sub.model.net.input.pop("embedded_domains", None)  # trained from scratch on every domain: a vector each
         sub.ckpt_path = None
         sub.test = True
         sub.paths.output_dir = str(output_dir)

@@ -138,8 +138,8 @@ class Train(Stage):
 
 
 class Pretrain(Stage):
-    """Train a backbone (``model=backbone``, or ``model=pooled`` for the domain id as a feature) and save it as
-    ``backbone.pt`` + ``backbone.yaml``, for stage=adapt to load."""
+    """Train a backbone (``model=backbone`` or ``model=pooled``; with ``input=pooled`` by default, the domain id a
+    field with an "any domain" id) and save it as ``backbone.pt`` + ``backbone.yaml``, for stage=adapt to load."""
 
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
         module = super().build(cfg, schema)
@@ -533,12 +533,12 @@ class Onboard(AdapterStage):
         run_dir = RunDir(self.source)
         old = replace(schema, domains=schema.domains[: self.k])
         self.adapted = run_dir.load_adapted(old).eval()  # the run's model as is: the other domains' reference
-        if not self.adapted.backbone.input.serves_any_domain:
+        if schema.domains[self.k :] and not self.adapted.backbone.input.serves_any_domain:
             raise ValueError(
                 f"stage=onboard: the backbone of {self.source} embeds the domain id (input.domain_as_feature=true) "
                 f"without an 'any domain' id, so a new domain ({', '.join(schema.domains[self.k :])}) has no embedding "
                 "to read. Adapt a backbone pre-trained with one (model=pooled input.domain_dropout=0.1: a new domain "
-                "reads it, its adapter learns the rest) or a domain-agnostic one (model=backbone), then onboard"
+                "reads it, its adapter learns the rest) or a domain-agnostic one (input=embedded), then onboard"
             )
         loaded = copy.deepcopy(self.adapted)  # the one this run grows and trains (the files are read once)
         pl.seed_everything(cfg.seed, workers=True)  # the new slices' initialisation
@@ -796,7 +796,8 @@ def check_same_backbone(backbone_cfg: DictConfig, source: RunDir) -> None:
         raise ValueError(
             f"stage=adapt adapts the backbone of stage.pretrained={source.path} as it was pre-trained "
             f"({source.file(RunDir.BACKBONE_CONFIG)}), but this config's backbone differs: {listed}. Use the "
-            "pre-training's backbone=, input= and model= options (e.g. model=pooled), or point stage.pretrained at a "
+            "pre-training's backbone=, input= and model= options (e.g. input=embedded for a domain-agnostic backbone), "
+            "or point stage.pretrained at a "
             "run pre-trained with this config"
         )
 

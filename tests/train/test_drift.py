@@ -22,7 +22,7 @@ DRIFTED = [*FRESH, "+data.source.drift_domain=d1", "+data.source.drift=1.0"]
 
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An adapt run (IAK) on 20,000 synthetic rows of four domains."""
+    """An adapt run on 20,000 synthetic rows of four domains."""
     root = tmp_path_factory.mktemp("drift")
     train(compose_train(root, ["stage=adapt", *BALANCED, "stage.patience=1"]))
     return root

@@ -165,6 +165,8 @@ def test_onboarding_onto_a_pooled_backbone_reads_its_any_domain_id(tmp_path: Pat
         ValueError, match=r"plain embeds the domain id .* without an 'any domain' id.* new domain \(d4\)"
     ):
         train(cfg_of(tmp_path, [*onboard, f"stage.adapted={tmp_path / 'plain'}"], "refused"))
+    known = ["stage=onboard", "data=partner_source", "stage.domains=[d3]", f"stage.adapted={tmp_path / 'plain'}"]
+    assert "gate/flagged/d3" in train(cfg_of(tmp_path, [*known, *FAST], "known"))  # no new domain: nothing to read
     metrics = train(cfg_of(tmp_path, [*onboard, f"stage.adapted={tmp_path / 'any'}"], "d4"))
     assert metrics["onboard/other_domains_max_abs_change"] == 0.0 and metrics["onboard/other_domains_rows"] > 0
     onboarded = load_run(tmp_path / "d4", "val")
