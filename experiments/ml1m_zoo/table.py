@@ -5,6 +5,9 @@ baseline experiment on (mean over seeds per domain).
 
     python experiments/ml1m_zoo/table.py logs/ml1m_zoo/ages
     python experiments/ml1m_zoo/table.py logs/ml1m_zoo/occupation --baseline ml1m
+
+A run launched with ``stage=`` (e.g. an adapt run of ``experiment=ml1m``) is a group of its own, named
+``<experiment>, stage=<stage>``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="directory of the runs (grouped by their experiment= override)")
     parser.add_argument("--baseline", help="an experiment: count the domains each model is ahead of it on")
     args = parser.parse_args()
-    groups = group_runs(load_runs(args.root), ["experiment"])
+    groups = {
+        (", stage=".join(filter(None, key)),): runs
+        for key, runs in group_runs(load_runs(args.root), ["experiment", "stage"]).items()
+    }
     extra = f" mean domain AUC | domains ahead of {args.baseline} |" if args.baseline else ""
     print(f"| experiment | runs | test AUC | test logloss | parameters | epochs | fit (s) | samples/s |{extra}")
     print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
