@@ -23,7 +23,7 @@ N_IDS = 2000 + 500 + 200 + 100 + 50 + 20 + 10 + 5 + 8  # the synthetic default's
 
 @pytest.mark.slow
 def test_lowrank_embeddings_beside_lora_train_select_per_domain_and_reload(train_cfg: TrainCfg, tmp_path: Path) -> None:
-    options = ["stage=adapt", "adapter=lora", "adapter.rank=2", "trainer.max_epochs=1"]
+    options = ["stage=adapt", "input=embedded", "adapter=lora", "adapter.rank=2", "trainer.max_epochs=1"]
     metrics = train(train_cfg([*options, "stage.embeddings=lowrank", "stage.embedding_rank=1"]))
     recorded = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert recorded.adapter._target_ == "mdrec.adapters.base.Stacked"
@@ -69,7 +69,8 @@ def test_finetune_trains_the_shared_table_and_selects_overall(train_cfg: TrainCf
 
     metrics = train(
         train_cfg(
-            ["stage=adapt", "adapter=lora", "adapter.rank=2", "stage.embeddings=finetune", "trainer.max_epochs=1"]
+            ["stage=adapt", "input=embedded", "adapter=lora", "adapter.rank=2", "stage.embeddings=finetune"]
+            + ["trainer.max_epochs=1"]
         )
     )
     assert not any(k.startswith("selection/") for k in metrics)  # shared weights: selected overall

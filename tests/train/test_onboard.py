@@ -94,13 +94,15 @@ def cfg_of(root: Path, overrides: list[str], out: str) -> DictConfig:
 
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An adapt run on domains d0-d3 of the partner files (20,000 rows of five domains; d4 written apart)."""
+    """An adapt run (IAK on a domain-agnostic backbone) on domains d0-d3 of the partner files (20,000 rows of five
+    domains; d4 written apart). Onboarding onto the default, pooled backbone: test_onboarding_onto_a_pooled_..."""
     root = tmp_path_factory.mktemp("onboard")
     write_partner_files(root / "data" / "partner", num_rows=20_000)
     train(
         cfg_of(
             root,
-            ["stage=adapt", "data=partner_source", "trainer.max_epochs=1", "+trainer.limit_train_batches=3"],
+            ["stage=adapt", "input=embedded", "adapter=iak", "data=partner_source", "trainer.max_epochs=1"]
+            + ["+trainer.limit_train_batches=3"],
             "adapt",
         )
     )
