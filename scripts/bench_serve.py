@@ -16,8 +16,11 @@ For K domains and a batch of B rows with uniform domain ids, inference (``torch.
   and exported in each format the same way.
 
 The backbone is the ``mdrec/conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256, 128]) on ``--sparse`` fields with
-``--vocab`` ids each and ``--dense`` dense features; the kernels are ``mdrec/conf/adapter/iak.yaml``'s (k = 50, hidden
-64, on h before the head) with random weights.
+``--vocab`` ids each and ``--dense`` dense features, domain-agnostic (``--input embedded``, the default) or with the
+domain id as a field and an "any domain" id (``--input pooled``, stage=adapt's default); the adapters are
+``--adapter iak`` (the default: ``mdrec/conf/adapter/iak.yaml``'s kernels, k = 50, hidden 64, on h before the head)
+or ``--adapter lora`` (``mdrec/conf/adapter/lora.yaml``'s rank-8 deltas on every linear layer, stage=adapt's
+default), with random weights. ``--adapter lora --input pooled`` is the default adaptation recipe's serving model.
 
 Each call takes the next of 8 batches (other rows, same domain shares), as a server's calls read other embedding
 rows. Each method is timed against its reference in a rotation of its own, the two taking turns call by call (so a
@@ -40,11 +43,13 @@ Usage::
     python scripts/bench_serve.py --domains 100 --batch-sizes 512 --repeats 200
     python scripts/bench_serve.py --formats torchscript             # TorchScript only: about 1.5 min
     python scripts/bench_serve.py --domains 100 --batch-sizes 512 --no-dispatch --floor   # the goal cell and its floors
+    python scripts/bench_serve.py --domains 100 --batch-sizes 512 --no-dispatch --adapter lora --input pooled
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import statistics
@@ -58,8 +63,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mdrec.adapters.base import AdaptedNet
+from mdrec.adapters.base import AdaptedNet, AdapterFactory
 from mdrec.adapters.iak import IAK, ServingIAK
+from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.dnn import DNNBackbone
@@ -82,21 +88,26 @@ from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling ben
 
 TARGET = (100, 512, 1.2)  # K, B, largest parallel / backbone p50 ratio (the best format's)
 BATCHES = 8  # each call takes the next of this many batches (other rows, same shares)
+ADAPTERS: dict[str, AdapterFactory] = {"iak": IAK, "lora": functools.partial(LoRA, rank=8, alpha=16.0)}
+INPUTS = {
+    "embedded": EmbeddedInput,
+    "pooled": functools.partial(EmbeddedInput, domain_as_feature=True, domain_dropout=0.1),
+}
 FLOORS = ("dense-", "routing-")  # the --floor methods' names: <floor><short>
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 SHORT = {"eager": "", "torchscript": "-ts", "aoti": "-aoti", "onnx": "-onnx"}  # a method's name: parallel<short>
 
 
 class Dispatch(nn.Module):
-    """One model per domain (shared backbone, that domain's kernel); rows routed to their domain's model."""
+    """One model per domain (shared backbone, that domain's adapter); rows routed to their domain's model."""
 
-    def __init__(self, net: AdaptedNet, schema: Schema) -> None:
+    def __init__(self, net: AdaptedNet, schema: Schema, make_adapter: AdapterFactory) -> None:
         super().__init__()
         single = Schema(schema.dataset_id, schema.sparse, schema.dense, schema.domain_field, ("d",), schema.labels)
         state = net.adapter.state_dict()
         self.models = nn.ModuleList()
         for d in range(schema.num_domains):
-            adapter = IAK(single, net.backbone)
+            adapter = make_adapter(single, net.backbone)
             adapter.load_state_dict({key: value[d : d + 1] for key, value in state.items()})
             self.models.append(AdaptedNet(single, net.backbone, adapter.for_serving(net.backbone)).eval())
 
@@ -161,6 +172,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=10_000)
     parser.add_argument("--dense", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--adapter", choices=ADAPTERS, default="iak", help="the per-domain adapter served")
+    parser.add_argument("--input", choices=INPUTS, default="embedded", help="pooled: the domain id as a field")
     parser.add_argument(
         "--floor",
         action="store_true",
@@ -177,6 +190,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu counts the calling thread only: use it with --threads 1")
+    if args.floor and args.adapter != "iak":
+        parser.error("--floor replaces IAK's kernels: use it with --adapter iak")
+    make_adapter = ADAPTERS[args.adapter]
     torch.set_num_threads(args.threads)
     onnx = onnx_available() and onnxruntime_available()
     formats = ["eager", *(args.formats or [f for f in FORMATS if f != "onnx" or onnx])]
@@ -192,8 +208,8 @@ def main() -> None:
     for k in args.domains:
         torch.manual_seed(0)
         schema = make_schema(k, args.sparse, args.vocab, args.dense)
-        backbone = DNNBackbone(schema, EmbeddedInput, [256, 128], dropout=0.2).eval()
-        net = AdaptedNet(schema, backbone, IAK(schema, backbone)).eval()
+        backbone = DNNBackbone(schema, INPUTS[args.input], [256, 128], dropout=0.2).eval()
+        net = AdaptedNet(schema, backbone, make_adapter(schema, backbone)).eval()
         with torch.no_grad():
             for p in net.adapter.parameters():
                 p.add_(0.1 * torch.randn_like(p))  # away from the identity start
@@ -202,15 +218,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for fmt in formats:
                 for name, model in (
-                    ("parallel", ParallelModel(net, schema, IAK)),
+                    ("parallel", ParallelModel(net, schema, make_adapter)),
                     ("backbone", NetworkModel(backbone, schema)),
                 ):
                     fns_of[name + SHORT[fmt]] = exported(fmt, model, example, Path(tmp), args.threads)
                 for kind in ("dense", "routing") if args.floor and fmt != "eager" else ():
-                    model = ParallelModel(net, schema, IAK)  # built as served: its fallback check runs the kernels
+                    model = ParallelModel(
+                        net, schema, make_adapter
+                    )  # built as served: its fallback check runs the kernels
                     with floor(kind):
                         fns_of[kind + SHORT[fmt]] = exported(fmt, model, example, Path(tmp) / kind, args.threads)
-        dispatch = None if args.no_dispatch else Dispatch(net, schema)
+        dispatch = None if args.no_dispatch else Dispatch(net, schema, make_adapter)
         rotations = [(f"parallel{SHORT[f]}", f"backbone{SHORT[f]}") for f in formats]
         rotations += [(name, "backbone" + name[name.index("-") :]) for name in fns_of if name.startswith(FLOORS)]
         rotations += [] if dispatch is None else [("dispatch", "backbone")]
