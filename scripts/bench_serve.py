@@ -20,7 +20,8 @@ The backbone is the ``mdrec/conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256
 domain id as a field and an "any domain" id (``--input pooled``, stage=adapt's default); the adapters are
 ``--adapter iak`` (the default: ``mdrec/conf/adapter/iak.yaml``'s kernels, k = 50, hidden 64, on h before the head)
 or ``--adapter lora`` (``mdrec/conf/adapter/lora.yaml``'s rank-8 deltas on every linear layer, stage=adapt's
-default), with random weights. ``--adapter lora --input pooled`` is the default adaptation recipe's serving model.
+default; ``--lora-targets`` chooses its layers), with random weights. ``--adapter lora --input pooled`` is the
+default adaptation recipe's serving model.
 
 Each call takes the next of 8 batches (other rows, same domain shares), as a server's calls read other embedding
 rows. Each method is timed against its reference in a rotation of its own, the two taking turns call by call (so a
@@ -173,6 +174,9 @@ def main() -> None:
     parser.add_argument("--dense", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--adapter", choices=ADAPTERS, default="iak", help="the per-domain adapter served")
+    parser.add_argument(
+        "--lora-targets", nargs="+", help="with --adapter lora: its targets (glob patterns of linear layers; default *)"
+    )
     parser.add_argument("--input", choices=INPUTS, default="embedded", help="pooled: the domain id as a field")
     parser.add_argument(
         "--floor",
@@ -192,7 +196,11 @@ def main() -> None:
         parser.error("--clock cpu counts the calling thread only: use it with --threads 1")
     if args.floor and args.adapter != "iak":
         parser.error("--floor replaces IAK's kernels: use it with --adapter iak")
+    if args.lora_targets and args.adapter != "lora":
+        parser.error("--lora-targets needs --adapter lora")
     make_adapter = ADAPTERS[args.adapter]
+    if args.lora_targets:
+        make_adapter = functools.partial(make_adapter, targets=args.lora_targets)
     torch.set_num_threads(args.threads)
     onnx = onnx_available() and onnxruntime_available()
     formats = ["eager", *(args.formats or [f for f in FORMATS if f != "onnx" or onnx])]
