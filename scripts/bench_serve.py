@@ -89,7 +89,7 @@ from bench_domains import make_batch, make_schema  # noqa: E402 (the sibling ben
 
 TARGET = (100, 512, 1.2)  # K, B, largest parallel / backbone p50 ratio (the best format's)
 BATCHES = 8  # each call takes the next of this many batches (other rows, same shares)
-ADAPTERS: dict[str, AdapterFactory] = {"iak": IAK, "lora": functools.partial(LoRA, rank=8, alpha=16.0)}
+ADAPTERS: dict[str, AdapterFactory] = {"iak": IAK, "lora": LoRA}  # their constructors' defaults are the configs'
 INPUTS = {
     "embedded": EmbeddedInput,
     "pooled": functools.partial(EmbeddedInput, domain_as_feature=True, domain_dropout=0.1),

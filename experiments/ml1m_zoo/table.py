@@ -46,15 +46,13 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="directory of the runs (grouped by their experiment= override)")
     parser.add_argument("--baseline", help="an experiment: count the domains each model is ahead of it on")
     args = parser.parse_args()
-    groups = {
-        (", stage=".join(filter(None, key)),): runs
-        for key, runs in group_runs(load_runs(args.root), ["experiment", "stage"]).items()
-    }
+    grouped = group_runs(load_runs(args.root), ["experiment", "stage"])
+    groups = {", stage=".join(filter(None, key)): runs for key, runs in grouped.items()}
     extra = f" mean domain AUC | domains ahead of {args.baseline} |" if args.baseline else ""
     print(f"| experiment | runs | test AUC | test logloss | parameters | epochs | fit (s) | samples/s |{extra}")
     print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
-    base = domain_aucs(groups[(args.baseline,)]) if args.baseline else {}
-    for (name,), runs in groups.items():
+    base = domain_aucs(groups[args.baseline]) if args.baseline else {}
+    for name, runs in groups.items():
         params = int(mean_and_std(values_of(runs, "params/total"))[0])
         epochs = mean_and_std(values_of(runs, "train/epochs"))[0]
         fit = mean_and_std(values_of(runs, "time/fit_seconds"))[0]

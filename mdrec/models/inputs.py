@@ -94,9 +94,9 @@ class EmbeddedInput(nn.Module):
         self.embedding_dim, self.init_std, self.domain_as_feature = embedding_dim, init_std, domain_as_feature
         self.num_domains = embedded_domains if embedded_domains is not None else schema.num_domains  # K
         self.domain_dropout = domain_dropout
-        domain_ids = self.num_domains + (1 if domain_dropout > 0 else 0)
+        domain_vocab = self.num_domains + (1 if domain_dropout > 0 else 0)
         self.field_names = [*schema.sparse_names, *([schema.domain_field] if domain_as_feature else [])]
-        self.vocab_sizes = [*schema.vocab_sizes, *([domain_ids] if domain_as_feature else [])]
+        self.vocab_sizes = [*schema.vocab_sizes, *([domain_vocab] if domain_as_feature else [])]
         # a data set of dense features only (and no domain feature) has nothing to embed
         self.embedding = FieldEmbedding(self.vocab_sizes, embedding_dim, init_std) if self.vocab_sizes else None
         self.seq_field = schema.sparse_index(schema.sequence.vocab_field) if schema.sequence is not None else None
@@ -115,18 +115,22 @@ class EmbeddedInput(nn.Module):
         """Whether a domain id outside ``0..K-1`` has a meaning: none is read (domain-agnostic) or it reads K."""
         return self.domain_dropout > 0 or not self.domain_as_feature
 
+    def domain_ids(self, domain: Tensor) -> Tensor:
+        """The domain field's ids of domain ids ``[B]``: each its own, an unknown one (outside ``0..K-1``) K, "any
+        domain", where there is such an id; in training, with ``domain_dropout``, also a random share of the rows K."""
+        if self.domain_dropout == 0:
+            return domain
+        k = self.num_domains
+        dropped = (domain < 0) | (domain >= k)  # [B]: unknown domains
+        if self.training:
+            dropped |= torch.rand(domain.shape, device=domain.device) < self.domain_dropout
+        return domain.masked_fill(dropped, k)  # [B]: K, any domain
+
     def field_ids(self, batch: Batch) -> Tensor:
         """The ids of the ``field_names`` fields: ``[B, F']`` (the sparse ids, then the domain id if it is a field)."""
         if not self.domain_as_feature:
             return batch.sparse
-        domain = batch.domain
-        if self.domain_dropout > 0:
-            k = self.num_domains
-            dropped = (domain < 0) | (domain >= k)  # [B]: unknown domains
-            if self.training:
-                dropped |= torch.rand(domain.shape, device=domain.device) < self.domain_dropout
-            domain = domain.masked_fill(dropped, k)  # [B]: K, any domain
-        return torch.cat([batch.sparse, domain[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
+        return torch.cat([batch.sparse, self.domain_ids(batch.domain)[:, None]], dim=1)  # [B, F] + [B, 1] -> [B, F + 1]
 
     def forward(self, batch: Batch) -> Tensor:
         """``batch`` -> ``[B, out_features]``."""

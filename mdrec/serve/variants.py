@@ -111,7 +111,8 @@ def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor, domain: int) -
     """A copy of ``backbone`` for domain ``domain``'s rows whose input holds only the kept features and no domain
     field: the kept fields' embedding rows, the first layer's kept columns, and its bias plus ``W[:, f] e_0(f)`` for
     every dropped sparse field f (what the blanked id 0 fed it) and, where the backbone embeds the domain id, plus
-    ``W[:, domain] e(domain)`` (an id it has no vector for reads the "any domain" one, as the input does)."""
+    ``W[:, domain] e(domain)`` (an id it has no vector for reads the "any domain" one, as the input does). ``backbone``
+    in eval mode (the domain's id read without dropout)."""
     old = backbone.input
     out = copy.deepcopy(backbone)
     sub = kept_schema(schema, drop)
@@ -127,8 +128,8 @@ def narrowed(backbone: DNNBackbone, schema: Schema, drop: Tensor, domain: int) -
     width = len(old.vocab_sizes) * d  # the embedded fields' columns: the sparse fields, then the domain's if embedded
     columns += [width + j for j in range(len(schema.dense)) if not drop[f + j]]
     rows = {i: offsets[i] for i in range(f) if drop[i]}  # the constant vectors: the blanked ids 0 ...
-    if old.domain_as_feature:  # ... and the domain's own vector (field f)
-        rows[f] = offsets[f] + (domain if domain < old.num_domains else old.num_domains)
+    if old.domain_as_feature:  # ... and the domain's own vector (field f; the backbone is in eval mode: no dropout)
+        rows[f] = offsets[f] + int(old.domain_ids(torch.tensor([domain]))[0])
     constant = sum(
         (first.weight[:, i * d : (i + 1) * d] @ table[row] for i, row in rows.items()), torch.zeros(first.out_features)
     )

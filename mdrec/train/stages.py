@@ -537,7 +537,7 @@ class Onboard(AdapterStage):
             raise ValueError(
                 f"stage=onboard: the backbone of {self.source} embeds the domain id (input.domain_as_feature=true) "
                 f"without an 'any domain' id, so a new domain ({', '.join(schema.domains[self.k :])}) has no embedding "
-                "to read. Adapt a backbone pre-trained with one (model=pooled input.domain_dropout=0.1: a new domain "
+                "to read. Adapt a backbone pre-trained with one (input=pooled, stage=adapt's default: a new domain "
                 "reads it, its adapter learns the rest) or a domain-agnostic one (input=embedded), then onboard"
             )
         loaded = copy.deepcopy(self.adapted)  # the one this run grows and trains (the files are read once)
@@ -797,8 +797,7 @@ def check_same_backbone(backbone_cfg: DictConfig, source: RunDir) -> None:
             f"stage=adapt adapts the backbone of stage.pretrained={source.path} as it was pre-trained "
             f"({source.file(RunDir.BACKBONE_CONFIG)}), but this config's backbone differs: {listed}. Use the "
             "pre-training's backbone=, input= and model= options (e.g. input=embedded for a domain-agnostic backbone), "
-            "or point stage.pretrained at a "
-            "run pre-trained with this config"
+            "or point stage.pretrained at a run pre-trained with this config"
         )
 
 
