@@ -131,7 +131,7 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     ),
 }
 ADAPTERS: dict[str, Callable[[Schema, nn.Module], Adapter]] = {
-    "lora": lambda s, b: LoRA(s, b, rank=4),
+    "lora": lambda s, b: LoRA(s, b, targets=["*"], rank=4),
     "mlora": lambda s, b: LoRA(s, b, targets=["*mlp.*"], variant="mlora", alpha=4),
     "iak": lambda s, b: IAK(s, b, bottleneck=5, hidden=6),
     "iak_layers_learned_prior": lambda s, b: IAK(s, b, bottleneck=5, hidden=6, placement="layers", prior="learned"),

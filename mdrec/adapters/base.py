@@ -153,7 +153,8 @@ def grow(adapter: Adapter, fresh: Adapter) -> Adapter:
         >>> from mdrec.adapters.lora import LoRA
         >>> old = LoRA(schema, backbone, rank=2)
         >>> grown = grow(old, LoRA(replace(schema, domains=(*schema.domains, "new")), backbone, rank=2))
-        >>> grown.deltas["output"].a.shape[0], torch.equal(grown.deltas["output"].a[:3], old.deltas["output"].a)
+        >>> a = grown.deltas["mlp/layers/0"].a
+        >>> a.shape[0], torch.equal(a[:3], old.deltas["mlp/layers/0"].a)
         (4, True)
     """
     k, total = adapter.num_domains, fresh.num_domains

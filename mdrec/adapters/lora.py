@@ -107,8 +107,9 @@ class LoRA(Adapter):
     Args:
         schema: the data's schema (K = ``schema.num_domains``).
         backbone: the backbone the deltas attach to.
-        targets: glob patterns of the ``nn.Linear`` modules to adapt (``"*"``: all, e.g. ``["mlp.*"]``); no match
-            is an error that lists the linear layers.
+        targets: glob patterns of the ``nn.Linear`` modules to adapt (``["*"]``: all, e.g. ``["mlp.*"]``); no match
+            is an error that lists the linear layers. None: the backbone's first hidden layer
+            (``backbone.first_layer_site()``; a DIN attention MLP in the input layer is not adapted).
         variant: ``"lora"`` or ``"mlora"``.
         rank: R for LoRA (MLoRA derives each layer's rank from ``alpha``).
         alpha: LoRA's scale numerator (scale alpha / R); MLoRA's rank divisor.
@@ -116,6 +117,8 @@ class LoRA(Adapter):
             ``"activation"``).
 
     Example:
+        >>> LoRA(schema, backbone).sites  # the first hidden layer by default
+        {'mlp.layers.0': 'output'}
         >>> adapter = LoRA(schema, backbone, targets=["mlp.*"], rank=8)
         >>> merged = adapter.merged(backbone, domain=2)  # a plain backbone for domain 2
         >>> type(merged).__name__
@@ -126,7 +129,7 @@ class LoRA(Adapter):
         self,
         schema: Schema,
         backbone: Backbone,
-        targets: Sequence[str] = ("*",),
+        targets: Sequence[str] | None = None,
         variant: Variant = "lora",
         rank: int = 8,
         alpha: float = 16.0,
@@ -146,6 +149,8 @@ class LoRA(Adapter):
         self.joins: dict[str, Join] = {}  # linear layer -> where its delta joins (placement "activation" only)
         self.join_sources: dict[str, str] = {}  # activation -> its linear layer
         self.moved_dropouts: dict[str, nn.Dropout] = {}  # activation -> the dropout moved before it (backbone's)
+        if targets is None:
+            targets = [backbone.first_layer_site()]
         for name, linear in select_modules(backbone, targets, nn.Linear).items():
             r = rank if variant == "lora" else max(int(linear.out_features // alpha), 1)
             delta = LowRankDelta(self.num_domains, linear.in_features, linear.out_features, r, bias=variant == "mlora")

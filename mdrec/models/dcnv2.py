@@ -68,6 +68,10 @@ class DCNv2Backbone(Backbone):
         self.output = nn.Linear(hidden, num_tasks)
 
     @property
+    def hidden_mlp(self) -> MLP:
+        return self.mlp
+
+    @property
     def head(self) -> nn.Linear:
         return self.output
 

@@ -47,6 +47,10 @@ class DNNBackbone(Backbone):
         self.output = nn.Linear(self.mlp.out_features, num_tasks)
 
     @property
+    def hidden_mlp(self) -> MLP:
+        return self.mlp
+
+    @property
     def head(self) -> nn.Linear:
         return self.output
 

@@ -3,6 +3,7 @@ and how it is selected; the run validates, tests the selected model and writes i
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -13,7 +14,7 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
@@ -62,6 +63,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the metrics and
     predictions cover every process's rows, and process 0 alone writes files."""
     check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
+    if cfg.get("reference") is not None and not cfg.test:
+        raise ValueError("reference= compares test figures, but test=false: drop one of the two")
+    # first, so that its loggers (a W&B run of its own) finish before this run's start
+    reference = reference_metrics(cfg) if cfg.get("reference") is not None else {}
     stage: Stage = hydra.utils.instantiate(cfg.stage)
     run_dir = RunDir(Path(cfg.paths.output_dir))
     if cfg.threads is not None:
@@ -104,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     metrics["seed"] = float(cfg.seed)
     metrics.update(stage.metrics(predictions))
+    metrics.update(reference)
     if trainer.is_global_zero:
         stage.save(run_dir, module)
         write_run_files(run_dir, datamodule, metrics, predictions)
@@ -112,6 +118,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("per-domain test metrics (%s):\n%s", run_dir.path, domain_table(metrics, schema.domains))
     stage.finish(metrics)
     return metrics
+
+
+REFERENCE_DIR = "reference"
+
+
+def reference_metrics(cfg: DictConfig) -> dict[str, float]:
+    """Train ``cfg.reference`` (a ``model`` node) end to end on the same data, trainer and seed, as a stage=train
+    run of its own in ``<output_dir>/reference``, and return its test metrics, parameter counts and fit time under
+    ``reference/`` (``reference/test/auc/<domain>``, ...)."""
+    sub = copy.deepcopy(cfg)
+    with open_dict(sub):
+        sub.model = cfg.reference
+        sub.reference = None
+        sub.stage = {"_target_": "mdrec.train.stages.Train"}
+        sub.ckpt_path = None  # the main run's checkpoint: not the reference's
+        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / REFERENCE_DIR)
+    log.info("reference=: training %s end to end in %s", cfg.reference.net._target_, sub.paths.output_dir)
+    kept = ("test/", "params/", "time/fit_seconds")
+    return {f"reference/{k}": v for k, v in train(sub).items() if k.startswith(kept)}
 
 
 def write_run_files(

@@ -18,6 +18,7 @@ from mdrec.adapters.iak import IAK
 from mdrec.adapters.lora import LoRA
 from mdrec.data.batch import Batch
 from mdrec.data.schema import SequenceField
+from mdrec.models.backbone import Backbone
 from mdrec.models.dnn import DNNBackbone
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.serve.export import export, max_difference
@@ -101,7 +102,7 @@ def test_domain_parameters_get_gradient_only_from_their_own_rows(adapter: str) -
 @pytest.mark.parametrize("variant", ["lora", "mlora"])
 def test_lora_merged_into_a_plain_backbone_equals_unmerged(backbone: str, variant: str) -> None:
     net = pretrained(backbone)
-    lora = LoRA(SCHEMA, net, variant=variant, rank=3, alpha=4)
+    lora = LoRA(SCHEMA, net, targets=["*"], variant=variant, rank=3, alpha=4)
     model = perturb(AdaptedNet(SCHEMA, net, lora)).eval()
     batch = make_batch()
     unmerged = model(batch).logits
@@ -129,12 +130,47 @@ def test_lora_ranks_scales_and_targets() -> None:
     lora = LoRA(SCHEMA, net, targets=["mlp.*"], rank=4, alpha=8)
     assert sorted(lora.sites) == ["mlp.layers.0", "mlp.layers.4"] and set(lora.scales.values()) == {2.0}
     assert lora.deltas["mlp/layers/0"].a.shape == (K, net.input.out_features, 4)
-    mlora = LoRA(SCHEMA, net, variant="mlora", alpha=4)
+    mlora = LoRA(SCHEMA, net, targets=["*"], variant="mlora", alpha=4)
     ranks = {name: d.a.shape[2] for name, d in mlora.deltas.items()}
     assert ranks == {"mlp/layers/0": 4, "mlp/layers/4": 2, "output": 1}  # max(out // alpha, 1)
     assert mlora.deltas["output"].bias.shape == (K, 1) and lora.deltas["mlp/layers/0"].bias is None
     with pytest.raises(ValueError, match=r"no Linear module .* available Linear modules: \['mlp.layers.0'"):
         LoRA(SCHEMA, net, targets=["tower.*"])
+
+
+@pytest.mark.parametrize(
+    ("backbone", "first"),
+    [
+        ("dnn", "mlp.layers.0"),
+        ("pooled", "mlp.layers.0"),
+        ("wide_deep", "deep.mlp.layers.0"),
+        ("dcnv2", "mlp.layers.0"),
+    ],
+)
+def test_lora_adapts_the_first_hidden_layer_by_default(backbone: str, first: str) -> None:
+    """The default targets: the first linear layer of the backbone's MLP, one rank-8 delta ``in x 8 + 8 x out``
+    per domain (DCNv2's cross factors and every head stay shared)."""
+    net = pretrained(backbone)
+    lora = LoRA(SCHEMA, net)
+    layer = net.get_submodule(first)
+    assert lora.sites == {first: "output"} and net.first_layer_site() == first
+    assert sum(p.numel() for p in lora.parameters()) == K * 8 * (layer.in_features + layer.out_features)
+
+
+def test_lora_default_leaves_a_din_attention_mlp_shared() -> None:
+    schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 5))
+    backbone = DNNBackbone(schema, embedded(8, sequence_pooling="din"), [16, 8])
+    linears = [n for n, m in backbone.named_modules() if isinstance(m, nn.Linear)]
+    assert any(n.startswith("input.pooling.") and n.endswith("mlp.layers.0") for n in linears)  # the trap
+    assert LoRA(schema, backbone).sites == {"mlp.layers.0": "output"}
+
+
+def test_lora_default_on_a_backbone_without_a_hidden_mlp_says_what_to_set() -> None:
+    class Bare(DNNBackbone):  # a backbone that keeps the contract without naming its MLP
+        hidden_mlp = Backbone.hidden_mlp
+
+    with pytest.raises(NotImplementedError, match=r"Bare does not name its hidden MLP.*adapter.targets"):
+        LoRA(SCHEMA, Bare(SCHEMA, embedded(8), [16, 8]))
 
 
 def test_iak_kl_term_and_ablations() -> None:
@@ -201,7 +237,7 @@ def test_batch_rows() -> None:
 
 @pytest.mark.parametrize("adapter", ["lora", "iak_layers_learned_prior"])
 def test_adapters_inside_a_sequence_module_train_and_serve(adapter: str, tmp_path: Path) -> None:
-    """LoRA's default targets and IAK's layer targets reach DIN's attention MLP, whose input is ``[B, L, 4D]``: the
+    """LoRA on every linear layer and IAK's layer targets reach DIN's attention MLP, whose input is ``[B, L, 4D]``: the
     per-domain products run on every item of a row with the row's domain, in training and in the serving graph."""
     schema = dataclasses.replace(SCHEMA, sequence=SequenceField("hist", "item", 5))
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ def tiny(placement: str) -> tuple[AdaptedNet, LoRA]:
         for p in backbone.parameters():
             p.add_(0.3 * torch.randn_like(p))
         backbone.train()(make_batch(256, seed=7))  # running statistics away from 0 and 1
-    adapter = LoRA(SCHEMA, backbone.eval(), variant="mlora", alpha=2, placement=placement)  # ranks 2 and 1
+    adapter = LoRA(SCHEMA, backbone.eval(), ["*"], variant="mlora", alpha=2, placement=placement)  # ranks 2 and 1
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -78,6 +78,9 @@ def test_mlora_joins_at_the_activation_and_moves_the_dropout() -> None:
         "mlp.layers.3": "output",  # the dropout after it: moved onto the shared path
         "output": "output",  # no activation after the output layer: at its output
     }
-    assert LoRA(SCHEMA, net.backbone, rank=2).sites == {"mlp.layers.0": "output", "output": "output"}  # LoRA: linear
+    assert LoRA(SCHEMA, net.backbone, ["*"], rank=2).sites == {
+        "mlp.layers.0": "output",
+        "output": "output",
+    }  # LoRA: linear
     with pytest.raises(ValueError, match="placement must be one of"):
         LoRA(SCHEMA, net.backbone, variant="mlora", placement="norm")  # type: ignore[arg-type]
