@@ -70,17 +70,17 @@ def test_the_domain_table_is_aligned_whatever_the_names(long_name: str) -> None:
     assert len(ends) == 1  # the test AUC column is right-aligned under its title
 
 
-def test_the_domain_table_shows_the_reference_and_how_far_this_run_is_ahead() -> None:
-    metrics = {"test/auc": 0.75, "test/logloss": 0.5, "reference/test/auc": 0.78}
+def test_the_domain_table_shows_the_baseline_and_how_far_this_run_is_ahead() -> None:
+    metrics = {"test/auc": 0.75, "test/logloss": 0.5, "baseline/test/auc": 0.78}
     for d, auc, ref in (("a", 0.7, 0.65), ("b", 0.8, 0.81)):
         metrics |= {
             f"test/auc/{d}": auc,
             f"test/logloss/{d}": 0.5,
             f"test/rows/{d}": 10,
-            f"reference/test/auc/{d}": ref,
+            f"baseline/test/auc/{d}": ref,
         }
     lines = domain_table(metrics, ["a", "b"]).splitlines()
-    assert lines[0].split()[-3:] == ["reference", "AUC", "ahead"]
+    assert lines[0].split()[-3:] == ["baseline", "AUC", "ahead"]
     assert [line.split()[-2:] for line in (lines[2], lines[3], lines[5])] == [
         ["0.6500", "+0.0500"], ["0.8100", "-0.0100"], ["0.7800", "-0.0300"]
     ]  # fmt: skip

@@ -10,7 +10,7 @@ from mdrec.console import table
 def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test") -> str:
     """A per-domain table of ``<stage>`` AUC, logloss and rows (aligned whatever the domain names' lengths); beside
     it, when present, the pre-trained model's AUC before adapting (``zeroshot/<stage>/auc...``), the end-to-end
-    reference's (``reference/<stage>/auc...``, with this run's AUC minus it) and the oracle AUC (``oracle/auc...``,
+    baseline's (``baseline/<stage>/auc...``, with this run's AUC minus it) and the oracle AUC (``oracle/auc...``,
     synthetic data).
 
     Example:
@@ -24,10 +24,10 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
     """
     has_oracle = f"oracle/auc/{domains[0]}" in metrics
     has_zeroshot = f"zeroshot/{stage}/auc/{domains[0]}" in metrics
-    has_reference = f"reference/{stage}/auc/{domains[0]}" in metrics
+    has_baseline = f"baseline/{stage}/auc/{domains[0]}" in metrics
     columns = ["domain", "rows", f"{stage} AUC", "logloss"]
     columns += ["zero-shot AUC", "gain"] if has_zeroshot else []
-    columns += ["reference AUC", "ahead"] if has_reference else []
+    columns += ["baseline AUC", "ahead"] if has_baseline else []
     columns += ["oracle AUC", "gap"] if has_oracle else []
     total_rows = sum(int(metrics[f"{stage}/rows/{name}"]) for name in domains)
     lines = []
@@ -39,9 +39,9 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
         if has_zeroshot:
             zeroshot = metrics[f"zeroshot/{stage}/auc{suffix}"]
             line += [f"{zeroshot:.4f}", f"{auc - zeroshot:.4f}"]
-        if has_reference:
-            reference = metrics[f"reference/{stage}/auc{suffix}"]
-            line += [f"{reference:.4f}", f"{auc - reference:+.4f}"]
+        if has_baseline:
+            baseline = metrics[f"baseline/{stage}/auc{suffix}"]
+            line += [f"{baseline:.4f}", f"{auc - baseline:+.4f}"]
         if has_oracle:
             oracle = metrics[f"oracle/auc{suffix}"]
             line += [f"{oracle:.4f}", f"{oracle - auc:.4f}"]

@@ -63,10 +63,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the metrics and
     predictions cover every process's rows, and process 0 alone writes files."""
     check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
-    if cfg.get("reference") is not None and not cfg.test:
-        raise ValueError("reference= compares test figures, but test=false: drop one of the two")
+    if cfg.get("baseline") is not None and not cfg.test:
+        raise ValueError("baseline= compares test figures, but test=false: drop one of the two")
     # first, so that its loggers (a W&B run of its own) finish before this run's start
-    reference = reference_metrics(cfg) if cfg.get("reference") is not None else {}
+    baseline = baseline_metrics(cfg) if cfg.get("baseline") is not None else {}
     stage: Stage = hydra.utils.instantiate(cfg.stage)
     run_dir = RunDir(Path(cfg.paths.output_dir))
     if cfg.threads is not None:
@@ -109,7 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update({"time/fit_seconds": fit_seconds, "train/epochs": float(trainer.current_epoch)})
     metrics["seed"] = float(cfg.seed)
     metrics.update(stage.metrics(predictions))
-    metrics.update(reference)
+    metrics.update(baseline)
     if trainer.is_global_zero:
         stage.save(run_dir, module)
         write_run_files(run_dir, datamodule, metrics, predictions)
@@ -120,23 +120,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-REFERENCE_DIR = "reference"
+BASELINE_DIR = "baseline"
 
 
-def reference_metrics(cfg: DictConfig) -> dict[str, float]:
-    """Train ``cfg.reference`` (a ``model`` node) end to end on the same data, trainer and seed, as a stage=train
-    run of its own in ``<output_dir>/reference``, and return its test metrics, parameter counts and fit time under
-    ``reference/`` (``reference/test/auc/<domain>``, ...)."""
+def baseline_metrics(cfg: DictConfig) -> dict[str, float]:
+    """Train ``cfg.baseline`` (a ``model`` node) end to end on the same data, trainer and seed, as a stage=train
+    run of its own in ``<output_dir>/baseline``, and return its test metrics, parameter counts and fit time under
+    ``baseline/`` (``baseline/test/auc/<domain>``, ...)."""
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
-        sub.model = cfg.reference
-        sub.reference = None
+        sub.model = cfg.baseline
+        sub.baseline = None
         sub.stage = {"_target_": "mdrec.train.stages.Train"}
-        sub.ckpt_path = None  # the main run's checkpoint: not the reference's
-        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / REFERENCE_DIR)
-    log.info("reference=: training %s end to end in %s", cfg.reference.net._target_, sub.paths.output_dir)
+        sub.ckpt_path = None  # the main run's checkpoint: not the baseline's
+        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / BASELINE_DIR)
+    log.info("baseline=: training %s end to end in %s", cfg.baseline.net._target_, sub.paths.output_dir)
     kept = ("test/", "params/", "time/fit_seconds")
-    return {f"reference/{k}": v for k, v in train(sub).items() if k.startswith(kept)}
+    return {f"baseline/{k}": v for k, v in train(sub).items() if k.startswith(kept)}
 
 
 def write_run_files(

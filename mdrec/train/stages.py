@@ -803,12 +803,13 @@ def check_same_backbone(backbone_cfg: DictConfig, source: RunDir) -> None:
 
 def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] | None) -> DictConfig:
     """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
-    ``source_domains`` (all domains when None), no vocabulary mapping, and no dynamic learning rate (a backbone has
-    no per-domain parameters to scale)."""
+    ``source_domains`` (all domains when None), no vocabulary mapping, no dynamic learning rate (a backbone has no
+    per-domain parameters to scale) and no ``baseline``."""
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
         sub.stage = {"_target_": target_of(Pretrain)}
         sub.ckpt_path = None  # the adapt run's checkpoint: not the pre-training's
+        sub.baseline = None  # the adapt run trains its baseline= once, itself
         if sub.get("callbacks"):
             sub.callbacks.pop("dynamic_lr", None)
         if source_domains is not None:

@@ -158,28 +158,32 @@ def test_adapt_validates_as_often_as_its_stage_says(train_cfg: TrainCfg, tmp_pat
     assert len(final) == 1 and len(validations) == 1 + 2 + 1  # zero-shot, two during the epoch, the selected model
 
 
-def test_a_reference_is_the_end_to_end_run_it_names(train_cfg: TrainCfg, tmp_path: Path) -> None:
-    """``reference=ple`` trains PLE exactly as ``model=ple`` does (same data, trainer, seed), in <run>/reference,
+def test_a_baseline_is_the_end_to_end_run_it_names(train_cfg: TrainCfg, tmp_path: Path) -> None:
+    """``baseline=ple`` trains PLE exactly as ``model=ple`` does (same data, trainer, seed), in <run>/baseline,
     and its test figures join the run's metrics."""
     small = ["trainer.max_epochs=1", "data.source.num_rows=8000"]
     sizes = ["net.expert_sizes=[16]", "net.tower_sizes=[8]"]
     metrics = train(
-        train_cfg(["stage=adapt", "adapter.rank=2", "reference=ple", *small, *[f"reference.{s}" for s in sizes]])
+        train_cfg(["stage=adapt", "adapter.rank=2", "baseline=ple", *small, *[f"baseline.{s}" for s in sizes]])
     )
     ple = train(
         train_cfg(["model=ple", *small, *[f"model.{s}" for s in sizes], f"paths.output_dir={tmp_path / 'ple'}"])
     )
     tested = [k for k in ple if k.startswith("test/")]
     assert "test/auc/d3" in tested and all(
-        metrics[f"reference/{k}"] == pytest.approx(ple[k], abs=1e-6, nan_ok=True) for k in tested
+        metrics[f"baseline/{k}"] == pytest.approx(ple[k], abs=1e-6, nan_ok=True) for k in tested
     )
-    assert metrics["reference/params/total"] == ple["params/total"]
+    assert metrics["baseline/params/total"] == ple["params/total"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["reference/test/auc"] == metrics["reference/test/auc"] and saved["test/auc"] == metrics["test/auc"]
-    reference_cfg = OmegaConf.load(tmp_path / "run" / "reference" / "config.yaml")
-    assert reference_cfg.model.net._target_.endswith("PLE") and reference_cfg.stage._target_.endswith("Train")
-    with pytest.raises(ValueError, match="reference= compares test figures, but test=false"):
-        train(train_cfg(["reference=ple", "test=false"]))
+    assert saved["baseline/test/auc"] == metrics["baseline/test/auc"] and saved["test/auc"] == metrics["test/auc"]
+    (stored,) = stored_backbones(tmp_path / "pretrained")  # pre-trained without a baseline of its own
+    assert not (stored / "baseline").exists() and "baseline/test/auc" not in json.loads(
+        (stored / "metrics.json").read_text()
+    )
+    baseline_cfg = OmegaConf.load(tmp_path / "run" / "baseline" / "config.yaml")
+    assert baseline_cfg.model.net._target_.endswith("PLE") and baseline_cfg.stage._target_.endswith("Train")
+    with pytest.raises(ValueError, match="baseline= compares test figures, but test=false"):
+        train(train_cfg(["baseline=ple", "test=false"]))
 
 
 def test_adapt_with_wandb_pretrains_and_adapts_in_runs_of_their_own(
