@@ -269,6 +269,7 @@ class RunDir:
     DRIFT_REFERENCE = "drift_reference.npz"
     SERVING = "serving.pt"
     CHECKPOINTS = "checkpoints"
+    BASELINE = "baseline"  # a baseline= run's end-to-end model: a run directory of its own inside this one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

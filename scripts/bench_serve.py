@@ -20,8 +20,8 @@ The backbone is the ``mdrec/conf/backbone/dnn.yaml`` DNN (embedding 16, MLP [256
 domain id as a field and an "any domain" id (``--input pooled``, stage=adapt's default); the adapters are
 ``--adapter iak`` (the default: ``mdrec/conf/adapter/iak.yaml``'s kernels, k = 50, hidden 64, on h before the head)
 or ``--adapter lora`` (``mdrec/conf/adapter/lora.yaml``'s rank-8 deltas on the first hidden layer, stage=adapt's
-default; ``--lora-targets`` chooses the layers, ``'*'`` every linear layer), with random weights. ``--adapter lora --input pooled`` is the
-default adaptation recipe's serving model.
+default; ``--lora-targets`` chooses the layers, ``'*'`` every linear layer), with random weights.
+``--adapter lora --input pooled`` is the default adaptation recipe's serving model.
 
 Each call takes the next of 8 batches (other rows, same domain shares), as a server's calls read other embedding
 rows. Each method is timed against its reference in a rotation of its own, the two taking turns call by call (so a
@@ -175,7 +175,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--adapter", choices=ADAPTERS, default="iak", help="the per-domain adapter served")
     parser.add_argument(
-        "--lora-targets", nargs="+", help="with --adapter lora: its targets (glob patterns of linear layers; default the backbone's first hidden layer)"
+        "--lora-targets",
+        nargs="+",
+        help="with --adapter lora: its targets (glob patterns of linear layers; default: the first hidden layer)",
     )
     parser.add_argument("--input", choices=INPUTS, default="embedded", help="pooled: the domain id as a field")
     parser.add_argument(

@@ -2,7 +2,8 @@
 sample std over seeds), the paired difference to a reference recipe and to the end-to-end target, seed by seed (mean,
 paired t-test p-value, seeds ahead), the trainable parameters (per domain and shared) and the fit time (all domains
 together, and per domain). ``--zero-shot <name>`` adds that recipe's model before adapting (``zeroshot/test/auc``) as
-a row of its own, ``<name>, before adapting``.
+a row of its own, ``<name>, before adapting``. ``--metric logloss`` tabulates the test log loss instead (seeds
+ahead: lower).
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
 """
@@ -44,13 +45,14 @@ def main() -> None:
     parser.add_argument("--reference", required=True, help="the recipe the levers are compared with")
     parser.add_argument("--target", required=True, help="the end-to-end model to reach")
     parser.add_argument("--zero-shot", action="append", default=[], help="a recipe: its model before adapting as a row")
+    parser.add_argument("--metric", choices=["auc", "logloss"], default="auc", help="the test metric tabulated")
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
     for name in args.zero_shot:
         recipes[f"{name}, before adapting"] = [before_adapting(run) for run in recipes[name]]
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.split("/")[-1] for k in first if k.startswith("test/auc/"))
-    keys = ["test/auc", *(f"test/auc/{d}" for d in domains)]
+    keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
     head = "| recipe | seeds | overall | " + " | ".join(domains)
     print(head + " | trainable per domain | shared trainable | fit s | fit s per domain |")
     print("|---|---|" + "---|" * (len(keys) + 4))

@@ -91,12 +91,21 @@ def _flatten(value: dict, prefix: str) -> dict[str, Any]:
 def run_dirs(root: str | Path, marker: str) -> list[Path]:
     """The directories below ``root`` that hold ``marker``, in path order.
 
-    A W&B run below an mdrec run directory holds copies of the run's files (``files/metrics.json``); such a copy
-    is skipped, so a run counts once whether ``root`` is a sweep directory or a directory of W&B runs.
+    A directory inside a run directory is not a run of the sweep: a W&B run's copies of the run's files
+    (``files/metrics.json``), a ``baseline=`` run or a gate's scratch run. Such a directory is skipped when a
+    directory above it (``root`` included) holds ``marker``, a Hydra job's ``.hydra`` or a failed run's
+    ``failure.json``, so a run counts once whether ``root`` is a sweep directory or a directory of W&B runs, and a
+    failed run's finished baseline does not count at all.
     """
-    dirs = sorted((p.parent for p in Path(root).rglob(marker)), key=_natural)
+    root = Path(root)
+    dirs = sorted((p.parent for p in root.rglob(marker)), key=_natural)
     found = set(dirs)
-    return [d for d in dirs if not any(parent in found for parent in d.parents)]
+
+    def inside_a_run(d: Path) -> bool:
+        above = [p for p in d.parents if p == root or root in p.parents]
+        return any(p in found or (p / ".hydra").is_dir() or (p / RunDir.FAILURE).exists() for p in above)
+
+    return [d for d in dirs if not inside_a_run(d)]
 
 
 def _natural(path: Path) -> list[tuple[int, str]]:
@@ -205,7 +214,7 @@ def cell(runs: Sequence[Run], key: str) -> str:
 def lower_is_better(key: str) -> bool:
     """Whether a smaller value of metric ``key`` is better (losses, parameter counts, times, how much onboarding
     moved the other domains)."""
-    return "loss" in key or key.startswith(("params/", "time/", "onboard/"))
+    return "loss" in key or key.removeprefix("baseline/").startswith(("params/", "time/", "onboard/"))
 
 
 def comparison_table(

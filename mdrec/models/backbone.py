@@ -10,7 +10,6 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
-from mdrec.nn.mlp import MLP
 
 
 class Backbone(nn.Module):
@@ -18,9 +17,9 @@ class Backbone(nn.Module):
     and ``head``, one linear layer ``H -> T``, maps ``h`` to the logits.
 
     A subclass sets ``input`` (an :class:`~mdrec.models.inputs.EmbeddedInput`) and ``num_tasks`` in its constructor,
-    implements ``head`` (a linear layer registered below the backbone), ``hidden_mlp`` and ``forward_from_input``,
-    the network after its input layer; ``forward`` runs the input layer, then ``forward_from_input``. Adapters that
-    act "before the head" attach at ``head_site()``.
+    implements ``head`` (a linear layer registered below the backbone), ``forward_from_input``, the network after
+    its input layer, and, for LoRA's default targets, ``first_layer_site``; ``forward`` runs the input layer, then
+    ``forward_from_input``. Adapters that act "before the head" attach at ``head_site()``.
     """
 
     input: EmbeddedInput
@@ -36,25 +35,21 @@ class Backbone(nn.Module):
         """H, the width of ``h`` (the head's input width)."""
         return self.head.in_features
 
-    @property
-    def hidden_mlp(self) -> MLP:
-        """The backbone's MLP: its hidden layers (the deep arm's for Wide&Deep, the MLP after or beside DCNv2's
-        cross network)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not name its hidden MLP (Backbone.hidden_mlp): give the layers to adapt "
-            'explicitly, e.g. adapter.targets=["*"]'
-        )
-
     def first_layer_site(self) -> str:
-        """The module name of ``hidden_mlp``'s first linear layer below the backbone (e.g. ``"mlp.layers.0"``):
-        where LoRA adapts by default."""
-        first = self.hidden_mlp.layers[0]
-        return next(name for name, module in self.named_modules() if module is first)
+        """The module name of the body's first hidden linear layer (e.g. ``"mlp.layers.0"``; DCNv2's first MLP
+        layer, not a cross layer's factor): where LoRA adapts by default."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not name its first hidden layer (Backbone.first_layer_site): give the "
+            'layers to adapt explicitly, e.g. adapter.targets=["*"]'
+        )
 
     def head_site(self) -> str:
         """The module name of ``head`` below the backbone (e.g. ``"output"``), where adapters hook it."""
-        head = self.head
-        return next(name for name, module in self.named_modules() if module is head)
+        return self.site_of(self.head)
+
+    def site_of(self, module: nn.Module) -> str:
+        """The name of ``module`` (one of this backbone's) below the backbone."""
+        return next(name for name, m in self.named_modules() if m is module)
 
     def forward(self, batch: Batch) -> ModelOutput:
         return self.forward_from_input(self.input(batch), batch)

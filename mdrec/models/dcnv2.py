@@ -67,9 +67,8 @@ class DCNv2Backbone(Backbone):
         hidden = self.mlp.out_features + (self.cross.out_features if structure == "parallel" else 0)
         self.output = nn.Linear(hidden, num_tasks)
 
-    @property
-    def hidden_mlp(self) -> MLP:
-        return self.mlp
+    def first_layer_site(self) -> str:
+        return self.site_of(self.mlp.layers[0])
 
     @property
     def head(self) -> nn.Linear:

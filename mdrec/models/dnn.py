@@ -46,9 +46,8 @@ class DNNBackbone(Backbone):
         self.mlp = MLP(self.input.out_features, list(layer_sizes), dropout, batch_norm)
         self.output = nn.Linear(self.mlp.out_features, num_tasks)
 
-    @property
-    def hidden_mlp(self) -> MLP:
-        return self.mlp
+    def first_layer_site(self) -> str:
+        return self.site_of(self.mlp.layers[0])
 
     @property
     def head(self) -> nn.Linear:

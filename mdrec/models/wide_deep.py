@@ -14,7 +14,6 @@ from mdrec.models.dnn import DNNBackbone
 from mdrec.models.inputs import EmbeddedInput
 from mdrec.models.output import ModelOutput
 from mdrec.nn.embedding import FieldEmbedding
-from mdrec.nn.mlp import MLP
 
 # cross hash over the cross's fields: h <- mix((h * P + id + 1) mod 2^31), then h mod cross_buckets, with mix a
 # 31-bit xorshift-multiply finaliser (murmur-style) that breaks the polynomial's linear structure (which would put
@@ -147,9 +146,8 @@ class WideDeepBackbone(Backbone):
         """The deep arm's input layer."""
         return self.deep.input
 
-    @property
-    def hidden_mlp(self) -> MLP:
-        return self.deep.mlp
+    def first_layer_site(self) -> str:
+        return self.site_of(self.deep.mlp.layers[0])
 
     @property
     def head(self) -> nn.Linear:

@@ -27,7 +27,7 @@ from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
-from mdrec.train.stages import Stage
+from mdrec.train.stages import Adapt, Stage, Train, target_of
 from mdrec.train.typecheck import check_types
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics. A multi-process run (DDP) runs this in every process: all train and evaluate together, the metrics and
     predictions cover every process's rows, and process 0 alone writes files."""
     check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
-    if cfg.get("baseline") is not None and not cfg.test:
-        raise ValueError("baseline= compares test figures, but test=false: drop one of the two")
+    stage: Stage = hydra.utils.instantiate(cfg.stage)
+    if cfg.get("baseline") is not None:
+        check_baseline(cfg, stage)
     # first, so that its loggers (a W&B run of its own) finish before this run's start
     baseline = baseline_metrics(cfg) if cfg.get("baseline") is not None else {}
-    stage: Stage = hydra.utils.instantiate(cfg.stage)
     run_dir = RunDir(Path(cfg.paths.output_dir))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -120,20 +120,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-BASELINE_DIR = "baseline"
+def check_baseline(cfg: DictConfig, stage: Stage) -> None:
+    """Refuse a ``baseline=`` the run cannot compare with: without a test, or beside a stage other than train and
+    adapt (a pre-training is a step of an adapt run; an onboarding trains some domains only)."""
+    if not cfg.test:
+        raise ValueError("baseline= compares test figures, but test=false: drop one of the two")
+    if not isinstance(stage, (Train, Adapt)):
+        raise ValueError(
+            f"baseline= compares a stage=train or stage=adapt run with an end-to-end model, but this run's stage is "
+            f"{type(stage).__name__}: drop baseline= (or compare in a stage=adapt run of the same data)"
+        )
 
 
 def baseline_metrics(cfg: DictConfig) -> dict[str, float]:
-    """Train ``cfg.baseline`` (a ``model`` node) end to end on the same data, trainer and seed, as a stage=train
-    run of its own in ``<output_dir>/baseline``, and return its test metrics, parameter counts and fit time under
-    ``baseline/`` (``baseline/test/auc/<domain>``, ...)."""
+    """Train ``cfg.baseline`` (a ``model`` node) end to end on the same data, trainer and seed, on the run's input
+    layer without the domain id, as a stage=train run of its own in ``<output_dir>/baseline`` (tagged
+    ``baseline``), and return its test metrics, parameter counts and fit time under ``baseline/``
+    (``baseline/test/auc/<domain>``, ...)."""
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
-        sub.model = cfg.baseline
+        if "domain_as_feature" in sub.input:  # the end-to-end models read the domain id through their routing
+            sub.input.domain_as_feature, sub.input.domain_dropout = False, 0.0
+        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / RunDir.BASELINE)
+        sub.model = OmegaConf.to_container(sub.baseline, resolve=True)  # against this run's model and that input
         sub.baseline = None
-        sub.stage = {"_target_": "mdrec.train.stages.Train"}
+        sub.stage = {"_target_": target_of(Train)}
         sub.ckpt_path = None  # the main run's checkpoint: not the baseline's
-        sub.paths.output_dir = str(Path(cfg.paths.output_dir) / BASELINE_DIR)
+        sub.tags = [*cfg.tags, "baseline"]
     log.info("baseline=: training %s end to end in %s", cfg.baseline.net._target_, sub.paths.output_dir)
     kept = ("test/", "params/", "time/fit_seconds")
     return {f"baseline/{k}": v for k, v in train(sub).items() if k.startswith(kept)}

@@ -165,11 +165,11 @@ def test_lora_default_leaves_a_din_attention_mlp_shared() -> None:
     assert LoRA(schema, backbone).sites == {"mlp.layers.0": "output"}
 
 
-def test_lora_default_on_a_backbone_without_a_hidden_mlp_says_what_to_set() -> None:
+def test_lora_default_on_a_backbone_without_a_first_layer_says_what_to_set() -> None:
     class Bare(DNNBackbone):  # a backbone that keeps the contract without naming its MLP
-        hidden_mlp = Backbone.hidden_mlp
+        first_layer_site = Backbone.first_layer_site
 
-    with pytest.raises(NotImplementedError, match=r"Bare does not name its hidden MLP.*adapter.targets"):
+    with pytest.raises(NotImplementedError, match=r"Bare does not name its first hidden layer.*adapter.targets"):
         LoRA(SCHEMA, Bare(SCHEMA, embedded(8), [16, 8]))
 
 

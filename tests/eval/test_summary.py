@@ -33,6 +33,19 @@ def test_runs_grouped_by_override(tmp_path: Path) -> None:
     assert cells == ["0.8200 ± 0.0283", "0.8000 ± 0.1414", "n/a"]
 
 
+def test_a_run_inside_a_run_is_not_a_run_of_the_sweep(tmp_path: Path) -> None:
+    """A baseline= run (or W&B's copies) inside a job counts for nothing: not beside its finished job, and not in
+    place of a job that failed after its baseline finished."""
+    fake_run(tmp_path, "0", ["seed=0"], {"test/auc": 0.80})
+    fake_run(tmp_path / "0", "baseline", [], {"test/auc": 0.81})
+    fake_run(tmp_path, "1", ["seed=1"], {"test/auc": 0.82})
+    (tmp_path / "1" / "metrics.json").unlink()
+    (tmp_path / "1" / "failure.json").write_text(json.dumps({"error": "ValueError: later"}))
+    fake_run(tmp_path / "1", "baseline", [], {"test/auc": 0.83})
+    assert [r.metrics["test/auc"] for r in load_runs(tmp_path)] == [0.80]
+    assert [r.metrics["test/auc"] for r in load_runs(tmp_path / "0")] == [0.80]
+
+
 def test_comparison_table_has_a_row_per_group(tmp_path: Path) -> None:
     fake_run(tmp_path, "0", ["model=mmoe", "seed=0"], {"test/auc": 0.80, "test/auc/a": 0.7})
     fake_run(tmp_path, "1", ["model=mmoe", "seed=1"], {"test/auc": 0.84, "test/auc/a": 0.9})

@@ -28,8 +28,8 @@ def test_lowrank_embeddings_beside_lora_train_select_per_domain_and_reload(train
     recorded = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert recorded.adapter._target_ == "mdrec.adapters.base.Stacked"
     assert recorded.adapter.parts.embeddings.kind == "lowrank" and recorded.adapter.parts.adapter.rank == 2
-    # LoRA rank 2 on the DNN's layers 132 -> 256 -> 128 -> 1 (8 fields of 16 and 4 dense features in)
-    lora_per_domain = (132 * 2 + 2 * 256) + (256 * 2 + 2 * 128) + (128 * 2 + 2 * 1)
+    # LoRA rank 2 on the DNN's first layer 132 -> 256 (8 fields of 16 and 4 dense features in)
+    lora_per_domain = 132 * 2 + 2 * 256
     assert metrics["params/added_per_domain"] == N_IDS * 1 + 1 * 16 + lora_per_domain
     assert all(f"selection/epoch/{d}" in metrics for d in DOMAINS)  # every trainable parameter is per domain
     for d in DOMAINS:

@@ -159,9 +159,9 @@ def test_adapt_validates_as_often_as_its_stage_says(train_cfg: TrainCfg, tmp_pat
 
 
 def test_a_baseline_is_the_end_to_end_run_it_names(train_cfg: TrainCfg, tmp_path: Path) -> None:
-    """``baseline=ple`` trains PLE exactly as ``model=ple`` does (same data, trainer, seed), in <run>/baseline,
-    and its test figures join the run's metrics."""
-    small = ["trainer.max_epochs=1", "data.source.num_rows=8000"]
+    """``baseline=ple`` trains PLE exactly as ``model=ple`` does (same data, trainer, seed, optimiser and input
+    layer, without the domain id), in <run>/baseline, and its test figures join the run's metrics."""
+    small = ["trainer.max_epochs=1", "data.source.num_rows=8000", "input.embedding_dim=8", "model.optimizer.lr=0.003"]
     sizes = ["net.expert_sizes=[16]", "net.tower_sizes=[8]"]
     metrics = train(
         train_cfg(["stage=adapt", "adapter.rank=2", "baseline=ple", *small, *[f"baseline.{s}" for s in sizes]])
@@ -182,8 +182,11 @@ def test_a_baseline_is_the_end_to_end_run_it_names(train_cfg: TrainCfg, tmp_path
     )
     baseline_cfg = OmegaConf.load(tmp_path / "run" / "baseline" / "config.yaml")
     assert baseline_cfg.model.net._target_.endswith("PLE") and baseline_cfg.stage._target_.endswith("Train")
+    assert baseline_cfg.tags == ["baseline"] and baseline_cfg.input.domain_as_feature is False
     with pytest.raises(ValueError, match="baseline= compares test figures, but test=false"):
         train(train_cfg(["baseline=ple", "test=false"]))
+    with pytest.raises(ValueError, match="this run's stage is Pretrain: drop baseline="):
+        train(train_cfg(["stage=pretrain", "baseline=ple"]))
 
 
 def test_adapt_with_wandb_pretrains_and_adapts_in_runs_of_their_own(
