@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from mdrec.data.batch import Batch
-from mdrec.nn.parameter import per_domain_parameters
+from mdrec.train.domain_steps import DomainStepCallback
 
 
-class DynamicDomainLR(pl.Callback):
+class DynamicDomainLR(DomainStepCallback):
     """Scales each optimiser step of the per-domain parameters, domain by domain, by
     ``s_d = clip((n_d K / B)^gamma, r_min, r_max) * min(1, grad_cap / (||g_d|| + eps))`` (``scales``), 0 where
     ``n_d = 0`` (no step for a domain the batch does not hold).
@@ -39,6 +39,8 @@ class DynamicDomainLR(pl.Callback):
         [1.224..., 0.176...]
     """
 
+    key = "dynamic_lr"
+
     def __init__(
         self,
         gamma: float = 0.5,
@@ -51,10 +53,9 @@ class DynamicDomainLR(pl.Callback):
             raise ValueError(f"dynamic_lr needs 0 < r_min <= r_max, got r_min={r_min}, r_max={r_max}")
         if grad_cap is not None and grad_cap <= 0:
             raise ValueError(f"dynamic_lr.grad_cap must be positive or null, got {grad_cap}")
+        super().__init__()
         self.gamma, self.r_min, self.r_max, self.grad_cap, self.eps = gamma, r_min, r_max, grad_cap, eps
-        self.params: dict[str, torch.nn.Parameter] = {}
         self.before: dict[str, Tensor] = {}
-        self.counts: Tensor | None = None
         self.sums: Tensor | None = None  # [K] sum of the factors over the epoch's steps holding the domain
         self.steps: Tensor | None = None  # [K] those steps
 
@@ -67,25 +68,12 @@ class DynamicDomainLR(pl.Callback):
             scale = scale * (self.grad_cap / (grad_norms + self.eps)).clamp(max=1.0)
         return torch.where(counts > 0, scale, torch.zeros_like(scale))
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError(
-                "dynamic_lr scales each step by its batch's domain counts; it needs trainer.accumulate_grad_batches=1"
-            )
-        self.params = {n: p for n, p in per_domain_parameters(pl_module) if p.requires_grad}
-        if not self.params:
-            raise ValueError(
-                "dynamic_lr scales the steps of per-domain parameters, and this model trains none: use it with an "
-                "adapter (stage=adapt) or a multi-domain model (e.g. model=star)"
-            )
-
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         k = pl_module.schema.num_domains
         self.sums, self.steps = torch.zeros(k), torch.zeros(k)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch, i: int) -> None:
-        counts = torch.bincount(batch.domain, minlength=pl_module.schema.num_domains)  # [K] this process's rows
-        self.counts = trainer.strategy.reduce(counts, reduce_op="sum")  # [K] the step's rows on all processes
+        super().on_train_batch_start(trainer, pl_module, batch, i)
         self.before = {n: p.detach().clone() for n, p in self.params.items()}
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.eval.drift import DenseHistogram, DomainReference, Histogram, SparseHistogram
 from mdrec.nn.parameter import per_domain_parameters
+from mdrec.train.domain_steps import drop_domain_step_callbacks
 
 Init = Literal["identity", "nearest", "weighted"]
 INITS = get_args(Init)
@@ -205,8 +206,8 @@ def scratch_config(cfg: DictConfig, backbone_cfg: DictConfig, output_dir: Path) 
         sub.ckpt_path = None
         sub.test = True
         sub.paths.output_dir = str(output_dir)
-        if sub.get("callbacks"):
-            sub.callbacks.pop("dynamic_lr", None)
+        sub.baseline = None
+        drop_domain_step_callbacks(sub)
     return sub
 
 

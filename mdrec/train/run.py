@@ -25,6 +25,7 @@ from mdrec.eval.report import domain_rows, domain_table
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import resume_path
+from mdrec.train.domain_steps import drop_domain_step_callbacks
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
 from mdrec.train.stages import Adapt, Stage, Train, target_of
@@ -147,6 +148,7 @@ def baseline_metrics(cfg: DictConfig) -> dict[str, float]:
         sub.stage = {"_target_": target_of(Train)}
         sub.ckpt_path = None  # the main run's checkpoint: not the baseline's
         sub.tags = [*cfg.tags, "baseline"]
+        drop_domain_step_callbacks(sub)  # the baseline at its defaults
     log.info("baseline=: training %s end to end in %s", cfg.baseline.net._target_, sub.paths.output_dir)
     kept = ("test/", "params/", "time/fit_seconds")
     return {f"baseline/{k}": v for k, v in train(sub).items() if k.startswith(kept)}

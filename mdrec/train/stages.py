@@ -38,6 +38,7 @@ from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import load_checkpoint
+from mdrec.train.domain_steps import drop_domain_step_callbacks
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.neighbours import (
     NEIGHBOURS,
@@ -810,8 +811,7 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
         sub.stage = {"_target_": target_of(Pretrain)}
         sub.ckpt_path = None  # the adapt run's checkpoint: not the pre-training's
         sub.baseline = None  # the adapt run trains its baseline= once, itself
-        if sub.get("callbacks"):
-            sub.callbacks.pop("dynamic_lr", None)
+        drop_domain_step_callbacks(sub)
         if source_domains is not None:
             unknown = sorted(set(source_domains) - set(schema.domains))
             if unknown:

@@ -1,4 +1,5 @@
-"""The dynamic batch-aware learning rate against hand computations with Adam."""
+"""The per-domain step callbacks against hand computations with Adam: the dynamic batch-aware learning rate and the
+per-domain weight decay scaled by domain size."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import Schema, SparseField
 from mdrec.models.output import ModelOutput
 from mdrec.nn.parameter import DomainParameter
+from mdrec.train.domain_steps import DomainWeightDecay
 from mdrec.train.dynamic_lr import DynamicDomainLR
 from mdrec.train.module import RankingModule
 from mdrec.train.run import train
@@ -99,3 +101,47 @@ def test_dynamic_lr_config_logs_a_factor_per_domain(train_cfg: TrainCfg, tmp_pat
     rows = list(csv.DictReader((tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open()))
     scale = {d: float(next(r[f"lr_scale/{d}"] for r in rows if r.get(f"lr_scale/{d}"))) for d in DOMAINS}
     assert 0.1 <= scale["d3"] < scale["d2"] < scale["d1"] < scale["d0"] <= 10.0
+
+
+def test_weight_decay_scales_with_domain_size_and_skips_absent_domains() -> None:
+    # rows 300 and 100, mean 200: lambda = 1 * 200 / 300 and 1 * 200 / 100; Adam's first step moves both biases to
+    # 0.1, then each shrinks by 1 - lr * lambda (lr 0.1)
+    decay = DomainWeightDecay(1.0, power=1.0, rows=[300, 100])
+    assert decay.decays(torch.tensor([300, 100])).tolist() == pytest.approx([2 / 3, 2.0])
+    net = fit([clicks([0, 0, 0, 1])], [decay])
+    assert net.bias.flatten().tolist() == pytest.approx([0.1 * (1 - 0.1 * 2 / 3), 0.1 * (1 - 0.1 * 2.0)], rel=1e-5)
+    assert net.w.item() == pytest.approx(0.1, rel=1e-5)  # shared: no decay
+    # step 2 holds no row of b: b is decayed once (after step 1), a twice; Adam's steps do not read the values
+    batches = [clicks([0, 1]), clicks([0, 0])]
+    plain, decayed = fit(batches, []), fit(batches, [DomainWeightDecay(1.0, power=0.0, rows=[1, 1])])
+    b_plain, b_decayed = plain.bias[1].item(), decayed.bias[1].item()
+    assert b_decayed == pytest.approx(b_plain - 0.1 * 0.1 * 1.0, rel=1e-5)
+
+
+def test_weight_decay_errors() -> None:
+    with pytest.raises(ValueError, match="weight_decay > 0 and power >= 0"):
+        DomainWeightDecay(0.0)
+    module = RankingModule(DomainBias(), SCHEMA, torch.optim.Adam)
+    with pytest.raises(ValueError, match="domain_decay.rows has 3 entries, the data 2 domains"):
+        DomainWeightDecay(0.1, rows=[1, 2, 3]).setup(pl.Trainer(logger=False), module, "fit")
+    with pytest.raises(ValueError, match="domain_decay acts on the steps of per-domain parameters"):
+        DomainWeightDecay(0.1).setup(
+            pl.Trainer(logger=False), RankingModule(nn.Linear(1, 1), SCHEMA, torch.optim.Adam), "fit"
+        )
+
+
+def test_weight_decay_config_counts_the_training_rows(train_cfg: TrainCfg) -> None:
+    """A decay so strong that every domain smaller than the mean is pulled back to the identity at every step: under
+    one overall selection (no per-domain step 0) their adapted predictions are still the pre-trained model's; the
+    larger domains' are not."""
+    options = [
+        "stage=adapt",
+        "callbacks=domain_decay",
+        "callbacks.domain_decay.weight_decay=40",
+        "callbacks.domain_decay.power=3",
+    ]
+    metrics = train(train_cfg([*options, "stage.select_per_domain=false", "trainer.max_epochs=1"]))
+    for d in ("d2", "d3"):  # 8 % and 2 % of the training rows: lr * lambda = 1e-3 * 40 * (25 / 8)^3 >= 1
+        assert metrics[f"test/auc/{d}"] == metrics[f"zeroshot/test/auc/{d}"]
+    for d in ("d0", "d1"):  # 60 % and 30 %: lr * lambda 0.003 and 0.023, the adapters move
+        assert metrics[f"test/auc/{d}"] != metrics[f"zeroshot/test/auc/{d}"]

@@ -1,0 +1,122 @@
+"""Callbacks that act on each optimiser step of the per-domain parameters, domain by domain: the base that counts a
+step's rows per domain, and the per-domain weight decay scaled by domain size (docs/methods.md, Per-domain weight
+decay). The dynamic learning rate (:mod:`mdrec.train.dynamic_lr`) is the other one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from mdrec.data.batch import Batch
+from mdrec.nn.parameter import per_domain_parameters
+
+# the `callbacks` config keys of the DomainStepCallback subclasses
+DOMAIN_STEP_CALLBACKS = ("dynamic_lr", "domain_decay")
+
+
+def drop_domain_step_callbacks(cfg: DictConfig) -> None:
+    """Remove the per-domain step callbacks from ``cfg`` (struct mode open) for a sub-run that trains another
+    model than the run's: a backbone without per-domain parameters, a from-scratch model, an end-to-end baseline
+    at its defaults."""
+    for key in DOMAIN_STEP_CALLBACKS:
+        if cfg.get("callbacks"):
+            cfg.callbacks.pop(key, None)
+
+
+class DomainStepCallback(pl.Callback):
+    """Base of the callbacks that change each step of the trainable per-domain parameters per domain: ``params``
+    (name -> parameter, first dimension K) and ``counts`` (``[K]``, the step's rows of each domain on all processes:
+    summed every step under DDP, so every replica acts alike).
+
+    ``key`` is the callback's name under ``callbacks`` in the config, which its errors name.
+    """
+
+    key = ""
+
+    def __init__(self) -> None:
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self.counts: Tensor | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"{self.key} acts on each step with its batch's domain counts; it needs "
+                "trainer.accumulate_grad_batches=1"
+            )
+        self.params = {n: p for n, p in per_domain_parameters(pl_module) if p.requires_grad}
+        if not self.params:
+            raise ValueError(
+                f"{self.key} acts on the steps of per-domain parameters, and this model trains none: use it with an "
+                "adapter (stage=adapt) or a multi-domain model (e.g. model=star)"
+            )
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch, i: int) -> None:
+        counts = torch.bincount(batch.domain, minlength=pl_module.schema.num_domains)  # [K] this process's rows
+        self.counts = trainer.strategy.reduce(counts, reduce_op="sum")  # [K] the step's rows on all processes
+
+
+class DomainWeightDecay(DomainStepCallback):
+    """Decoupled weight decay on each domain's slice of the per-domain parameters, stronger for smaller domains:
+    after each optimiser step that holds rows of domain d, ``p_d <- p_d * max(0, 1 - lr * lambda_d)`` with
+    ``lambda_d = weight_decay * (n_mean / n_d)^power`` (``decays``), ``n_d`` domain d's training rows and ``n_mean``
+    their mean over the domains that have rows; ``lr`` is the parameter's learning rate at that step. An adapter
+    starts at the identity, so the decay pulls a small domain's adapter back towards the pre-trained model: a prior
+    whose weight grows as the domain's data shrinks. A domain the step does not hold is not decayed; shared
+    parameters keep the optimiser's own step.
+
+    Args:
+        weight_decay: lambda for a domain of mean size (> 0).
+        power: how fast lambda grows as a domain shrinks (0: the same for every domain).
+        rows: training rows per domain, in the schema's domain order; None: counted on the data module's training
+            split when training starts.
+
+    Example:
+        >>> DomainWeightDecay(0.1, power=1.0).decays(torch.tensor([300, 100, 0])).tolist()  # doctest: +ELLIPSIS
+        [0.0666..., 0.2, 0.0]
+    """
+
+    key = "domain_decay"
+
+    def __init__(self, weight_decay: float, power: float = 1.0, rows: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if weight_decay <= 0 or power < 0:
+            raise ValueError(f"domain_decay needs weight_decay > 0 and power >= 0, got {weight_decay} and {power}")
+        self.weight_decay, self.power = weight_decay, power
+        self.rows = torch.tensor(list(rows), dtype=torch.float64) if rows is not None else None
+        self.lambdas: Tensor | None = None  # [K]
+
+    def decays(self, rows: Tensor) -> Tensor:
+        """``rows [K]`` training rows per domain -> ``lambda_d [K]`` (0 for a domain without rows)."""
+        rows = rows.double()
+        mean = rows[rows > 0].mean()
+        scaled = self.weight_decay * (mean / rows.clamp(min=1)).pow(self.power)
+        return torch.where(rows > 0, scaled, torch.zeros_like(scaled))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        schema = pl_module.schema
+        rows = self.rows
+        if rows is None:
+            domain = trainer.datamodule.split_column("train", schema.domain_field)
+            rows = torch.from_numpy(np.bincount(domain, minlength=schema.num_domains).astype(np.float64))
+        if len(rows) != schema.num_domains:
+            raise ValueError(f"domain_decay.rows has {len(rows)} entries, the data {schema.num_domains} domains")
+        self.lambdas = self.decays(rows)
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: Batch, i: int
+    ) -> None:
+        rates = {
+            id(p): group["lr"] for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]
+        }
+        present = (self.counts > 0).cpu()
+        for p in self.params.values():
+            factor = (1.0 - rates[id(p)] * self.lambdas).clamp(min=0.0)  # [K]
+            factor = torch.where(present, factor, torch.ones_like(factor))
+            p.mul_(factor.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1)))
