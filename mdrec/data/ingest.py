@@ -512,7 +512,7 @@ def encode_table(
         time_column=spec.time,
         has_split_column=split is not None,
     )
-    report = _report(raw, spec, schema, columns, mask, scalers)
+    report = _report(raw, spec, schema, columns, mask, scalers, columns[SPLIT_COLUMN] if split is not None else None)
     return EncodedTable(schema, columns, vocabularies, report)
 
 
@@ -767,15 +767,15 @@ def _check_collapse(
 ) -> None:
     """Raise, naming the most extreme fitted value, when ``scale`` leaves the bulk of the fitted rows (between the
     ``COLLAPSE_TAIL`` and 1 - ``COLLAPSE_TAIL`` quantiles, at least one row cut at each end) a spread below float32
-    resolution, ``eps`` = 2**-23 of the scale: they would all train as one value. A bulk without spread (a
-    constant or mostly constant column) is not collapsed by scaling and passes."""
+    resolution, ``eps`` = 2**-23 of the scale: they would all train as one value. A bulk without spread in float32 (a
+    constant or mostly constant column, or values only float64 tells apart) is not collapsed by scaling and passes."""
     rows = np.flatnonzero(mask)
     fit = x[rows]
     cut = max(1, math.ceil(COLLAPSE_TAIL * len(fit)))
     if len(fit) <= 2 * cut:
         return
     lo, hi = np.partition(fit, [cut, len(fit) - 1 - cut])[[cut, len(fit) - 1 - cut]]
-    spread = float(hi - lo)
+    spread = float(np.float32(hi)) - float(np.float32(lo))  # as stored: values float32 does not tell apart never differ
     if spread == 0 or spread / scale >= _FLOAT32_EPS:
         return
     distance = np.maximum(fit - hi, lo - fit)  # [fitted rows] how far beyond the bulk
@@ -817,10 +817,11 @@ def _report(
     columns: dict[str, np.ndarray],
     mask: np.ndarray,
     scalers: dict[str, tuple[float, float]],
+    split: np.ndarray | None,
 ) -> dict:
-    """Rows, positive rates and unseen/missing shares, overall, per domain and (if any) per split."""
+    """Rows, positive rates and unseen/missing shares, overall, per domain and (with ``split``, the rows' split
+    codes; not a data column that happens to be called ``split``) per split."""
     domain = columns[spec.domain]
-    split = columns.get(SPLIT_COLUMN)
     report: dict = {
         "dataset_id": schema.dataset_id,
         "rows": len(domain),

@@ -319,9 +319,24 @@ VALUE_IN_QUOTES = Table(
     TableSpec(sparse=("id",), domain="d", labels=("y",)), ["d", "y", "id"], [["de", "1", "a"], ["de", "0", "b,c\n"]]
 )
 
+# a data column called `split` in data without their own split: the report read it as the split codes
+SPLIT_NAMED_FIELD = Table(
+    TableSpec(sparse=("split", "0"), domain="d", labels=("y",)),
+    ["split", "0", "y", "d"],
+    [["NA", "", "0", "de"], [" x ", "", "0", "de"], ["", "", "1", "de"], [" ", "", "0", "de"]],
+)
+# values that differ in float64 but not in float32 (where they train): not collapsed by the min-max scale
+FLOAT32_EQUAL_BULK = Table(
+    TableSpec(sparse=("id",), domain="d", labels=("y",), dense=("x",)),
+    ["id", "d", "y", "x"],
+    [["a", "de", "0", "0.0"], ["a", "de", "1", "0.0"], ["a", "de", "0", "-1.0"], ["a", "de", "1", "-1e-128"]],
+)
+
 
 @settings(HOSTILE, max_examples=60)
 @example(table=NA_IDS, tsv=False, newline="\n", bom=False, blank=[False])
+@example(table=SPLIT_NAMED_FIELD, tsv=False, newline="\n", bom=False, blank=[False])
+@example(table=FLOAT32_EQUAL_BULK, tsv=False, newline="\n", bom=False, blank=[False])
 @example(table=HUGE_DENSE, tsv=True, newline="\r\n", bom=True, blank=[True])
 @given(
     table=tables(names=MOSTLY_FILE_NAME),
