@@ -79,8 +79,8 @@ def test_the_domain_table_shows_the_baseline_and_how_far_this_run_is_ahead() -> 
             f"test/rows/{d}": 10,
             f"baseline/test/auc/{d}": ref,
         }
-    lines = domain_table(metrics, ["a", "b"]).splitlines()
-    assert lines[0].split()[-3:] == ["baseline", "AUC", "ahead"]
+    lines = domain_table(metrics, ["a", "b"], baseline="PLE").splitlines()
+    assert lines[0].split()[-3:] == ["PLE", "AUC", "ahead"]
     assert [line.split()[-2:] for line in (lines[2], lines[3], lines[5])] == [
         ["0.6500", "+0.0500"], ["0.8100", "-0.0100"], ["0.7800", "-0.0300"]
     ]  # fmt: skip

@@ -7,11 +7,13 @@ from collections.abc import Mapping, Sequence
 from mdrec.console import table
 
 
-def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test") -> str:
+def domain_table(
+    metrics: Mapping[str, float], domains: Sequence[str], stage: str = "test", baseline: str = "baseline"
+) -> str:
     """A per-domain table of ``<stage>`` AUC, logloss and rows (aligned whatever the domain names' lengths); beside
     it, when present, the pre-trained model's AUC before adapting (``zeroshot/<stage>/auc...``), the end-to-end
-    baseline's (``baseline/<stage>/auc...``, with this run's AUC minus it) and the oracle AUC (``oracle/auc...``,
-    synthetic data).
+    baseline's (``baseline/<stage>/auc...``, titled ``<baseline> AUC``, with this run's AUC minus it) and the oracle
+    AUC (``oracle/auc...``, synthetic data).
 
     Example:
         >>> print(domain_table({"test/auc/a": 0.7, "test/logloss/a": 0.5, "test/rows/a": 10, "test/auc": 0.7,
@@ -27,7 +29,7 @@ def domain_table(metrics: Mapping[str, float], domains: Sequence[str], stage: st
     has_baseline = f"baseline/{stage}/auc/{domains[0]}" in metrics
     columns = ["domain", "rows", f"{stage} AUC", "logloss"]
     columns += ["zero-shot AUC", "gain"] if has_zeroshot else []
-    columns += ["baseline AUC", "ahead"] if has_baseline else []
+    columns += [f"{baseline} AUC", "ahead"] if has_baseline else []
     columns += ["oracle AUC", "gap"] if has_oracle else []
     total_rows = sum(int(metrics[f"{stage}/rows/{name}"]) for name in domains)
     lines = []

@@ -116,7 +116,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_run_files(run_dir, datamodule, metrics, predictions)
         publish(loggers, metrics, schema.domains, trainer.global_step, run_dir.path)
         if "test/auc" in metrics:
-            log.info("per-domain test metrics (%s):\n%s", run_dir.path, domain_table(metrics, schema.domains))
+            name = cfg.baseline.net._target_.rsplit(".", 1)[-1] if cfg.get("baseline") is not None else "baseline"
+            table = domain_table(metrics, schema.domains, baseline=name)
+            log.info("per-domain test metrics (%s):\n%s", run_dir.path, table)
     stage.finish(metrics)
     return metrics
 
