@@ -151,6 +151,10 @@ class IAK(Adapter):
         bottleneck: k, the size of the Gaussian bottleneck (the paper's best point: 50).
         hidden: width of the encoder's and decoder's hidden layers.
         beta: weight of the KL term.
+        beta_power: scales a row's KL weight by its domain's size, ``beta * (n_mean / n_d)^beta_power`` with ``n_d``
+            the domain's rows in the batch (its share of the data, in expectation) and ``n_mean`` the batch's rows
+            per present domain: each domain's prior weighs more as its data shrink (0: the same ``beta`` for every
+            row; 1: every domain's KL counts as much in the loss whatever its size).
         prior: ``"standard"`` N(0, I) or ``"learned"`` (a mean and variance per domain).
         placement: ``"head"``: on h, before the head (the default); ``"layers"``: after each linear layer named by
             ``layer_targets`` (on its pre-activation output).
@@ -174,6 +178,7 @@ class IAK(Adapter):
         bottleneck: int = 50,
         hidden: int = 64,
         beta: float = 1e-3,
+        beta_power: float = 0.0,
         prior: Prior = "standard",
         placement: Placement = "head",
         layer_targets: Sequence[str] = ("*mlp.layers.*",),
@@ -185,9 +190,12 @@ class IAK(Adapter):
         super().__init__(schema.num_domains)
         if placement not in PLACEMENTS or prior not in PRIORS:
             raise ValueError(f"placement {placement!r} / prior {prior!r} must be one of {PLACEMENTS} / {PRIORS}")
-        if bottleneck < 1 or hidden < 1 or beta < 0:
-            raise ValueError(f"bottleneck ({bottleneck}) and hidden ({hidden}) must be >= 1, beta ({beta}) >= 0")
-        self.beta = beta
+        if bottleneck < 1 or hidden < 1 or beta < 0 or beta_power < 0:
+            raise ValueError(
+                f"bottleneck ({bottleneck}) and hidden ({hidden}) must be >= 1, beta ({beta}) and beta_power "
+                f"({beta_power}) >= 0"
+            )
+        self.beta, self.beta_power = beta, beta_power
         if placement == "head":
             widths, place = {backbone.head_site(): backbone.hidden_size}, "input"
         else:
@@ -201,9 +209,18 @@ class IAK(Adapter):
             self.sites[name] = place
 
     def apply(self, name: str, x: Tensor, y: Tensor | None, route: Route) -> Tensor:
-        out, kl = self.kernels[site_key(name)](x if y is None else y, route.groups)
+        out, kl = self.kernels[site_key(name)](x if y is None else y, route.groups)  # kl [B, ...] grouped order
+        if self.beta_power:
+            kl = kl * self.size_weights(route.groups.domain).view(-1, *[1] * (kl.dim() - 1))
         route.aux.append(self.beta * kl.mean())
         return out
+
+    def size_weights(self, domain: Tensor) -> Tensor:
+        """``domain [B]`` -> each row's KL weight ``(n_mean / n_d)^beta_power`` ``[B]`` (``n_d`` its domain's rows
+        in the batch, ``n_mean`` the batch's rows per present domain)."""
+        counts = torch.bincount(domain, minlength=self.num_domains).to(torch.float32)  # [K]
+        mean = domain.numel() / (counts > 0).sum().clamp(min=1)
+        return (mean / counts[domain]).pow(self.beta_power)
 
     def for_serving(self, backbone: Backbone) -> ServingIAK:
         """The kernels folded for serving (:class:`ServingKernel`): at K = 100 domains, k = 50, hidden 64 on a

@@ -20,6 +20,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.schema import SequenceField
 from mdrec.models.backbone import Backbone
 from mdrec.models.dnn import DNNBackbone
+from mdrec.nn.domain import DomainGroups
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.serve.export import export, max_difference
 from mdrec.serve.parallel import ParallelModel
@@ -188,6 +189,25 @@ def test_iak_kl_term_and_ablations() -> None:
     layers = IAK(SCHEMA, net, placement="layers", layer_targets=["mlp.*"])
     assert layers.sites == {"mlp.layers.0": "output", "mlp.layers.4": "output"}
     assert IAK(SCHEMA, net).sites == {"output": "input"}
+
+
+def test_iak_kl_weight_scales_with_the_domains_size_in_the_batch() -> None:
+    # domains [0, 0, 0, 1] of K = 3: 2 present, 2 rows per present domain; p = 1 -> 2/3 for d0's rows, 2 for d1's
+    iak = IAK(SCHEMA, pretrained("dnn"), bottleneck=5, beta=0.1, beta_power=1.0)
+    assert iak.size_weights(torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([2 / 3] * 3 + [2.0])
+    net, batch = pretrained("dnn"), make_batch()
+    iak = IAK(SCHEMA, net, bottleneck=5, beta=0.1, beta_power=1.0)
+    adapted = perturb(AdaptedNet(SCHEMA, net, iak)).train()  # kernels apart: each domain's KL its own
+    groups = DomainGroups(batch.domain, K)
+    _, kl = iak.kernels["output"](net(batch.rows(groups.order)).h, groups)  # per row, grouped order
+    counts = torch.bincount(groups.domain, minlength=K).float()
+    weights = len(batch.domain) / int((counts > 0).sum()) / counts[groups.domain]
+    assert counts.unique().numel() > 1  # sizes differ (and KLs): the weighted and the plain mean differ
+    aux = adapted(batch).aux_loss - net(batch).aux_loss
+    assert aux.item() == pytest.approx(0.1 * (weights * kl).mean().item(), rel=1e-5)
+    assert abs((weights * kl).mean() - kl.mean()) > 10 * 1e-5 * kl.mean()  # the plain mean would fail the check
+    with pytest.raises(ValueError, match=r"beta_power \(-1.0\) >= 0"):
+        IAK(SCHEMA, net, beta_power=-1.0)
 
 
 def test_wide_deep_head_uses_each_domains_own_wide_fields() -> None:
