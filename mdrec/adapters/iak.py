@@ -153,8 +153,8 @@ class IAK(Adapter):
         beta: weight of the KL term.
         beta_power: scales a row's KL weight by its domain's size, ``beta * (n_mean / n_d)^beta_power`` with ``n_d``
             the domain's rows in the batch (its share of the data, in expectation) and ``n_mean`` the batch's rows
-            per present domain: each domain's prior weighs more as its data shrink (0: the same ``beta`` for every
-            row; 1: every domain's KL counts as much in the loss whatever its size).
+            per present domain, both on this process: each domain's prior weighs more as its data shrink (0: the
+            same ``beta`` for every row; 1: every domain's KL counts as much in the loss whatever its size).
         prior: ``"standard"`` N(0, I) or ``"learned"`` (a mean and variance per domain).
         placement: ``"head"``: on h, before the head (the default); ``"layers"``: after each linear layer named by
             ``layer_targets`` (on its pre-activation output).

@@ -775,8 +775,10 @@ def _check_collapse(
     if len(fit) <= 2 * cut:
         return
     lo, hi = np.partition(fit, [cut, len(fit) - 1 - cut])[[cut, len(fit) - 1 - cut]]
-    spread = float(np.float32(hi)) - float(np.float32(lo))  # as stored: values float32 does not tell apart never differ
-    if spread == 0 or spread / scale >= _FLOAT32_EPS:
+    spread = float(hi - lo)
+    with np.errstate(over="ignore"):  # beyond float32's range both are inf: not told apart either
+        distinct = bool(np.float32(hi) != np.float32(lo))  # float32 tells them apart before scaling
+    if spread == 0 or not distinct or spread / scale >= _FLOAT32_EPS:
         return
     distance = np.maximum(fit - hi, lo - fit)  # [fitted rows] how far beyond the bulk
     extreme = np.zeros(len(x), dtype=bool)

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from mdrec.data.batch import Batch
 from mdrec.nn.parameter import per_domain_parameters
@@ -23,8 +24,8 @@ def drop_domain_step_callbacks(cfg: DictConfig) -> None:
     """Remove the per-domain step callbacks from ``cfg`` (struct mode open) for a sub-run that trains another
     model than the run's: a backbone without per-domain parameters, a from-scratch model, an end-to-end baseline
     at its defaults."""
-    for key in DOMAIN_STEP_CALLBACKS:
-        if cfg.get("callbacks"):
+    if cfg.get("callbacks"):
+        for key in DOMAIN_STEP_CALLBACKS:
             cfg.callbacks.pop(key, None)
 
 
@@ -61,13 +62,15 @@ class DomainStepCallback(pl.Callback):
 
 
 class DomainWeightDecay(DomainStepCallback):
-    """Decoupled weight decay on each domain's slice of the per-domain parameters, stronger for smaller domains:
-    after each optimiser step that holds rows of domain d, ``p_d <- p_d * max(0, 1 - lr * lambda_d)`` with
+    """Decoupled weight decay on each domain's slice of the per-domain parameters towards its value when training
+    started, stronger for smaller domains: right after each optimiser step that holds rows of domain d,
+    ``p_d <- a_d + (p_d - a_d) * max(0, 1 - lr * lambda_d)`` with ``a_d`` the slice at the start of training,
     ``lambda_d = weight_decay * (n_mean / n_d)^power`` (``decays``), ``n_d`` domain d's training rows and ``n_mean``
-    their mean over the domains that have rows; ``lr`` is the parameter's learning rate at that step. An adapter
-    starts at the identity, so the decay pulls a small domain's adapter back towards the pre-trained model: a prior
-    whose weight grows as the domain's data shrinks. A domain the step does not hold is not decayed; shared
-    parameters keep the optimiser's own step.
+    their mean over the domains that have rows, and ``lr`` the rate the step used. An adapter starts at the identity,
+    so the decay pulls a small domain's adapter back towards the pre-trained model: a prior whose weight grows as
+    the domain's data shrink (a multi-domain layer towards its initialisation). A domain the step does not hold is
+    not decayed, a step the optimiser skips (a mixed-precision overflow) decays nothing, and shared parameters keep
+    the optimiser's own step.
 
     Args:
         weight_decay: lambda for a domain of mean size (> 0).
@@ -89,6 +92,8 @@ class DomainWeightDecay(DomainStepCallback):
         self.weight_decay, self.power = weight_decay, power
         self.rows = torch.tensor(list(rows), dtype=torch.float64) if rows is not None else None
         self.lambdas: Tensor | None = None  # [K]
+        self.anchors: dict[int, Tensor] = {}  # id(parameter) -> its value when training started
+        self.handles: list[RemovableHandle] = []
 
     def decays(self, rows: Tensor) -> Tensor:
         """``rows [K]`` training rows per domain -> ``lambda_d [K]`` (0 for a domain without rows)."""
@@ -102,21 +107,37 @@ class DomainWeightDecay(DomainStepCallback):
         schema = pl_module.schema
         rows = self.rows
         if rows is None:
+            if trainer.datamodule is None:
+                raise ValueError(
+                    "callbacks.domain_decay.rows=null counts the training rows per domain on the data module, and "
+                    f"this fit has none: give one count per domain, in the order {list(schema.domains)}"
+                )
             domain = trainer.datamodule.split_column("train", schema.domain_field)
             rows = torch.from_numpy(np.bincount(domain, minlength=schema.num_domains).astype(np.float64))
         if len(rows) != schema.num_domains:
-            raise ValueError(f"domain_decay.rows has {len(rows)} entries, the data {schema.num_domains} domains")
+            raise ValueError(
+                f"callbacks.domain_decay.rows has {len(rows)} entries for {schema.num_domains} domains: give one "
+                f"count per domain, in the order {list(schema.domains)}"
+            )
         self.lambdas = self.decays(rows)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.anchors = {id(p): p.detach().clone() for p in self.params.values()}
+        self.handles = [optimizer.register_step_post_hook(self.decay) for optimizer in trainer.optimizers]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
     @torch.no_grad()
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: Batch, i: int
-    ) -> None:
-        rates = {
-            id(p): group["lr"] for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]
-        }
+    def decay(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        """The step post-hook: decay the slices this optimiser just stepped, at the rates it used."""
         present = (self.counts > 0).cpu()
-        for p in self.params.values():
-            factor = (1.0 - rates[id(p)] * self.lambdas).clamp(min=0.0)  # [K]
-            factor = torch.where(present, factor, torch.ones_like(factor))
-            p.mul_(factor.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1)))
+        for group in optimizer.param_groups:
+            factor = torch.where(present, (1.0 - group["lr"] * self.lambdas).clamp(min=0.0), 1.0)  # [K]
+            for p in group["params"]:
+                anchor = self.anchors.get(id(p))
+                if anchor is not None:
+                    f = factor.to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1))
+                    p.copy_(anchor + f * (p - anchor))

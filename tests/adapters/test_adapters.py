@@ -195,6 +195,8 @@ def test_iak_kl_weight_scales_with_the_domains_size_in_the_batch() -> None:
     # domains [0, 0, 0, 1] of K = 3: 2 present, 2 rows per present domain; p = 1 -> 2/3 for d0's rows, 2 for d1's
     iak = IAK(SCHEMA, pretrained("dnn"), bottleneck=5, beta=0.1, beta_power=1.0)
     assert iak.size_weights(torch.tensor([0, 0, 0, 1])).tolist() == pytest.approx([2 / 3] * 3 + [2.0])
+    squared = IAK(SCHEMA, pretrained("dnn"), bottleneck=5, beta_power=2.0).size_weights(torch.tensor([0, 0, 0, 1]))
+    assert squared.tolist() == pytest.approx([4 / 9] * 3 + [4.0])
     net, batch = pretrained("dnn"), make_batch()
     iak = IAK(SCHEMA, net, bottleneck=5, beta=0.1, beta_power=1.0)
     adapted = perturb(AdaptedNet(SCHEMA, net, iak)).train()  # kernels apart: each domain's KL its own

@@ -80,6 +80,8 @@ def test_a_dense_outlier_that_would_collapse_the_column_is_refused(tmp_path: Pat
         np.exp(np.random.default_rng(0).normal(0, 3, 5000)),  # log-normal, sigma 3: max / 99th percentile ~ 60
         np.r_[np.arange(1.0, 101.0).repeat(10), 1e5],  # an outlier 1000 x the others: a spread of 1e-3 is kept
         np.r_[np.zeros(990), np.full(10, 1e9)],  # mostly constant: nothing to collapse
+        np.linspace(1e39, 5e39, 1000),  # beyond float32's range raw, [0, 1] scaled: nothing to collapse
+        np.r_[np.zeros(500), np.full(499, -1e-128), -1.0],  # a bulk only float64 tells apart: not collapsed by scaling
     ],
 )
 def test_wide_but_sound_dense_columns_are_kept_and_scaled_exactly(tmp_path: Path, values: np.ndarray) -> None:

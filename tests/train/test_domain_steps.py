@@ -31,9 +31,9 @@ SCHEMA = Schema("toy", (SparseField("user", 9),), ("x",), "domain", ("a", "b"), 
 class DomainBias(nn.Module):
     """logit = bias[domain] + w * x: one per-domain parameter [K, 1] and one shared scalar."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: float = 0.0) -> None:
         super().__init__()
-        self.bias = DomainParameter(torch.zeros(2, 1))
+        self.bias = DomainParameter(torch.full((2, 1), start))
         self.w = nn.Parameter(torch.zeros(()))
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -45,8 +45,8 @@ def clicks(domain: list[int]) -> Batch:
     return Batch(torch.ones(n, 1, dtype=torch.long), torch.ones(n, 1), torch.tensor(domain), torch.ones(n, 1))
 
 
-def fit(batches: list[Batch], callbacks: list[pl.Callback]) -> DomainBias:
-    net = DomainBias()
+def fit(batches: list[Batch], callbacks: list[pl.Callback], start: float = 0.0) -> DomainBias:
+    net = DomainBias(start)
     module = RankingModule(net, SCHEMA, lambda params: torch.optim.Adam(params, lr=0.1))
     trainer = pl.Trainer(
         max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=callbacks
@@ -116,14 +116,20 @@ def test_weight_decay_scales_with_domain_size_and_skips_absent_domains() -> None
     plain, decayed = fit(batches, []), fit(batches, [DomainWeightDecay(1.0, power=0.0, rows=[1, 1])])
     b_plain, b_decayed = plain.bias[1].item(), decayed.bias[1].item()
     assert b_decayed == pytest.approx(b_plain - 0.1 * 0.1 * 1.0, rel=1e-5)
+    # towards where a slice started, not towards zero: biases starting at 1 (a STAR weight, a norm's scale)
+    from_one = fit([clicks([0, 0, 0, 1])], [DomainWeightDecay(1.0, power=1.0, rows=[300, 100])], start=1.0)
+    expected = [1 + 0.1 * (1 - 0.1 * 2 / 3), 1 + 0.1 * (1 - 0.1 * 2.0)]
+    assert from_one.bias.flatten().tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_weight_decay_errors() -> None:
     with pytest.raises(ValueError, match="weight_decay > 0 and power >= 0"):
         DomainWeightDecay(0.0)
     module = RankingModule(DomainBias(), SCHEMA, torch.optim.Adam)
-    with pytest.raises(ValueError, match="domain_decay.rows has 3 entries, the data 2 domains"):
+    with pytest.raises(ValueError, match=r"callbacks.domain_decay.rows has 3 entries for 2 domains.*\['a', 'b'\]"):
         DomainWeightDecay(0.1, rows=[1, 2, 3]).setup(pl.Trainer(logger=False), module, "fit")
+    with pytest.raises(ValueError, match="this fit has none: give one count per domain"):
+        fit([clicks([0, 1])], [DomainWeightDecay(0.1)])
     with pytest.raises(ValueError, match="domain_decay acts on the steps of per-domain parameters"):
         DomainWeightDecay(0.1).setup(
             pl.Trainer(logger=False), RankingModule(nn.Linear(1, 1), SCHEMA, torch.optim.Adam), "fit"
