@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mdrec.adapters.base import Adapter, Route, select_modules, site_key
 from mdrec.data.schema import Schema
 from mdrec.models.backbone import Backbone
-from mdrec.nn.domain import DomainGroups, DomainLinear
+from mdrec.nn.domain import DomainGroups, DomainLinear, size_factors
 from mdrec.nn.parameter import DomainParameter
 
 Placement = Literal["head", "layers"]
@@ -219,8 +219,7 @@ class IAK(Adapter):
         """``domain [B]`` -> each row's KL weight ``(n_mean / n_d)^beta_power`` ``[B]`` (``n_d`` its domain's rows
         in the batch, ``n_mean`` the batch's rows per present domain)."""
         counts = torch.bincount(domain, minlength=self.num_domains).to(torch.float32)  # [K]
-        mean = domain.numel() / (counts > 0).sum().clamp(min=1)
-        return (mean / counts[domain]).pow(self.beta_power)
+        return size_factors(counts, self.beta_power)[domain]
 
     def for_serving(self, backbone: Backbone) -> ServingIAK:
         """The kernels folded for serving (:class:`ServingKernel`): at K = 100 domains, k = 50, hidden 64 on a

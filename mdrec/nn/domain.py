@@ -199,6 +199,19 @@ def as_groups(domain: Tensor | DomainGroups, num_domains: int) -> DomainGroups:
     return DomainGroups(domain, num_domains)
 
 
+def size_factors(counts: Tensor, power: float) -> Tensor:
+    """``(n_mean / n_d)^power`` per domain from its rows ``counts [K]`` (``n_mean`` their mean over the domains that
+    have rows; 0 for a domain without): how much more a prior should weigh for a smaller domain.
+
+    Example:
+        >>> size_factors(torch.tensor([300.0, 100.0, 0.0]), 1.0).tolist()
+        [0.6666666865348816, 2.0, 0.0]
+    """
+    present = counts > 0
+    mean = counts[present].mean()
+    return torch.where(present, (mean / counts.clamp(min=1)).pow(power), torch.zeros_like(counts))
+
+
 def init_like_linear(weight: Tensor, bias: Tensor) -> None:
     """Initialise each slice ``weight[..., out, in]`` / ``bias[..., out]`` as ``nn.Linear`` does."""
     with torch.no_grad():

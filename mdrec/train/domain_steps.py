@@ -9,24 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from mdrec.data.batch import Batch
+from mdrec.nn.domain import size_factors
 from mdrec.nn.parameter import per_domain_parameters
 
-# the `callbacks` config keys of the DomainStepCallback subclasses
+# the `callbacks` config keys of the DomainStepCallback subclasses (a sub-run drops them: mdrec.train.subrun)
 DOMAIN_STEP_CALLBACKS = ("dynamic_lr", "domain_decay")
-
-
-def drop_domain_step_callbacks(cfg: DictConfig) -> None:
-    """Remove the per-domain step callbacks from ``cfg`` (struct mode open) for a sub-run that trains another
-    model than the run's: a backbone without per-domain parameters, a from-scratch model, an end-to-end baseline
-    at its defaults."""
-    if cfg.get("callbacks"):
-        for key in DOMAIN_STEP_CALLBACKS:
-            cfg.callbacks.pop(key, None)
 
 
 class DomainStepCallback(pl.Callback):
@@ -97,10 +88,7 @@ class DomainWeightDecay(DomainStepCallback):
 
     def decays(self, rows: Tensor) -> Tensor:
         """``rows [K]`` training rows per domain -> ``lambda_d [K]`` (0 for a domain without rows)."""
-        rows = rows.double()
-        mean = rows[rows > 0].mean()
-        scaled = self.weight_decay * (mean / rows.clamp(min=1)).pow(self.power)
-        return torch.where(rows > 0, scaled, torch.zeros_like(scaled))
+        return self.weight_decay * size_factors(rows.double(), self.power)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

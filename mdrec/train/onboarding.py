@@ -4,7 +4,6 @@ did not move, the negative-transfer gate's options, and the reference later drif
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -22,7 +21,7 @@ from mdrec.data.batch import Batch
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.eval.drift import DenseHistogram, DomainReference, Histogram, SparseHistogram
 from mdrec.nn.parameter import per_domain_parameters
-from mdrec.train.domain_steps import drop_domain_step_callbacks
+from mdrec.train.subrun import sub_run_config
 
 Init = Literal["identity", "nearest", "weighted"]
 INITS = get_args(Init)
@@ -197,17 +196,13 @@ def scratch_config(cfg: DictConfig, backbone_cfg: DictConfig, output_dir: Path) 
     """The stage=train config of the gate's from-scratch model: ``cfg`` (same data, trainer, seed) training the
     network ``backbone_cfg`` (the adapted run's backbone, its targets checked by the caller) into ``output_dir``,
     tested, without the dynamic learning rate (a backbone has no per-domain parameters to scale)."""
-    sub = copy.deepcopy(cfg)
+    sub = sub_run_config(cfg, "mdrec.train.stages.Train")
     with open_dict(sub):
         sub.data = OmegaConf.to_container(cfg.data, resolve=True)  # it may name the stage's run (data=aligned)
-        sub.stage = {"_target_": "mdrec.train.stages.Train"}
         sub.model.net = OmegaConf.create(OmegaConf.to_container(backbone_cfg, resolve=True))
         sub.model.net.input.pop("embedded_domains", None)  # trained from scratch on every domain: a vector each
-        sub.ckpt_path = None
         sub.test = True
         sub.paths.output_dir = str(output_dir)
-        sub.baseline = None
-        drop_domain_step_callbacks(sub)
     return sub
 
 

@@ -3,7 +3,6 @@ and how it is selected; the run validates, tests the selected model and writes i
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 import time
@@ -25,10 +24,10 @@ from mdrec.eval.report import domain_rows, domain_table
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import resume_path
-from mdrec.train.domain_steps import drop_domain_step_callbacks
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
 from mdrec.train.stages import Adapt, Stage, Train, target_of
+from mdrec.train.subrun import sub_run_config
 from mdrec.train.typecheck import check_types
 
 log = logging.getLogger(__name__)
@@ -65,10 +64,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     predictions cover every process's rows, and process 0 alone writes files."""
     check_types(cfg)  # a value of the wrong type fails here, naming its key, not after data preparation
     stage: Stage = hydra.utils.instantiate(cfg.stage)
+    baseline: dict[str, float] = {}
     if cfg.get("baseline") is not None:
         check_baseline(cfg, stage)
-    # first, so that its loggers (a W&B run of its own) finish before this run's start
-    baseline = baseline_metrics(cfg) if cfg.get("baseline") is not None else {}
+        baseline = baseline_metrics(cfg)  # first, so that its loggers (a W&B run of its own) finish before this run's
     run_dir = RunDir(Path(cfg.paths.output_dir))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -140,17 +139,14 @@ def baseline_metrics(cfg: DictConfig) -> dict[str, float]:
     layer without the domain id, as a stage=train run of its own in ``<output_dir>/baseline`` (tagged
     ``baseline``), and return its test metrics, parameter counts and fit time under ``baseline/``
     (``baseline/test/auc/<domain>``, ...)."""
-    sub = copy.deepcopy(cfg)
+    sub = sub_run_config(cfg, target_of(Train))
     with open_dict(sub):
         if "domain_as_feature" in sub.input:  # the end-to-end models read the domain id through their routing
             sub.input.domain_as_feature, sub.input.domain_dropout = False, 0.0
         sub.paths.output_dir = str(Path(cfg.paths.output_dir) / RunDir.BASELINE)
-        sub.model = OmegaConf.to_container(sub.baseline, resolve=True)  # against this run's model and that input
-        sub.baseline = None
-        sub.stage = {"_target_": target_of(Train)}
-        sub.ckpt_path = None  # the main run's checkpoint: not the baseline's
+        sub.baseline = cfg.baseline  # back for a moment: resolved against this run's model and the input above
+        sub.model, sub.baseline = OmegaConf.to_container(sub.baseline, resolve=True), None
         sub.tags = [*cfg.tags, "baseline"]
-        drop_domain_step_callbacks(sub)  # the baseline at its defaults
     log.info("baseline=: training %s end to end in %s", cfg.baseline.net._target_, sub.paths.output_dir)
     kept = ("test/", "params/", "time/fit_seconds")
     return {f"baseline/{k}": v for k, v in train(sub).items() if k.startswith(kept)}

@@ -38,7 +38,6 @@ from mdrec.models.backbone import Backbone
 from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import load_checkpoint
-from mdrec.train.domain_steps import drop_domain_step_callbacks
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.neighbours import (
     NEIGHBOURS,
@@ -74,6 +73,7 @@ from mdrec.train.onboarding import (
 )
 from mdrec.train.pretrained import plain_value, pretrain_key
 from mdrec.train.selection import DomainSelection, Guard, shared_trainable
+from mdrec.train.subrun import sub_run_config
 
 log = logging.getLogger(__name__)
 
@@ -806,12 +806,8 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
     """The stage=pretrain config an adapt config implies: the same config, with the training data restricted to
     ``source_domains`` (all domains when None), no vocabulary mapping, no dynamic learning rate (a backbone has no
     per-domain parameters to scale) and no ``baseline``."""
-    sub = copy.deepcopy(cfg)
+    sub = sub_run_config(cfg, target_of(Pretrain))
     with open_dict(sub):
-        sub.stage = {"_target_": target_of(Pretrain)}
-        sub.ckpt_path = None  # the adapt run's checkpoint: not the pre-training's
-        sub.baseline = None  # the adapt run trains its baseline= once, itself
-        drop_domain_step_callbacks(sub)
         if source_domains is not None:
             unknown = sorted(set(source_domains) - set(schema.domains))
             if unknown:
