@@ -265,6 +265,7 @@ class RunDir:
     BACKBONE = "backbone.pt"
     BACKBONE_CONFIG = "backbone.yaml"
     ADAPTER = "adapter.pt"
+    NETWORK = "network.pt"  # a stage=specialise run's network (its config: config.yaml's model.net)
     ENCODING = "encoding.json"
     DRIFT_REFERENCE = "drift_reference.npz"
     SERVING = "serving.pt"
@@ -463,6 +464,19 @@ class RunDir:
         adapter = self.adapter_factory()(schema, backbone)
         load_state_strict(adapter, self._load_tensors(self.ADAPTER), str(self.file(self.ADAPTER)))
         return AdaptedNet(schema, backbone, adapter, freeze=["*"])
+
+    def save_network(self, net: nn.Module) -> None:
+        """``network.pt``: the state dict of the network ``config.yaml``'s ``model.net`` builds (with its checksum:
+        :func:`save_checked`)."""
+        state = net.state_dict()
+        save_checked(self.file(self.NETWORK), lambda f: torch.save(state, f))
+
+    def load_network(self, schema: Schema) -> nn.Module:
+        """The network of ``network.pt``, rebuilt from ``config.yaml``'s ``model.net`` for ``schema`` and loaded
+        strictly."""
+        net = safe_instantiate(self.read_config().model.net, self.file(self.CONFIG), "model.net", partial=True)(schema)
+        load_state_strict(net, self._load_tensors(self.NETWORK), str(self.file(self.NETWORK)))
+        return net
 
     # --- reading ----------------------------------------------------------------------------------------------------
     def _load_yaml(self, name: str) -> DictConfig:

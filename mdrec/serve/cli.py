@@ -64,7 +64,7 @@ from mdrec.serve.export import (
 from mdrec.serve.parallel import TOLERANCE, AdapterFactory, NetworkModel, ParallelModel, ServingModel
 from mdrec.serve.timing import percentile, time_calls
 from mdrec.serve.variants import blanked_difference, export_variants, recovered, split_inputs, variant
-from mdrec.train.evaluate import load_selected
+from mdrec.train.checkpoint import load_selected
 
 
 def with_unknown_domains(batch: Batch, num_domains: int, every: int = 10) -> Batch:
@@ -124,7 +124,7 @@ class AdaptRun:
 
 def load_run(directory: Path, tool: str, any_run: bool = False) -> AdaptRun:
     """The adapt run in ``directory`` (``any_run``: any finished run, its selected network,
-    :func:`mdrec.train.evaluate.load_selected`): its data (prepared as configured) and network."""
+    :func:`mdrec.train.checkpoint.load_selected`): its data (prepared as configured) and network."""
     run_dir = RunDir(directory)
     needed = (RunDir.CONFIG,) if any_run else (RunDir.CONFIG, RunDir.ADAPTER)
     missing = [name for name in needed if not run_dir.exists(name)]

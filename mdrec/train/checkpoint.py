@@ -1,4 +1,5 @@
-"""Checkpoints a crash cannot corrupt, the random state a resumed run continues from, and where a resume starts."""
+"""Checkpoints a crash cannot corrupt, the random state a resumed run continues from, where a resume starts, and the
+network a finished run selected."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch import nn
 
-from mdrec.rundir import checksum_file, load_weights, save_checked
+from mdrec.data.schema import Schema
+from mdrec.rundir import RunDir, checksum_file, load_state_strict, load_weights, safe_instantiate, save_checked
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -117,3 +120,48 @@ def resume_path(ckpt_path: str | None, checkpointing: ModelCheckpoint | None) ->
         )
     load_checkpoint(ckpt_path)  # refused here, naming the file, before Lightning reads it
     return ckpt_path
+
+
+def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
+    """The network the run selected (and tested), rebuilt for ``schema`` and loaded strictly: an adapted network
+    (``adapter.pt``: adapt and onboard runs), else the backbone (``backbone.pt``: pretrain runs, adapt runs without
+    an adapter), else the network (``network.pt``: specialise runs), else ``model.net`` with the weights of the
+    best validation checkpoint (train runs; the last one when no checkpoint was selected on a metric).
+
+    Raises:
+        FileNotFoundError: the run kept no weights (a ``debug=fdr`` run keeps no checkpoint).
+        ValueError: a file is corrupted or was not written by mdrec, or the weights do not fit ``schema``.
+    """
+    if run_dir.exists(RunDir.ADAPTER):
+        return run_dir.load_adapted(schema)
+    if run_dir.has_backbone():
+        return run_dir.load_backbone(schema)
+    if run_dir.exists(RunDir.NETWORK):
+        return run_dir.load_network(schema)
+    checkpoint = selected_checkpoint(run_dir)
+    config = run_dir.file(RunDir.CONFIG)
+    net = safe_instantiate(run_dir.read_config().model.net, config, "model.net", partial=True)(schema)
+    state = load_checkpoint(checkpoint)["state_dict"]
+    load_state_strict(net, {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, str(checkpoint))
+    return net
+
+
+def holds_weights(run_dir: RunDir) -> bool:
+    """Whether :func:`load_selected` finds weights in ``run_dir``."""
+    kept = (RunDir.ADAPTER, RunDir.BACKBONE, RunDir.NETWORK, f"{RunDir.CHECKPOINTS}/last.ckpt")
+    return any(run_dir.exists(name) for name in kept)
+
+
+def selected_checkpoint(run_dir: RunDir) -> Path:
+    """The checkpoint a train run tested: the best one its ModelCheckpoint recorded in ``checkpoints/last.ckpt``
+    (found in this directory, wherever the run was written), else ``last.ckpt`` itself."""
+    last = run_dir.file(RunDir.CHECKPOINTS) / "last.ckpt"
+    if not last.exists():
+        raise FileNotFoundError(
+            f"{run_dir.path} holds no weights (no adapter.pt, backbone.pt, network.pt or "
+            f"{RunDir.CHECKPOINTS}/last.ckpt): the run kept none (debug=fdr keeps no checkpoint) or did not finish; "
+            "give a finished run without debug=fdr"
+        )
+    states = load_checkpoint(last).get("callbacks", {})
+    best = [s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")]
+    return last.with_name(Path(best[0]).name) if best and best[0] else last

@@ -44,7 +44,8 @@ from mdrec.eval.drift import (
 )
 from mdrec.eval.plots import reliability_plot
 from mdrec.rundir import RunDir, check_targets
-from mdrec.train.evaluate import compose_eval, job_config, load_selected, prepared_data
+from mdrec.train.checkpoint import load_selected
+from mdrec.train.evaluate import compose_eval, job_config, prepared_data
 from mdrec.train.onboarding import batches, drift_reference, model_columns
 from mdrec.train.run import oracle_metrics, train
 from mdrec.train.stages import Runner, check_same_fields

@@ -20,13 +20,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch import nn
 
 from mdrec.conf import CONFIG_DIR
 from mdrec.data.datamodule import MultiDomainDataModule
 from mdrec.data.schema import Schema
-from mdrec.rundir import RunDir, load_state_strict, safe_instantiate
-from mdrec.train.checkpoint import load_checkpoint
+from mdrec.rundir import RunDir, safe_instantiate
+from mdrec.train.checkpoint import load_selected
 from mdrec.train.module import RankingModule
 from mdrec.train.run import oracle_metrics
 from mdrec.train.typecheck import check_types
@@ -67,42 +66,6 @@ def job_config(run_dir: RunDir, overrides: Sequence[str], config_name: str) -> D
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     return cfg
-
-
-def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
-    """The network the run selected (and tested), rebuilt for ``schema`` and loaded strictly: an adapted network
-    (``adapter.pt``: adapt and onboard runs), else the backbone (``backbone.pt``: pretrain runs, adapt runs without
-    an adapter), else ``model.net`` with the weights of the best validation checkpoint (train runs; the last one
-    when no checkpoint was selected on a metric).
-
-    Raises:
-        FileNotFoundError: the run kept no weights (a ``debug=fdr`` run keeps no checkpoint).
-        ValueError: a file is corrupted or was not written by mdrec, or the weights do not fit ``schema``.
-    """
-    if run_dir.exists(RunDir.ADAPTER):
-        return run_dir.load_adapted(schema)
-    if run_dir.has_backbone():
-        return run_dir.load_backbone(schema)
-    checkpoint = selected_checkpoint(run_dir)
-    config = run_dir.file(RunDir.CONFIG)
-    net = safe_instantiate(run_dir.read_config().model.net, config, "model.net", partial=True)(schema)
-    state = load_checkpoint(checkpoint)["state_dict"]
-    load_state_strict(net, {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, str(checkpoint))
-    return net
-
-
-def selected_checkpoint(run_dir: RunDir) -> Path:
-    """The checkpoint a train run tested: the best one its ModelCheckpoint recorded in ``checkpoints/last.ckpt``
-    (found in this directory, wherever the run was written), else ``last.ckpt`` itself."""
-    last = run_dir.file(RunDir.CHECKPOINTS) / "last.ckpt"
-    if not last.exists():
-        raise FileNotFoundError(
-            f"{run_dir.path} holds no weights (no adapter.pt, backbone.pt or {RunDir.CHECKPOINTS}/last.ckpt): the run "
-            "kept none (debug=fdr keeps no checkpoint) or did not finish; give a finished run without debug=fdr"
-        )
-    states = load_checkpoint(last).get("callbacks", {})
-    best = [s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")]
-    return last.with_name(Path(best[0]).name) if best and best[0] else last
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 A pretrain run directory holds ``backbone.pt`` (the backbone's state dict, from the best validation checkpoint)
 and ``backbone.yaml`` (the backbone's config, so an adapt run rebuilds the same architecture). The store under
 ``paths.pretrained_dir`` keeps one such directory per key: the hash of everything that determines the backbone
-(data, backbone with its input layer, model and optimiser, trainer, early stopping, seed). An adapt sweep finds its
-backbone there and pre-trains it only once.
+(data, backbone with its input layer, model and optimiser, stage, trainer, early stopping, seed). An adapt sweep finds
+its backbone there and pre-trains it only once. A stage=specialise run keeps its end-to-end network there too, as the
+stage=train run directory that trained it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ import json
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-# the config nodes that determine a pre-trained backbone
-KEY_NODES = ("data", "backbone", "model", "trainer", "callbacks.early_stopping", "callbacks.model_checkpoint", "seed")
+# the config nodes that determine a pre-trained model (the stage: a stage=pretrain backbone or a stage=train network)
+KEY_NODES = (
+    "data",
+    "backbone",
+    "model",
+    "stage",
+    "trainer",
+    "callbacks.early_stopping",
+    "callbacks.model_checkpoint",
+    "seed",
+)
 # trainer options that change what a run shows, not the backbone it trains
 DISPLAY_ONLY = ("enable_progress_bar", "log_every_n_steps")
 

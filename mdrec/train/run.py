@@ -26,7 +26,7 @@ from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import resume_path
 from mdrec.train.module import RankingModule
 from mdrec.train.provenance import provenance
-from mdrec.train.stages import Adapt, Stage, Train, target_of
+from mdrec.train.stages import Adapt, Specialise, Stage, Train, target_of
 from mdrec.train.subrun import sub_run_config
 from mdrec.train.typecheck import check_types
 
@@ -123,14 +123,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def check_baseline(cfg: DictConfig, stage: Stage) -> None:
-    """Refuse a ``baseline=`` the run cannot compare with: without a test, or beside a stage other than train and
-    adapt (a pre-training is a step of an adapt run; an onboarding trains some domains only)."""
+    """Refuse a ``baseline=`` the run cannot compare with: without a test, or beside a stage other than train, adapt
+    and specialise (a pre-training is a step of an adapt run; an onboarding trains some domains only)."""
     if not cfg.test:
         raise ValueError("baseline= compares test figures, but test=false: drop one of the two")
-    if not isinstance(stage, (Train, Adapt)):
+    if not isinstance(stage, (Train, Adapt, Specialise)):
         raise ValueError(
-            f"baseline= compares a stage=train or stage=adapt run with an end-to-end model, but this run's stage is "
-            f"{type(stage).__name__}: drop baseline= (or compare in a stage=adapt run of the same data)"
+            "baseline= compares a stage=train, adapt or specialise run with an end-to-end model, but this run's stage "
+            f"is {type(stage).__name__}: drop baseline= (or compare in a stage=adapt run of the same data)"
         )
 
 

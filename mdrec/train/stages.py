@@ -35,9 +35,9 @@ from mdrec.data.schema import Schema
 from mdrec.eval.drift import DomainReference, reference_arrays, reference_of
 from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.models.backbone import Backbone
-from mdrec.nn.parameter import per_domain_parameters
+from mdrec.nn.parameter import SharedFrozen, per_domain_parameters
 from mdrec.rundir import RunDir, check_targets
-from mdrec.train.checkpoint import load_checkpoint
+from mdrec.train.checkpoint import holds_weights, load_checkpoint, load_selected
 from mdrec.train.module import OptimizerFactory, RankingModule
 from mdrec.train.neighbours import (
     NEIGHBOURS,
@@ -156,13 +156,13 @@ class Pretrain(Stage):
         run_dir.save_backbone(module.net, self.backbone_cfg)
 
 
-class AdapterStage(Stage):
-    """What adapting and onboarding share: a backbone from another run's directory with a per-domain adapter,
-    step 0 as a candidate, per-domain selection (each domain keeps its adapter slice from its own best validation),
-    and a self-contained run directory (the backbone adapted and the adapter).
+class PerDomainStage(Stage):
+    """What the stages that train per-domain parameters on a trained model share: step 0 (the model before fitting)
+    as a candidate, and per-domain selection (each domain keeps its slices from its own best validation, as the guard
+    allows) when ``build`` sets ``selection``.
 
     Args:
-        optimizer: the adapter's optimiser (a partial, completed with the trainable parameters).
+        optimizer: the optimiser of the trained parameters (a partial, completed with them).
         patience: with per-domain selection, stop after this many validations in a row in which no domain improved.
         val_check_interval: see :class:`Stage`.
         guard: with per-domain selection, when a domain may adopt its best epoch over step 0 (None: always).
@@ -181,11 +181,8 @@ class AdapterStage(Stage):
         self.optimizer = optimizer
         self.patience = patience
         self.guard = guard
-        self.source: Path | None = None  # the run directory the backbone comes from
+        self.source: Path | None = None  # the run directory the trained model comes from
         self.selection: DomainSelection | None = None
-        self.encoding: Encoding | None = None  # how this run's data is encoded (encoding.json), set in prepare
-        self.data: MultiDomainDataModule | None = None  # set in prepare
-        self.reference: dict[str, DomainReference] = {}  # of later drift checks (drift_reference.npz), set in metrics
 
     def callbacks(self, callbacks: list[pl.Callback], module: RankingModule) -> list[pl.Callback]:
         if self.selection is None:
@@ -199,11 +196,32 @@ class AdapterStage(Stage):
             super().after_fit(trainer, module)
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        return self.selection.metrics() if self.selection is not None else {}
+
+
+class AdapterStage(PerDomainStage):
+    """What adapting and onboarding share: a backbone from another run's directory with a per-domain adapter, and a
+    self-contained run directory (the backbone adapted and the adapter); see :class:`PerDomainStage` for the
+    arguments."""
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        patience: int | None = 3,
+        val_check_interval: float | int | None = None,
+        guard: Guard | None = None,
+    ) -> None:
+        super().__init__(optimizer, patience, val_check_interval, guard)
+        self.encoding: Encoding | None = None  # how this run's data is encoded (encoding.json), set in prepare
+        self.data: MultiDomainDataModule | None = None  # set in prepare
+        self.reference: dict[str, DomainReference] = {}  # of later drift checks (drift_reference.npz), set in metrics
+
+    def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         """The selection's metrics; also makes the drift reference of the domains this run trained (their
         training rows' histograms and test predictions), the others' taken from the run it started from."""
         merged = {**self.inherited_reference(), **drift_reference(self.data, predictions, self.trained_domains())}
         self.reference = {d: merged[d] for d in self.data.schema.domains if d in merged}
-        return self.selection.metrics() if self.selection is not None else {}
+        return super().metrics(predictions)
 
     def saved_backbone_config(self) -> DictConfig:
         """The ``backbone.yaml`` this run writes: the source run's."""
@@ -404,6 +422,48 @@ class Adapt(AdapterStage):
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         return {**super().metrics(predictions), **self.neighbour_metrics}
+
+
+class Specialise(PerDomainStage):
+    """Specialise a multi-domain network per domain (docs/methods.md, Specialising a multi-domain network): train
+    ``model`` end to end as stage=train does, then freeze its shared parameters and train only its per-domain
+    parameters that ``trainable`` names, each domain keeping its slices from its own best validation, the end-to-end
+    model (step 0) included, as ``guard`` allows. MLoRA's two-stage recipe with the network's own per-domain parts as
+    the per-domain deltas.
+
+    The end-to-end model is what stage=train makes of this same config (data, input, model, trainer, seed), found in
+    ``paths.pretrained_dir`` or trained there first, as a run of its own. ``model.optimizer`` trains it; the
+    per-domain parameters then train with ``optimizer``. The run writes ``network.pt``.
+
+    Args:
+        optimizer: the per-domain parameters' optimiser (a partial).
+        trainable: glob patterns of the per-domain parameters to train, by name below the network (``["*"]``: all;
+            e.g. ``["tower.*"]``: PLE's towers only).
+        patience, val_check_interval, guard: see :class:`PerDomainStage`.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        trainable: Sequence[str] = ("*",),
+        patience: int | None = 3,
+        val_check_interval: float | int | None = None,
+        guard: Guard | None = None,
+    ) -> None:
+        super().__init__(optimizer, patience, val_check_interval, guard)
+        self.trainable = list(trainable)
+
+    def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
+        self.source = find_or_pretrain(sub_run_config(cfg, target_of(Train)), run, finished=holds_weights)
+        return cfg
+
+    def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
+        net = SharedFrozen(load_selected(RunDir(self.source), schema), self.trainable)
+        self.selection = DomainSelection(schema.domains, patience=self.patience, guard=self.guard)
+        return module_factory(cfg.model, "net", "optimizer")(net=net, schema=schema, optimizer=self.optimizer)
+
+    def save(self, run_dir: RunDir, module: RankingModule) -> None:
+        run_dir.save_network(module.net.net)
 
 
 class Onboard(AdapterStage):
@@ -824,9 +884,10 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
     return sub
 
 
-def find_or_pretrain(sub: DictConfig, run: Runner) -> Path:
-    """The store's backbone for the pretrain config ``sub`` (under ``paths.pretrained_dir``, keyed by
-    :func:`pretrain_key`), pre-trained now with ``run`` if it is missing.
+def find_or_pretrain(sub: DictConfig, run: Runner, finished: Callable[[RunDir], bool] = RunDir.has_backbone) -> Path:
+    """The store's run directory for the config ``sub`` (under ``paths.pretrained_dir``, keyed by
+    :func:`pretrain_key`): a stage=pretrain run's backbone, or a stage=train run's network, found when ``finished``
+    holds for it, else trained now with ``run``.
 
     Jobs that need the same backbone take turns through a file lock per key (released by the operating system when
     a job dies): exactly one pre-trains, the others wait and then find it. The pre-training writes into
@@ -837,10 +898,10 @@ def find_or_pretrain(sub: DictConfig, run: Runner) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     rank_zero = rank_zero_only.rank == 0
     with store_lock(directory) if rank_zero else contextlib.nullcontext():
-        if RunDir(directory).has_backbone():
-            log.info("pre-trained backbone found: %s", directory)
+        if finished(RunDir(directory)):
+            log.info("pre-trained model found: %s", directory)
             return directory
-        log.info("no pre-trained backbone for this config yet: pre-training it into %s", directory)
+        log.info("no pre-trained model for this config yet: training it into %s", directory)
         partial_dir = directory.with_name(directory.name + ".partial")
         if rank_zero:
             shutil.rmtree(partial_dir, ignore_errors=True)
@@ -848,6 +909,11 @@ def find_or_pretrain(sub: DictConfig, run: Runner) -> Path:
             sub.paths.output_dir = str(partial_dir)
         run(sub)
         if rank_zero:
+            if not finished(RunDir(partial_dir)):
+                raise FileNotFoundError(
+                    f"the run trained into {partial_dir} kept no weights to reuse (a stage=train run keeps them as "
+                    "checkpoints/last.ckpt): keep callbacks.model_checkpoint and trainer.enable_checkpointing on"
+                )
             partial_dir.rename(directory)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the others wait for the rename
