@@ -372,6 +372,12 @@ class RunDir:
         """``encoding.json`` as a JSON mapping, checked against its checksum (its content is checked by
         ``mdrec.data.alignment.Encoding.from_json``)."""
         path = self.file(self.ENCODING)
+        if not path.exists() and self.exists(self.NETWORK):
+            raise FileNotFoundError(
+                f"{self.path} is a stage=specialise run: it records no encoding.json, which onboarding and "
+                "data=aligned read from a stage=adapt (or onboard) run, whose adapter grows by one slice per new "
+                "domain. Point at an adapt run"
+            )
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing: {self.path} is not the directory of a finished stage=adapt (or onboard) run, or "

@@ -142,6 +142,11 @@ def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
     config = run_dir.file(RunDir.CONFIG)
     net = safe_instantiate(run_dir.read_config().model.net, config, "model.net", partial=True)(schema)
     state = load_checkpoint(checkpoint)["state_dict"]
+    if any(key.startswith("net.net.") for key in state):  # a SharedFrozen network: stage=specialise writes network.pt
+        raise FileNotFoundError(
+            f"{run_dir.path} is a stage=specialise run that did not finish: it has no {RunDir.NETWORK} (its "
+            "checkpoints hold one epoch, not each domain's selected slices); run it again"
+        )
     load_state_strict(net, {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}, str(checkpoint))
     return net
 

@@ -73,7 +73,7 @@ class Guard:
 
 
 class DomainSelection(pl.Callback):
-    """After every validation, snapshot each domain's slice of every per-domain parameter whose validation AUC
+    """After every validation, snapshot each domain's slice of every trainable per-domain parameter whose validation AUC
     (``val/auc/<domain>``) improved; when fitting ends, put every domain's best slice back.
 
     Every trainable parameter must be stacked per domain (an adapter on a frozen backbone): then the slices are
@@ -139,7 +139,7 @@ class DomainSelection(pl.Callback):
         if trainer.sanity_checking or (step0 and self.fitted):  # evaluating the selected model after fitting
             return
         epoch = -1 if step0 else trainer.current_epoch
-        params = dict(per_domain_parameters(pl_module))
+        params = trained_slices(pl_module)
         rows = pl_module.last_validation if self.guard is not None else {}
         improved = False
         for d, name in enumerate(self.domains):
@@ -205,7 +205,7 @@ class DomainSelection(pl.Callback):
             )
         if self.guard is not None:
             self._apply_guard()
-        params = dict(per_domain_parameters(pl_module))
+        params = trained_slices(pl_module)
         for d, name in enumerate(self.domains):
             for key, value in self.snapshots.get(name, {}).items():
                 params[key][d] = value
@@ -249,6 +249,11 @@ class DomainSelection(pl.Callback):
             out.update({f"selection/not_significant/{d}": float(d in self.not_significant) for d in self.best_epoch})
             out.update({f"selection/gain_low/{d}": v for d, v in self.gain_low.items()})
         return out
+
+
+def trained_slices(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The trainable per-domain parameters below ``module``, by name: what the selection snapshots and restores."""
+    return {name: p for name, p in per_domain_parameters(module) if p.requires_grad}
 
 
 def shared_trainable(module: nn.Module) -> list[str]:

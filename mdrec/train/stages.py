@@ -35,7 +35,8 @@ from mdrec.data.schema import Schema
 from mdrec.eval.drift import DomainReference, reference_arrays, reference_of
 from mdrec.eval.gate import gate_table, negative_transfer
 from mdrec.models.backbone import Backbone
-from mdrec.nn.parameter import SharedFrozen, per_domain_parameters
+from mdrec.models.shared_frozen import SharedFrozen
+from mdrec.nn.parameter import per_domain_parameters
 from mdrec.rundir import RunDir, check_targets
 from mdrec.train.checkpoint import holds_weights, load_checkpoint, load_selected
 from mdrec.train.module import OptimizerFactory, RankingModule
@@ -454,6 +455,11 @@ class Specialise(PerDomainStage):
         self.trainable = list(trainable)
 
     def prepare(self, cfg: DictConfig, data: MultiDomainDataModule, run: Runner) -> DictConfig:
+        """Check the network and ``trainable`` on a freshly built network first (before training it end to end):
+        :meth:`SharedFrozen.check` on up to 2,048 validation rows."""
+        probe = SharedFrozen(hydra.utils.instantiate(cfg.model.net)(data.schema), self.trainable)
+        batch = data.on_before_batch_transfer(next(iter(data.val_dataloader())), 0)
+        probe.check(batch.rows(torch.arange(min(batch.size, 2048))))
         self.source = find_or_pretrain(sub_run_config(cfg, target_of(Train)), run, finished=holds_weights)
         return cfg
 

@@ -11,7 +11,8 @@ import torch
 
 from mdrec.models.dnn import DNNBackbone
 from mdrec.models.ple import PLE
-from mdrec.nn.parameter import SharedFrozen
+from mdrec.models.shared_frozen import SharedFrozen
+from mdrec.models.star import STAR
 from mdrec.rundir import RunDir
 from mdrec.train.checkpoint import load_selected
 from mdrec.train.evaluate import evaluate_run
@@ -61,6 +62,12 @@ def test_specialise_trains_only_the_chosen_per_domain_parameters_of_the_stored_n
     again = evaluate_run(tmp_path / "run", [f"output_dir={tmp_path / 'eval'}"]).metrics
     assert again["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
 
+    # without network.pt (a run that died before writing it) the checkpoints are not taken for the selection
+    (tmp_path / "run" / RunDir.NETWORK).rename(tmp_path / "network.pt")
+    with pytest.raises(FileNotFoundError, match="a stage=specialise run that did not finish"):
+        load_selected(RunDir(tmp_path / "run"), schema)
+    (tmp_path / "network.pt").rename(tmp_path / "run" / RunDir.NETWORK)
+
     # a second run with other trainable parameters finds the stored network instead of training it again
     every = train(train_cfg(["stage=specialise", *SMALL_PLE]))
     assert stored_backbones(tmp_path / "pretrained") == stored
@@ -82,6 +89,33 @@ def test_shared_frozen_trains_and_drops_out_only_in_the_chosen_parts() -> None:
     with torch.no_grad():
         trained_mode = net(batch).logits
         assert torch.equal(trained_mode, net.eval()(batch).logits)
+
+
+def test_a_network_whose_domains_share_trainable_slices_is_refused() -> None:
+    # below PLE's last level the shared gate mixes every domain's experts: a row reads other domains' experts
+    coupled = PLE(SCHEMA, embedded(4), num_levels=2, expert_sizes=[8], tower_sizes=[4])
+    with pytest.raises(ValueError, match=r"depend on other domains' slices of \['levels.0.domain_experts.biases.0'"):
+        SharedFrozen(coupled, ["*"]).check(make_batch(64))
+    SharedFrozen(coupled, ["tower.*", "levels.1.*"]).check(make_batch(64))  # the last level and towers: apart
+    apart = PLE(SCHEMA, embedded(4), num_levels=2, expert_sizes=[8], shared_gate_experts="own")
+    SharedFrozen(apart, ["*"]).check(make_batch(64))
+
+
+def test_state_in_buffers_stays_as_trained_end_to_end() -> None:
+    # STAR's partitioned norm holds per-domain scales (trained) beside its running statistics (kept)
+    star = SharedFrozen(STAR(SCHEMA, embedded(4), layer_sizes=[8]), ["*"])
+    star.check(make_batch(64))  # a training step moves no buffer
+    before = {name: b.clone() for name, b in star.named_buffers()}
+    star.train()
+    star(make_batch(64, seed=1)).logits.sum().backward()
+    assert all(torch.equal(b, before[name]) for name, b in star.named_buffers())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in star.named_parameters() if "norm" in n)
+
+
+def test_a_specialised_run_is_not_onboarded(tmp_path: Path) -> None:
+    (tmp_path / RunDir.NETWORK).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a stage=specialise run: it records no encoding.json"):
+        RunDir(tmp_path).read_encoding()
 
 
 def test_shared_frozen_names_what_it_could_train() -> None:
