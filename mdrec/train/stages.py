@@ -205,17 +205,11 @@ class AdapterStage(PerDomainStage):
     self-contained run directory (the backbone adapted and the adapter); see :class:`PerDomainStage` for the
     arguments."""
 
-    def __init__(
-        self,
-        optimizer: OptimizerFactory,
-        patience: int | None = 3,
-        val_check_interval: float | int | None = None,
-        guard: Guard | None = None,
-    ) -> None:
-        super().__init__(optimizer, patience, val_check_interval, guard)
-        self.encoding: Encoding | None = None  # how this run's data is encoded (encoding.json), set in prepare
-        self.data: MultiDomainDataModule | None = None  # set in prepare
-        self.reference: dict[str, DomainReference] = {}  # of later drift checks (drift_reference.npz), set in metrics
+    # set in prepare: how this run's data is encoded (encoding.json), and the data
+    encoding: Encoding | None = None
+    data: MultiDomainDataModule | None = None
+    # of later drift checks (drift_reference.npz), set (never changed in place) in metrics
+    reference: dict[str, DomainReference] = {}
 
     def metrics(self, predictions: dict[str, np.ndarray]) -> dict[str, float]:
         """The selection's metrics; also makes the drift reference of the domains this run trained (their
