@@ -432,15 +432,15 @@ class Specialise(PerDomainStage):
 
     Args:
         optimizer: the per-domain parameters' optimiser (a partial).
-        trainable: glob patterns of the per-domain parameters to train, by name below the network (``["*"]``: all;
-            e.g. ``["tower.*"]``: PLE's towers only).
+        trainable: glob patterns of the per-domain parameters to train, by name below the network (by default each
+            domain's towers and gates, PLE's and MMoE's; ``["*"]``: all).
         patience, val_check_interval, guard: see :class:`PerDomainStage`.
     """
 
     def __init__(
         self,
         optimizer: OptimizerFactory,
-        trainable: Sequence[str] = ("*",),
+        trainable: Sequence[str] = ("tower.*", "*gate.*"),
         patience: int | None = 3,
         val_check_interval: float | int | None = None,
         guard: Guard | None = None,
