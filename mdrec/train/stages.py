@@ -908,15 +908,15 @@ def find_or_pretrain(sub: DictConfig, run: Runner, finished: Callable[[RunDir], 
         with open_dict(sub):
             sub.paths.output_dir = str(partial_dir)
         run(sub)
-        if rank_zero:
-            if not finished(RunDir(partial_dir)):
-                raise FileNotFoundError(
-                    f"the run trained into {partial_dir} kept no weights to reuse (a stage=train run keeps them as "
-                    "checkpoints/last.ckpt): keep callbacks.model_checkpoint and trainer.enable_checkpointing on"
-                )
+        if rank_zero and finished(RunDir(partial_dir)):
             partial_dir.rename(directory)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the others wait for the rename
+    if not finished(RunDir(directory)):  # every process raises, none waits at a barrier for process 0
+        raise FileNotFoundError(
+            f"the run trained into {partial_dir} kept no weights to reuse (a stage=train run keeps them as "
+            "checkpoints/last.ckpt): keep callbacks.model_checkpoint and trainer.enable_checkpointing on"
+        )
     return directory
 
 
