@@ -42,7 +42,7 @@ def test_three_jobs_started_together_pretrain_once(tmp_path: Path) -> None:
     store = sorted(p.name for p in (tmp_path / "pretrained").iterdir())
     (key,) = [name for name in store if not name.endswith(".lock")]  # one backbone, no .partial left
     assert store == [key, f"{key}.lock"]
-    pretrained_once = sum("pre-training it into" in e for e in errors)
+    pretrained_once = sum("no pre-trained model for this config yet: training it into" in e for e in errors)
     assert pretrained_once == 1
     metrics = [json.loads((tmp_path / f"job{i}" / "metrics.json").read_text()) for i in range(3)]
     for other in metrics[1:]:
