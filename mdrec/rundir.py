@@ -477,10 +477,13 @@ class RunDir:
         state = net.state_dict()
         save_checked(self.file(self.NETWORK), lambda f: torch.save(state, f))
 
+    def build_network(self, schema: Schema) -> nn.Module:
+        """The network ``config.yaml``'s ``model.net`` builds for ``schema``, untrained (its targets checked)."""
+        return safe_instantiate(self.read_config().model.net, self.file(self.CONFIG), "model.net", partial=True)(schema)
+
     def load_network(self, schema: Schema) -> nn.Module:
-        """The network of ``network.pt``, rebuilt from ``config.yaml``'s ``model.net`` for ``schema`` and loaded
-        strictly."""
-        net = safe_instantiate(self.read_config().model.net, self.file(self.CONFIG), "model.net", partial=True)(schema)
+        """The network of ``network.pt``: :meth:`build_network`, loaded strictly."""
+        net = self.build_network(schema)
         load_state_strict(net, self._load_tensors(self.NETWORK), str(self.file(self.NETWORK)))
         return net
 

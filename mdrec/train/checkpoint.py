@@ -16,7 +16,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from mdrec.data.schema import Schema
-from mdrec.rundir import RunDir, checksum_file, load_state_strict, load_weights, safe_instantiate, save_checked
+from mdrec.rundir import RunDir, checksum_file, load_state_strict, load_weights, save_checked
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -139,8 +139,7 @@ def load_selected(run_dir: RunDir, schema: Schema) -> nn.Module:
     if run_dir.exists(RunDir.NETWORK):
         return run_dir.load_network(schema)
     checkpoint = selected_checkpoint(run_dir)
-    config = run_dir.file(RunDir.CONFIG)
-    net = safe_instantiate(run_dir.read_config().model.net, config, "model.net", partial=True)(schema)
+    net = run_dir.build_network(schema)
     state = load_checkpoint(checkpoint)["state_dict"]
     if any(key.startswith("net.net.") for key in state):  # a SharedFrozen network: stage=specialise writes network.pt
         raise FileNotFoundError(

@@ -454,7 +454,7 @@ class Specialise(PerDomainStage):
         probe = SharedFrozen(hydra.utils.instantiate(cfg.model.net)(data.schema), self.trainable)
         batch = data.on_before_batch_transfer(next(iter(data.val_dataloader())), 0)
         probe.check(batch.rows(torch.arange(min(batch.size, 2048))))
-        self.source = find_or_pretrain(sub_run_config(cfg, target_of(Train)), run, finished=holds_weights)
+        self.source = find_or_pretrain(sub_run_config(cfg, target_of(Train)), run)
         return cfg
 
     def build(self, cfg: DictConfig, schema: Schema) -> RankingModule:
@@ -884,10 +884,10 @@ def pretrain_config(cfg: DictConfig, schema: Schema, source_domains: list[str] |
     return sub
 
 
-def find_or_pretrain(sub: DictConfig, run: Runner, finished: Callable[[RunDir], bool] = RunDir.has_backbone) -> Path:
+def find_or_pretrain(sub: DictConfig, run: Runner) -> Path:
     """The store's run directory for the config ``sub`` (under ``paths.pretrained_dir``, keyed by
-    :func:`pretrain_key`): a stage=pretrain run's backbone, or a stage=train run's network, found when ``finished``
-    holds for it, else trained now with ``run``.
+    :func:`pretrain_key`): a stage=pretrain run's backbone, or a stage=train run's network, found when it holds
+    weights (:func:`~mdrec.train.checkpoint.holds_weights`), else trained now with ``run``.
 
     Jobs that need the same backbone take turns through a file lock per key (released by the operating system when
     a job dies): exactly one pre-trains, the others wait and then find it. The pre-training writes into
@@ -898,7 +898,7 @@ def find_or_pretrain(sub: DictConfig, run: Runner, finished: Callable[[RunDir], 
     directory.parent.mkdir(parents=True, exist_ok=True)
     rank_zero = rank_zero_only.rank == 0
     with store_lock(directory) if rank_zero else contextlib.nullcontext():
-        if finished(RunDir(directory)):
+        if holds_weights(RunDir(directory)):
             log.info("pre-trained model found: %s", directory)
             return directory
         log.info("no pre-trained model for this config yet: training it into %s", directory)
@@ -908,11 +908,11 @@ def find_or_pretrain(sub: DictConfig, run: Runner, finished: Callable[[RunDir], 
         with open_dict(sub):
             sub.paths.output_dir = str(partial_dir)
         run(sub)
-        if rank_zero and finished(RunDir(partial_dir)):
+        if rank_zero and holds_weights(RunDir(partial_dir)):
             partial_dir.rename(directory)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # the others wait for the rename
-    if not finished(RunDir(directory)):  # every process raises, none waits at a barrier for process 0
+    if not holds_weights(RunDir(directory)):  # every process raises, none waits at a barrier for process 0
         raise FileNotFoundError(
             f"the run trained into {partial_dir} kept no weights to reuse (a stage=train run keeps them as "
             "checkpoints/last.ckpt): keep callbacks.model_checkpoint and trainer.enable_checkpointing on"
