@@ -63,6 +63,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.benchmark import Timer
 
 from mdrec.adapters.base import AdaptedNet, AdapterFactory
 from mdrec.adapters.iak import IAK, ServingIAK
@@ -145,6 +146,17 @@ def floor(kind: str) -> Iterator[None]:
         domain.rows_matmul, ServingIAK.apply = saved
 
 
+def print_weight_read(model: ParallelModel, k: int) -> None:
+    """Print how long one pass over the parallel model's per-domain weights takes (``torch.sum`` of each ``[K + 1,
+    ...]`` tensor, one thread, warm): the memory traffic any exact per-domain kernel pays when every domain has rows
+    in the batch (the goal cell's floor below the kernels' arithmetic; scripts/README.md)."""
+    stacked = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() >= 2 and t.shape[0] == k + 1]
+    megabytes = sum(t.numel() * t.element_size() for t in stacked) / 2**20
+    with torch.inference_mode():
+        read = Timer("[t.sum() for t in stacked]", globals={"stacked": stacked}).blocked_autorange(min_run_time=2)
+    print(f"K = {k}: one read of the {megabytes:.1f} MiB of per-domain weights (torch.sum): {read.median * 1e3:.3f} ms")
+
+
 def calls(fn: Callable[..., object], inputs: list[tuple[object, ...]]) -> Callable[[], object]:
     """A function that calls ``fn`` on the next of ``inputs`` each time (round robin): each call reads other rows,
     as a server's calls do, not the embedding rows the previous call left in cache."""
@@ -184,7 +196,8 @@ def main() -> None:
         "--floor",
         action="store_true",
         help="also time, in each export format, the parallel model with dense products in place of the per-row "
-        "ones and with the kernels left out (the floors of the goal cell: scripts/README.md)",
+        "ones and with the kernels left out, and one read of its per-domain weights (the floors of the goal cell: "
+        "scripts/README.md)",
     )
     parser.add_argument(
         "--clock",
@@ -238,6 +251,8 @@ def main() -> None:
                     )  # built as served: its fallback check runs the kernels
                     with floor(kind):
                         fns_of[kind + SHORT[fmt]] = exported(fmt, model, example, Path(tmp) / kind, args.threads)
+        if args.floor:
+            print_weight_read(ParallelModel(net, schema, make_adapter), k)
         dispatch = None if args.no_dispatch else Dispatch(net, schema, make_adapter)
         rotations = [(f"parallel{SHORT[f]}", f"backbone{SHORT[f]}") for f in formats]
         rotations += [(name, "backbone" + name[name.index("-") :]) for name in fns_of if name.startswith(FLOORS)]
