@@ -77,7 +77,7 @@ def main() -> None:
     for name in args.zero_shot:
         recipes[f"{name}, before adapting"] = [before_adapting(run) for run in recipes[name]]
     first = next(iter(recipes.values()))[0].metrics
-    domains = sorted(k.split("/")[-1] for k in first if k.startswith("test/auc/"))
+    domains = sorted(k.removeprefix("test/auc/") for k in first if k.startswith("test/auc/"))  # names may hold "/"
     keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
