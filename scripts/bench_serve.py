@@ -151,10 +151,10 @@ def print_weight_read(model: ParallelModel, k: int) -> None:
     ...]`` tensor, one thread, warm): the memory traffic any exact per-domain kernel pays when every domain has rows
     in the batch (the goal cell's floor below the kernels' arithmetic; scripts/README.md)."""
     stacked = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() >= 2 and t.shape[0] == k + 1]
-    megabytes = sum(t.numel() * t.element_size() for t in stacked) / 2**20
+    mebibytes = sum(t.numel() * t.element_size() for t in stacked) / 2**20
     with torch.inference_mode():
         read = Timer("[t.sum() for t in stacked]", globals={"stacked": stacked}).blocked_autorange(min_run_time=2)
-    print(f"K = {k}: one read of the {megabytes:.1f} MiB of per-domain weights (torch.sum): {read.median * 1e3:.3f} ms")
+    print(f"K = {k}: one read of the {mebibytes:.1f} MiB of per-domain weights (torch.sum): {read.median * 1e3:.3f} ms")
 
 
 def calls(fn: Callable[..., object], inputs: list[tuple[object, ...]]) -> Callable[[], object]:
