@@ -4,8 +4,8 @@ paired t-test p-value, seeds ahead), the trainable parameters (per domain and sh
 together, and per domain). ``--zero-shot <name>`` adds that recipe's model before adapting (``zeroshot/test/auc``) as
 a row of its own, ``<name>, before adapting``. ``--metric logloss`` tabulates the test log loss instead (seeds
 ahead: lower). ``--domain-counts`` prints, instead of the per-domain tables, each recipe against the reference in one
-line: overall, and on how many domains the reference is ahead (mean over seeds), significantly ahead and
-significantly behind (paired t-test p < 0.05): the form for many domains.
+line: overall, on how many domains the reference is ahead (mean over seeds), significantly ahead and significantly
+behind (paired t-test p < 0.05), and the costs: the form for many domains.
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
 """
@@ -41,15 +41,29 @@ def difference(runs: list[Run], other: list[Run], key: str, name: str, other_nam
     return f"{c.mean:+.4f}" if np.isnan(c.p) else f"{c.mean:+.4f} (p {c.p:.3f}, {c.better}/{c.n})"
 
 
+def costs(runs: list[Run], num_domains: int) -> str:
+    """The cost cells of ``runs`` (means over seeds): trainable parameters per domain, shared trainable parameters,
+    fit seconds, fit seconds per domain (``0 | 0 | |`` for a model before adapting, which fits nothing)."""
+    ms = [run.metrics for run in runs]
+    per_domain = np.mean([m["params/added_per_domain"] for m in ms])
+    shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * num_domains for m in ms])
+    fit = np.mean([m["time/fit_seconds"] for m in ms])
+    return f"{per_domain:,.0f} | {shared:,.0f} | {fit:.0f} | {fit / num_domains:.0f}" if fit > 0 else "0 | 0 | |"
+
+
+COST_HEADS = "trainable per domain | shared trainable | fit s | fit s per domain"
+
+
 def print_domain_counts(recipes: dict[str, list[Run]], reference: str, keys: list[str]) -> None:
-    """Per recipe: the reference minus it overall, and the domains (``keys[1:]``) on which the reference is ahead,
-    significantly ahead and significantly behind."""
-    print(f"| recipe | overall | {reference} minus recipe | domains {reference} ahead | significantly ahead | "
-          "significantly behind |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    """Per recipe: the reference minus it overall, the domains (``keys[1:]``) on which the reference is ahead,
+    significantly ahead and significantly behind, and the recipe's costs."""
+    print(f"| recipe | seeds | overall | {reference} minus recipe | domains {reference} ahead | significantly ahead | "
+          f"significantly behind | {COST_HEADS} |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ref = recipes[reference]
     sign = -1.0 if lower_is_better(keys[0]) else 1.0
-    print(f"| {reference} | {mean_std([run.metrics[keys[0]] for run in ref])} | | | | |")
+    n = len(keys) - 1
+    print(f"| {reference} | {len(ref)} | {mean_std([run.metrics[keys[0]] for run in ref])} | | | | | {costs(ref, n)} |")
     for name, runs in recipes.items():
         if name == reference:
             continue
@@ -59,8 +73,9 @@ def print_domain_counts(recipes: dict[str, list[Run]], reference: str, keys: lis
         ahead = [sign * c.mean > 0 for c in domains]
         significant = [sign * c.mean > 0 for c in domains if c.p < 0.05]
         print(
-            f"| {name} | {overall} | {difference(ref, runs, keys[0], reference, name)} | {sum(ahead)}/{len(domains)} | "
-            f"{sum(significant)} | {len(significant) - sum(significant)} |"
+            f"| {name} | {len(runs)} | {overall} | {difference(ref, runs, keys[0], reference, name)} | "
+            f"{sum(ahead)}/{len(domains)} | {sum(significant)} | {len(significant) - sum(significant)} | "
+            f"{costs(runs, n)} |"
         )
 
 
@@ -83,16 +98,11 @@ def main() -> None:
         print_domain_counts(recipes, args.reference, keys)
         return
     head = "| recipe | seeds | overall | " + " | ".join(domains)
-    print(head + " | trainable per domain | shared trainable | fit s | fit s per domain |")
+    print(f"{head} | {COST_HEADS} |")
     print("|---|---|" + "---|" * (len(keys) + 4))
     for name, runs in recipes.items():
-        ms = [run.metrics for run in runs]
-        cells = [mean_std([m[k] for m in ms]) for k in keys]
-        per_domain = np.mean([m["params/added_per_domain"] for m in ms])
-        shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * len(domains) for m in ms])
-        fit = np.mean([m["time/fit_seconds"] for m in ms])
-        costs = f"{per_domain:,.0f} | {shared:,.0f} | {fit:.0f} | {fit / len(domains):.0f}" if fit > 0 else "0 | 0 | |"
-        print(f"| {name} | {len(ms)} | " + " | ".join(cells) + f" | {costs} |")
+        cells = [mean_std([run.metrics[k] for run in runs]) for k in keys]
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {costs(runs, len(domains))} |")
     for other in (args.reference, args.target):
         print(f"\nPaired by seed, recipe minus {other}: mean difference (p-value, seeds ahead / seeds)\n")
         print("| recipe | overall | " + " | ".join(domains) + " |")

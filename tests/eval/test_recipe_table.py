@@ -1,0 +1,56 @@
+"""experiments/adapt_recipe/table.py: the per-domain counts of a recipe against the reference, on domains whose names
+hold "/" (ML-1M's occupations, such as academic/educator), hand-checked on three seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+TABLE = Path(__file__).resolve().parents[2] / "experiments" / "adapt_recipe" / "table.py"
+
+
+def table() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("recipe_table", TABLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_sweep(root: Path, per_seed: list[dict[str, float]]) -> None:
+    """A sweep directory: one run per seed, each with the metrics a run of stage=adapt writes."""
+    for seed, domains in enumerate(per_seed):
+        metrics = {
+            "seed": seed,
+            "test/auc": float(sum(domains.values()) / len(domains)),
+            **{f"test/auc/{d}": v for d, v in domains.items()},
+            "params/added_per_domain": 10.0,
+            "params/trainable": 20.0,
+            "time/fit_seconds": 4.0,
+        }
+        (root / str(seed)).mkdir(parents=True)
+        (root / str(seed) / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_domain_counts_read_names_that_hold_a_slash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # R minus O on "academic/educator": +0.010, +0.011, +0.012 (t = 19, p 0.003); on "farmer": -0.01, -0.02, -0.03
+    # (t = -3.5, p 0.07: behind, not significantly)
+    ref = [{"academic/educator": 0.80 + s / 100, "farmer": 0.70 + s / 100} for s in range(3)]
+    other = [{"academic/educator": 0.79 + s / 100 - s / 1000, "farmer": 0.71 + s / 50} for s in range(3)]
+    write_sweep(tmp_path / "ref", ref)
+    write_sweep(tmp_path / "other", other)
+    argv = ["table.py", "--reference", "R", "--target", "R", "--domain-counts", f"R={tmp_path / 'ref'}"]
+    monkeypatch.setattr(sys, "argv", [*argv, f"O={tmp_path / 'other'}"])
+    table().main()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| O |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # both domains counted: R ahead on one, significantly, and behind on the other, not significantly
+    assert cells[4:7] == ["1/2", "1", "0"]
+    # costs: 10 per domain, 20 - 2 * 10 shared, 4 s, 2 s per domain
+    assert cells[7:] == ["10", "0", "4", "2"]
