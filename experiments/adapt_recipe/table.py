@@ -5,7 +5,8 @@ together, and per domain). ``--zero-shot <name>`` adds that recipe's model befor
 a row of its own, ``<name>, before adapting``. ``--metric logloss`` tabulates the test log loss instead (seeds
 ahead: lower). ``--domain-counts`` prints, instead of the per-domain tables, each recipe against the reference in one
 line: overall, on how many domains the reference is ahead (mean over seeds), significantly ahead and significantly
-behind (paired t-test p < 0.05), and the costs: the form for many domains.
+behind (paired t-test p < 0.05), and the costs: the form for many domains. ``--best-of <name>=<recipe>,...`` adds
+a row of the best of those recipes chosen per domain by its mean (the strongest reference a set of models offers).
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from mdrec.eval.summary import Run, load_runs, lower_is_better, mean_std
-from mdrec.eval.sweep import paired
+from mdrec.eval.sweep import SEED, by_seed, paired
 
 
 def runs_of(dirs: str) -> list[Run]:
@@ -33,6 +35,25 @@ def before_adapting(run: Run) -> Run:
     return dataclasses.replace(run, metrics={**zero, **costs})
 
 
+def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str]) -> list[Run]:
+    """The best of the recipes ``names``, chosen key by key: one run per seed they all have, whose figure for each
+    key is that seed's figure of the recipe with the best mean over seeds for that key (the highest, the lowest for a
+    lower-is-better key). Per domain the strongest of several models, chosen knowing the test figures: a reference
+    to beat, not a model anyone could deploy."""
+    sign = -1.0 if lower_is_better(keys[0]) else 1.0
+    seeded = {name: by_seed(recipes[name], keys[0], name) for name in names}
+    seeds = sorted(set.intersection(*(set(by) for by in seeded.values())))
+    if not seeds:
+        raise SystemExit(f"--best-of {','.join(names)}: the recipes share no seed")
+    metrics: dict[float, dict[str, float]] = {seed: {SEED: seed} for seed in seeds}
+    for key in keys:
+        values = {name: by_seed(recipes[name], key, name) for name in names}
+        best = max(names, key=lambda name: sign * np.mean([values[name][s] for s in seeds]))
+        for seed in seeds:
+            metrics[seed][key] = values[best][seed]
+    return [Run(Path(f"best-of/{seed:g}"), metrics[seed], {}) for seed in seeds]
+
+
 def difference(runs: list[Run], other: list[Run], key: str, name: str, other_name: str) -> str:
     """``mean diff (p, ahead/n)`` of ``runs - other`` over the seeds both have (:func:`mdrec.eval.sweep.paired`)."""
     c = paired(runs, other, key, name, other_name)
@@ -45,6 +66,8 @@ def costs(runs: list[Run], num_domains: int) -> str:
     """The cost cells of ``runs`` (means over seeds): trainable parameters per domain, shared trainable parameters,
     fit seconds, fit seconds per domain (``0 | 0 | |`` for a model before adapting, which fits nothing)."""
     ms = [run.metrics for run in runs]
+    if not all("time/fit_seconds" in m for m in ms):  # a --best-of row: no single model's costs
+        return " | | | "
     per_domain = np.mean([m["params/added_per_domain"] for m in ms])
     shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * num_domains for m in ms])
     fit = np.mean([m["time/fit_seconds"] for m in ms])
@@ -87,6 +110,12 @@ def main() -> None:
     parser.add_argument("--zero-shot", action="append", default=[], help="a recipe: its model before adapting as a row")
     parser.add_argument("--metric", choices=["auc", "logloss"], default="auc", help="the test metric tabulated")
     parser.add_argument("--domain-counts", action="store_true", help="one line per recipe instead of the tables")
+    parser.add_argument(
+        "--best-of",
+        action="append",
+        default=[],
+        help="name=recipe,recipe,...: a row of the best of those recipes chosen per domain (and overall)",
+    )
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
     for name in args.zero_shot:
@@ -94,6 +123,9 @@ def main() -> None:
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.removeprefix("test/auc/") for k in first if k.startswith("test/auc/"))  # names may hold "/"
     keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
+    for best in args.best_of:
+        name, members = best.split("=", 1)
+        recipes[name] = best_per_key(recipes, members.split(","), keys)
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
         return

@@ -1,5 +1,6 @@
 """experiments/adapt_recipe/table.py: the per-domain counts of a recipe against the reference, on domains whose names
-hold "/" (ML-1M's occupations, such as academic/educator), hand-checked on three seeds."""
+hold "/" (ML-1M's occupations, such as academic/educator), and the best of several recipes chosen per domain,
+hand-checked on three seeds."""
 
 from __future__ import annotations
 
@@ -54,3 +55,18 @@ def test_domain_counts_read_names_that_hold_a_slash(
     assert cells[4:7] == ["1/2", "1", "0"]
     # costs: 10 per domain, 20 - 2 * 10 shared, 4 s, 2 s per domain
     assert cells[7:] == ["10", "0", "4", "2"]
+
+
+def test_best_of_takes_each_domain_from_the_recipe_best_on_it(tmp_path: Path) -> None:
+    module = table()
+    # A is better on "a/b" (mean 0.81 against 0.80), B on "c" (0.72 against 0.70) and overall (0.76 against 0.755)
+    write_sweep(tmp_path / "A", [{"a/b": 0.80 + s / 100, "c": 0.70 + s / 100 - 0.01} for s in range(3)])
+    write_sweep(tmp_path / "B", [{"a/b": 0.79 + s / 100, "c": 0.72 + s / 100 - 0.01} for s in range(3)])
+    recipes = {name: module.runs_of(str(tmp_path / name)) for name in "AB"}
+    keys = ["test/auc", "test/auc/a/b", "test/auc/c"]
+    best = sorted(module.best_per_key(recipes, ["A", "B"], keys), key=lambda run: run.metrics["seed"])
+    assert [run.metrics["seed"] for run in best] == [0, 1, 2]
+    for s, run in enumerate(best):
+        assert run.metrics["test/auc/a/b"] == pytest.approx(0.80 + s / 100)  # A's
+        assert run.metrics["test/auc/c"] == pytest.approx(0.71 + s / 100)  # B's
+        assert run.metrics["test/auc"] == pytest.approx((0.79 + 0.71) / 2 + s / 100)  # B's overall
