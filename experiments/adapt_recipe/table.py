@@ -5,7 +5,7 @@ together, and per domain). ``--zero-shot <name>`` adds that recipe's model befor
 a row of its own, ``<name>, before adapting``. ``--metric logloss`` tabulates the test log loss instead (seeds
 ahead: lower). ``--domain-counts`` prints, instead of the per-domain tables, each recipe against the reference in one
 line: overall, on how many domains the reference is ahead (mean over seeds), significantly ahead and significantly
-behind (paired t-test p < 0.05), and the costs: the form for many domains. ``--best-of <name>=<recipe>,...`` adds
+behind (paired t-test p < 0.05), and the costs: the form for many domains. ``--best-of <name>=<recipe>;...`` adds
 a row of the best of those recipes chosen per domain by its mean (the strongest reference a set of models offers).
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
@@ -44,7 +44,7 @@ def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str
     seeded = {name: by_seed(recipes[name], keys[0], name) for name in names}
     seeds = sorted(set.intersection(*(set(by) for by in seeded.values())))
     if not seeds:
-        raise SystemExit(f"--best-of {','.join(names)}: the recipes share no seed")
+        raise SystemExit(f"--best-of {';'.join(names)}: the recipes share no seed")
     metrics: dict[float, dict[str, float]] = {seed: {SEED: seed} for seed in seeds}
     for key in keys:
         values = {name: by_seed(recipes[name], key, name) for name in names}
@@ -114,7 +114,7 @@ def main() -> None:
         "--best-of",
         action="append",
         default=[],
-        help="name=recipe,recipe,...: a row of the best of those recipes chosen per domain (and overall)",
+        help="name=recipe;recipe;...: a row of the best of those recipes chosen per domain (and overall)",
     )
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
@@ -125,7 +125,10 @@ def main() -> None:
     keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
     for best in args.best_of:
         name, members = best.split("=", 1)
-        recipes[name] = best_per_key(recipes, members.split(","), keys)
+        unknown = [m for m in members.split(";") if m not in recipes]
+        if unknown:
+            raise SystemExit(f"--best-of {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
+        recipes[name] = best_per_key(recipes, members.split(";"), keys)
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
         return
