@@ -6,7 +6,8 @@ a row of its own, ``<name>, before adapting``. ``--metric logloss`` tabulates th
 ahead: lower). ``--domain-counts`` prints, instead of the per-domain tables, each recipe against the reference in one
 line: overall, on how many domains the reference is ahead (mean over seeds), significantly ahead and significantly
 behind (paired t-test p < 0.05), and the costs: the form for many domains. ``--best-of <name>=<recipe>;...`` adds
-a row of the best of those recipes chosen per domain by its mean (the strongest reference a set of models offers).
+a row of the best of those recipes chosen per domain by its mean test figure (the strongest reference a set of
+models offers); ``--best-of-val`` chooses each domain's recipe by its mean validation figure instead.
 
     python experiments/adapt_recipe/table.py --reference LoRA --target PLE <name>=<dir>[,<dir>...] ...
 """
@@ -29,17 +30,23 @@ def runs_of(dirs: str) -> list[Run]:
 
 
 def before_adapting(run: Run) -> Run:
-    """``run``'s model before adapting: its ``zeroshot/test/...`` figures as the test figures, nothing trained."""
-    zero = {k.removeprefix("zeroshot/"): v for k, v in run.metrics.items() if k.startswith("zeroshot/test/")}
+    """``run``'s model before adapting: its ``zeroshot/test/...`` and ``zeroshot/val/...`` figures as the test and
+    validation figures, nothing trained."""
+    zero = {
+        k.removeprefix("zeroshot/"): v
+        for k, v in run.metrics.items()
+        if k.startswith(("zeroshot/test/", "zeroshot/val/"))
+    }
     costs = {"params/added_per_domain": 0.0, "params/trainable": 0.0, "time/fit_seconds": 0.0}
     return dataclasses.replace(run, metrics={**zero, **costs})
 
 
-def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str]) -> list[Run]:
+def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str], split: str) -> list[Run]:
     """The best of the recipes ``names``, chosen key by key: one run per seed they all have, whose figure for each
-    key is that seed's figure of the recipe with the best mean over seeds for that key (the highest, the lowest for a
-    lower-is-better key). Per domain the strongest of several models, chosen knowing the test figures: a reference
-    to beat, not a model anyone could deploy."""
+    (test) key is that seed's figure of the recipe with the best mean over seeds of the same key on ``split`` (the
+    highest, the lowest for a lower-is-better key). ``split="val"``: per domain the model a practitioner would pick
+    on validation; ``"test"``: the strongest of several models, chosen knowing the test figures (a reference to beat,
+    not a model anyone could deploy)."""
     sign = -1.0 if lower_is_better(keys[0]) else 1.0
     seeded = {name: by_seed(recipes[name], keys[0], name) for name in names}
     seeds = sorted(set.intersection(*(set(by) for by in seeded.values())))
@@ -48,7 +55,12 @@ def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str
     metrics: dict[float, dict[str, float]] = {seed: {SEED: seed} for seed in seeds}
     for key in keys:
         values = {name: by_seed(recipes[name], key, name) for name in names}
-        best = max(names, key=lambda name: sign * np.mean([values[name][s] for s in seeds]))
+        chosen = key.replace("test/", f"{split}/", 1)
+        on = {name: by_seed(recipes[name], chosen, name) for name in names}
+        missing = [name for name in names if set(seeds) - set(on[name])]
+        if missing:
+            raise SystemExit(f"--best-of: {missing} report no {chosen} for every seed")
+        best = max(names, key=lambda name: sign * np.mean([on[name][s] for s in seeds]))
         for seed in seeds:
             metrics[seed][key] = values[best][seed]
     return [Run(Path(f"best-of/{seed:g}"), metrics[seed], {}) for seed in seeds]
@@ -114,7 +126,13 @@ def main() -> None:
         "--best-of",
         action="append",
         default=[],
-        help="name=recipe;recipe;...: a row of the best of those recipes chosen per domain (and overall)",
+        help="name=recipe;recipe;...: a row of the best of those recipes chosen per domain (and overall) on test",
+    )
+    parser.add_argument(
+        "--best-of-val",
+        action="append",
+        default=[],
+        help="name=recipe;recipe;...: the same, each domain's recipe chosen on its validation figure",
     )
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
@@ -123,12 +141,13 @@ def main() -> None:
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.removeprefix("test/auc/") for k in first if k.startswith("test/auc/"))  # names may hold "/"
     keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
-    for best in args.best_of:
-        name, members = best.split("=", 1)
-        unknown = [m for m in members.split(";") if m not in recipes]
-        if unknown:
-            raise SystemExit(f"--best-of {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
-        recipes[name] = best_per_key(recipes, members.split(";"), keys)
+    for split, bests in (("test", args.best_of), ("val", args.best_of_val)):
+        for best in bests:
+            name, members = best.split("=", 1)
+            unknown = [m for m in members.split(";") if m not in recipes]
+            if unknown:
+                raise SystemExit(f"--best-of {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
+            recipes[name] = best_per_key(recipes, members.split(";"), keys, split)
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
         return

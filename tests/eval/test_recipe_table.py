@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+from mdrec.eval.summary import Run
+
 TABLE = Path(__file__).resolve().parents[2] / "experiments" / "adapt_recipe" / "table.py"
 
 
@@ -22,13 +24,18 @@ def table() -> ModuleType:
     return module
 
 
-def write_sweep(root: Path, per_seed: list[dict[str, float]]) -> None:
-    """A sweep directory: one run per seed, each with the metrics a run of stage=adapt writes."""
+def write_sweep(root: Path, per_seed: list[dict[str, float]], val_shift: dict[str, float] | None = None) -> None:
+    """A sweep directory: one run per seed, each with the metrics a run of stage=adapt writes; a domain's validation
+    AUC is its test AUC plus ``val_shift[domain]`` (0 by default)."""
+    shift = val_shift or {}
     for seed, domains in enumerate(per_seed):
+        val = {d: v + shift.get(d, 0.0) for d, v in domains.items()}
         metrics = {
             "seed": seed,
             "test/auc": float(sum(domains.values()) / len(domains)),
+            "val/auc": float(sum(val.values()) / len(val)),
             **{f"test/auc/{d}": v for d, v in domains.items()},
+            **{f"val/auc/{d}": v for d, v in val.items()},
             "params/added_per_domain": 10.0,
             "params/trainable": 20.0,
             "time/fit_seconds": 4.0,
@@ -59,14 +66,21 @@ def test_domain_counts_read_names_that_hold_a_slash(
 
 def test_best_of_takes_each_domain_from_the_recipe_best_on_it(tmp_path: Path) -> None:
     module = table()
-    # A is better on "a/b" (mean 0.81 against 0.80), B on "c" (0.72 against 0.70) and overall (0.76 against 0.755)
-    write_sweep(tmp_path / "A", [{"a/b": 0.80 + s / 100, "c": 0.70 + s / 100 - 0.01} for s in range(3)])
+    # on test, A is better on "a/b" (mean 0.81 against 0.80), B on "c" (0.72 against 0.70) and overall (0.76 against
+    # 0.755); on validation A's "c" reads 0.03 higher, so there A is better on "c" (0.73 against 0.72) and overall
+    write_sweep(tmp_path / "A", [{"a/b": 0.80 + s / 100, "c": 0.70 + s / 100 - 0.01} for s in range(3)], {"c": 0.03})
     write_sweep(tmp_path / "B", [{"a/b": 0.79 + s / 100, "c": 0.72 + s / 100 - 0.01} for s in range(3)])
     recipes = {name: module.runs_of(str(tmp_path / name)) for name in "AB"}
     keys = ["test/auc", "test/auc/a/b", "test/auc/c"]
-    best = sorted(module.best_per_key(recipes, ["A", "B"], keys), key=lambda run: run.metrics["seed"])
-    assert [run.metrics["seed"] for run in best] == [0, 1, 2]
-    for s, run in enumerate(best):
-        assert run.metrics["test/auc/a/b"] == pytest.approx(0.80 + s / 100)  # A's
-        assert run.metrics["test/auc/c"] == pytest.approx(0.71 + s / 100)  # B's
-        assert run.metrics["test/auc"] == pytest.approx((0.79 + 0.71) / 2 + s / 100)  # B's overall
+
+    def best(split: str) -> list[Run]:
+        return sorted(module.best_per_key(recipes, ["A", "B"], keys, split), key=lambda run: run.metrics["seed"])
+
+    on_test, on_val = best("test"), best("val")
+    assert [run.metrics["seed"] for run in on_test] == [0, 1, 2]
+    for s, (t, v) in enumerate(zip(on_test, on_val, strict=True)):
+        assert t.metrics["test/auc/a/b"] == v.metrics["test/auc/a/b"] == pytest.approx(0.80 + s / 100)  # A's
+        assert t.metrics["test/auc/c"] == pytest.approx(0.71 + s / 100)  # B's: best on test
+        assert v.metrics["test/auc/c"] == pytest.approx(0.69 + s / 100)  # A's: best on validation, its test figure
+        assert t.metrics["test/auc"] == pytest.approx((0.79 + 0.71) / 2 + s / 100)  # B's overall
+        assert v.metrics["test/auc"] == pytest.approx((0.80 + 0.69) / 2 + s / 100)  # A's overall
