@@ -146,14 +146,17 @@ def floor(kind: str) -> Iterator[None]:
         domain.rows_matmul, ServingIAK.apply = saved
 
 
-def print_weight_read(model: ParallelModel, k: int) -> None:
-    """Print how long one pass over the parallel model's per-domain weights takes (``torch.sum`` of each ``[K + 1,
-    ...]`` tensor, one thread, warm): the memory traffic any exact per-domain kernel pays when every domain has rows
-    in the batch (the goal cell's floor below the kernels' arithmetic; scripts/README.md)."""
-    stacked = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() >= 2 and t.shape[0] == k + 1]
+def print_weight_read(model: ParallelModel, k: int, threads: int) -> None:
+    """Print how long one pass over the parallel model's per-domain weights takes (``torch.sum`` of each of its
+    serving adapter's tensors, all stacked over the K + 1 slots; warm, ``threads`` threads): the memory traffic any
+    exact per-domain kernel pays when every domain has rows in the batch (the goal cell's floor below the kernels'
+    arithmetic; scripts/README.md)."""
+    adapter = model.net.adapter
+    stacked = [*adapter.parameters(), *adapter.buffers()]
     mebibytes = sum(t.numel() * t.element_size() for t in stacked) / 2**20
+    timer = Timer("[t.sum() for t in stacked]", globals={"stacked": stacked}, num_threads=threads)
     with torch.inference_mode():
-        read = Timer("[t.sum() for t in stacked]", globals={"stacked": stacked}).blocked_autorange(min_run_time=2)
+        read = timer.blocked_autorange(min_run_time=2)
     print(f"K = {k}: one read of the {mebibytes:.1f} MiB of per-domain weights (torch.sum): {read.median * 1e3:.3f} ms")
 
 
@@ -252,7 +255,7 @@ def main() -> None:
                     with floor(kind):
                         fns_of[kind + SHORT[fmt]] = exported(fmt, model, example, Path(tmp) / kind, args.threads)
         if args.floor:
-            print_weight_read(ParallelModel(net, schema, make_adapter), k)
+            print_weight_read(ParallelModel(net, schema, make_adapter), k, args.threads)
         dispatch = None if args.no_dispatch else Dispatch(net, schema, make_adapter)
         rotations = [(f"parallel{SHORT[f]}", f"backbone{SHORT[f]}") for f in formats]
         rotations += [(name, "backbone" + name[name.index("-") :]) for name in fns_of if name.startswith(FLOORS)]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -38,28 +40,39 @@ def before_adapting(run: Run) -> Run:
         if k.startswith(("zeroshot/test/", "zeroshot/val/"))
     }
     costs = {"params/added_per_domain": 0.0, "params/trainable": 0.0, "time/fit_seconds": 0.0}
-    return dataclasses.replace(run, metrics={**zero, **costs})
+    seed = {SEED: run.metrics[SEED]} if SEED in run.metrics else {}
+    return dataclasses.replace(run, metrics={**zero, **costs, **seed})
 
 
-def best_per_key(recipes: dict[str, list[Run]], names: list[str], keys: list[str], split: str) -> list[Run]:
+# the cost figures of a --best-of row: none, no single model fitted it
+NO_COSTS = {"params/added_per_domain": math.nan, "params/trainable": math.nan, "time/fit_seconds": math.nan}
+
+
+def best_per_key(
+    recipes: dict[str, list[Run]], names: list[str], keys: list[str], split: Literal["test", "val"]
+) -> list[Run]:
     """The best of the recipes ``names``, chosen key by key: one run per seed they all have, whose figure for each
     (test) key is that seed's figure of the recipe with the best mean over seeds of the same key on ``split`` (the
     highest, the lowest for a lower-is-better key). ``split="val"``: per domain the model a practitioner would pick
     on validation; ``"test"``: the strongest of several models, chosen knowing the test figures (a reference to beat,
-    not a model anyone could deploy)."""
+    not a model anyone could deploy). Its runs have no costs (:data:`NO_COSTS`)."""
+    flag = "--best-of" if split == "test" else "--best-of-val"
     sign = -1.0 if lower_is_better(keys[0]) else 1.0
     seeded = {name: by_seed(recipes[name], keys[0], name) for name in names}
     seeds = sorted(set.intersection(*(set(by) for by in seeded.values())))
     if not seeds:
-        raise SystemExit(f"--best-of {';'.join(names)}: the recipes share no seed")
-    metrics: dict[float, dict[str, float]] = {seed: {SEED: seed} for seed in seeds}
+        raise SystemExit(f"{flag} {';'.join(names)}: the recipes share no seed; name recipes run with the same seeds")
+    metrics: dict[float, dict[str, float]] = {seed: {SEED: seed, **NO_COSTS} for seed in seeds}
     for key in keys:
         values = {name: by_seed(recipes[name], key, name) for name in names}
-        chosen = key.replace("test/", f"{split}/", 1)
+        chosen = f"{split}/{key.removeprefix('test/')}"
         on = {name: by_seed(recipes[name], chosen, name) for name in names}
-        missing = [name for name in names if set(seeds) - set(on[name])]
+        missing = [name for name in names if not set(seeds) <= set(values[name]) & set(on[name])]
         if missing:
-            raise SystemExit(f"--best-of: {missing} report no {chosen} for every seed")
+            raise SystemExit(
+                f"{flag}: the recipes {missing} lack {key} or {chosen} on some of the seeds {seeds}; "
+                "leave them out of the row (a recipe that does not run every domain cannot be its best)"
+            )
         best = max(names, key=lambda name: sign * np.mean([on[name][s] for s in seeds]))
         for seed in seeds:
             metrics[seed][key] = values[best][seed]
@@ -78,7 +91,7 @@ def costs(runs: list[Run], num_domains: int) -> str:
     """The cost cells of ``runs`` (means over seeds): trainable parameters per domain, shared trainable parameters,
     fit seconds, fit seconds per domain (``0 | 0 | |`` for a model before adapting, which fits nothing)."""
     ms = [run.metrics for run in runs]
-    if not all("time/fit_seconds" in m for m in ms):  # a --best-of row: no single model's costs
+    if all(math.isnan(m["time/fit_seconds"]) for m in ms):  # a --best-of row (NO_COSTS)
         return " | | | "
     per_domain = np.mean([m["params/added_per_domain"] for m in ms])
     shared = np.mean([m["params/trainable"] - m["params/added_per_domain"] * num_domains for m in ms])
@@ -114,11 +127,20 @@ def print_domain_counts(recipes: dict[str, list[Run]], reference: str, keys: lis
         )
 
 
+def named(arg: str, flag: str) -> tuple[str, str]:
+    """``name=value`` of a command-line argument, split at the first ``=``."""
+    name, sep, value = arg.partition("=")
+    if not sep or not name or not value:
+        raise SystemExit(f"{flag} {arg!r}: expected name=value (a recipe: name=dir[,dir...]; a best-of row: "
+                         "name=recipe;recipe;...)")  # fmt: skip
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("recipes", nargs="+", help="name=dir[,dir...]")
     parser.add_argument("--reference", required=True, help="the recipe the levers are compared with")
-    parser.add_argument("--target", required=True, help="the end-to-end model to reach")
+    parser.add_argument("--target", help="the end-to-end model to reach (the full tables pair every recipe with it)")
     parser.add_argument("--zero-shot", action="append", default=[], help="a recipe: its model before adapting as a row")
     parser.add_argument("--metric", choices=["auc", "logloss"], default="auc", help="the test metric tabulated")
     parser.add_argument("--domain-counts", action="store_true", help="one line per recipe instead of the tables")
@@ -135,19 +157,27 @@ def main() -> None:
         help="name=recipe;recipe;...: the same, each domain's recipe chosen on its validation figure",
     )
     args = parser.parse_args()
-    recipes = {name: runs_of(dirs) for name, dirs in (r.split("=", 1) for r in args.recipes)}
+    recipes = {name: runs_of(dirs) for name, dirs in (named(r, "recipe") for r in args.recipes)}
     for name in args.zero_shot:
+        if name not in recipes:
+            raise SystemExit(f"--zero-shot {name!r}: no such recipe; the recipes: {list(recipes)}")
         recipes[f"{name}, before adapting"] = [before_adapting(run) for run in recipes[name]]
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.removeprefix("test/auc/") for k in first if k.startswith("test/auc/"))  # names may hold "/"
     keys = [f"test/{args.metric}", *(f"test/{args.metric}/{d}" for d in domains)]
-    for split, bests in (("test", args.best_of), ("val", args.best_of_val)):
+    for flag, split, bests in (("--best-of", "test", args.best_of), ("--best-of-val", "val", args.best_of_val)):
         for best in bests:
-            name, members = best.split("=", 1)
+            name, members = named(best, flag)
             unknown = [m for m in members.split(";") if m not in recipes]
             if unknown:
-                raise SystemExit(f"--best-of {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
+                raise SystemExit(f"{flag} {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
             recipes[name] = best_per_key(recipes, members.split(";"), keys, split)
+    if args.target is None and not args.domain_counts:
+        raise SystemExit("--target: the full tables pair every recipe with it; name it, or pass --domain-counts")
+    needed = {"--reference": args.reference, **({} if args.domain_counts else {"--target": args.target})}
+    for flag, name in needed.items():
+        if name not in recipes:
+            raise SystemExit(f"{flag} {name!r}: no such recipe; the recipes: {list(recipes)}")
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
         return
