@@ -136,6 +136,13 @@ def named(arg: str, flag: str) -> tuple[str, str]:
     return name, value
 
 
+def check_recipes(flag: str, names: list[str], recipes: dict[str, list[Run]]) -> None:
+    """Exit naming ``flag`` and the recipes unless every one of ``names`` is a recipe."""
+    unknown = [name for name in names if name not in recipes]
+    if unknown:
+        raise SystemExit(f"{flag}: no recipe named {unknown}; the recipes: {list(recipes)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("recipes", nargs="+", help="name=dir[,dir...]")
@@ -158,9 +165,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     recipes = {name: runs_of(dirs) for name, dirs in (named(r, "recipe") for r in args.recipes)}
+    check_recipes("--zero-shot", args.zero_shot, recipes)
     for name in args.zero_shot:
-        if name not in recipes:
-            raise SystemExit(f"--zero-shot {name!r}: no such recipe; the recipes: {list(recipes)}")
         recipes[f"{name}, before adapting"] = [before_adapting(run) for run in recipes[name]]
     first = next(iter(recipes.values()))[0].metrics
     domains = sorted(k.removeprefix("test/auc/") for k in first if k.startswith("test/auc/"))  # names may hold "/"
@@ -168,19 +174,15 @@ def main() -> None:
     for flag, split, bests in (("--best-of", "test", args.best_of), ("--best-of-val", "val", args.best_of_val)):
         for best in bests:
             name, members = named(best, flag)
-            unknown = [m for m in members.split(";") if m not in recipes]
-            if unknown:
-                raise SystemExit(f"{flag} {best!r}: no recipe named {unknown}; the recipes: {list(recipes)}")
+            check_recipes(f"{flag} {best!r}", members.split(";"), recipes)
             recipes[name] = best_per_key(recipes, members.split(";"), keys, split)
-    if args.target is None and not args.domain_counts:
-        raise SystemExit("--target: the full tables pair every recipe with it; name it, or pass --domain-counts")
-    needed = {"--reference": args.reference, **({} if args.domain_counts else {"--target": args.target})}
-    for flag, name in needed.items():
-        if name not in recipes:
-            raise SystemExit(f"{flag} {name!r}: no such recipe; the recipes: {list(recipes)}")
+    check_recipes("--reference", [args.reference], recipes)
     if args.domain_counts:
         print_domain_counts(recipes, args.reference, keys)
         return
+    if args.target is None:
+        raise SystemExit("--target: the full tables pair every recipe with it; name it, or pass --domain-counts")
+    check_recipes("--target", [args.target], recipes)
     head = "| recipe | seeds | overall | " + " | ".join(domains)
     print(f"{head} | {COST_HEADS} |")
     print("|---|---|" + "---|" * (len(keys) + 4))
